@@ -1,0 +1,86 @@
+# reliablewriter build.
+#   make                 Lua 5.4 module into build/lua5.4/
+#   make LUA=luajit      LuaJIT 2.1 module into build/luajit/
+#   make bins            programs into bin/
+#   make check           C unit tests (plain); check-asan, check-tsan: sanitizer builds
+#   make test            everything the README promises (scripts/test.sh)
+#   make demo            the upload demo on the in-process fake GCS
+LUA ?= lua5.4
+ifeq ($(LUA),luajit)
+  LUA_PC := luajit
+else
+  LUA_PC := lua5.4
+endif
+B := build/$(LUA)
+
+CC ?= cc
+PKGS := libcurl libmicrohttpd jansson libisal openssl
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LUA_CFLAGS := $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null)
+
+WARN := -Wall -Wextra -Werror -Wno-unused-parameter
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) -Icsrc $(PKG_CFLAGS)
+LDLIBS := $(PKG_LIBS) -pthread -lm
+
+# Layers; lua -> io -> sinks -> net -> core. fake and proxy use core/net/io.
+LIB_SRC := $(wildcard csrc/core/*.c csrc/net/*.c csrc/sinks/*.c csrc/io/*.c csrc/fake/*.c csrc/proxy/*.c)
+LUA_SRC := $(wildcard csrc/lua/*.c)
+HDRS := $(wildcard csrc/*/*.h)
+
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
+LUA_OBJ := $(LUA_SRC:%.c=$(B)/obj/%.o)
+MODULE := $(B)/reliablewriter/core.so
+
+.PHONY: all module bins check check-asan check-tsan test demo clean deps rock
+all: module
+
+module: $(MODULE)
+
+$(B)/obj/csrc/lua/%.o: csrc/lua/%.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LUA_CFLAGS) -c $< -o $@
+
+$(B)/obj/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(MODULE): $(LIB_OBJ) $(LUA_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -o $@ $^ $(LDLIBS)
+
+# ---- programs ----
+BIN_MAINS := $(wildcard csrc/bin/*.c)
+BINS := $(BIN_MAINS:csrc/bin/%.c=bin/reliablewriter-%)
+bins: $(BINS)
+bin/reliablewriter-%: csrc/bin/%.c $(LIB_SRC) $(HDRS)
+	@mkdir -p bin
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_SRC) $(LDLIBS)
+
+# ---- C unit tests ----
+comma := ,
+CTESTS := $(wildcard tests/c/test_*.c)
+define ctest_rules
+build/ctest-$(1)/%: tests/c/%.c tests/c/ctest.h $(LIB_SRC) $(HDRS)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(ALL_CFLAGS) $(2) -Itests/c -o $$@ $$< $$(LIB_SRC) $$(LDLIBS)
+check-$(1): $(CTESTS:tests/c/%.c=build/ctest-$(1)/%)
+	@set -e; for t in $$^; do echo "== $$$$t"; $(3) ./$$$$t; done
+endef
+$(eval $(call ctest_rules,plain,-O1,))
+$(eval $(call ctest_rules,asan,-O1 -fsanitize=address$(comma)undefined -fno-omit-frame-pointer -fno-sanitize-recover=all,ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1))
+$(eval $(call ctest_rules,tsan,-O1 -fsanitize=thread,TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"))
+check: check-plain
+
+test:
+	bash scripts/test.sh
+
+demo:
+	bash scripts/demo.sh
+
+deps:
+	bash scripts/deps.sh all
+
+clean:
+	rm -rf build bin/reliablewriter-*

@@ -1,0 +1,61 @@
+/* Helpers shared by the binding files: errors as Lua objects, option tables
+ * checked strictly, userdata that hold a pointer to a refcounted C object. */
+#ifndef RW_LRW_H
+#define RW_LRW_H
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "compat.h"
+#include "core/context.h"
+#include "core/error.h"
+
+/* Pushes e as a Lua error object (table with code, message, retryable, cause,
+ * status, where, id; methods is(), __tostring). Consumes the reference. */
+void rw_lua_push_error(lua_State *L, rw_error *e);
+/* Pushes nil, err and returns 2. Consumes e. */
+int rw_lua_fail(lua_State *L, rw_error *e);
+/* Raises a programmer error carrying an error object for e (consumed). */
+int rw_lua_raise(lua_State *L, rw_error *e);
+
+/* Converts the Lua value at idx to a new error reference: an error object is
+ * shared; anything else becomes a `code` error with its text. */
+rw_error *rw_lua_to_error(lua_State *L, int idx, const char *code);
+
+/* Option tables. idx must be a table (or nil when allow_nil). Raises
+ * "bad argument #arg to 'fn' (unknown option 'x'; known: a, b, c)". */
+void rw_lua_check_options(lua_State *L, int idx, int arg, const char *const known[]);
+/* Reads t[name] as a finite number in [min, max]; def when absent.
+ * Raises naming the option and the rule when wrong. */
+double rw_lua_opt_number(lua_State *L, int idx, int arg, const char *name, double def,
+                         double min, double max);
+/* Same for integers (sizes, counts); must be whole numbers. */
+int64_t rw_lua_opt_integer(lua_State *L, int idx, int arg, const char *name, int64_t def,
+                           int64_t min, int64_t max);
+/* String option that must be one of choices (NULL-terminated). Returns the index. */
+int rw_lua_opt_choice(lua_State *L, int idx, int arg, const char *name, int def,
+                      const char *const choices[]);
+/* Checks a plain number argument: finite and within [min,max]. */
+double rw_lua_check_number_range(lua_State *L, int arg, const char *what, double min, double max);
+
+/* Contexts. */
+rw_ctx *rw_lua_checkctx(lua_State *L, int idx);
+/* Returns a context at idx, or NULL when absent/nil. */
+rw_ctx *rw_lua_optctx(lua_State *L, int idx);
+/* Pushes a new Lua context object that takes c's reference. */
+void rw_lua_push_ctx(lua_State *L, rw_ctx *c);
+
+/* "attempt to use a closed <what>". */
+int rw_lua_closed_error(lua_State *L, const char *what);
+
+/* Module openers: each pushes one table. */
+int rw_lua_open_errors(lua_State *L);
+int rw_lua_open_context(lua_State *L);
+int rw_lua_open_backoff(lua_State *L);
+int rw_lua_open_workgroup(lua_State *L);
+int rw_lua_open_ratelimit(lua_State *L);
+int rw_lua_open_util(lua_State *L);
+int rw_lua_open_fakegcs(lua_State *L);
+int rw_lua_open_writer(lua_State *L);
+int rw_lua_open_faults(lua_State *L);
+
+#endif

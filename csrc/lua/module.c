@@ -1,0 +1,27 @@
+/* luaopen_reliablewriter_core: the C module under require "reliablewriter".
+ * Nothing here starts a thread or touches the network: process-wide state is
+ * made lazily on first use (nginx forks workers after loading modules). */
+#include "lrw.h"
+
+typedef int (*opener)(lua_State *L);
+
+int luaopen_reliablewriter_core(lua_State *L) {
+  static const struct {
+    const char *name;
+    opener open;
+  } parts[] = {
+      {"errors", rw_lua_open_errors},       {"context", rw_lua_open_context},
+      {"backoff", rw_lua_open_backoff},     {"workgroup", rw_lua_open_workgroup},
+      {"ratelimit", rw_lua_open_ratelimit}, {"util", rw_lua_open_util},
+      {"fakegcs", rw_lua_open_fakegcs},     {"writer", rw_lua_open_writer},
+      {"faults", rw_lua_open_faults},
+  };
+  lua_newtable(L);
+  for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+    parts[i].open(L);
+    lua_setfield(L, -2, parts[i].name);
+  }
+  lua_pushliteral(L, "0.1.0");
+  lua_setfield(L, -2, "version");
+  return 1;
+}
