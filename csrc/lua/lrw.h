@@ -57,5 +57,11 @@ int rw_lua_open_util(lua_State *L);
 int rw_lua_open_fakegcs(lua_State *L);
 int rw_lua_open_writer(lua_State *L);
 int rw_lua_open_faults(lua_State *L);
+int rw_lua_open_sinks(lua_State *L);
+
+/* Sink descriptors (rw.gcs{...}, rw.file{...}, rw.faulty(...)): makes a new
+ * sink from the descriptor at idx, or raises when idx is not one. */
+struct rw_sink;
+struct rw_sink *rw_lua_sink_make(lua_State *L, int idx, rw_error **err);
 
 #endif

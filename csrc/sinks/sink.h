@@ -1,0 +1,80 @@
+/* Sinks: the "unreliable writers" under the ReliableWriter.
+ *
+ * A sink does one attempt of one operation and says exactly what happened; it
+ * never retries. The writer owns retries, backoff, the cache and checksums.
+ * Calls on one sink are made by one thread at a time (the writer serializes
+ * them), from a pool thread; every call honours ctx promptly (a cancelled ctx
+ * ends a transfer within tens of milliseconds, even mid-stall). */
+#ifndef RW_SINK_H
+#define RW_SINK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "core/context.h"
+#include "core/error.h"
+
+typedef struct rw_sink rw_sink;
+
+typedef struct rw_sink_sums {
+  bool has_crc32c, has_md5;
+  uint32_t crc32c;
+  unsigned char md5[16];
+} rw_sink_sums;
+
+/* What the server said about the object once finalized. Strings are owned by
+ * the result (freed by rw_sink_result_clear). json is the object resource as
+ * the server sent it (NULL for sinks without one). */
+typedef struct rw_sink_object {
+  char *bucket, *name, *generation, *crc32c, *md5, *json;
+  uint64_t size;
+} rw_sink_object;
+
+typedef struct rw_sink_result {
+  uint64_t persisted; /* bytes the server confirms it holds (from 0) */
+  bool finalized;     /* the object exists; obj is filled */
+  rw_sink_object obj;
+} rw_sink_result;
+
+void rw_sink_result_clear(rw_sink_result *r);
+
+typedef struct rw_sink_put {
+  uint64_t offset;           /* of the first byte in iov */
+  const struct iovec *iov;   /* the bytes, straight from the cache */
+  int iovcnt;
+  uint64_t len;              /* sum of iov lengths */
+  bool final;                /* this ends the object at offset + len */
+  const rw_sink_sums *sums;  /* with final: checksums of the whole object */
+  double stall_timeout;      /* seconds without a byte moving = net.stall */
+  /* Called from the transfer as bytes go out (may be NULL). */
+  void (*on_sent)(void *ud, uint64_t bytes);
+  void *ud;
+} rw_sink_put;
+
+typedef struct rw_sink_ops {
+  const char *kind; /* "gcs", "file", "faulty" */
+  /* Opens the session (GCS: POST ...uploadType=resumable). Called once. */
+  rw_error *(*begin)(rw_sink *s, rw_ctx *ctx);
+  /* One attempt to send the bytes. On success res->persisted says what the
+   * server holds (it may be less than offset+len: e.g. a partial 308), and
+   * with final, res->finalized and res->obj. */
+  rw_error *(*put)(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_sink_result *res);
+  /* Asks what is persisted (GCS: PUT with Content-Range bytes * / *). */
+  rw_error *(*query)(rw_sink *s, rw_ctx *ctx, rw_sink_result *res);
+  /* Cancels the session (GCS: DELETE, expects 499). Best effort. */
+  rw_error *(*abort)(rw_sink *s, rw_ctx *ctx);
+  /* A resumable handle: the session URI or the path ("" when none). */
+  const char *(*session)(rw_sink *s);
+  void (*destroy)(rw_sink *s);
+} rw_sink_ops;
+
+struct rw_sink {
+  const rw_sink_ops *ops;
+};
+
+static inline void rw_sink_destroy(rw_sink *s) {
+  if (s) s->ops->destroy(s);
+}
+
+#endif
