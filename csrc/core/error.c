@@ -76,10 +76,10 @@ bool rw_http_status_retryable(int status) {
   return status == 408 || status == 429 || (status >= 500 && status <= 504);
 }
 
-static char http_codes[600][12];
+static char http_codes[600][20];
 static pthread_once_t http_codes_once = PTHREAD_ONCE_INIT;
 static void http_codes_init(void) {
-  for (int s = 0; s < 600; s++) snprintf(http_codes[s], sizeof http_codes[s], "http.%d", s);
+  for (unsigned s = 0; s < 600; s++) snprintf(http_codes[s], sizeof http_codes[s], "http.%u", s);
 }
 
 const char *rw_http_status_code(int status) {

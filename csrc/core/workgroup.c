@@ -1,0 +1,375 @@
+#include "workgroup.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "clock.h"
+
+/* ---------------- pool ---------------- */
+
+typedef struct job {
+  void (*fn)(void *);
+  void *arg;
+  struct job *next;
+} job;
+
+typedef struct worker {
+  pthread_t tid;
+  bool exited;
+  struct worker *next;
+} worker;
+
+struct rw_pool {
+  pthread_mutex_t mu;
+  pthread_cond_t work, idle_cv;
+  job *head, *tail;
+  worker *workers;
+  int max, alive, idle, peak, running_jobs;
+  double idle_timeout;
+  bool stopping;
+};
+
+rw_pool *rw_pool_new(int max_threads, double idle_timeout, rw_error **err) {
+  if (max_threads < 1 || max_threads > 4096) {
+    *err = rw_err(RW_E_INVALID, "max_threads must be in [1, 4096] (got %d)", max_threads);
+    return NULL;
+  }
+  rw_pool *p = calloc(1, sizeof *p);
+  if (!p) {
+    *err = rw_err(RW_E_NOMEM, "out of memory making a pool");
+    return NULL;
+  }
+  pthread_mutex_init(&p->mu, NULL);
+  rw_cond_init(&p->work);
+  rw_cond_init(&p->idle_cv);
+  p->max = max_threads;
+  p->idle_timeout = idle_timeout > 0 ? idle_timeout : 2.0;
+  return p;
+}
+
+/* Joins workers that have exited. Called with p->mu held; drops it to join. */
+static void reap_exited(rw_pool *p) {
+  for (;;) {
+    worker **pp = &p->workers, *w = NULL;
+    for (; *pp; pp = &(*pp)->next)
+      if ((*pp)->exited) {
+        w = *pp;
+        *pp = w->next;
+        break;
+      }
+    if (!w) return;
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(w->tid, NULL);
+    free(w);
+    pthread_mutex_lock(&p->mu);
+  }
+}
+
+typedef struct {
+  rw_pool *p;
+  worker *self;
+} worker_arg;
+
+static void *worker_main(void *argp) {
+  worker_arg a = *(worker_arg *)argp;
+  free(argp);
+  rw_pool *p = a.p;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (!p->head && !p->stopping) {
+      p->idle++;
+      int rc = rw_cond_wait_until(&p->work, &p->mu, rw_mono_now() + p->idle_timeout);
+      p->idle--;
+      if (rc == ETIMEDOUT && !p->head) goto out;
+    }
+    if (!p->head) break; /* stopping and nothing left */
+    job *j = p->head;
+    p->head = j->next;
+    if (!p->head) p->tail = NULL;
+    p->running_jobs++;
+    pthread_mutex_unlock(&p->mu);
+    j->fn(j->arg);
+    free(j);
+    pthread_mutex_lock(&p->mu);
+    p->running_jobs--;
+    pthread_cond_broadcast(&p->idle_cv);
+  }
+out:
+  p->alive--;
+  a.self->exited = true;
+  pthread_cond_broadcast(&p->idle_cv);
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+static bool spawn_worker(rw_pool *p) {
+  worker *w = calloc(1, sizeof *w);
+  worker_arg *a = malloc(sizeof *a);
+  if (!w || !a) goto fail;
+  a->p = p;
+  a->self = w;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  int rc = pthread_create(&w->tid, &attr, worker_main, a);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) goto fail;
+  w->next = p->workers;
+  p->workers = w;
+  p->alive++;
+  if (p->alive > p->peak) p->peak = p->alive;
+  return true;
+fail:
+  free(w);
+  free(a);
+  return false;
+}
+
+bool rw_pool_submit(rw_pool *p, void (*fn)(void *), void *arg) {
+  job *j = malloc(sizeof *j);
+  if (!j) return false;
+  j->fn = fn;
+  j->arg = arg;
+  j->next = NULL;
+  pthread_mutex_lock(&p->mu);
+  if (p->stopping) {
+    pthread_mutex_unlock(&p->mu);
+    free(j);
+    return false;
+  }
+  reap_exited(p);
+  if (p->tail) p->tail->next = j;
+  else p->head = j;
+  p->tail = j;
+  int queued = 0;
+  for (job *q = p->head; q; q = q->next) queued++;
+  bool ok = true;
+  if (p->idle < queued && p->alive < p->max) ok = spawn_worker(p) || p->alive > 0;
+  if (!ok) { /* no thread at all: take the job back off the tail */
+    job **pp = &p->head;
+    while (*pp != j) pp = &(*pp)->next;
+    *pp = NULL;
+    p->tail = NULL;
+    for (job *q = p->head; q; q = q->next) p->tail = q;
+    free(j);
+  } else {
+    pthread_cond_signal(&p->work);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return ok;
+}
+
+void rw_pool_free(rw_pool *p) {
+  if (!p) return;
+  pthread_mutex_lock(&p->mu);
+  p->stopping = true;
+  pthread_cond_broadcast(&p->work);
+  while (p->alive > 0) pthread_cond_wait(&p->idle_cv, &p->mu);
+  reap_exited(p);
+  pthread_mutex_unlock(&p->mu);
+  pthread_cond_destroy(&p->work);
+  pthread_cond_destroy(&p->idle_cv);
+  pthread_mutex_destroy(&p->mu);
+  free(p);
+}
+
+int rw_pool_threads(rw_pool *p) {
+  pthread_mutex_lock(&p->mu);
+  int n = p->alive;
+  pthread_mutex_unlock(&p->mu);
+  return n;
+}
+int rw_pool_max_threads(rw_pool *p) { return p->max; }
+int rw_pool_peak_threads(rw_pool *p) {
+  pthread_mutex_lock(&p->mu);
+  int n = p->peak;
+  pthread_mutex_unlock(&p->mu);
+  return n;
+}
+
+/* ---------------- the shared pool ---------------- */
+
+static pthread_mutex_t shared_mu = PTHREAD_MUTEX_INITIALIZER;
+static rw_pool *shared_pool;
+static int shared_refs;
+
+/* Keeps this shared object mapped for the life of the process: a pool thread
+ * must never find its code unloaded (Lua dlcloses C modules at lua_close). */
+static void pin_self(void) {
+  Dl_info info;
+  if (dladdr((void *)pin_self, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE | RTLD_NOLOAD);
+}
+
+rw_pool *rw_pool_shared_acquire(void) {
+  pthread_mutex_lock(&shared_mu);
+  if (!shared_pool) {
+    const char *s = getenv("RW_POOL_THREADS");
+    int n = s ? atoi(s) : 16;
+    if (n < 1 || n > 4096) n = 16;
+    rw_error *err = NULL;
+    shared_pool = rw_pool_new(n, 2.0, &err);
+    rw_error_unref(err);
+    if (shared_pool) pin_self();
+  }
+  if (shared_pool) shared_refs++;
+  rw_pool *p = shared_pool;
+  pthread_mutex_unlock(&shared_mu);
+  return p;
+}
+
+void rw_pool_shared_release(void) {
+  pthread_mutex_lock(&shared_mu);
+  rw_pool *p = NULL;
+  if (shared_refs > 0 && --shared_refs == 0) {
+    p = shared_pool;
+    shared_pool = NULL;
+  }
+  pthread_mutex_unlock(&shared_mu);
+  rw_pool_free(p);
+}
+
+rw_pool *rw_pool_shared_peek(void) {
+  pthread_mutex_lock(&shared_mu);
+  rw_pool *p = shared_pool;
+  pthread_mutex_unlock(&shared_mu);
+  return p;
+}
+
+/* ---------------- workgroup ---------------- */
+
+struct rw_workgroup {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  rw_ctx *ctx;
+  rw_pool *pool;
+  bool shared;
+  int limit, running;
+  rw_error *first;
+};
+
+typedef struct {
+  rw_workgroup *wg;
+  rw_task_fn fn;
+  void *arg;
+} task;
+
+rw_workgroup *rw_workgroup_new(rw_ctx *parent, int limit, rw_pool *pool, rw_error **err) {
+  if (limit < 1) {
+    *err = rw_err(RW_E_INVALID, "limit must be >= 1 (got %d)", limit);
+    return NULL;
+  }
+  rw_workgroup *wg = calloc(1, sizeof *wg);
+  if (!wg) goto nomem;
+  wg->ctx = rw_ctx_with_cancel(parent);
+  if (!wg->ctx) goto nomem;
+  wg->shared = pool == NULL;
+  wg->pool = pool ? pool : rw_pool_shared_acquire();
+  if (!wg->pool) goto nomem;
+  pthread_mutex_init(&wg->mu, NULL);
+  rw_cond_init(&wg->cv);
+  wg->limit = limit;
+  return wg;
+nomem:
+  if (wg) rw_ctx_unref(wg->ctx);
+  free(wg);
+  *err = rw_err(RW_E_NOMEM, "out of memory making a workgroup");
+  return NULL;
+}
+
+static void task_run(void *argp) {
+  task *t = argp;
+  rw_workgroup *wg = t->wg;
+  rw_error *e = t->fn(wg->ctx, t->arg);
+  free(t);
+  bool cancel = false;
+  pthread_mutex_lock(&wg->mu);
+  if (e && !wg->first) {
+    wg->first = rw_error_ref(e);
+    cancel = true;
+  }
+  pthread_mutex_unlock(&wg->mu);
+  if (cancel) rw_ctx_cancel(wg->ctx, rw_error_ref(e));
+  rw_error_unref(e);
+  pthread_mutex_lock(&wg->mu);
+  wg->running--;
+  pthread_cond_broadcast(&wg->cv);
+  pthread_mutex_unlock(&wg->mu);
+}
+
+static bool slot_free(void *arg) {
+  rw_workgroup *wg = arg;
+  return wg->running < wg->limit;
+}
+
+static rw_error *start_locked(rw_workgroup *wg, rw_task_fn fn, void *arg) {
+  task *t = malloc(sizeof *t);
+  if (!t) return rw_err(RW_E_NOMEM, "out of memory starting a task");
+  *t = (task){wg, fn, arg};
+  wg->running++;
+  if (!rw_pool_submit(wg->pool, task_run, t)) {
+    wg->running--;
+    free(t);
+    return rw_err(RW_E_INTERNAL, "the pool refused the task (shutting down or out of memory)");
+  }
+  return NULL;
+}
+
+rw_error *rw_workgroup_go(rw_workgroup *wg, rw_task_fn fn, void *arg) {
+  pthread_mutex_lock(&wg->mu);
+  rw_error *e = rw_ctx_cond_wait(wg->ctx, &wg->mu, &wg->cv, slot_free, wg, INFINITY);
+  if (!e) e = rw_ctx_err(wg->ctx);
+  if (!e) e = start_locked(wg, fn, arg);
+  pthread_mutex_unlock(&wg->mu);
+  return e;
+}
+
+bool rw_workgroup_try_go(rw_workgroup *wg, rw_task_fn fn, void *arg) {
+  pthread_mutex_lock(&wg->mu);
+  bool ok = wg->running < wg->limit && !rw_ctx_done(wg->ctx);
+  if (ok) {
+    rw_error *e = start_locked(wg, fn, arg);
+    ok = e == NULL;
+    rw_error_unref(e);
+  }
+  pthread_mutex_unlock(&wg->mu);
+  return ok;
+}
+
+rw_error *rw_workgroup_wait(rw_workgroup *wg) {
+  pthread_mutex_lock(&wg->mu);
+  while (wg->running > 0) pthread_cond_wait(&wg->cv, &wg->mu);
+  rw_error *e = rw_error_ref(wg->first);
+  pthread_mutex_unlock(&wg->mu);
+  return e;
+}
+
+rw_error *rw_workgroup_error(rw_workgroup *wg) {
+  pthread_mutex_lock(&wg->mu);
+  rw_error *e = rw_error_ref(wg->first);
+  pthread_mutex_unlock(&wg->mu);
+  return e;
+}
+
+rw_ctx *rw_workgroup_ctx(rw_workgroup *wg) { return wg->ctx; }
+
+int rw_workgroup_running(rw_workgroup *wg) {
+  pthread_mutex_lock(&wg->mu);
+  int n = wg->running;
+  pthread_mutex_unlock(&wg->mu);
+  return n;
+}
+
+void rw_workgroup_free(rw_workgroup *wg) {
+  if (!wg) return;
+  rw_ctx_cancel(wg->ctx, NULL);
+  rw_error_unref(rw_workgroup_wait(wg));
+  if (wg->shared) rw_pool_shared_release();
+  rw_error_unref(wg->first);
+  rw_ctx_unref(wg->ctx);
+  pthread_cond_destroy(&wg->cv);
+  pthread_mutex_destroy(&wg->mu);
+  free(wg);
+}

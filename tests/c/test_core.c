@@ -1,0 +1,280 @@
+/* Unit tests for errors, contexts, backoff, rate limiter, pool and workgroup. */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "core/backoff.h"
+#include "core/clock.h"
+#include "core/context.h"
+#include "core/error.h"
+#include "core/ratelimit.h"
+#include "core/workgroup.h"
+#include "ctest.h"
+
+static unsigned seed;
+
+static void test_errors(void) {
+  rw_error *cause = rw_err(RW_E_NET_RESET, "reset after %d bytes", 42);
+  rw_error *e = rw_err_wrap(RW_E_RETRY_BUDGET, cause, "gave up");
+  CHECK(strcmp(rw_error_code(e), "rw.retry_budget_exhausted") == 0);
+  CHECK(rw_error_is(e, "net.reset"));
+  CHECK(!rw_error_is(e, "http.503"));
+  CHECK(rw_error_retryable(cause) && !rw_error_retryable(e));
+  CHECK(strstr(rw_error_where(e), "test_core.c:") != NULL);
+  CHECK(strcmp(rw_error_id(e), rw_error_id(cause)) != 0);
+  char buf[512];
+  rw_error_format(e, buf, sizeof buf);
+  CHECK(strstr(buf, rw_error_id(e)) && strstr(buf, "gave up"));
+  rw_error *h = rw_err_http(503, "busy");
+  CHECK(strcmp(rw_error_code(h), "http.503") == 0 && rw_error_retryable(h));
+  CHECK_EQ_INT(rw_error_status(h), 503);
+  rw_error *p = rw_err_http(412, "precondition");
+  CHECK(strcmp(rw_error_code(p), "gcs.precondition_failed") == 0 && !rw_error_retryable(p));
+  static const int retry[] = {408, 429, 500, 502, 503, 504};
+  static const int fatal[] = {400, 401, 403, 404, 409, 412, 499};
+  for (size_t i = 0; i < 6; i++) CHECK(rw_http_status_retryable(retry[i]));
+  for (size_t i = 0; i < 7; i++) CHECK(!rw_code_retryable(rw_http_status_code(fatal[i])));
+  rw_error_unref(e);
+  rw_error_unref(h);
+  rw_error_unref(p);
+}
+
+static void test_context_tree(void) {
+  long before = rw_ctx_live_count();
+  rw_ctx *root = rw_ctx_background();
+  rw_ctx *a = rw_ctx_with_cancel(root), *b = rw_ctx_with_timeout(a, 100), *c = rw_ctx_with_cancel(b);
+  rw_ctx *sib = rw_ctx_with_cancel(root);
+  CHECK(!rw_ctx_done(c));
+  CHECK(rw_ctx_cancel(b, NULL));
+  CHECK(!rw_ctx_cancel(b, NULL));
+  CHECK(rw_ctx_done(c) && rw_ctx_done(b));
+  CHECK(!rw_ctx_done(a) && !rw_ctx_done(sib)); /* a child never cancels its parent */
+  rw_error *e = rw_ctx_err(c);
+  CHECK(e && rw_error_is(e, RW_E_CANCELED));
+  rw_error_unref(e);
+  rw_ctx *late = rw_ctx_with_cancel(b); /* born cancelled */
+  CHECK(rw_ctx_done(late));
+  rw_ctx_cancel(root, rw_err("test.cause", "why"));
+  e = rw_ctx_err(sib);
+  CHECK(e && rw_error_is(e, "test.cause"));
+  rw_error_unref(e);
+  rw_ctx_unref(late);
+  rw_ctx_unref(c);
+  rw_ctx_unref(b);
+  rw_ctx_unref(sib);
+  rw_ctx_unref(a);
+  rw_ctx_unref(root);
+  CHECK_EQ_INT(rw_ctx_live_count(), before);
+}
+
+static void test_context_deadline(void) {
+  rw_ctx *p = rw_ctx_with_timeout(NULL, 0.05);
+  rw_ctx *k = rw_ctx_with_timeout(p, 10); /* inherits the earlier deadline */
+  CHECK(fabs(rw_ctx_deadline(k) - rw_ctx_deadline(p)) < 1e-9);
+  double t0 = rw_mono_now();
+  CHECK(rw_ctx_wait(k, 5));
+  double took = rw_mono_now() - t0;
+  CHECK(took >= 0.04 && took < 0.5);
+  rw_error *e = rw_ctx_err(k);
+  CHECK(e && rw_error_is(e, RW_E_DEADLINE));
+  rw_error_unref(e);
+  rw_ctx_unref(k);
+  rw_ctx_unref(p);
+  rw_ctx *q = rw_ctx_background();
+  CHECK(!rw_ctx_wait(q, 0.01));
+  CHECK(rw_ctx_timeout(q) < 0);
+  rw_ctx_unref(q);
+}
+
+static void *cancel_later(void *arg) {
+  struct timespec ts = {0, 30 * 1000000};
+  nanosleep(&ts, NULL);
+  rw_ctx_cancel(arg, NULL);
+  return NULL;
+}
+
+static bool never(void *arg) { return false; }
+
+static void test_context_wake(void) {
+  rw_ctx *c = rw_ctx_background();
+  int fd = rw_ctx_pollfd(c);
+  CHECK(fd >= 0);
+  pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t cv;
+  rw_cond_init(&cv);
+  pthread_t t;
+  pthread_create(&t, NULL, cancel_later, c);
+  double t0 = rw_mono_now();
+  pthread_mutex_lock(&m);
+  rw_error *e = rw_ctx_cond_wait(c, &m, &cv, never, NULL, INFINITY);
+  pthread_mutex_unlock(&m);
+  CHECK(e && rw_error_is(e, RW_E_CANCELED));
+  CHECK(rw_mono_now() - t0 < 1.0);
+  rw_error_unref(e);
+  pthread_join(t, NULL);
+  uint64_t v = 0;
+  CHECK(read(fd, &v, sizeof v) == sizeof v && v == 1);
+  pthread_cond_destroy(&cv);
+  rw_ctx_unref(c);
+}
+
+/* Many threads make, cancel and drop contexts in one tree (TSan food). */
+static void *churn(void *arg) {
+  rw_ctx *root = arg;
+  for (int i = 0; i < 300; i++) {
+    rw_ctx *a = rw_ctx_with_cancel(root), *b = rw_ctx_with_cancel(a);
+    if (i % 3 == 0) rw_ctx_cancel(a, NULL);
+    rw_error_unref(rw_ctx_err(b));
+    rw_ctx_unref(a);
+    rw_ctx_unref(b);
+  }
+  return NULL;
+}
+
+static void test_context_race(void) {
+  long before = rw_ctx_live_count();
+  rw_ctx *root = rw_ctx_background();
+  pthread_t t[4];
+  for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, churn, root);
+  rw_ctx_cancel(root, NULL);
+  for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+  rw_ctx_unref(root);
+  CHECK_EQ_INT(rw_ctx_live_count(), before);
+}
+
+static void test_backoff(void) {
+  static const rw_jitter kinds[] = {RW_JITTER_FULL, RW_JITTER_EQUAL, RW_JITTER_DECORRELATED,
+                                    RW_JITTER_NONE};
+  for (int k = 0; k < 4; k++) {
+    rw_backoff_config c = {.min_wait = 0.1, .max_wait = 2, .total_wait = 1e9, .multiplier = 2,
+                           .jitter = kinds[k], .seed = seed + 1};
+    CHECK(rw_backoff_config_check(&c) == NULL);
+    rw_backoff b;
+    rw_backoff_init(&b, &c);
+    for (int i = 0; i < 2000; i++) {
+      double d;
+      rw_error *e = rw_backoff_next(&b, &d);
+      CHECK(!e && d >= 0.1 && d <= 2.0);
+      if (k != RW_JITTER_DECORRELATED) CHECK(d <= fmin(2.0, 0.1 * pow(2, i < 60 ? i : 60)) + 1e-12);
+    }
+  }
+  rw_backoff_config c = {.min_wait = 0.1, .max_wait = 1, .total_wait = 3, .multiplier = 2,
+                         .jitter = RW_JITTER_FULL, .seed = seed};
+  rw_backoff b;
+  rw_backoff_init(&b, &c);
+  double sum = 0, d;
+  rw_error *e;
+  int n = 0;
+  while (!(e = rw_backoff_next(&b, &d))) sum += d, n++;
+  CHECK(sum <= 3.0 && n > 2);
+  CHECK(rw_error_is(e, RW_E_RETRY_BUDGET));
+  rw_error_unref(e);
+  rw_backoff_config bad = c;
+  bad.min_wait = 2;
+  e = rw_backoff_config_check(&bad);
+  CHECK(e && strstr(rw_error_message(e), "max_wait"));
+  rw_error_unref(e);
+  /* wait wakes at once on cancellation */
+  c.min_wait = 5, c.max_wait = 5, c.total_wait = 100;
+  rw_backoff_init(&b, &c);
+  rw_ctx *ctx = rw_ctx_background();
+  pthread_t t;
+  pthread_create(&t, NULL, cancel_later, ctx);
+  double t0 = rw_mono_now();
+  e = rw_backoff_wait(&b, ctx);
+  CHECK(e && rw_error_is(e, RW_E_CANCELED) && rw_mono_now() - t0 < 1);
+  rw_error_unref(e);
+  pthread_join(t, NULL);
+  rw_ctx_unref(ctx);
+}
+
+static void test_ratelimit(void) {
+  rw_error *err = NULL;
+  CHECK(rw_ratelimit_new(0, 1, &err) == NULL && err);
+  rw_error_unref(err);
+  rw_ratelimit *rl = rw_ratelimit_new(1000, 10, &err);
+  for (int i = 0; i < 10; i++) CHECK(rw_ratelimit_try(rl, 1));
+  CHECK(!rw_ratelimit_try(rl, 5));
+  double d;
+  CHECK(rw_ratelimit_reserve(rl, 10, &d) == NULL && d > 0.005 && d < 0.02);
+  rw_error *e = rw_ratelimit_reserve(rl, 11, &d);
+  CHECK(e && rw_error_is(e, RW_E_INVALID));
+  rw_error_unref(e);
+  rw_ratelimit_free(rl);
+  /* long-run rate within 5% */
+  rl = rw_ratelimit_new(2000, 20, &err);
+  rw_ctx *ctx = rw_ctx_background();
+  double t0 = rw_mono_now();
+  for (int i = 0; i < 600; i++) CHECK(rw_ratelimit_wait(rl, ctx, 2) == NULL);
+  double rate = (1200 - 20) / (rw_mono_now() - t0);
+  CHECK(rate > 1900 && rate < 2100);
+  rw_ctx_unref(ctx);
+  rw_ratelimit_free(rl);
+}
+
+static atomic_int ran, concurrent, max_concurrent;
+
+static rw_error *sleepy(rw_ctx *ctx, void *arg) {
+  int now = atomic_fetch_add(&concurrent, 1) + 1;
+  int m = atomic_load(&max_concurrent);
+  while (now > m && !atomic_compare_exchange_weak(&max_concurrent, &m, now)) {
+  }
+  rw_ctx_wait(ctx, 0.01);
+  atomic_fetch_sub(&concurrent, 1);
+  atomic_fetch_add(&ran, 1);
+  return (intptr_t)arg == 7 ? rw_err("test.fail", "task 7 failed") : NULL;
+}
+
+static rw_error *blocker(rw_ctx *ctx, void *arg) {
+  rw_ctx_wait(ctx, 10);
+  return rw_ctx_err(ctx);
+}
+
+static void test_workgroup(void) {
+  rw_error *err = NULL;
+  rw_pool *pool = rw_pool_new(4, 0.2, &err);
+  rw_workgroup *wg = rw_workgroup_new(NULL, 3, pool, &err);
+  for (intptr_t i = 0; i < 20; i++) {
+    rw_error *e = rw_workgroup_go(wg, sleepy, (void *)(i == 5 ? 0 : i + 100));
+    CHECK(e == NULL);
+  }
+  CHECK(rw_workgroup_wait(wg) == NULL);
+  CHECK_EQ_INT(atomic_load(&ran), 20);
+  CHECK(atomic_load(&max_concurrent) <= 3);
+  CHECK(rw_pool_peak_threads(pool) <= 4);
+  rw_workgroup_free(wg);
+  /* first error cancels the group; blocked tasks wake */
+  wg = rw_workgroup_new(NULL, 4, pool, &err);
+  double t0 = rw_mono_now();
+  rw_workgroup_go(wg, blocker, NULL);
+  rw_workgroup_go(wg, blocker, NULL);
+  rw_workgroup_go(wg, sleepy, (void *)7);
+  rw_error *e = rw_workgroup_wait(wg);
+  CHECK(e && rw_error_is(e, "test.fail"));
+  CHECK(rw_mono_now() - t0 < 2);
+  rw_error_unref(e);
+  e = rw_workgroup_go(wg, sleepy, NULL); /* group is done */
+  CHECK(e != NULL);
+  rw_error_unref(e);
+  rw_workgroup_free(wg);
+  /* idle threads exit and are joined */
+  struct timespec ts = {0, 500 * 1000000};
+  nanosleep(&ts, NULL);
+  CHECK_EQ_INT(rw_pool_threads(pool), 0);
+  rw_pool_free(pool);
+  CHECK(rw_workgroup_new(NULL, 0, NULL, &err) == NULL && err);
+  rw_error_unref(err);
+}
+
+int main(void) {
+  seed = ct_seed();
+  RUN(test_errors);
+  RUN(test_context_tree);
+  RUN(test_context_deadline);
+  RUN(test_context_wake);
+  RUN(test_context_race);
+  RUN(test_backoff);
+  RUN(test_ratelimit);
+  RUN(test_workgroup);
+  return ct_finish("test_core");
+}
