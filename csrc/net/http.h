@@ -1,0 +1,90 @@
+/* libcurl glue: one HTTP client per sink, one request at a time.
+ *
+ * A client owns an easy handle and a private multi handle; the multi keeps the
+ * connection cache, so connections are reused between requests. Each request
+ * is driven with curl_multi_poll in slices of at most 50 ms and a context
+ * waker that calls curl_multi_wakeup, so a cancelled context (or its deadline)
+ * ends the transfer within tens of milliseconds, even mid-stall. The body is
+ * read straight from an iovec array by CURLOPT_READFUNCTION; it is never
+ * flattened into one buffer. curl_global_init runs once, lazily, on the first
+ * rw_http_new (never at module load).
+ *
+ * A client is used by one thread at a time; only the context may be cancelled
+ * from another thread. */
+#ifndef RW_HTTP_H
+#define RW_HTTP_H
+
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "core/context.h"
+#include "core/error.h"
+
+/* Hook for a fault-injecting dialer (issue 5): when set, its functions are
+ * installed as CURLOPT_OPENSOCKETFUNCTION / CURLOPT_SOCKOPTFUNCTION /
+ * CURLOPT_CLOSESOCKETFUNCTION (any may be NULL) with ud as their data. The
+ * dialer must outlive every client that uses it. */
+typedef struct rw_http_dialer {
+  curl_opensocket_callback opensocket;
+  curl_sockopt_callback sockopt;
+  curl_closesocket_callback closesocket;
+  void *ud;
+} rw_http_dialer;
+
+typedef struct rw_http_config {
+  double connect_timeout;       /* seconds; <= 0: 10 s */
+  size_t max_body;              /* response body kept; 0: 1 MiB (the rest is dropped) */
+  const rw_http_dialer *dialer; /* NULL: plain sockets */
+} rw_http_config;
+
+typedef struct rw_http rw_http;
+
+rw_http *rw_http_new(const rw_http_config *cfg, rw_error **err);
+void rw_http_free(rw_http *h); /* NULL is fine */
+
+typedef struct rw_http_request {
+  const char *method;               /* "GET", "POST", "PUT", "DELETE" */
+  const char *url;
+  const char *const *headers;       /* "Name: value" lines, NULL-terminated; may be NULL */
+  const struct iovec *iov;          /* body, read in place; may be NULL when len is 0 */
+  int iovcnt;
+  uint64_t len;                     /* body length (sum of iov lengths) */
+  double stall_timeout;             /* seconds with no byte moving either way; <= 0: none */
+  /* Called (on the calling thread) with the number of body bytes newly handed
+   * to the connection. May be NULL. */
+  void (*on_sent)(void *ud, uint64_t bytes);
+  void *ud;
+} rw_http_request;
+
+typedef struct rw_http_header {
+  char *name, *value;
+} rw_http_header;
+
+typedef struct rw_http_response {
+  int status;
+  rw_http_header *headers; /* of the last response (after any 100 Continue) */
+  size_t nheaders;
+  char *body;              /* NUL-terminated; at most max_body bytes */
+  size_t body_len;
+  bool body_truncated;
+  uint64_t sent;           /* body bytes handed to the connection */
+} rw_http_response;
+
+/* Performs one request. Transport failures give net.* codes (net.refused,
+ * net.dns, net.reset, net.broken_pipe, net.eof, net.timeout, net.tls,
+ * net.stall, net.other) or the context's error; any HTTP status is a success
+ * here (res->status), the caller judges it. res is cleared first; release it
+ * with rw_http_response_clear (also after an error). */
+rw_error *rw_http_do(rw_http *h, rw_ctx *ctx, const rw_http_request *req, rw_http_response *res);
+void rw_http_response_clear(rw_http_response *res);
+/* Last header of that name (case-insensitive), or NULL. */
+const char *rw_http_response_header(const rw_http_response *res, const char *name);
+
+/* Percent-encodes s for a query value or path segment (RFC 3986 unreserved
+ * kept). Returns malloc'd text, NULL when out of memory. */
+char *rw_http_escape(const char *s);
+
+#endif
