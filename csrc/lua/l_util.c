@@ -1,6 +1,108 @@
+/* Small process helpers the Lua layer and the tests need: a monotonic clock,
+ * poll(2) over several fds (the workgroup scheduler), sleeping, and counts of
+ * threads and fds read from /proc (the bounds tests). */
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/workgroup.h"
 #include "lrw.h"
 
+static int u_monotime(lua_State *L) {
+  lua_pushnumber(L, rw_mono_now());
+  return 1;
+}
+
+static int u_realtime(lua_State *L) {
+  lua_pushnumber(L, rw_real_now());
+  return 1;
+}
+
+static int u_sleep(lua_State *L) {
+  double s = rw_lua_check_number_range(L, 1, "seconds", 0, 86400);
+  struct timespec ts = rw_timespec_of(s);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
+/* poll({fd, ...}, timeout_seconds|nil): readable fds count (0 on timeout).
+ * Readable eventfds are not drained: they stay readable. */
+static int u_poll(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  double t = lua_isnoneornil(L, 2) ? -1 : rw_lua_check_number_range(L, 2, "timeout", 0, 86400);
+  int n = (int)lua_rawlen(L, 1);
+  if (n > 1024) return luaL_argerror(L, 1, "at most 1024 fds");
+  struct pollfd fds[1024];
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    fds[i].fd = (int)luaL_checkinteger(L, -1);
+    fds[i].events = POLLIN;
+    fds[i].revents = 0;
+    lua_pop(L, 1);
+  }
+  int ms = t < 0 ? -1 : (int)(t * 1000 + 0.999);
+  int rc;
+  do rc = poll(fds, (nfds_t)n, ms);
+  while (rc < 0 && errno == EINTR);
+  lua_pushinteger(L, rc < 0 ? 0 : rc);
+  return 1;
+}
+
+static long proc_status_field(const char *name) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long v = -1;
+  size_t nl = strlen(name);
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, name, nl) == 0 && line[nl] == ':') {
+      v = strtol(line + nl + 1, NULL, 10);
+      break;
+    }
+  fclose(f);
+  return v;
+}
+
+static int u_thread_count(lua_State *L) {
+  lua_pushinteger(L, proc_status_field("Threads"));
+  return 1;
+}
+
+static int u_rss_kib(lua_State *L) {
+  lua_pushinteger(L, proc_status_field("VmRSS"));
+  return 1;
+}
+
+static int u_fd_count(lua_State *L) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return 0;
+  long n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  lua_pushinteger(L, n - 1); /* not the DIR's own fd */
+  return 1;
+}
+
+static int u_pool_threads(lua_State *L) {
+  rw_pool *p = rw_pool_shared_peek();
+  lua_pushinteger(L, p ? rw_pool_threads(p) : 0);
+  return 1;
+}
+
 int rw_lua_open_util(lua_State *L) {
-  lua_newtable(L);
+  static const luaL_Reg fns[] = {{"monotime", u_monotime},         {"realtime", u_realtime},
+                                 {"sleep", u_sleep},               {"poll", u_poll},
+                                 {"thread_count", u_thread_count}, {"fd_count", u_fd_count},
+                                 {"rss_kib", u_rss_kib},           {"pool_threads", u_pool_threads},
+                                 {NULL, NULL}};
+  luaL_newlib(L, fns);
   return 1;
 }
