@@ -1,0 +1,417 @@
+/* GCS resumable upload sink: see gcs.h. */
+#include "gcs.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/checksum.h"
+
+#define DEFAULT_ENDPOINT "https://storage.googleapis.com"
+#define MAX_HEADERS 32
+
+typedef struct gcs_sink {
+  rw_sink base;
+  rw_http *http;
+  char *endpoint, *bucket, *object, *metadata_json;
+  bool has_igm;
+  int64_t igm;
+  char **extra; /* "Name: value" lines */
+  size_t nextra;
+  double abort_timeout;
+  char *session; /* session URI, "" before begin */
+  pthread_mutex_t token_mu;
+  char *auth;    /* "Authorization: Bearer ..." or NULL */
+} gcs_sink;
+
+static const rw_sink_ops gcs_ops;
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static char *str_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *str_printf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *out = NULL;
+  if (vasprintf(&out, fmt, ap) < 0) out = NULL;
+  va_end(ap);
+  return out;
+}
+
+char *rw_gcs_endpoint_resolve(const char *endpoint) {
+  const char *e = endpoint;
+  if (!e || !*e) e = getenv("STORAGE_EMULATOR_HOST");
+  if (!e || !*e) e = getenv("CLOUD_STORAGE_EMULATOR_ENDPOINT");
+  if (!e || !*e) e = DEFAULT_ENDPOINT;
+  bool has_scheme = strstr(e, "://") != NULL;
+  char *out = str_printf("%s%s", has_scheme ? "" : "http://", e);
+  if (!out) return NULL;
+  size_t n = strlen(out);
+  while (n > 0 && out[n - 1] == '/') out[--n] = 0;
+  return out;
+}
+
+/* ---- construction ---- */
+
+static void gcs_destroy(rw_sink *s) {
+  gcs_sink *g = (gcs_sink *)s;
+  rw_http_free(g->http);
+  for (size_t i = 0; i < g->nextra; i++) free(g->extra[i]);
+  free(g->extra);
+  free(g->endpoint);
+  free(g->bucket);
+  free(g->object);
+  free(g->metadata_json);
+  free(g->session);
+  free(g->auth);
+  pthread_mutex_destroy(&g->token_mu);
+  free(g);
+}
+
+static bool copy_headers(gcs_sink *g, const rw_gcs_config *cfg) {
+  if (cfg->nheaders == 0) return true;
+  g->extra = calloc(cfg->nheaders, sizeof *g->extra);
+  if (!g->extra) return false;
+  for (size_t i = 0; i < cfg->nheaders; i++) {
+    g->extra[i] = str_printf("%s: %s", cfg->headers[i].name, cfg->headers[i].value);
+    if (!g->extra[i]) return false;
+    g->nextra++;
+  }
+  return true;
+}
+
+static rw_error *check_config(const rw_gcs_config *cfg) {
+  if (!cfg) return rw_err(RW_E_INVALID, "gcs sink: no config");
+  if (!cfg->session_uri && (!cfg->bucket || !*cfg->bucket))
+    return rw_err(RW_E_INVALID, "gcs sink: bucket is required");
+  if (!cfg->session_uri && (!cfg->object || !*cfg->object))
+    return rw_err(RW_E_INVALID, "gcs sink: object is required");
+  if (cfg->nheaders > MAX_HEADERS)
+    return rw_err(RW_E_INVALID, "gcs sink: at most %d extra headers", MAX_HEADERS);
+  for (size_t i = 0; i < cfg->nheaders; i++) {
+    const rw_gcs_header *h = &cfg->headers[i];
+    if (!h->name || !*h->name || !h->value || strpbrk(h->name, ":\r\n ") || strpbrk(h->value, "\r\n"))
+      return rw_err(RW_E_INVALID, "gcs sink: bad header #%zu", i + 1);
+  }
+  if (cfg->token && strpbrk(cfg->token, "\r\n"))
+    return rw_err(RW_E_INVALID, "gcs sink: the token holds a line break");
+  if (cfg->metadata_json) {
+    json_error_t je;
+    json_t *j = json_loads(cfg->metadata_json, 0, &je);
+    bool obj = j && json_is_object(j);
+    json_decref(j);
+    if (!obj) return rw_err(RW_E_INVALID, "gcs sink: metadata is not a JSON object");
+  }
+  return NULL;
+}
+
+rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err) {
+  if ((*err = check_config(cfg))) return NULL;
+  gcs_sink *g = calloc(1, sizeof *g);
+  if (!g) goto nomem;
+  g->base.ops = &gcs_ops;
+  pthread_mutex_init(&g->token_mu, NULL);
+  g->has_igm = cfg->has_if_generation_match;
+  g->igm = cfg->if_generation_match;
+  g->abort_timeout = cfg->abort_timeout > 0 ? cfg->abort_timeout : 2.0;
+  g->endpoint = rw_gcs_endpoint_resolve(cfg->endpoint);
+  g->bucket = dup_or_null(cfg->bucket ? cfg->bucket : "");
+  g->object = dup_or_null(cfg->object ? cfg->object : "");
+  g->metadata_json = strdup(cfg->metadata_json ? cfg->metadata_json : "{}");
+  g->session = strdup(cfg->session_uri ? cfg->session_uri : "");
+  if (cfg->token && !(g->auth = str_printf("Authorization: Bearer %s", cfg->token))) goto nomem;
+  if (!g->endpoint || !g->bucket || !g->object || !g->metadata_json || !g->session) goto nomem;
+  if (!copy_headers(g, cfg)) goto nomem;
+  rw_http_config hc = {.connect_timeout = cfg->connect_timeout, .dialer = cfg->dialer};
+  if (!(g->http = rw_http_new(&hc, err))) {
+    gcs_destroy(&g->base);
+    return NULL;
+  }
+  return &g->base;
+nomem:
+  if (g) gcs_destroy(&g->base);
+  *err = rw_err(RW_E_NOMEM, "gcs sink: out of memory");
+  return NULL;
+}
+
+rw_error *rw_gcs_sink_set_token(rw_sink *s, const char *token) {
+  if (s->ops != &gcs_ops) return rw_err(RW_E_INVALID, "not a gcs sink");
+  if (token && strpbrk(token, "\r\n")) return rw_err(RW_E_INVALID, "the token holds a line break");
+  char *auth = token ? str_printf("Authorization: Bearer %s", token) : NULL;
+  if (token && !auth) return rw_err(RW_E_NOMEM, "out of memory");
+  gcs_sink *g = (gcs_sink *)s;
+  pthread_mutex_lock(&g->token_mu);
+  char *old = g->auth;
+  g->auth = auth;
+  pthread_mutex_unlock(&g->token_mu);
+  free(old);
+  return NULL;
+}
+
+/* ---- requests ---- */
+
+/* Header lines for one request: the caller's own lines, then auth and extras.
+ * *auth_copy holds the copied auth line (freed by the caller). */
+static void build_headers(gcs_sink *g, const char **out, const char *const *own, char **auth_copy) {
+  size_t n = 0;
+  for (; own && *own; own++) out[n++] = *own;
+  pthread_mutex_lock(&g->token_mu);
+  *auth_copy = g->auth ? strdup(g->auth) : NULL;
+  pthread_mutex_unlock(&g->token_mu);
+  if (*auth_copy) out[n++] = *auth_copy;
+  for (size_t i = 0; i < g->nextra; i++) out[n++] = g->extra[i];
+  out[n] = NULL;
+}
+
+typedef struct gcs_req {
+  const char *method, *url, *what; /* what: "PUT <uri> bytes a-b/ *" for messages */
+  const char *const *own_headers;
+  const struct iovec *iov;
+  int iovcnt;
+  uint64_t len;
+  double stall_timeout;
+  void (*on_sent)(void *ud, uint64_t bytes);
+  void *ud;
+} gcs_req;
+
+static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_response *res) {
+  const char *lines[MAX_HEADERS + 8];
+  char *auth = NULL;
+  build_headers(g, lines, r->own_headers, &auth);
+  rw_http_request hr = {.method = r->method, .url = r->url, .headers = lines, .iov = r->iov,
+                        .iovcnt = r->iovcnt, .len = r->len, .stall_timeout = r->stall_timeout,
+                        .on_sent = r->on_sent, .ud = r->ud};
+  rw_error *e = rw_http_do(g->http, ctx, &hr, res);
+  free(auth);
+  if (e) return rw_err_wrap(rw_error_code(e), e, "%s", r->what);
+  return NULL;
+}
+
+/* The server's own words: error.message from a JSON error, else the body. */
+static char *server_message(const rw_http_response *res) {
+  if (!res->body || !res->body_len) return strdup("(no body)");
+  json_error_t je;
+  json_t *j = json_loadb(res->body, res->body_len, 0, &je);
+  const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+  char *out = msg ? strdup(msg) : str_printf("%.300s", res->body);
+  json_decref(j);
+  return out;
+}
+
+static rw_error *http_failure(const gcs_req *r, const rw_http_response *res) {
+  char *msg = server_message(res);
+  rw_error *e = rw_err_http(res->status, "%s: HTTP %d: %s", r->what, res->status, msg ? msg : "");
+  free(msg);
+  return e;
+}
+
+/* ---- object JSON ---- */
+
+static char *json_text_field(json_t *o, const char *key) {
+  json_t *v = json_object_get(o, key);
+  if (json_is_string(v)) return strdup(json_string_value(v));
+  if (json_is_integer(v)) return str_printf("%" JSON_INTEGER_FORMAT, json_integer_value(v));
+  return NULL;
+}
+
+static rw_error *parse_object(const gcs_req *r, const rw_http_response *res, rw_sink_object *obj) {
+  json_error_t je;
+  json_t *j = res->body ? json_loadb(res->body, res->body_len, 0, &je) : NULL;
+  if (!json_is_object(j)) {
+    json_decref(j);
+    return rw_err(RW_E_PROTOCOL, "%s: HTTP %d without an object resource", r->what, res->status);
+  }
+  char *size = json_text_field(j, "size"), *end = NULL;
+  unsigned long long sz = size ? strtoull(size, &end, 10) : 0;
+  bool size_ok = size && *size && end && !*end;
+  free(size);
+  if (!size_ok) {
+    json_decref(j);
+    return rw_err(RW_E_PROTOCOL, "%s: the object resource has no valid size", r->what);
+  }
+  obj->size = sz;
+  obj->bucket = json_text_field(j, "bucket");
+  obj->name = json_text_field(j, "name");
+  obj->generation = json_text_field(j, "generation");
+  obj->crc32c = json_text_field(j, "crc32c");
+  obj->md5 = json_text_field(j, "md5Hash");
+  obj->json = strndup(res->body, res->body_len);
+  json_decref(j);
+  return NULL;
+}
+
+/* "bytes=0-N" -> N+1; no header -> 0. */
+static rw_error *parse_range(const gcs_req *r, const char *range, uint64_t *persisted) {
+  if (!range) {
+    *persisted = 0;
+    return NULL;
+  }
+  unsigned long long lo, hi;
+  int used = 0;
+  if (sscanf(range, "bytes=%llu-%llu%n", &lo, &hi, &used) != 2 || range[used] || lo != 0)
+    return rw_err(RW_E_PROTOCOL, "%s: 308 with a bad Range header '%s'", r->what, range);
+  *persisted = (uint64_t)hi + 1;
+  return NULL;
+}
+
+/* Judges a reply to a PUT on the session: 308, 200/201 or a failure. */
+static rw_error *judge_put(const gcs_req *r, const rw_http_response *res, rw_sink_result *out) {
+  memset(out, 0, sizeof *out);
+  if (res->status == 308) return parse_range(r, rw_http_response_header(res, "Range"), &out->persisted);
+  if (res->status == 200 || res->status == 201) {
+    rw_error *e = parse_object(r, res, &out->obj);
+    if (e) {
+      rw_sink_result_clear(out);
+      return e;
+    }
+    out->finalized = true;
+    out->persisted = out->obj.size;
+    return NULL;
+  }
+  return http_failure(r, res);
+}
+
+/* ---- ops ---- */
+
+static char *initiate_url(gcs_sink *g) {
+  char *b = rw_http_escape(g->bucket), *o = rw_http_escape(g->object), *url = NULL;
+  if (b && o) {
+    if (g->has_igm)
+      url = str_printf("%s/upload/storage/v1/b/%s/o?uploadType=resumable&name=%s&ifGenerationMatch=%" PRId64,
+                       g->endpoint, b, o, g->igm);
+    else
+      url = str_printf("%s/upload/storage/v1/b/%s/o?uploadType=resumable&name=%s", g->endpoint, b, o);
+  }
+  free(b);
+  free(o);
+  return url;
+}
+
+static rw_error *gcs_begin(rw_sink *s, rw_ctx *ctx) {
+  gcs_sink *g = (gcs_sink *)s;
+  if (g->session[0]) return NULL; /* resuming */
+  char *url = initiate_url(g);
+  char *what = url ? str_printf("POST %s", url) : NULL;
+  if (!what) {
+    free(url);
+    return rw_err(RW_E_NOMEM, "gcs begin: out of memory");
+  }
+  const char *own[] = {"Content-Type: application/json; charset=UTF-8", NULL};
+  struct iovec body = {g->metadata_json, strlen(g->metadata_json)};
+  gcs_req r = {.method = "POST", .url = url, .what = what, .own_headers = own,
+               .iov = &body, .iovcnt = 1, .len = body.iov_len};
+  rw_http_response res;
+  rw_error *e = send_req(g, ctx, &r, &res);
+  if (!e && res.status != 200 && res.status != 201) e = http_failure(&r, &res);
+  const char *loc = e ? NULL : rw_http_response_header(&res, "Location");
+  if (!e && (!loc || !*loc)) e = rw_err(RW_E_PROTOCOL, "%s: HTTP %d without a Location", what, res.status);
+  if (!e) {
+    char *session = strdup(loc);
+    if (session) {
+      free(g->session);
+      g->session = session;
+    } else {
+      e = rw_err(RW_E_NOMEM, "gcs begin: out of memory");
+    }
+  }
+  rw_http_response_clear(&res);
+  free(what);
+  free(url);
+  return e;
+}
+
+static char *content_range(const rw_sink_put *p) {
+  unsigned long long a = p->offset, b = p->offset + p->len - 1, total = p->offset + p->len;
+  if (p->len == 0) return p->final ? str_printf("Content-Range: bytes */%llu", total)
+                                   : strdup("Content-Range: bytes */*");
+  if (p->final) return str_printf("Content-Range: bytes %llu-%llu/%llu", a, b, total);
+  return str_printf("Content-Range: bytes %llu-%llu/*", a, b);
+}
+
+static char *hash_header(const rw_sink_sums *sums) {
+  if (!sums || (!sums->has_crc32c && !sums->has_md5)) return NULL;
+  char crc[9] = "", md5[25] = "";
+  if (sums->has_crc32c) rw_crc32c_base64(sums->crc32c, crc);
+  if (sums->has_md5) rw_md5_base64(sums->md5, md5);
+  return str_printf("X-Goog-Hash: %s%s%s%s%s", sums->has_crc32c ? "crc32c=" : "", crc,
+                    sums->has_crc32c && sums->has_md5 ? "," : "", sums->has_md5 ? "md5=" : "", md5);
+}
+
+static rw_error *no_session(const char *op) {
+  return rw_err(RW_E_INVALID, "gcs %s: no session (begin was not called or failed)", op);
+}
+
+static rw_error *gcs_put(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_sink_result *out) {
+  gcs_sink *g = (gcs_sink *)s;
+  memset(out, 0, sizeof *out);
+  if (!g->session[0]) return no_session("put");
+  char *range = content_range(p);
+  char *hash = p->final ? hash_header(p->sums) : NULL;
+  char *what = range ? str_printf("PUT %s %s", g->session, range + strlen("Content-Range: ")) : NULL;
+  rw_error *e = NULL;
+  if (!range || !what || (p->final && p->sums && (p->sums->has_crc32c || p->sums->has_md5) && !hash)) {
+    e = rw_err(RW_E_NOMEM, "gcs put: out of memory");
+    goto done;
+  }
+  const char *own[] = {range, hash, NULL};
+  gcs_req r = {.method = "PUT", .url = g->session, .what = what, .own_headers = own,
+               .iov = p->iov, .iovcnt = p->iovcnt, .len = p->len,
+               .stall_timeout = p->stall_timeout, .on_sent = p->on_sent, .ud = p->ud};
+  rw_http_response res;
+  e = send_req(g, ctx, &r, &res);
+  if (!e) e = judge_put(&r, &res, out);
+  rw_http_response_clear(&res);
+done:
+  free(what);
+  free(hash);
+  free(range);
+  return e;
+}
+
+static rw_error *gcs_query(rw_sink *s, rw_ctx *ctx, rw_sink_result *out) {
+  gcs_sink *g = (gcs_sink *)s;
+  memset(out, 0, sizeof *out);
+  if (!g->session[0]) return no_session("query");
+  char *what = str_printf("PUT %s bytes */*", g->session);
+  if (!what) return rw_err(RW_E_NOMEM, "gcs query: out of memory");
+  const char *own[] = {"Content-Range: bytes */*", NULL};
+  gcs_req r = {.method = "PUT", .url = g->session, .what = what, .own_headers = own};
+  rw_http_response res;
+  rw_error *e = send_req(g, ctx, &r, &res);
+  if (!e) e = judge_put(&r, &res, out);
+  rw_http_response_clear(&res);
+  free(what);
+  return e;
+}
+
+static rw_error *gcs_abort(rw_sink *s, rw_ctx *ctx) {
+  gcs_sink *g = (gcs_sink *)s;
+  if (!g->session[0]) return NULL;
+  /* Its own short deadline; a cancelled caller context must not stop it. */
+  rw_ctx *dctx = rw_ctx_with_timeout(rw_ctx_done(ctx) ? NULL : ctx, g->abort_timeout);
+  if (!dctx) return rw_err(RW_E_NOMEM, "gcs abort: out of memory");
+  char *what = str_printf("DELETE %s", g->session);
+  gcs_req r = {.method = "DELETE", .url = g->session, .what = what ? what : "DELETE"};
+  rw_http_response res;
+  rw_error *e = send_req(g, dctx, &r, &res);
+  if (!e && res.status != 499 && res.status != 200 && res.status != 204) e = http_failure(&r, &res);
+  rw_http_response_clear(&res);
+  free(what);
+  rw_ctx_unref(dctx);
+  return e;
+}
+
+static const char *gcs_session(rw_sink *s) { return ((gcs_sink *)s)->session; }
+
+static const rw_sink_ops gcs_ops = {
+    .kind = "gcs",
+    .begin = gcs_begin,
+    .put = gcs_put,
+    .query = gcs_query,
+    .abort = gcs_abort,
+    .session = gcs_session,
+    .destroy = gcs_destroy,
+};
