@@ -226,7 +226,7 @@ static void run_faulty(uint64_t seed, const char *path, const unsigned char *dat
   rw_error *e = NULL;
   rw_sink *inner = rw_file_sink_new(path, &e);
   rw_faulty_config fc = {.seed = seed, .p_error = 0.4, .codes = codes, .ncodes = 3,
-                         .p_partial = 0.3, .p_after = 0.3, .partial_align = 4096,
+                         .p_partial = 0.3, .p_after = 0.3, .partial_align = 1024,
                          .counters = counters};
   rw_sink *s = rw_faulty_sink_new(inner, &fc, &e);
   CHECK(s && !e);
@@ -236,7 +236,7 @@ static void run_faulty(uint64_t seed, const char *path, const unsigned char *dat
   rw_sink_result r = {0};
   int failures = 0;
   unsigned saved = rng_state; /* the split points must not change the faults */
-  e = upload_with_retries(s, ctx, data, n, 4096, &failures, &r);
+  e = upload_with_retries(s, ctx, data, n, 1024, &failures, &r);
   rng_state = saved;
   CHECK(e == NULL);
   rw_error_unref(e);
