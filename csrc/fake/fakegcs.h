@@ -1,0 +1,89 @@
+/* An in-process fake of the GCS JSON API on libmicrohttpd, with faults in
+ * storage-testbench's language (POST /retry_test) and a seeded random mode.
+ *
+ * One server = one MHD daemon (a thread per connection) plus its store of
+ * buckets, objects and upload sessions. Uploads are streamed into the store
+ * as the body arrives; checksums are kept running. All functions are thread
+ * safe; rw_fakegcs_stop joins every thread and frees everything. */
+#ifndef RW_FAKEGCS_H
+#define RW_FAKEGCS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+typedef struct rw_fakegcs rw_fakegcs;
+
+typedef enum {
+  RW_FAKEGCS_MEMORY = 0, /* bytes kept in memory */
+  RW_FAKEGCS_DISCARD,    /* only sizes and checksums */
+  RW_FAKEGCS_DIR         /* bytes in files under dir */
+} rw_fakegcs_store_kind;
+
+typedef struct rw_fakegcs_config {
+  const char *host;            /* NULL: "127.0.0.1" */
+  int port;                    /* 0: ephemeral */
+  rw_fakegcs_store_kind store;
+  const char *dir;             /* for RW_FAKEGCS_DIR */
+  const char *const *buckets;  /* NULL-terminated, created at start; may be NULL */
+  bool no_md5;                 /* skip MD5 (benchmarks); md5Hash then absent */
+} rw_fakegcs_config;
+
+/* Starts a server; returns NULL and sets *err on failure. */
+rw_fakegcs *rw_fakegcs_start(const rw_fakegcs_config *cfg, rw_error **err);
+/* Stops the daemon, joins its threads and frees everything. NULL is fine. */
+void rw_fakegcs_stop(rw_fakegcs *s);
+
+int rw_fakegcs_port(const rw_fakegcs *s);
+/* "http://127.0.0.1:PORT"; valid until stop. */
+const char *rw_fakegcs_url(const rw_fakegcs *s);
+
+/* A finished object: bytes (NULL in discard mode) and metadata. */
+typedef struct rw_fakegcs_object {
+  unsigned char *data;  /* malloc'd copy, NULL when the store keeps no bytes */
+  uint64_t size;
+  int64_t generation;
+  uint32_t crc32c;
+  bool has_md5;
+  unsigned char md5[16];
+  char *json;           /* the object resource as GCS returns it (malloc'd) */
+} rw_fakegcs_object;
+
+/* Copies the object out; false when it does not exist. */
+bool rw_fakegcs_object_get(rw_fakegcs *s, const char *bucket, const char *name,
+                           rw_fakegcs_object *out);
+void rw_fakegcs_object_free(rw_fakegcs_object *o);
+
+/* One line of the request log. */
+typedef struct rw_fakegcs_request {
+  char method[8];
+  char *path;          /* with the query string */
+  char *content_range; /* NULL when absent */
+  int status;          /* 0 when the connection was cut without a reply */
+} rw_fakegcs_request;
+
+/* Copies the log; *n is its length. Free with rw_fakegcs_requests_free. */
+rw_fakegcs_request *rw_fakegcs_requests(rw_fakegcs *s, size_t *n);
+void rw_fakegcs_requests_free(rw_fakegcs_request *r, size_t n);
+void rw_fakegcs_requests_clear(rw_fakegcs *s);
+
+/* Seeded random faults on upload requests (storage.objects.insert). All
+ * probabilities 0 turns the mode off. */
+typedef struct rw_fakegcs_faults {
+  uint64_t seed;
+  double p_503;     /* reply 503 before persisting */
+  double p_408;     /* reply 408 before persisting */
+  double p_reset;   /* TCP RST before persisting */
+  double p_partial; /* persist a random 256 KiB-aligned prefix, then 503 */
+  double p_broken;  /* persist everything, then cut the reply */
+  double p_stall;   /* pause stall_ms before reading the body */
+  int stall_ms;
+} rw_fakegcs_faults;
+void rw_fakegcs_set_faults(rw_fakegcs *s, const rw_fakegcs_faults *f);
+
+/* Creates a bucket (idempotent). */
+void rw_fakegcs_bucket_create(rw_fakegcs *s, const char *name);
+
+#endif

@@ -1,0 +1,391 @@
+/* The fake GCS server: MHD daemon, per-request state, replies, the request
+ * log and routing. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "fake/fg_internal.h"
+
+/* ---- replies and the log ---- */
+
+void fg_log_add(rw_fakegcs *s, fg_req *r, int status) {
+  pthread_mutex_lock(&s->log_mu);
+  fg_log *l = &s->log;
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 64;
+    rw_fakegcs_request *p = realloc(l->items, cap * sizeof *p);
+    if (!p) goto out;
+    l->items = p;
+    l->cap = cap;
+  }
+  rw_fakegcs_request *e = &l->items[l->n++];
+  snprintf(e->method, sizeof e->method, "%s", r->method);
+  e->path = fg_strdup(r->log_path);
+  e->content_range = fg_strdup(r->content_range);
+  e->status = status;
+out:
+  pthread_mutex_unlock(&s->log_mu);
+}
+
+enum MHD_Result fg_queue(rw_fakegcs *s, fg_req *r, int status, struct MHD_Response *resp) {
+  if (!resp) return MHD_NO;
+  fg_log_add(s, r, status);
+  r->replied = true;
+  enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
+  MHD_destroy_response(resp);
+  return ok;
+}
+
+enum MHD_Result fg_reply_json(rw_fakegcs *s, fg_req *r, int status, json_t *j) {
+  char *text = json_dumps(j, JSON_COMPACT);
+  json_decref(j);
+  if (!text) return MHD_NO;
+  size_t len = strlen(text);
+  struct MHD_Response *resp =
+      MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+  if (!resp) {
+    free(text);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "application/json; charset=UTF-8");
+  return fg_queue(s, r, status, resp);
+}
+
+static const char *reason_for(int status) {
+  switch (status) {
+    case 400: return "invalid";
+    case 401: return "required";
+    case 403: return "forbidden";
+    case 404: return "notFound";
+    case 405: return "methodNotAllowed";
+    case 408: return "requestTimeout";
+    case 409: return "conflict";
+    case 412: return "conditionNotMet";
+    case 413: return "uploadTooLarge";
+    case 429: return "rateLimitExceeded";
+    case 499: return "clientClosedRequest";
+    case 503: return "backendError";
+    default: return status >= 500 ? "backendError" : "invalid";
+  }
+}
+
+enum MHD_Result fg_reply_error(rw_fakegcs *s, fg_req *r, int status, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  json_t *j = json_pack("{s:{s:i, s:s, s:[{s:s, s:s, s:s}]}}", "error", "code", status, "message",
+                        msg, "errors", "domain", "global", "reason", reason_for(status),
+                        "message", msg);
+  return fg_reply_json(s, r, status, j);
+}
+
+enum MHD_Result fg_reply_empty(rw_fakegcs *s, fg_req *r, int status) {
+  struct MHD_Response *resp = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+  return fg_queue(s, r, status, resp);
+}
+
+/* Closes with RST: SO_LINGER {1, 0} and MHD closes without shutdown (TURBO). */
+enum MHD_Result fg_cut(rw_fakegcs *s, fg_req *r) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (ci) {
+    struct linger lg = {1, 0};
+    setsockopt(ci->connect_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  }
+  if (!r->replied) fg_log_add(s, r, 0);
+  r->replied = true;
+  r->cut = true;
+  return MHD_NO;
+}
+
+const char *fg_header(fg_req *r, const char *name) {
+  return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *fg_arg(fg_req *r, const char *name) {
+  return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+bool fg_collect(fg_req *r, const char *data, size_t *n) {
+  if (*n == 0) return true;
+  if (r->body_len + *n > r->body_max) r->body_too_big = true;
+  if (!r->body_too_big && r->body_len + *n + 1 > r->body_cap) {
+    size_t cap = r->body_cap ? r->body_cap : 4096;
+    while (cap < r->body_len + *n + 1) cap *= 2;
+    char *p = realloc(r->body, cap);
+    if (!p) r->body_too_big = true;
+    else r->body = p, r->body_cap = cap;
+  }
+  if (!r->body_too_big) {
+    memcpy(r->body + r->body_len, data, *n);
+    r->body_len += *n;
+    r->body[r->body_len] = 0;
+  }
+  *n = 0;
+  return false;
+}
+
+bool fg_sleep_unless_stopping(rw_fakegcs *s, double seconds) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  long long ns = (long long)(seconds * 1e9) + until.tv_nsec;
+  until.tv_sec += (time_t)(ns / 1000000000);
+  until.tv_nsec = (long)(ns % 1000000000);
+  pthread_mutex_lock(&s->stop_mu);
+  while (!s->stopping)
+    if (pthread_cond_timedwait(&s->stop_cv, &s->stop_mu, &until) == ETIMEDOUT) break;
+  bool stopping = s->stopping;
+  pthread_mutex_unlock(&s->stop_mu);
+  return !stopping;
+}
+
+/* ---- per-request state ---- */
+
+typedef struct query_buf {
+  char *s;
+  size_t len, cap;
+} query_buf;
+
+static enum MHD_Result add_arg(void *cls, enum MHD_ValueKind kind, const char *k, const char *v) {
+  query_buf *q = cls;
+  size_t need = q->len + strlen(k) + (v ? strlen(v) : 0) + 3;
+  if (need > q->cap) {
+    size_t cap = need * 2;
+    char *p = realloc(q->s, cap);
+    if (!p) return MHD_NO;
+    q->s = p, q->cap = cap;
+  }
+  q->len += (size_t)sprintf(q->s + q->len, "%c%s%s%s", q->len ? '&' : '?', k, v ? "=" : "",
+                            v ? v : "");
+  return MHD_YES;
+}
+
+static fg_req *req_new(struct MHD_Connection *conn, const char *url, const char *method) {
+  fg_req *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->conn = conn;
+  snprintf(r->method, sizeof r->method, "%s", method);
+  r->path = strdup(url);
+  query_buf q = {0};
+  MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_arg, &q);
+  if (asprintf(&r->log_path, "%s%s", url, q.s ? q.s : "") < 0) r->log_path = NULL;
+  free(q.s);
+  r->content_range = fg_strdup(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Range"));
+  r->body_max = FG_MAX_JSON_BODY;
+  if (!r->path || !r->log_path) {
+    free(r->path);
+    free(r->log_path);
+    free(r->content_range);
+    free(r);
+    return NULL;
+  }
+  return r;
+}
+
+static void req_free(fg_req *r) {
+  fg_req_release_upload(r);
+  free(r->path);
+  free(r->log_path);
+  free(r->content_range);
+  free(r->body);
+  free(r->retry_id);
+  free(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+  if (*con_cls) req_free(*con_cls);
+  *con_cls = NULL;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+  rw_fakegcs *s = cls;
+  fg_req *r = *con_cls;
+  if (!r) {
+    if (!(r = req_new(conn, url, method))) return MHD_NO;
+    *con_cls = r;
+    enum MHD_Result res = fg_route(s, r);
+    if (r->replied || r->cut || !r->handler) return r->cut ? MHD_NO : res;
+    size_t zero = 0;
+    enum MHD_Result first = r->handler(s, r, NULL, &zero);
+    r->headers_seen = true;
+    return first;
+  }
+  if (r->cut) return MHD_NO;
+  if (r->replied) {
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  return r->handler(s, r, upload_data, upload_data_size);
+}
+
+/* ---- lifecycle ---- */
+
+static bool resolve(const char *host, int port, struct sockaddr_storage *sa, rw_error **err) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_NUMERICSERV}, *res = NULL;
+  char ps[16];
+  snprintf(ps, sizeof ps, "%d", port);
+  int rc = getaddrinfo(host, ps, &hints, &res);
+  if (rc != 0 || !res) {
+    *err = rw_err(RW_E_INVALID, "fakegcs: cannot resolve host '%s': %s", host, gai_strerror(rc));
+    return false;
+  }
+  memcpy(sa, res->ai_addr, res->ai_addrlen);
+  freeaddrinfo(res);
+  return true;
+}
+
+static bool start_daemon(rw_fakegcs *s, const char *host, int port, rw_error **err) {
+  struct sockaddr_storage sa;
+  memset(&sa, 0, sizeof sa);
+  if (!resolve(host, port, &sa, err)) return false;
+  unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_TURBO;
+  if (sa.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+  s->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s,
+                            MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1024 * 1024),
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                            MHD_OPTION_LISTEN_BACKLOG_SIZE, 256, MHD_OPTION_END);
+  if (!s->mhd) {
+    *err = rw_err(RW_E_IO, "fakegcs: cannot listen on %s:%d (%s)", host, port, strerror(errno));
+    return false;
+  }
+  const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+  s->port = di ? di->port : port;
+  bool v6 = sa.ss_family == AF_INET6;
+  snprintf(s->url, sizeof s->url, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
+           s->port);
+  return true;
+}
+
+rw_fakegcs *rw_fakegcs_start(const rw_fakegcs_config *cfg, rw_error **err) {
+  *err = NULL;
+  rw_fakegcs *s = calloc(1, sizeof *s);
+  if (!s) return *err = rw_err(RW_E_NOMEM, "fakegcs: out of memory"), NULL;
+  if (!fg_store_init(&s->store, cfg)) {
+    free(s);
+    *err = rw_err(RW_E_IO, "fakegcs: cannot use store directory '%s'", cfg->dir ? cfg->dir : "");
+    return NULL;
+  }
+  fg_faults_init(&s->faults);
+  pthread_mutex_init(&s->log_mu, NULL);
+  pthread_mutex_init(&s->stop_mu, NULL);
+  pthread_cond_init(&s->stop_cv, NULL);
+  for (const char *const *b = cfg->buckets; b && *b; b++) rw_fakegcs_bucket_create(s, *b);
+  if (!start_daemon(s, cfg->host ? cfg->host : "127.0.0.1", cfg->port, err)) {
+    rw_fakegcs_stop(s);
+    return NULL;
+  }
+  return s;
+}
+
+void rw_fakegcs_stop(rw_fakegcs *s) {
+  if (!s) return;
+  pthread_mutex_lock(&s->stop_mu);
+  s->stopping = true;
+  pthread_cond_broadcast(&s->stop_cv);
+  pthread_mutex_unlock(&s->stop_mu);
+  if (s->mhd) MHD_stop_daemon(s->mhd);
+  rw_fakegcs_requests_clear(s);
+  free(s->log.items);
+  fg_store_destroy(&s->store);
+  fg_faults_destroy(&s->faults);
+  pthread_mutex_destroy(&s->log_mu);
+  pthread_mutex_destroy(&s->stop_mu);
+  pthread_cond_destroy(&s->stop_cv);
+  free(s);
+}
+
+int rw_fakegcs_port(const rw_fakegcs *s) {
+  return s->port;
+}
+
+const char *rw_fakegcs_url(const rw_fakegcs *s) {
+  return s->url;
+}
+
+void rw_fakegcs_bucket_create(rw_fakegcs *s, const char *name) {
+  pthread_mutex_lock(&s->store.mu);
+  if (!fg_bucket_find(&s->store, name)) fg_bucket_add(&s->store, name);
+  pthread_mutex_unlock(&s->store.mu);
+}
+
+void rw_fakegcs_set_faults(rw_fakegcs *s, const rw_fakegcs_faults *f) {
+  fg_faults_set_random(&s->faults, f);
+}
+
+rw_fakegcs_request *rw_fakegcs_requests(rw_fakegcs *s, size_t *n) {
+  pthread_mutex_lock(&s->log_mu);
+  size_t count = s->log.n;
+  rw_fakegcs_request *out = calloc(count ? count : 1, sizeof *out);
+  for (size_t i = 0; out && i < count; i++) {
+    out[i] = s->log.items[i];
+    out[i].path = fg_strdup(s->log.items[i].path);
+    out[i].content_range = fg_strdup(s->log.items[i].content_range);
+  }
+  pthread_mutex_unlock(&s->log_mu);
+  *n = out ? count : 0;
+  return out;
+}
+
+void rw_fakegcs_requests_free(rw_fakegcs_request *r, size_t n) {
+  for (size_t i = 0; r && i < n; i++) {
+    free(r[i].path);
+    free(r[i].content_range);
+  }
+  free(r);
+}
+
+void rw_fakegcs_requests_clear(rw_fakegcs *s) {
+  pthread_mutex_lock(&s->log_mu);
+  for (size_t i = 0; i < s->log.n; i++) {
+    free(s->log.items[i].path);
+    free(s->log.items[i].content_range);
+  }
+  s->log.n = 0;
+  pthread_mutex_unlock(&s->log_mu);
+}
+
+bool rw_fakegcs_object_get(rw_fakegcs *s, const char *bucket, const char *name,
+                           rw_fakegcs_object *out) {
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&s->store.mu);
+  fg_object *o = fg_object_find(&s->store, bucket, name);
+  if (o) o->refs++;
+  pthread_mutex_unlock(&s->store.mu);
+  if (!o) return false;
+  out->size = o->size;
+  out->generation = o->generation;
+  out->crc32c = o->crc;
+  out->has_md5 = o->has_md5;
+  memcpy(out->md5, o->md5, 16);
+  json_t *j = fg_object_json(o);
+  out->json = json_dumps(j, JSON_COMPACT);
+  json_decref(j);
+  if (fg_blob_has_bytes(o->blob)) {
+    out->data = malloc(o->size ? o->size : 1);
+    if (out->data) fg_blob_read(o->blob, 0, out->data, o->size);
+  }
+  pthread_mutex_lock(&s->store.mu);
+  fg_object_release(&s->store, o);
+  pthread_mutex_unlock(&s->store.mu);
+  return true;
+}
+
+void rw_fakegcs_object_free(rw_fakegcs_object *o) {
+  free(o->data);
+  free(o->json);
+  memset(o, 0, sizeof *o);
+}

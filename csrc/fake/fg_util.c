@@ -1,0 +1,190 @@
+/* Checksums, base64, ids and Content-Range parsing for the fake GCS. */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <isa-l.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fake/fg_internal.h"
+
+uint32_t fg_crc32c(uint32_t crc, const void *p, size_t n) {
+  return crc32_iscsi((unsigned char *)p, (int)n, crc ^ 0xFFFFFFFFu) ^ 0xFFFFFFFFu;
+}
+
+bool fg_digest_init(fg_digest *d, bool md5) {
+  d->crc = 0;
+  d->md5 = NULL;
+  if (!md5) return true;
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  if (!c || !EVP_DigestInit_ex(c, EVP_md5(), NULL)) {
+    EVP_MD_CTX_free(c);
+    return false;
+  }
+  d->md5 = c;
+  return true;
+}
+
+void fg_digest_update(fg_digest *d, const void *p, size_t n) {
+  /* isa-l takes an int length */
+  const unsigned char *b = p;
+  while (n > 0) {
+    size_t k = n > (1u << 30) ? (1u << 30) : n;
+    d->crc = fg_crc32c(d->crc, b, k);
+    if (d->md5) EVP_DigestUpdate(d->md5, b, k);
+    b += k;
+    n -= k;
+  }
+}
+
+bool fg_digest_copy(fg_digest *dst, const fg_digest *src) {
+  dst->crc = src->crc;
+  if (!src->md5) return true;
+  if (!dst->md5) dst->md5 = EVP_MD_CTX_new();
+  return dst->md5 && EVP_MD_CTX_copy_ex(dst->md5, src->md5);
+}
+
+void fg_digest_finish(fg_digest *d, unsigned char md5[16]) {
+  if (!d->md5) return;
+  unsigned int len = 16;
+  EVP_DigestFinal_ex(d->md5, md5, &len);
+  EVP_MD_CTX_free(d->md5);
+  d->md5 = NULL;
+}
+
+void fg_digest_free(fg_digest *d) {
+  EVP_MD_CTX_free(d->md5);
+  d->md5 = NULL;
+}
+
+static const char b64chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+void fg_base64(const unsigned char *in, size_t n, char *out) {
+  size_t o = 0;
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = (uint32_t)in[i] << 16;
+    if (i + 1 < n) v |= (uint32_t)in[i + 1] << 8;
+    if (i + 2 < n) v |= in[i + 2];
+    out[o++] = b64chars[(v >> 18) & 63];
+    out[o++] = b64chars[(v >> 12) & 63];
+    out[o++] = i + 1 < n ? b64chars[(v >> 6) & 63] : '=';
+    out[o++] = i + 2 < n ? b64chars[v & 63] : '=';
+  }
+  out[o] = 0;
+}
+
+static int b64val(int c) {
+  const char *p = c ? strchr(b64chars, c) : NULL;
+  return p ? (int)(p - b64chars) : -1;
+}
+
+bool fg_unbase64(const char *in, unsigned char *out, size_t want) {
+  size_t len = strlen(in), o = 0;
+  if (len % 4 != 0) return false;
+  for (size_t i = 0; i < len; i += 4) {
+    int v[4];
+    for (int k = 0; k < 4; k++) v[k] = in[i + k] == '=' ? 0 : b64val(in[i + k]);
+    if (v[0] < 0 || v[1] < 0 || v[2] < 0 || v[3] < 0) return false;
+    uint32_t x = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+    int pad = (in[i + 2] == '=') + (in[i + 3] == '=');
+    unsigned char b[3] = {(unsigned char)(x >> 16), (unsigned char)(x >> 8), (unsigned char)x};
+    for (int k = 0; k < 3 - pad; k++) {
+      if (o >= want) return false;
+      out[o++] = b[k];
+    }
+  }
+  return o == want;
+}
+
+void fg_crc_b64(uint32_t crc, char out[9]) {
+  unsigned char be[4] = {(unsigned char)(crc >> 24), (unsigned char)(crc >> 16),
+                         (unsigned char)(crc >> 8), (unsigned char)crc};
+  fg_base64(be, 4, out);
+}
+
+void fg_random_hex(char *out, size_t nbytes) {
+  unsigned char buf[64];
+  if (nbytes > sizeof buf) nbytes = sizeof buf;
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  ssize_t got = fd >= 0 ? read(fd, buf, nbytes) : -1;
+  if (fd >= 0) close(fd);
+  if (got != (ssize_t)nbytes)
+    for (size_t i = 0; i < nbytes; i++) buf[i] = (unsigned char)rand();
+  for (size_t i = 0; i < nbytes; i++) sprintf(out + 2 * i, "%02x", buf[i]);
+}
+
+char *fg_strdup(const char *s) {
+  return s ? strdup(s) : NULL;
+}
+
+char *fg_url_encode(const char *s) {
+  char *out = malloc(strlen(s) * 3 + 1), *o = out;
+  if (!out) return NULL;
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (isalnum(*p) || strchr("-_.~", *p)) *o++ = (char)*p;
+    else o += sprintf(o, "%%%02X", *p);
+  }
+  *o = 0;
+  return out;
+}
+
+/* Digits only, no sign, no overflow. */
+bool fg_parse_u64(const char *s, uint64_t *v) {
+  if (!s || !isdigit((unsigned char)*s)) return false;
+  uint64_t x = 0;
+  for (; isdigit((unsigned char)*s); s++) {
+    unsigned d = (unsigned)(*s - '0');
+    if (x > (UINT64_MAX - d) / 10) return false;
+    x = x * 10 + d;
+  }
+  if (*s) return false;
+  *v = x;
+  return true;
+}
+
+bool fg_parse_i64(const char *s, int64_t *v) {
+  uint64_t u;
+  bool neg = s && *s == '-';
+  if (!fg_parse_u64(neg ? s + 1 : s, &u) || u > (uint64_t)INT64_MAX) return false;
+  *v = neg ? -(int64_t)u : (int64_t)u;
+  return true;
+}
+
+/* Reads digits up to stop; advances *p past them. */
+static bool take_u64(const char **p, char stop, uint64_t *v) {
+  char buf[24];
+  size_t n = 0;
+  while (**p && **p != stop && n < sizeof buf - 1) buf[n++] = *(*p)++;
+  if (**p != stop) return false;
+  buf[n] = 0;
+  return fg_parse_u64(buf, v);
+}
+
+bool fg_parse_content_range(const char *s, fg_range *r) {
+  memset(r, 0, sizeof *r);
+  if (!s || strncmp(s, "bytes ", 6) != 0) return false;
+  const char *p = s + 6;
+  if (*p == '*') {
+    p++;
+    if (*p != '/') return false;
+  } else {
+    if (!take_u64(&p, '-', &r->first)) return false;
+    p++;
+    if (!take_u64(&p, '/', &r->last) || r->last < r->first) return false;
+    r->has_bytes = true;
+  }
+  p++; /* '/' */
+  if (strcmp(p, "*") == 0) {
+    r->total = -1;
+    return true;
+  }
+  uint64_t t;
+  if (!fg_parse_u64(p, &t) || t > (uint64_t)INT64_MAX) return false;
+  if (r->has_bytes && t < r->last + 1) return false;
+  r->total = (int64_t)t;
+  return true;
+}
