@@ -1,7 +1,253 @@
-/* Placeholder until the fakegcs part lands. */
+/* Lua binding of the fake GCS:
+ *   local srv = fakegcs.start{ port = 0, host = "127.0.0.1",
+ *                              store = "memory" | "discard" | {dir = path},
+ *                              buckets = {"b"}, md5 = true }
+ *   srv:url(), srv:port(), srv:object(bucket, name) -> data|false, meta | nil
+ *   srv:requests() -> { {method, path, content_range, status}, ... }
+ *   srv:clear_requests(), srv:bucket(name)
+ *   srv:faults{ seed =, p_503 =, p_408 =, p_reset =, p_partial =, p_broken =,
+ *               p_stall =, stall_ms = }   (no argument: off)
+ *   srv:stop()  (also __gc and __close) */
+#include <jansson.h>
+#include <string.h>
+
+#include "fake/fakegcs.h"
 #include "lrw.h"
 
+#define FAKEGCS_MT "reliablewriter.fakegcs"
+
+typedef struct fakegcs_ud {
+  rw_fakegcs *srv; /* NULL once stopped */
+} fakegcs_ud;
+
+static rw_fakegcs *check_srv(lua_State *L) {
+  fakegcs_ud *u = luaL_checkudata(L, 1, FAKEGCS_MT);
+  if (!u->srv) luaL_error(L, "attempt to use a closed fakegcs");
+  return u->srv;
+}
+
+/* ---- start ---- */
+
+static const char *const start_options[] = {"port", "host", "store", "buckets", "md5", NULL};
+
+static void read_store(lua_State *L, rw_fakegcs_config *cfg) {
+  lua_getfield(L, 1, "store");
+  if (lua_isnil(L, -1)) {
+    cfg->store = RW_FAKEGCS_MEMORY;
+  } else if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *v = lua_tostring(L, -1);
+    if (strcmp(v, "memory") == 0) cfg->store = RW_FAKEGCS_MEMORY;
+    else if (strcmp(v, "discard") == 0) cfg->store = RW_FAKEGCS_DISCARD;
+    else luaL_argerror(L, 1, "option 'store' must be \"memory\", \"discard\" or {dir = path}");
+  } else if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "dir");
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_argerror(L, 1, "option 'store.dir' must be a string");
+    cfg->store = RW_FAKEGCS_DIR;
+    cfg->dir = lua_tostring(L, -1); /* stays referenced by the options table */
+    lua_pop(L, 1);
+  } else {
+    luaL_argerror(L, 1, "option 'store' must be \"memory\", \"discard\" or {dir = path}");
+  }
+  lua_pop(L, 1);
+}
+
+/* Reads buckets into a NULL-terminated array kept alive as a userdata on the stack. */
+static const char **read_buckets(lua_State *L) {
+  lua_getfield(L, 1, "buckets");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (!lua_istable(L, -1)) luaL_argerror(L, 1, "option 'buckets' must be an array of names");
+  size_t n = lua_rawlen(L, -1);
+  const char **names = lua_newuserdata(L, (n + 1) * sizeof *names);
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, -2, (lua_Integer)i + 1);
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+      luaL_argerror(L, 1, "option 'buckets' must hold non-empty strings");
+    names[i] = lua_tostring(L, -1);
+    lua_pop(L, 1); /* still referenced by the buckets table */
+  }
+  names[n] = NULL;
+  return names; /* buckets table and the array stay on the stack */
+}
+
+static int l_start(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) lua_settop(L, 0), lua_newtable(L);
+  rw_lua_check_options(L, 1, 1, start_options);
+  rw_fakegcs_config cfg = {0};
+  cfg.port = (int)rw_lua_opt_integer(L, 1, 1, "port", 0, 0, 65535);
+  lua_getfield(L, 1, "host");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+    luaL_argerror(L, 1, "option 'host' must be a string");
+  cfg.host = lua_tostring(L, -1);
+  read_store(L, &cfg);
+  lua_getfield(L, 1, "md5");
+  cfg.no_md5 = !lua_isnil(L, -1) && !lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  cfg.buckets = read_buckets(L);
+  fakegcs_ud *u = lua_newuserdata(L, sizeof *u);
+  u->srv = NULL;
+  luaL_setmetatable(L, FAKEGCS_MT);
+  rw_error *err = NULL;
+  u->srv = rw_fakegcs_start(&cfg, &err);
+  if (!u->srv) return rw_lua_fail(L, err);
+  return 1;
+}
+
+/* ---- methods ---- */
+
+static int l_url(lua_State *L) {
+  lua_pushstring(L, rw_fakegcs_url(check_srv(L)));
+  return 1;
+}
+
+static int l_port(lua_State *L) {
+  lua_pushinteger(L, rw_fakegcs_port(check_srv(L)));
+  return 1;
+}
+
+static void push_json(lua_State *L, json_t *j) {
+  switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+      const char *k;
+      json_t *v;
+      lua_createtable(L, 0, (int)json_object_size(j));
+      json_object_foreach(j, k, v) {
+        push_json(L, v);
+        lua_setfield(L, -2, k);
+      }
+      break;
+    }
+    case JSON_ARRAY: {
+      size_t i;
+      json_t *v;
+      lua_createtable(L, (int)json_array_size(j), 0);
+      json_array_foreach(j, i, v) {
+        push_json(L, v);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+      }
+      break;
+    }
+    case JSON_STRING: lua_pushlstring(L, json_string_value(j), json_string_length(j)); break;
+    case JSON_INTEGER: lua_pushinteger(L, (lua_Integer)json_integer_value(j)); break;
+    case JSON_REAL: lua_pushnumber(L, json_real_value(j)); break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
+    default: lua_pushnil(L); break;
+  }
+}
+
+/* data (false in discard mode), metadata table; nil when absent. */
+static int l_object(lua_State *L) {
+  rw_fakegcs *s = check_srv(L);
+  const char *bucket = luaL_checkstring(L, 2), *name = luaL_checkstring(L, 3);
+  rw_fakegcs_object o;
+  if (!rw_fakegcs_object_get(s, bucket, name, &o)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (o.data) lua_pushlstring(L, (const char *)o.data, (size_t)o.size);
+  else lua_pushboolean(L, 0);
+  json_error_t jerr;
+  json_t *j = o.json ? json_loads(o.json, 0, &jerr) : NULL;
+  push_json(L, j);
+  json_decref(j);
+  rw_fakegcs_object_free(&o);
+  return 2;
+}
+
+static int l_requests(lua_State *L) {
+  size_t n = 0;
+  rw_fakegcs_request *r = rw_fakegcs_requests(check_srv(L), &n);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, r[i].method);
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, r[i].path ? r[i].path : "");
+    lua_setfield(L, -2, "path");
+    if (r[i].content_range) {
+      lua_pushstring(L, r[i].content_range);
+      lua_setfield(L, -2, "content_range");
+    }
+    lua_pushinteger(L, r[i].status);
+    lua_setfield(L, -2, "status");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  rw_fakegcs_requests_free(r, n);
+  return 1;
+}
+
+static int l_clear_requests(lua_State *L) {
+  rw_fakegcs_requests_clear(check_srv(L));
+  return 0;
+}
+
+static int l_bucket(lua_State *L) {
+  rw_fakegcs *s = check_srv(L);
+  rw_fakegcs_bucket_create(s, luaL_checkstring(L, 2));
+  return 0;
+}
+
+static const char *const fault_options[] = {"seed",   "p_503",    "p_408", "p_reset",
+                                            "p_partial", "p_broken", "p_stall", "stall_ms",
+                                            NULL};
+
+static int l_faults(lua_State *L) {
+  rw_fakegcs *s = check_srv(L);
+  rw_fakegcs_faults f = {0};
+  if (!lua_isnoneornil(L, 2)) {
+    rw_lua_check_options(L, 2, 2, fault_options);
+    f.seed = (uint64_t)rw_lua_opt_integer(L, 2, 2, "seed", 1, 0, INT64_MAX);
+    f.p_503 = rw_lua_opt_number(L, 2, 2, "p_503", 0, 0, 1);
+    f.p_408 = rw_lua_opt_number(L, 2, 2, "p_408", 0, 0, 1);
+    f.p_reset = rw_lua_opt_number(L, 2, 2, "p_reset", 0, 0, 1);
+    f.p_partial = rw_lua_opt_number(L, 2, 2, "p_partial", 0, 0, 1);
+    f.p_broken = rw_lua_opt_number(L, 2, 2, "p_broken", 0, 0, 1);
+    f.p_stall = rw_lua_opt_number(L, 2, 2, "p_stall", 0, 0, 1);
+    f.stall_ms = (int)rw_lua_opt_integer(L, 2, 2, "stall_ms", 1000, 0, 600000);
+    double sum = f.p_503 + f.p_408 + f.p_reset + f.p_partial + f.p_broken + f.p_stall;
+    if (sum > 1) luaL_argerror(L, 2, "fault probabilities add up to more than 1");
+  }
+  rw_fakegcs_set_faults(s, &f);
+  return 0;
+}
+
+/* __gc, __close and stop: safe twice. */
+static int l_stop(lua_State *L) {
+  fakegcs_ud *u = luaL_checkudata(L, 1, FAKEGCS_MT);
+  rw_fakegcs *s = u->srv;
+  u->srv = NULL;
+  rw_fakegcs_stop(s);
+  return 0;
+}
+
+static int l_tostring(lua_State *L) {
+  fakegcs_ud *u = luaL_checkudata(L, 1, FAKEGCS_MT);
+  if (u->srv) lua_pushfstring(L, "fakegcs (%s)", rw_fakegcs_url(u->srv));
+  else lua_pushliteral(L, "fakegcs (closed)");
+  return 1;
+}
+
+static const luaL_Reg methods[] = {
+    {"url", l_url},           {"port", l_port},         {"object", l_object},
+    {"requests", l_requests}, {"clear_requests", l_clear_requests},
+    {"bucket", l_bucket},     {"faults", l_faults},     {"stop", l_stop},
+    {NULL, NULL}};
+
+static const luaL_Reg metamethods[] = {
+    {"__gc", l_stop}, {"__close", l_stop}, {"__tostring", l_tostring}, {NULL, NULL}};
+
 int rw_lua_open_fakegcs(lua_State *L) {
+  if (luaL_newmetatable(L, FAKEGCS_MT)) {
+    luaL_setfuncs(L, metamethods, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
   lua_newtable(L);
+  lua_pushcfunction(L, l_start);
+  lua_setfield(L, -2, "start");
   return 1;
 }
