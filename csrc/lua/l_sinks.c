@@ -310,7 +310,10 @@ static int sinks_faulty(lua_State *L) {
   check_desc(L, 1);
   static const char *const known[] = {"seed", "p_error", "codes", "p_partial", "p_after",
                                       "partial_align", NULL};
-  if (lua_isnoneornil(L, 2)) lua_newtable(L), lua_replace(L, 2);
+  if (lua_isnoneornil(L, 2)) {
+    lua_settop(L, 1);
+    lua_newtable(L);
+  }
   rw_lua_check_options(L, 2, 2, known);
   desc *d = push_desc(L, DESC_FAULTY);
   int self = lua_gettop(L);
