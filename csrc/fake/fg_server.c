@@ -92,13 +92,19 @@ enum MHD_Result fg_reply_empty(rw_fakegcs *s, fg_req *r, int status) {
   return fg_queue(s, r, status, resp);
 }
 
-/* Closes with RST: SO_LINGER {1, 0} and MHD closes without shutdown (TURBO). */
+/* Aborts the connection with a TCP RST: MHD would shutdown() (a FIN) before
+ * closing, so the socket is first disconnected with connect(AF_UNSPEC),
+ * which resets an established TCP connection; MHD's own close follows. */
 enum MHD_Result fg_cut(rw_fakegcs *s, fg_req *r) {
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
   if (ci) {
     struct linger lg = {1, 0};
+    struct sockaddr unspec = {.sa_family = AF_UNSPEC};
     setsockopt(ci->connect_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    if (connect(ci->connect_fd, &unspec, sizeof unspec) != 0) {
+      /* already gone; MHD closes it */
+    }
   }
   if (!r->replied) fg_log_add(s, r, 0);
   r->replied = true;
