@@ -1,6 +1,7 @@
 /* Sinks: file and faulty sinks fully; the GCS sink against a small scripted
  * resumable-upload server (libmicrohttpd) in this file. */
 #include <errno.h>
+#include <jansson.h>
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -12,6 +13,7 @@
 #include "core/checksum.h"
 #include "core/clock.h"
 #include "ctest.h"
+#include "fake/fakegcs.h"
 #include "sinks/faulty.h"
 #include "sinks/file.h"
 #include "sinks/gcs.h"
@@ -652,6 +654,151 @@ static void test_gcs_refused(void) {
   rw_ctx_unref(ctx);
 }
 
+
+/* ---------------- against the fake GCS (csrc/fake) ---------------- */
+
+/* POST /retry_test {"instructions": {"storage.objects.insert": [what]}} -> id. */
+static char *retry_test(const char *url, const char *what) {
+  rw_error *e = NULL;
+  rw_http *h = rw_http_new(NULL, &e);
+  char u[256], body[256];
+  snprintf(u, sizeof u, "%s/retry_test", url);
+  snprintf(body, sizeof body, "{\"instructions\":{\"storage.objects.insert\":[\"%s\"]}}", what);
+  struct iovec v = {body, strlen(body)};
+  const char *hs[] = {"Content-Type: application/json", NULL};
+  rw_http_request req = {.method = "POST", .url = u, .headers = hs, .iov = &v, .iovcnt = 1, .len = v.iov_len};
+  rw_http_response res;
+  rw_ctx *ctx = rw_ctx_background();
+  e = rw_http_do(h, ctx, &req, &res);
+  CHECK(e == NULL && res.status == 200);
+  rw_error_unref(e);
+  char *id = NULL;
+  json_error_t je;
+  json_t *j = res.body ? json_loads(res.body, 0, &je) : NULL;
+  const char *s = json_string_value(json_object_get(j, "id"));
+  if (s) id = strdup(s);
+  json_decref(j);
+  rw_http_response_clear(&res);
+  rw_http_free(h);
+  rw_ctx_unref(ctx);
+  return id;
+}
+
+static rw_sink *fake_sink(rw_fakegcs *f, const char *object, const char *test_id) {
+  rw_gcs_header hs[] = {{"x-retry-test-id", test_id}};
+  rw_gcs_config cfg = {.bucket = "bkt", .object = object, .endpoint = rw_fakegcs_url(f),
+                       .metadata_json = "{\"contentType\":\"application/octet-stream\"}",
+                       .has_if_generation_match = true, .if_generation_match = 0,
+                       .headers = hs, .nheaders = test_id ? 1 : 0};
+  rw_error *e = NULL;
+  rw_sink *s = rw_gcs_sink_new(&cfg, &e);
+  CHECK(s && !e);
+  rw_error_unref(e);
+  return s;
+}
+
+static void test_fakegcs(void) {
+  static const char *const buckets[] = {"bkt", NULL};
+  rw_fakegcs_config fc = {.store = RW_FAKEGCS_MEMORY, .buckets = buckets};
+  rw_error *e = NULL;
+  rw_fakegcs *f = rw_fakegcs_start(&fc, &e);
+  CHECK(f && !e);
+  if (!f) {
+    rw_error_unref(e);
+    return;
+  }
+  rw_ctx *ctx = rw_ctx_background();
+  size_t n = 5 * 262144 + rnd() % 262144;
+  unsigned char *data = random_bytes(n);
+  rw_sink_sums sums = {.has_crc32c = true, .crc32c = rw_crc32c(0, data, n), .has_md5 = true};
+  rw_md5 m;
+  rw_md5_init(&m);
+  rw_md5_update(&m, data, n);
+  rw_md5_final(&m, sums.md5);
+
+  /* A whole upload in random 256 KiB-multiple chunks. */
+  rw_sink *s = fake_sink(f, "a/b c.bin", NULL);
+  CHECK(s->ops->begin(s, ctx) == NULL);
+  CHECK(strstr(s->ops->session(s), "upload_id=") != NULL);
+  rw_sink_result r = {0};
+  CHECK(s->ops->query(s, ctx, &r) == NULL);
+  CHECK(!r.finalized && r.persisted == 0);
+  e = upload_plain(s, ctx, data, n, &sums, 262144, &r);
+  CHECK(e == NULL);
+  if (e) fprintf(stderr, "upload: %s\n", rw_error_message(e));
+  rw_error_unref(e);
+  CHECK(r.finalized && r.obj.size == n);
+  char crc[9];
+  rw_crc32c_base64(sums.crc32c, crc);
+  CHECK(r.obj.crc32c && strcmp(r.obj.crc32c, crc) == 0);
+  CHECK(r.obj.name && strcmp(r.obj.name, "a/b c.bin") == 0);
+  rw_sink_result_clear(&r);
+  rw_fakegcs_object o;
+  CHECK(rw_fakegcs_object_get(f, "bkt", "a/b c.bin", &o));
+  CHECK(o.size == n && o.data && memcmp(o.data, data, n) == 0 && o.crc32c == sums.crc32c);
+  rw_fakegcs_object_free(&o);
+  CHECK(s->ops->query(s, ctx, &r) == NULL);
+  CHECK(r.finalized);
+  rw_sink_result_clear(&r);
+  rw_sink_destroy(s);
+
+  /* ifGenerationMatch=0 on an existing object: 412 at once or at the end. */
+  s = fake_sink(f, "a/b c.bin", NULL);
+  e = s->ops->begin(s, ctx);
+  if (!e) {
+    e = upload_plain(s, ctx, data, 1000, NULL, 262144, &r);
+    rw_sink_result_clear(&r);
+  }
+  CHECK(e && rw_error_is(e, RW_E_PRECONDITION));
+  rw_error_unref(e);
+  rw_sink_destroy(s);
+
+  /* return-503-after-256K: the first 256 KiB persist, then 503; query says so. */
+  char *id = retry_test(rw_fakegcs_url(f), "return-503-after-256K");
+  CHECK(id != NULL);
+  s = fake_sink(f, "partial", id);
+  e = s->ops->begin(s, ctx);
+  CHECK(e == NULL);
+  rw_error_unref(e);
+  struct iovec iov[8];
+  rw_sink_put p = {.offset = 0, .iov = iov, .len = 4 * 262144};
+  p.iovcnt = split_iov(data, 0, p.len, iov);
+  e = s->ops->put(s, ctx, &p, &r);
+  CHECK(e && rw_error_is(e, "http.503") && rw_error_retryable(e));
+  rw_error_unref(e);
+  CHECK(s->ops->query(s, ctx, &r) == NULL);
+  CHECK_EQ_INT(r.persisted, 262144);
+  /* Abort: DELETE -> 499; the session is gone afterwards. */
+  CHECK(s->ops->abort(s, ctx) == NULL);
+  e = s->ops->query(s, ctx, &r);
+  CHECK(e != NULL);
+  rw_error_unref(e);
+  rw_sink_destroy(s);
+  free(id);
+
+  /* Cancel mid-transfer during a stall: back within 100 ms. */
+  id = retry_test(rw_fakegcs_url(f), "stall-for-10s-after-256K");
+  s = fake_sink(f, "stalled", id);
+  CHECK(s->ops->begin(s, ctx) == NULL);
+  rw_ctx *c = rw_ctx_with_cancel(ctx);
+  canceller cn = {.ctx = c, .delay = 0.3};
+  pthread_t t;
+  pthread_create(&t, NULL, cancel_later, &cn);
+  e = s->ops->put(s, c, &p, &r);
+  double back = rw_mono_now();
+  pthread_join(t, NULL);
+  CHECK(e && rw_error_is(e, RW_E_CANCELED));
+  CHECK(back - cn.at < 0.1);
+  fprintf(stderr, "fake: cancel returned after %.1f ms\n", (back - cn.at) * 1e3);
+  rw_error_unref(e);
+  rw_ctx_unref(c);
+  rw_sink_destroy(s);
+  free(id);
+  free(data);
+  rw_ctx_unref(ctx);
+  rw_fakegcs_stop(f);
+}
+
 static void test_endpoint_resolve(void) {
   char *a = rw_gcs_endpoint_resolve("http://127.0.0.1:1/");
   CHECK(strcmp(a, "http://127.0.0.1:1") == 0);
@@ -679,5 +826,6 @@ int main(void) {
   RUN(test_gcs_statuses);
   RUN(test_gcs_cancel_and_stall);
   RUN(test_gcs_refused);
+  RUN(test_fakegcs);
   return ct_finish("test_sinks");
 }
