@@ -776,6 +776,17 @@ static void test_fakegcs(void) {
   rw_sink_destroy(s);
   free(id);
 
+  /* return-reset-connection: a retryable transport error (net.reset). */
+  id = retry_test(rw_fakegcs_url(f), "return-reset-connection");
+  s = fake_sink(f, "reset", id);
+  e = s->ops->begin(s, ctx);
+  if (!e) e = s->ops->put(s, ctx, &p, &r);
+  CHECK(e && (rw_error_is(e, RW_E_NET_RESET) || rw_error_is(e, RW_E_NET_EOF)) && rw_error_retryable(e));
+  if (e) fprintf(stderr, "reset gave %s: %s\n", rw_error_code(e), rw_error_message(e));
+  rw_error_unref(e);
+  rw_sink_destroy(s);
+  free(id);
+
   /* Cancel mid-transfer during a stall: back within 100 ms. */
   id = retry_test(rw_fakegcs_url(f), "stall-for-10s-after-256K");
   s = fake_sink(f, "stalled", id);
