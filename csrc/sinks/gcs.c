@@ -186,7 +186,11 @@ static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_re
                         .on_sent = r->on_sent, .ud = r->ud};
   rw_error *e = rw_http_do(g->http, ctx, &hr, res);
   free(auth);
-  if (e) return rw_err_wrap(rw_error_code(e), e, "%s: %s", r->what, rw_error_message(e));
+  if (!e) return NULL;
+  /* net/http's messages already name the method and URL. */
+  if (strstr(rw_error_message(e), r->what))
+    return rw_err_wrap(rw_error_code(e), e, "%s", rw_error_message(e));
+  return rw_err_wrap(rw_error_code(e), e, "%s: %s", r->what, rw_error_message(e));
   return NULL;
 }
 
