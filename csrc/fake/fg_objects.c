@@ -295,6 +295,7 @@ static enum MHD_Result compose(rw_fakegcs *s, fg_req *r, const char *bucket, con
   }
   pthread_mutex_lock(&s->store.mu);
   fg_object *o = compose_new(&s->store, bucket, name, json_object_get(body, "destination"));
+  char missing_buf[256];
   const char *missing = NULL;
   size_t i;
   json_t *e;
@@ -302,7 +303,8 @@ static enum MHD_Result compose(rw_fakegcs *s, fg_req *r, const char *bucket, con
     const char *sn = json_string_value(json_object_get(e, "name"));
     fg_object *src = sn ? fg_object_find(&s->store, bucket, sn) : NULL;
     if (!src || !o || !o->blob) {
-      missing = sn ? sn : "(no name)";
+      snprintf(missing_buf, sizeof missing_buf, "%s", sn ? sn : "(no name)");
+      missing = missing_buf;
       break;
     }
     if (!compose_append(o, src)) missing = "(out of memory)";

@@ -84,6 +84,8 @@ enum MHD_Result fg_reply_error(rw_fakegcs *s, fg_req *r, int status, const char 
   json_t *j = json_pack("{s:{s:i, s:s, s:[{s:s, s:s, s:s}]}}", "error", "code", status, "message",
                         msg, "errors", "domain", "global", "reason", reason_for(status),
                         "message", msg);
+  if (!j) /* the message was not UTF-8 (names from the request) */
+    j = json_pack("{s:{s:i, s:s}}", "error", "code", status, "message", "request failed");
   return fg_reply_json(s, r, status, j);
 }
 

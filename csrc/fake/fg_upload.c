@@ -45,6 +45,12 @@ typedef struct upload_spec {
   int64_t declared;
 } upload_spec;
 
+static bool valid_utf8(const char *s) {
+  json_t *j = json_string(s);
+  json_decref(j);
+  return j != NULL;
+}
+
 /* Fills spec; on a bad request replies and returns false. */
 static bool read_spec(rw_fakegcs *s, fg_req *r, json_t *meta, upload_spec *u, enum MHD_Result *res) {
   memset(u, 0, sizeof *u);
@@ -59,6 +65,10 @@ static bool read_spec(rw_fakegcs *s, fg_req *r, json_t *meta, upload_spec *u, en
     *res = fg_reply_error(s, r, 404, "no such endpoint: %s", r->path);
   else if (!u->name || !*u->name)
     *res = fg_reply_error(s, r, 400, "Required parameter: name");
+  else if (!valid_utf8(u->name) || strlen(u->name) > 1024)
+    *res = fg_reply_error(s, r, 400, "object name must be 1-1024 bytes of UTF-8");
+  else if (u->content_type && !valid_utf8(u->content_type))
+    *res = fg_reply_error(s, r, 400, "invalid content type");
   else if (len && !fg_parse_i64(len, &u->declared))
     *res = fg_reply_error(s, r, 400, "invalid X-Upload-Content-Length '%s'", len);
   else if (!parse_preconds(r, &u->pre))

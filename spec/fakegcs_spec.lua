@@ -1,0 +1,626 @@
+-- The fake GCS, driven from Lua and spoken to with curl.
+-- Run: busted --lua=lua5.4 --cpath='build/lua5.4/?.so' spec/fakegcs_spec.lua
+package.cpath = "build/lua5.4/?.so;" .. package.cpath
+local core = require "reliablewriter.core"
+local fakegcs = core.fakegcs
+
+local seed = tonumber(os.getenv("RW_TEST_SEED") or "") or (os.time() ~ math.floor(os.clock() * 1e6))
+print(("fakegcs_spec: seed=%d (set RW_TEST_SEED to repeat)"):format(seed))
+math.randomseed(seed)
+
+local KiB = 1024
+local Q = 256 * KiB
+
+local function random_bytes(n)
+  local t = {}
+  for i = 1, n // 4 do t[i] = string.pack("<I4", math.random(0, 0xffffffff)) end
+  for _ = 1, n % 4 do t[#t + 1] = string.char(math.random(0, 255)) end
+  return table.concat(t)
+end
+
+local crc_table = {}
+for i = 0, 255 do
+  local c = i
+  for _ = 1, 8 do c = (c & 1 == 1) and ((c >> 1) ~ 0x82F63B78) or (c >> 1) end
+  crc_table[i] = c
+end
+local function crc32c(s)
+  local c = 0xFFFFFFFF
+  for i = 1, #s do c = crc_table[(c ~ s:byte(i)) & 0xFF] ~ (c >> 8) end
+  return c ~ 0xFFFFFFFF
+end
+local function b64(s)
+  local chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+  return ((s:gsub(".", function(x)
+    local r, b = "", x:byte()
+    for i = 8, 1, -1 do r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and "1" or "0") end
+    return r
+  end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(x)
+    if #x < 6 then return "" end
+    local c = 0
+    for i = 1, 6 do c = c + (x:sub(i, i) == "1" and 2 ^ (6 - i) or 0) end
+    return chars:sub(c + 1, c + 1)
+  end) .. ({ "", "==", "=" })[#s % 3 + 1])
+end
+local function crc_b64(s) return b64(string.pack(">I4", crc32c(s))) end
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local d = f:read("a")
+  f:close()
+  return d
+end
+
+-- curl{ method =, url =, headers = {}, data = string, max_time = } ->
+-- { status, headers (lower-case keys), body, exit }
+local function curl(o)
+  local hdr, body = os.tmpname(), os.tmpname()
+  local cmd = { "curl -s -o", body, "-D", hdr, "-w '%{http_code}'" }
+  if o.method then cmd[#cmd + 1] = "-X " .. o.method end
+  for k, v in pairs(o.headers or {}) do cmd[#cmd + 1] = "-H " .. q(k .. ": " .. v) end
+  local datafile
+  if o.data then
+    datafile = os.tmpname()
+    local f = assert(io.open(datafile, "wb"))
+    f:write(o.data)
+    f:close()
+    cmd[#cmd + 1] = "--data-binary @" .. datafile
+  end
+  if o.header_file then cmd[#cmd + 1] = "-H @" .. o.header_file end
+  if o.max_time then cmd[#cmd + 1] = "--max-time " .. o.max_time end
+  cmd[#cmd + 1] = q(o.url)
+  local p = io.popen(table.concat(cmd, " "))
+  local code = p:read("a")
+  local _, _, exit = p:close()
+  local r = { status = tonumber(code) or 0, headers = {}, body = slurp(body), exit = exit }
+  for line in slurp(hdr):gmatch("[^\r\n]+") do
+    local k, v = line:match("^([^:]+):%s*(.*)$")
+    if k then r.headers[k:lower()] = v end
+  end
+  os.remove(hdr)
+  os.remove(body)
+  if datafile then os.remove(datafile) end
+  return r
+end
+
+local function field(body, name)
+  return body:match('"' .. name .. '":"([^"]*)"') or body:match('"' .. name .. '":(%-?%d+)')
+end
+
+local srv, url
+
+local function start_session(name, headers, body, query)
+  local r = curl {
+    method = "POST",
+    url = url .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=" .. name .. (query or ""),
+    headers = headers or { ["Content-Type"] = "application/json" },
+    data = body or "{}",
+  }
+  assert.are.equal(200, r.status, r.body)
+  assert.truthy(r.headers.location:find("upload_id=", 1, true))
+  return r.headers.location
+end
+
+local function put(loc, range, data, headers)
+  local h = headers or {}
+  h["Content-Range"] = range
+  return curl { method = "PUT", url = loc, headers = h, data = data }
+end
+
+local function retry_test(instructions)
+  local parts = {}
+  for method, list in pairs(instructions) do
+    local items = {}
+    for i, v in ipairs(list) do items[i] = '"' .. v .. '"' end
+    parts[#parts + 1] = ('"%s":[%s]'):format(method, table.concat(items, ","))
+  end
+  local r = curl {
+    method = "POST", url = url .. "/retry_test",
+    data = '{"instructions":{' .. table.concat(parts, ",") .. "}}",
+  }
+  assert.are.equal(200, r.status, r.body)
+  return field(r.body, "id")
+end
+
+describe("fakegcs", function()
+  before_each(function()
+    srv = assert(fakegcs.start { buckets = { "b" } })
+    url = srv:url()
+  end)
+  after_each(function() srv:stop() end)
+
+  describe("lifecycle", function()
+    it("binds 127.0.0.1 on an ephemeral port and stops", function()
+      assert.matches("^http://127%.0%.0%.1:%d+$", url)
+      assert.are.equal(tonumber(url:match(":(%d+)$")), srv:port())
+    end)
+    it("rejects unknown options, naming them", function()
+      assert.has_error(function() fakegcs.start { prot = 1 } end)
+      local ok, err = pcall(fakegcs.start, { prot = 1 })
+      assert.is_false(ok)
+      assert.matches("prot", tostring(err))
+      assert.has_error(function() fakegcs.start { store = "cloud" } end)
+      assert.has_error(function() srv:faults { p_404 = 1 } end)
+    end)
+    it("raises on use after stop; stop twice is fine", function()
+      local s = fakegcs.start {}
+      s:stop()
+      s:stop()
+      local ok, err = pcall(s.url, s)
+      assert.is_false(ok)
+      assert.matches("attempt to use a closed fakegcs", err)
+    end)
+    it("returns nil, err when the port is taken", function()
+      local s, err = fakegcs.start { port = srv:port() }
+      assert.is_nil(s)
+      assert.truthy(err)
+    end)
+  end)
+
+  describe("resumable uploads", function()
+    it("stores chunks and the final chunk, checksums included", function()
+      local data = random_bytes(2 * Q + 12345)
+      local loc = start_session("o1")
+      local r = put(loc, ("bytes 0-%d/*"):format(Q - 1), data:sub(1, Q))
+      assert.are.equal(308, r.status)
+      assert.are.equal("bytes=0-" .. (Q - 1), r.headers.range)
+      r = put(loc, ("bytes %d-%d/*"):format(Q, 2 * Q - 1), data:sub(Q + 1, 2 * Q))
+      assert.are.equal("bytes=0-" .. (2 * Q - 1), r.headers.range)
+      r = put(loc, ("bytes %d-%d/%d"):format(2 * Q, #data - 1, #data), data:sub(2 * Q + 1))
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal(tostring(#data), field(r.body, "size"))
+      assert.are.equal(crc_b64(data), field(r.body, "crc32c"))
+      local got, meta = srv:object("b", "o1")
+      assert.are.equal(#data, #got)
+      assert.is_true(got == data)
+      assert.are.equal(crc_b64(data), meta.crc32c)
+      assert.truthy(meta.md5Hash)
+    end)
+    it("answers 308 without Range when nothing is persisted", function()
+      local loc = start_session("o2")
+      local r = put(loc, "bytes */*")
+      assert.are.equal(308, r.status)
+      assert.is_nil(r.headers.range)
+    end)
+    it("rejects a non-final chunk under 256 KiB", function()
+      local loc = start_session("o3")
+      local r = put(loc, ("bytes 0-%d/*"):format(Q - 2), random_bytes(Q - 1))
+      assert.are.equal(400, r.status)
+      assert.matches('"error":{"code":400', r.body)
+      assert.is_nil(put(loc, "bytes */*").headers.range)
+    end)
+    it("persists only the largest 256 KiB multiple of a non-final chunk", function()
+      local data = random_bytes(Q + 5000)
+      local loc = start_session("o4")
+      local r = put(loc, ("bytes 0-%d/*"):format(#data - 1), data)
+      assert.are.equal(308, r.status)
+      assert.are.equal("bytes=0-" .. (Q - 1), r.headers.range)
+      r = put(loc, ("bytes %d-%d/%d"):format(Q, #data - 1, #data), data:sub(Q + 1))
+      assert.are.equal(200, r.status, r.body)
+      assert.is_true(srv:object("b", "o4") == data)
+    end)
+    it("skips bytes before the persisted offset", function()
+      local data = random_bytes(2 * Q + 7)
+      local loc = start_session("o5")
+      put(loc, ("bytes 0-%d/*"):format(Q - 1), data:sub(1, Q))
+      local r = put(loc, ("bytes 0-%d/%d"):format(#data - 1, #data), data)
+      assert.are.equal(200, r.status, r.body)
+      assert.is_true(srv:object("b", "o5") == data)
+    end)
+    it("rejects a chunk that starts after the persisted offset", function()
+      local loc = start_session("o6")
+      local r = put(loc, ("bytes %d-%d/*"):format(Q, 2 * Q - 1), random_bytes(Q))
+      assert.are.equal(400, r.status)
+      assert.is_nil(put(loc, "bytes */*").headers.range)
+    end)
+    it("finalizes with bytes */N once N bytes are persisted, and an empty object", function()
+      local data = random_bytes(Q)
+      local loc = start_session("o7")
+      put(loc, ("bytes 0-%d/*"):format(Q - 1), data)
+      local r = put(loc, "bytes */" .. Q)
+      assert.are.equal(200, r.status, r.body)
+      assert.is_true(srv:object("b", "o7") == data)
+      loc = start_session("empty")
+      r = put(loc, "bytes */0")
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal("0", field(r.body, "size"))
+      assert.are.equal("", srv:object("b", "empty"))
+    end)
+    it("answers 308 to bytes */N while fewer bytes are persisted", function()
+      local loc = start_session("o8")
+      put(loc, ("bytes 0-%d/*"):format(Q - 1), random_bytes(Q))
+      local r = put(loc, "bytes */" .. (2 * Q))
+      assert.are.equal(308, r.status)
+      assert.are.equal("bytes=0-" .. (Q - 1), r.headers.range)
+      assert.are.equal(400, put(loc, "bytes */" .. (Q - 1)).status)
+    end)
+    it("rejects malformed Content-Range with a JSON 400", function()
+      local loc = start_session("o9")
+      for _, bad in ipairs { "bytes 5-1/*", "bytes 0-9/5", "bits 0-9/*", "bytes -1-9/*",
+        "bytes 0-9", "bytes */", "bytes a-b/*", "bytes 0-99999999999999999999999/*", "bytes", "bytes 0-9/*x" } do
+        local r = put(loc, bad, random_bytes(10))
+        assert.are.equal(400, r.status, bad)
+        assert.matches('"code":400', r.body)
+      end
+      assert.is_nil(put(loc, "bytes */*").headers.range)
+    end)
+    it("rejects a body that differs from the Content-Range", function()
+      local loc = start_session("o10")
+      local r = put(loc, ("bytes 0-%d/*"):format(Q - 1), random_bytes(Q + 1))
+      assert.are.equal(400, r.status)
+      r = put(loc, ("bytes 0-%d/%d"):format(9, 10), random_bytes(9))
+      assert.are.equal(400, r.status)
+      assert.is_nil(srv:object("b", "o10"))
+    end)
+    it("honours X-Upload-Content-Length and -Type", function()
+      local data = random_bytes(1000)
+      local loc = start_session("o11", { ["X-Upload-Content-Length"] = "1000",
+        ["X-Upload-Content-Type"] = "text/x-test" }, "")
+      assert.are.equal(400, put(loc, "bytes 0-998/999", data:sub(1, 999)).status)
+      local r = put(loc, "bytes 0-999/1000", data)
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal("text/x-test", field(r.body, "contentType"))
+    end)
+    it("keeps name, contentType and metadata from the initiation body", function()
+      local r = curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=resumable",
+        data = '{"name":"fromBody","contentType":"a/b","metadata":{"k":"v"}}' }
+      assert.are.equal(200, r.status, r.body)
+      r = put(r.headers.location, "bytes 0-2/3", "abc")
+      assert.are.equal(200, r.status, r.body)
+      local _, meta = srv:object("b", "fromBody")
+      assert.are.equal("a/b", meta.contentType)
+      assert.are.equal("v", meta.metadata.k)
+    end)
+    it("checks ifGenerationMatch at finalization (412, object untouched)", function()
+      local loc = start_session("g", nil, nil, "&ifGenerationMatch=0")
+      assert.are.equal(200, put(loc, "bytes 0-2/3", "one").status)
+      local gen = select(2, srv:object("b", "g")).generation
+      loc = start_session("g", nil, nil, "&ifGenerationMatch=0")
+      local r = put(loc, "bytes 0-2/3", "two")
+      assert.are.equal(412, r.status)
+      assert.are.equal("one", srv:object("b", "g"))
+      loc = start_session("g", nil, nil, "&ifGenerationMatch=" .. gen)
+      assert.are.equal(200, put(loc, "bytes 0-4/5", "three").status)
+      assert.are.equal("three", srv:object("b", "g"))
+      loc = start_session("g", nil, nil, "&ifGenerationNotMatch=0")
+      assert.are.equal(200, put(loc, "bytes 0-3/4", "four").status)
+    end)
+    it("verifies X-Goog-Hash and metadata checksums; a mismatch makes no object", function()
+      local data = random_bytes(5000)
+      local loc = start_session("h1")
+      local r = put(loc, "bytes 0-4999/5000", data, { ["X-Goog-Hash"] = "crc32c=AAAAAA==" })
+      assert.are.equal(400, r.status)
+      assert.is_nil(srv:object("b", "h1"))
+      loc = start_session("h2")
+      r = put(loc, "bytes 0-4999/5000", data,
+        { ["X-Goog-Hash"] = "crc32c=" .. crc_b64(data) .. ",md5=AAAAAAAAAAAAAAAAAAAAAA==" })
+      assert.are.equal(400, r.status)
+      assert.is_nil(srv:object("b", "h2"))
+      loc = start_session("h3", nil, '{"crc32c":"AAAAAA=="}')
+      assert.are.equal(400, put(loc, "bytes 0-4999/5000", data).status)
+      assert.is_nil(srv:object("b", "h3"))
+      loc = start_session("h4")
+      r = put(loc, "bytes 0-4999/5000", data, { ["X-Goog-Hash"] = "crc32c=" .. crc_b64(data) })
+      assert.are.equal(200, r.status, r.body)
+    end)
+    it("cancels with DELETE (499), then 404", function()
+      local loc = start_session("c")
+      put(loc, ("bytes 0-%d/*"):format(Q - 1), random_bytes(Q))
+      assert.are.equal(499, curl { method = "DELETE", url = loc }.status)
+      assert.are.equal(404, put(loc, "bytes */*").status)
+      assert.are.equal(404, curl { method = "DELETE", url = loc }.status)
+      assert.is_nil(srv:object("b", "c"))
+    end)
+    it("answers 200 with the metadata on a finished session", function()
+      local loc = start_session("f")
+      put(loc, "bytes 0-2/3", "abc")
+      local r = put(loc, "bytes */*")
+      assert.are.equal(200, r.status)
+      assert.are.equal("3", field(r.body, "size"))
+      r = put(loc, "bytes 0-2/3", "xyz")
+      assert.are.equal(200, r.status)
+      assert.are.equal("abc", srv:object("b", "f"))
+    end)
+    it("honours X-GUploader-No-308", function()
+      local loc = start_session("n")
+      local r = put(loc, ("bytes 0-%d/*"):format(Q - 1), random_bytes(Q), { ["X-GUploader-No-308"] = "yes" })
+      assert.are.equal(200, r.status)
+      assert.are.equal("308", r.headers["x-http-status-code-override"])
+      assert.are.equal("bytes=0-" .. (Q - 1), r.headers.range)
+    end)
+    it("logs method, path, Content-Range and status", function()
+      local loc = start_session("l")
+      put(loc, "bytes */*")
+      local log = srv:requests()
+      assert.are.equal(2, #log)
+      assert.are.equal("POST", log[1].method)
+      assert.are.equal(200, log[1].status)
+      assert.are.equal("PUT", log[2].method)
+      assert.are.equal("bytes */*", log[2].content_range)
+      assert.are.equal(308, log[2].status)
+      assert.matches("upload_id=", log[2].path)
+    end)
+  end)
+
+  describe("bad input", function()
+    it("unknown upload ids, missing names, wrong methods, unknown endpoints", function()
+      local r = put(url .. "/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=nope", "bytes */*")
+      assert.are.equal(404, r.status)
+      assert.matches('"code":404', r.body)
+      r = curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=resumable", data = "{}" }
+      assert.are.equal(400, r.status)
+      r = curl { method = "PATCH", url = url .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=x" }
+      assert.are.equal(405, r.status)
+      r = curl { method = "POST", url = url .. "/upload/storage/v1/b/nob/o?uploadType=resumable&name=x", data = "{}" }
+      assert.are.equal(404, r.status)
+      r = curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=x", data = "{nojson" }
+      assert.are.equal(400, r.status)
+      r = curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=weird&name=x", data = "" }
+      assert.are.equal(400, r.status)
+      r = curl { url = url .. "/nothing/here" }
+      assert.are.equal(404, r.status)
+      assert.matches('"errors":%[', r.body)
+    end)
+    it("survives oversized headers and keeps serving", function()
+      local hf = os.tmpname()
+      local f = assert(io.open(hf, "w"))
+      f:write("X-Big: ", string.rep("a", 2 * 1024 * 1024), "\n")
+      f:close()
+      local r = curl { url = url .. "/storage/v1/b", header_file = hf }
+      os.remove(hf)
+      assert.is_true(r.status >= 400 or r.exit ~= 0)
+      assert.are.equal(200, curl { url = url .. "/storage/v1/b" }.status)
+    end)
+  end)
+
+  describe("simple uploads and objects", function()
+    it("media upload, metadata, download with Range, delete", function()
+      local data = random_bytes(100000)
+      local r = curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=media&name=dir%2Fm",
+        data = data, headers = { ["Content-Type"] = "application/octet-stream" } }
+      assert.are.equal(200, r.status, r.body)
+      r = curl { url = url .. "/storage/v1/b/b/o/dir%2Fm" }
+      assert.are.equal("100000", field(r.body, "size"))
+      r = curl { url = url .. "/storage/v1/b/b/o/dir%2Fm?alt=media" }
+      assert.is_true(r.body == data)
+      assert.matches("crc32c=" .. crc_b64(data):gsub("%p", "%%%0"), r.headers["x-goog-hash"])
+      r = curl { url = url .. "/storage/v1/b/b/o/dir%2Fm?alt=media", headers = { Range = "bytes=10-19" } }
+      assert.are.equal(206, r.status)
+      assert.are.equal(data:sub(11, 20), r.body)
+      assert.are.equal("bytes 10-19/100000", r.headers["content-range"])
+      r = curl { url = url .. "/storage/v1/b/b/o/dir%2Fm?alt=media", headers = { Range = "bytes=-5" } }
+      assert.are.equal(data:sub(-5), r.body)
+      r = curl { url = url .. "/storage/v1/b/b/o/dir%2Fm?alt=media", headers = { Range = "bytes=100000-" } }
+      assert.are.equal(416, r.status)
+      assert.are.equal(204, curl { method = "DELETE", url = url .. "/storage/v1/b/b/o/dir%2Fm" }.status)
+      assert.are.equal(404, curl { url = url .. "/storage/v1/b/b/o/dir%2Fm" }.status)
+      assert.are.equal(404, curl { method = "DELETE", url = url .. "/storage/v1/b/b/o/dir%2Fm" }.status)
+    end)
+    it("multipart upload", function()
+      local data = random_bytes(3000)
+      local body = "--BND\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n" ..
+        '{"name":"mp","contentType":"x/y"}' .. "\r\n--BND\r\nContent-Type: x/y\r\n\r\n" ..
+        data .. "\r\n--BND--\r\n"
+      local r = curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=multipart",
+        data = body, headers = { ["Content-Type"] = "multipart/related; boundary=BND" } }
+      assert.are.equal(200, r.status, r.body)
+      assert.is_true(srv:object("b", "mp") == data)
+      r = curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=multipart",
+        data = "garbage", headers = { ["Content-Type"] = "multipart/related; boundary=BND" } }
+      assert.are.equal(400, r.status)
+    end)
+    it("lists with prefix and delimiter, composes, buckets", function()
+      local parts = {}
+      for i, name in ipairs { "a/1", "a/2", "b/3" } do
+        parts[i] = random_bytes(1000 + i)
+        curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=media&name=" .. name, data = parts[i] }
+      end
+      local r = curl { url = url .. "/storage/v1/b/b/o?prefix=a/" }
+      assert.truthy(r.body:find('"name":"a/1"', 1, true))
+      assert.truthy(r.body:find('"name":"a/2"', 1, true))
+      assert.falsy(r.body:find('"name":"b/3"', 1, true))
+      r = curl { url = url .. "/storage/v1/b/b/o?delimiter=/" }
+      assert.truthy(r.body:find('"prefixes":["a/","b/"]', 1, true))
+      r = curl { method = "POST", url = url .. "/storage/v1/b/b/o/whole/compose",
+        data = '{"sourceObjects":[{"name":"a/1"},{"name":"a/2"},{"name":"b/3"}],"destination":{"contentType":"c/d"}}' }
+      assert.are.equal(200, r.status, r.body)
+      local whole = parts[1] .. parts[2] .. parts[3]
+      assert.are.equal(crc_b64(whole), field(r.body, "crc32c"))
+      assert.is_true(srv:object("b", "whole") == whole)
+      r = curl { method = "POST", url = url .. "/storage/v1/b/b/o/x/compose", data = '{"sourceObjects":[{"name":"zz"}]}' }
+      assert.are.equal(404, r.status)
+      r = curl { method = "POST", url = url .. "/storage/v1/b?project=p", data = '{"name":"nb"}' }
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal(409, curl { method = "POST", url = url .. "/storage/v1/b?project=p", data = '{"name":"nb"}' }.status)
+      assert.are.equal(200, curl { url = url .. "/storage/v1/b/nb" }.status)
+      assert.are.equal(404, curl { url = url .. "/storage/v1/b/zz" }.status)
+      assert.truthy(curl { url = url .. "/storage/v1/b?project=p" }.body:find('"name":"nb"', 1, true))
+    end)
+  end)
+
+  describe("stores", function()
+    it("discard keeps sizes and checksums only", function()
+      local s <close> = fakegcs.start { store = "discard", buckets = { "b" } }
+      local data = random_bytes(Q + 99)
+      local r = curl { method = "POST", url = s:url() .. "/upload/storage/v1/b/b/o?uploadType=media&name=d", data = data }
+      assert.are.equal(200, r.status)
+      local got, meta = s:object("b", "d")
+      assert.is_false(got)
+      assert.are.equal(tostring(#data), meta.size)
+      assert.are.equal(crc_b64(data), meta.crc32c)
+      assert.are.equal(501, curl { url = s:url() .. "/storage/v1/b/b/o/d?alt=media" }.status)
+    end)
+    it("dir keeps bytes in files", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      local s <close> = fakegcs.start { store = { dir = dir }, buckets = { "b" } }
+      local data = random_bytes(Q * 2 + 3)
+      curl { method = "POST", url = s:url() .. "/upload/storage/v1/b/b/o?uploadType=media&name=d", data = data }
+      assert.is_true(s:object("b", "d") == data)
+      s:stop()
+      os.remove(dir)
+    end)
+  end)
+
+  describe("faults (retry_test)", function()
+    it("creates, reads and deletes retry tests", function()
+      local id = retry_test { ["storage.objects.insert"] = { "return-503" } }
+      local r = curl { url = url .. "/retry_test/" .. id }
+      assert.truthy(r.body:find('"completed":false', 1, true))
+      assert.are.equal(400, curl { method = "POST", url = url .. "/retry_test",
+        data = '{"instructions":{"storage.objects.insert":["return-banana"]}}' }.status)
+      assert.are.equal(200, curl { method = "DELETE", url = url .. "/retry_test/" .. id }.status)
+      assert.are.equal(404, curl { url = url .. "/retry_test/" .. id }.status)
+    end)
+    it("[reset-connection, 503] on the initiation, then it works", function()
+      local id = retry_test { ["storage.objects.insert"] = { "return-reset-connection", "return-503" } }
+      local h = { ["x-retry-test-id"] = id }
+      local uri = url .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=r"
+      local r = curl { method = "POST", url = uri, headers = h, data = "{}" }
+      assert.are.equal(56, r.exit) -- connection reset by peer
+      r = curl { method = "POST", url = uri, headers = h, data = "{}" }
+      assert.are.equal(503, r.status)
+      r = curl { method = "POST", url = uri, headers = h, data = "{}" }
+      assert.are.equal(200, r.status)
+      assert.truthy(curl { url = url .. "/retry_test/" .. id }.body:find('"completed":true', 1, true))
+      local log = srv:requests()
+      assert.are.equal(0, log[2].status)
+    end)
+    it("return-408, -401 and -400 before anything is persisted", function()
+      local loc = start_session("s")
+      local id = retry_test { ["storage.objects.insert"] = { "return-408", "return-401", "return-400" } }
+      local h = { ["x-retry-test-id"] = id }
+      for _, want in ipairs { 408, 401, 400 } do
+        local r = put(loc, ("bytes 0-%d/*"):format(Q - 1), random_bytes(Q), { ["x-retry-test-id"] = id })
+        assert.are.equal(want, r.status)
+      end
+      assert.is_nil(put(loc, "bytes */*", nil, h).headers.range)
+    end)
+    it("[503-after-256K] persists exactly 256 KiB of a bigger chunk", function()
+      local data = random_bytes(4 * Q)
+      local loc = start_session("a")
+      local id = retry_test { ["storage.objects.insert"] = { "return-503-after-256K" } }
+      local h = { ["x-retry-test-id"] = id }
+      local r = put(loc, ("bytes 0-%d/*"):format(2 * Q - 1), data:sub(1, 2 * Q), h)
+      assert.are.equal(503, r.status)
+      r = put(loc, "bytes */*", nil, h)
+      assert.are.equal("bytes=0-" .. (Q - 1), r.headers.range)
+      r = put(loc, ("bytes %d-%d/%d"):format(Q, #data - 1, #data), data:sub(Q + 1), h)
+      assert.are.equal(200, r.status, r.body)
+      assert.is_true(srv:object("b", "a") == data)
+    end)
+    it("[503-after-8192K, 408] with 8 MiB chunks (initiation keeps it for later)", function()
+      local data = random_bytes(8 * 1024 * KiB + 5)
+      local id = retry_test { ["storage.objects.insert"] = { "return-503-after-8192K", "return-408" } }
+      local h = { ["x-retry-test-id"] = id }
+      local loc = start_session("big", { ["x-retry-test-id"] = id })
+      local r = put(loc, ("bytes 0-%d/*"):format(8 * 1024 * KiB - 1), data:sub(1, 8 * 1024 * KiB), h)
+      assert.are.equal(503, r.status)
+      assert.are.equal(408, put(loc, "bytes */*", nil, h).status)
+      r = put(loc, "bytes */*", nil, h)
+      assert.are.equal("bytes=0-" .. (8 * 1024 * KiB - 1), r.headers.range)
+      r = put(loc, ("bytes %d-%d/%d"):format(8 * 1024 * KiB, #data - 1, #data), data:sub(8 * 1024 * KiB + 1), h)
+      assert.are.equal(200, r.status)
+      assert.is_true(srv:object("b", "big") == data)
+    end)
+    it("return-503-after-100K persists exactly 100 KiB", function()
+      local data = random_bytes(Q)
+      local id = retry_test { ["storage.objects.insert"] = { "return-503-after-100K" } }
+      local loc = start_session("e")
+      local r = put(loc, ("bytes 0-%d/%d"):format(Q - 1, Q), data, { ["x-retry-test-id"] = id })
+      assert.are.equal(503, r.status)
+      assert.are.equal("bytes=0-" .. (100 * KiB - 1), put(loc, "bytes */*").headers.range)
+      r = put(loc, ("bytes %d-%d/%d"):format(100 * KiB, Q - 1, Q), data:sub(100 * KiB + 1))
+      assert.are.equal(200, r.status, r.body)
+      assert.is_true(srv:object("b", "e") == data)
+    end)
+    it("return-broken-stream persists, then cuts the reply", function()
+      local data = random_bytes(Q + 10)
+      local id = retry_test { ["storage.objects.insert"] = { "return-broken-stream" } }
+      local loc = start_session("bs")
+      local r = put(loc, ("bytes 0-%d/%d"):format(#data - 1, #data), data, { ["x-retry-test-id"] = id })
+      assert.are_not.equal(0, r.exit)
+      assert.are.equal(0, r.status)
+      r = put(loc, "bytes */*")
+      assert.are.equal(200, r.status)
+      assert.is_true(srv:object("b", "bs") == data)
+    end)
+    it("stall-for-1s-after-256K pauses the request", function()
+      local id = retry_test { ["storage.objects.insert"] = { "stall-for-1s-after-256K" } }
+      local loc = start_session("st")
+      local t0 = os.time()
+      local c0 = io.popen("date +%s.%N"):read("a")
+      local r = put(loc, ("bytes 0-%d/*"):format(2 * Q - 1), random_bytes(2 * Q), { ["x-retry-test-id"] = id })
+      local c1 = io.popen("date +%s.%N"):read("a")
+      assert.are.equal(308, r.status)
+      assert.is_true(tonumber(c1) - tonumber(c0) >= 0.95, "stalled " .. (tonumber(c1) - tonumber(c0)))
+      assert.is_true(os.time() - t0 <= 5)
+    end)
+    it("return-broken-stream-final-chunk-after-100B cuts only the final chunk", function()
+      local data = random_bytes(Q + 1000)
+      local id = retry_test { ["storage.objects.insert"] = { "return-broken-stream-final-chunk-after-100B" } }
+      local h = { ["x-retry-test-id"] = id }
+      local loc = start_session("bf", h)
+      assert.are.equal(308, put(loc, ("bytes 0-%d/*"):format(Q - 1), data:sub(1, Q), h).status)
+      local r = put(loc, ("bytes %d-%d/%d"):format(Q, #data - 1, #data), data:sub(Q + 1), h)
+      assert.are.equal(0, r.status)
+      assert.are_not.equal(0, r.exit)
+      assert.are.equal("bytes=0-" .. (Q - 1), put(loc, "bytes */*").headers.range)
+      assert.are.equal(200, put(loc, ("bytes %d-%d/%d"):format(Q, #data - 1, #data), data:sub(Q + 1)).status)
+      assert.is_true(srv:object("b", "bf") == data)
+    end)
+    it("return-broken-stream-after-256K on a download", function()
+      local data = random_bytes(2 * Q)
+      curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=media&name=dl", data = data }
+      local id = retry_test { ["storage.objects.get"] = { "return-broken-stream-after-256K" } }
+      local r = curl { url = url .. "/storage/v1/b/b/o/dl?alt=media", headers = { ["x-retry-test-id"] = id } }
+      assert.are.equal(18, r.exit) -- partial file
+      assert.are.equal(Q, #r.body)
+      assert.is_true(r.body == data:sub(1, Q))
+      assert.is_true(curl { url = url .. "/storage/v1/b/b/o/dl?alt=media" }.body == data)
+    end)
+    it("the session DELETE is storage.objects.delete", function()
+      local id = retry_test { ["storage.objects.delete"] = { "return-503" } }
+      local loc = start_session("del")
+      assert.are.equal(503, curl { method = "DELETE", url = loc, headers = { ["x-retry-test-id"] = id } }.status)
+      assert.are.equal(499, curl { method = "DELETE", url = loc, headers = { ["x-retry-test-id"] = id } }.status)
+    end)
+  end)
+
+  describe("random faults", function()
+    local function statuses(s, n)
+      local out = {}
+      for i = 1, n do
+        local r = curl { method = "POST", url = s:url() .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=x" .. i, data = "{}" }
+        out[i] = r.status
+      end
+      return table.concat(out, ",")
+    end
+    it("are seeded: the same seed gives the same faults", function()
+      srv:faults { seed = 7, p_503 = 0.3, p_408 = 0.2 }
+      local a = statuses(srv, 30)
+      srv:faults { seed = 7, p_503 = 0.3, p_408 = 0.2 }
+      local b = statuses(srv, 30)
+      assert.are.equal(a, b)
+      assert.matches("503", a)
+      assert.matches("200", a)
+      srv:faults()
+      assert.are.equal(string.rep("200,", 4) .. "200", statuses(srv, 5))
+    end)
+    it("p_partial persists a 256 KiB-aligned prefix and answers 503", function()
+      srv:faults { seed = 3, p_partial = 1 }
+      local loc = start_session("p", nil, nil)
+      srv:faults()
+      loc = start_session("p")
+      srv:faults { seed = 3, p_partial = 1 }
+      local r = put(loc, ("bytes 0-%d/*"):format(32 * Q - 1), random_bytes(32 * Q))
+      srv:faults()
+      assert.are.equal(503, r.status)
+      local range = put(loc, "bytes */*").headers.range
+      local n = range and tonumber(range:match("%-(%d+)")) + 1 or 0
+      assert.are.equal(0, n % Q)
+    end)
+  end)
+end)
