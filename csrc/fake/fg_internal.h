@@ -107,6 +107,7 @@ typedef struct fg_store {
   fg_object *objects;
   fg_session *sessions;
   int64_t next_generation;
+  char base_url[96]; /* for mediaLink/selfLink */
 } fg_store;
 
 bool fg_store_init(fg_store *st, const rw_fakegcs_config *cfg);
@@ -123,7 +124,7 @@ fg_session *fg_session_find(fg_store *st, const char *id);
 fg_session *fg_session_new(fg_store *st); /* linked in, ACTIVE */
 /* A 412 precondition check against the current object, st->mu held. */
 bool fg_precond_ok(fg_store *st, const fg_precond *p, const char *bucket, const char *name);
-json_t *fg_object_json(const fg_object *o);
+json_t *fg_object_json(const fg_store *st, const fg_object *o);
 json_t *fg_bucket_json(const fg_bucket *b);
 
 /* ---- faults (fg_faults.c) ---- */

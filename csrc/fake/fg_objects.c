@@ -54,12 +54,12 @@ static int by_name(const void *a, const void *b) {
 }
 
 /* Adds o to items, or its delimited prefix to prefixes. */
-static void list_add(json_t *items, json_t *prefixes, fg_object *o, const char *prefix,
+static void list_add(const fg_store *st, json_t *items, json_t *prefixes, fg_object *o, const char *prefix,
                      const char *delim) {
   const char *rest = o->name + strlen(prefix);
   const char *cut = delim && *delim ? strstr(rest, delim) : NULL;
   if (!cut) {
-    json_array_append_new(items, fg_object_json(o));
+    json_array_append_new(items, fg_object_json(st, o));
     return;
   }
   size_t len = (size_t)(cut - o->name) + strlen(delim);
@@ -107,7 +107,7 @@ static enum MHD_Result object_list(rw_fakegcs *s, fg_req *r, const char *bucket)
       next = all[i - 1]->name;
       break;
     }
-    list_add(items, prefixes, all[i], prefix, delim);
+    list_add(&s->store, items, prefixes, all[i], prefix, delim);
   }
   json_t *j = json_pack("{s:s, s:o}", "kind", "storage#objects", "items", items);
   if (json_array_size(prefixes)) json_object_set(j, "prefixes", prefixes);
@@ -230,7 +230,7 @@ static enum MHD_Result object_get(rw_fakegcs *s, fg_req *r, const char *bucket, 
     return fg_reply_error(s, r, 404, "No such object: %s/%s", bucket, name);
   }
   if (!media) {
-    json_t *j = fg_object_json(o);
+    json_t *j = fg_object_json(&s->store, o);
     pthread_mutex_unlock(&s->store.mu);
     return fg_reply_json(s, r, 200, j);
   }
@@ -313,7 +313,7 @@ static enum MHD_Result compose(rw_fakegcs *s, fg_req *r, const char *bucket, con
   if (!missing) {
     o->generation = ++s->store.next_generation;
     fg_object_insert(&s->store, o);
-    j = fg_object_json(o);
+    j = fg_object_json(&s->store, o);
   }
   pthread_mutex_unlock(&s->store.mu);
   json_decref(body);

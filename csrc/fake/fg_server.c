@@ -275,6 +275,7 @@ static bool start_daemon(rw_fakegcs *s, const char *host, int port, rw_error **e
   bool v6 = sa.ss_family == AF_INET6;
   snprintf(s->url, sizeof s->url, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
            s->port);
+  snprintf(s->store.base_url, sizeof s->store.base_url, "%s", s->url);
   return true;
 }
 
@@ -379,7 +380,7 @@ bool rw_fakegcs_object_get(rw_fakegcs *s, const char *bucket, const char *name,
   out->crc32c = o->crc;
   out->has_md5 = o->has_md5;
   memcpy(out->md5, o->md5, 16);
-  json_t *j = fg_object_json(o);
+  json_t *j = fg_object_json(&s->store, o);
   out->json = json_dumps(j, JSON_COMPACT);
   json_decref(j);
   if (fg_blob_has_bytes(o->blob)) {

@@ -265,7 +265,7 @@ static json_t *int_string(int64_t v) {
   return json_string(buf);
 }
 
-json_t *fg_object_json(const fg_object *o) {
+json_t *fg_object_json(const fg_store *st, const fg_object *o) {
   char crc[9], md5[25], id[64];
   json_t *j = json_object();
   json_object_set_new(j, "kind", json_string("storage#object"));
@@ -291,6 +291,15 @@ json_t *fg_object_json(const fg_object *o) {
   json_t *idj = json_sprintf("%s/%s/%lld", o->bucket, o->name, (long long)o->generation);
   json_object_set_new(j, "id", idj);
   json_object_set_new(j, "etag", json_string("CAE="));
+  char *enc = fg_url_encode(o->name);
+  if (enc) {
+    json_object_set_new(j, "selfLink", json_sprintf("%s/storage/v1/b/%s/o/%s", st->base_url,
+                                                    o->bucket, enc));
+    json_object_set_new(j, "mediaLink",
+                        json_sprintf("%s/download/storage/v1/b/%s/o/%s?generation=%lld&alt=media",
+                                     st->base_url, o->bucket, enc, (long long)o->generation));
+  }
+  free(enc);
   return j;
 }
 

@@ -285,7 +285,7 @@ int fg_finalize(rw_fakegcs *s, fg_session *ss, const char *goog_hash) {
   if (o) {
     o->generation = ++s->store.next_generation;
     fg_object_insert(&s->store, o);
-    json_t *j = fg_object_json(o);
+    json_t *j = fg_object_json(&s->store, o);
     ss->final_json = json_dumps(j, JSON_COMPACT);
     json_decref(j);
   }
@@ -617,11 +617,24 @@ typedef struct part {
   char type[128];
 } part;
 
+/* Finds where the part's data ends (the next delimiter) and moves *p past it. */
+static bool part_end(const char **p, const char *end, const char *delim, part *out) {
+  const char *next = memmem(out->data, (size_t)(end - out->data), delim, strlen(delim));
+  if (!next) return false;
+  out->len = (size_t)(next - out->data);
+  *p = next + strlen(delim);
+  return true;
+}
+
 /* Finds the part starting at *p (just after a delimiter line). */
 static bool next_part(const char **p, const char *end, const char *delim, part *out) {
+  out->type[0] = 0;
+  if (end - *p >= 2 && memcmp(*p, "\r\n", 2) == 0) { /* a part without headers */
+    out->data = *p + 2;
+    return part_end(p, end, delim, out);
+  }
   const char *hdr_end = memmem(*p, (size_t)(end - *p), "\r\n\r\n", 4);
   if (!hdr_end) return false;
-  out->type[0] = 0;
   const char *ct = memmem(*p, (size_t)(hdr_end - *p), "Content-Type:", 13);
   if (!ct) ct = memmem(*p, (size_t)(hdr_end - *p), "content-type:", 13);
   if (ct) {
@@ -634,11 +647,7 @@ static bool next_part(const char **p, const char *end, const char *delim, part *
     out->type[n] = 0;
   }
   out->data = hdr_end + 4;
-  const char *next = memmem(out->data, (size_t)(end - out->data), delim, strlen(delim));
-  if (!next) return false;
-  out->len = (size_t)(next - out->data);
-  *p = next + strlen(delim);
-  return true;
+  return part_end(p, end, delim, out);
 }
 
 static bool split_multipart(fg_req *r, part *meta, part *media) {
