@@ -168,7 +168,10 @@ bool fg_parse_content_range(const char *s, fg_range *r) {
   memset(r, 0, sizeof *r);
   if (!s || strncmp(s, "bytes ", 6) != 0) return false;
   const char *p = s + 6;
-  if (*p == '*') {
+  /* The Node client says "bytes 0--1/0" for an empty upload; GCS takes it as
+   * "bytes * /0". */
+  if (strncmp(p, "0--1/", 5) == 0) p += 4, r->has_bytes = false;
+  else if (*p == '*') {
     p++;
     if (*p != '/') return false;
   } else {
