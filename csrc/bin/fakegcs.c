@@ -1,6 +1,7 @@
 /* reliablewriter-fakegcs: the fake GCS as a program.
  *   reliablewriter-fakegcs [--host H] [--port N] [--store memory|discard|DIR]
- *                          [--bucket B]... [--no-md5]
+ *                          [--bucket B]... [--md5|--no-md5]
+ * MD5 is on by default except with --store discard.
  * Prints its URL on the first line of stdout, then serves until SIGINT/SIGTERM. */
 #include <signal.h>
 #include <stdio.h>
@@ -12,7 +13,7 @@
 static void usage(void) {
   fprintf(stderr,
           "usage: reliablewriter-fakegcs [--host H] [--port N] "
-          "[--store memory|discard|DIR] [--bucket B]... [--no-md5]\n");
+          "[--store memory|discard|DIR] [--bucket B]... [--md5|--no-md5]\n");
   exit(2);
 }
 
@@ -37,7 +38,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--port")) cfg.port = atoi(need(argc, argv, &i));
     else if (!strcmp(a, "--store")) parse_store(need(argc, argv, &i), &cfg);
     else if (!strcmp(a, "--bucket") && nb < 64) buckets[nb++] = need(argc, argv, &i);
-    else if (!strcmp(a, "--no-md5")) cfg.no_md5 = true;
+    else if (!strcmp(a, "--no-md5")) cfg.md5 = RW_FAKEGCS_MD5_OFF;
+    else if (!strcmp(a, "--md5")) cfg.md5 = RW_FAKEGCS_MD5_ON;
     else usage();
   }
   cfg.buckets = buckets;

@@ -118,7 +118,8 @@ void fg_now_rfc3339(char out[40]) {
 bool fg_store_init(fg_store *st, const rw_fakegcs_config *cfg) {
   memset(st, 0, sizeof *st);
   st->kind = cfg->store;
-  st->md5 = !cfg->no_md5;
+  st->md5 = cfg->md5 == RW_FAKEGCS_MD5_DEFAULT ? cfg->store != RW_FAKEGCS_DISCARD
+                                               : cfg->md5 == RW_FAKEGCS_MD5_ON;
   st->next_generation = 1700000000000000;
   if (cfg->store == RW_FAKEGCS_DIR) {
     if (!cfg->dir) return false;

@@ -1,7 +1,8 @@
 /* Lua binding of the fake GCS:
  *   local srv = fakegcs.start{ port = 0, host = "127.0.0.1",
  *                              store = "memory" | "discard" | {dir = path},
- *                              buckets = {"b"}, md5 = true }
+ *                              buckets = {"b"}, md5 = true|false }
+ *   (md5 defaults to true, except with store = "discard")
  *   srv:url(), srv:port(), srv:object(bucket, name) -> data|false, meta | nil
  *   srv:requests() -> { {method, path, content_range, status}, ... }
  *   srv:clear_requests(), srv:bucket(name)
@@ -83,7 +84,7 @@ static int l_start(lua_State *L) {
   cfg.host = lua_tostring(L, -1);
   read_store(L, &cfg);
   lua_getfield(L, 1, "md5");
-  cfg.no_md5 = !lua_isnil(L, -1) && !lua_toboolean(L, -1);
+  if (!lua_isnil(L, -1)) cfg.md5 = lua_toboolean(L, -1) ? RW_FAKEGCS_MD5_ON : RW_FAKEGCS_MD5_OFF;
   lua_pop(L, 1);
   cfg.buckets = read_buckets(L);
   fakegcs_ud *u = lua_newuserdata(L, sizeof *u);
