@@ -11,13 +11,18 @@ ifeq ($(LUA),luajit)
 else
   LUA_PC := lua5.4
 endif
-B := build/$(LUA)
+B ?= build/$(LUA)
 
 CC ?= cc
 PKGS := libcurl libmicrohttpd jansson libisal openssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
-LUA_CFLAGS := $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null)
+ifdef LUA_INCDIR
+  LUA_CFLAGS := -I$(LUA_INCDIR)
+  B := build/rock$(subst /,_,$(LUA_INCDIR))
+else
+  LUA_CFLAGS := $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null)
+endif
 
 WARN := -Wall -Wextra -Werror -Wno-unused-parameter
 CFLAGS ?= -O2 -g
@@ -33,7 +38,7 @@ LIB_OBJ := $(LIB_SRC:%.c=$(B)/obj/%.o)
 LUA_OBJ := $(LUA_SRC:%.c=$(B)/obj/%.o)
 MODULE := $(B)/reliablewriter/core.so
 
-.PHONY: all module bins check check-asan check-tsan test demo clean deps rock
+.PHONY: all module bins check check-asan check-tsan test demo clean deps install
 all: module
 
 module: $(MODULE)
@@ -81,6 +86,12 @@ demo:
 
 deps:
 	bash scripts/deps.sh all
+
+# luarocks (build.type = "make") passes INST_LIBDIR and INST_LUADIR.
+install: $(MODULE)
+	install -d $(INST_LIBDIR)/reliablewriter $(INST_LUADIR)/reliablewriter
+	install -m 755 $(MODULE) $(INST_LIBDIR)/reliablewriter/core.so
+	install -m 644 lua/reliablewriter/*.lua $(INST_LUADIR)/reliablewriter/
 
 clean:
 	rm -rf build bin/reliablewriter-*

@@ -31,7 +31,7 @@ describe("context", function()
   it("inherits the earliest deadline and reports it in unix seconds", function()
     local p = context.background():with_timeout(0.2)
     local k = p:with_timeout(50)
-    assert.near(p:deadline(), k:deadline(), 1e-6)
+    assert.near(p:deadline(), k:deadline(), 0.01) -- converted from the monotonic clock at each call
     assert.near(os.time() + 0.2, p:deadline(), 1.5)
     assert.is_nil(context.background():deadline())
     assert.is_true(k:timeout() <= 0.2)

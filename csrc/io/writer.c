@@ -1,0 +1,736 @@
+#include "io/writer.h"
+
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "core/checksum.h"
+#include "core/clock.h"
+#include "core/workgroup.h"
+
+#define MAX_CODES 24
+
+typedef struct deferred {
+  rw_seg_release_fn fn;
+  void *ud;
+  struct rw_writer *w;
+  struct deferred *next;
+} deferred;
+
+typedef struct chunk {
+  uint64_t off, len;
+  bool final;
+} chunk;
+
+struct rw_writer {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  rw_writer_config cfg;
+  rw_sink *sink;
+  rw_ctx *ctx;
+  rw_pool *pool;
+  rw_sgbuf *cache;
+
+  uint64_t written, persisted, max_sent, total, hashed_end;
+  uint32_t crc_all, crc_persisted;
+  bool crc_persisted_ok;
+  rw_md5 md5;
+  bool md5_live;
+  unsigned char md5_digest[16];
+
+  rw_writer_state state;
+  bool began, pumping, closing, aborting;
+  rw_error *fatal;
+  rw_sink_object obj;
+
+  deferred *released; /* to run on the owner thread */
+  int efd;
+  bool progressed;
+
+  uint64_t retries, chunks, backoff_ms;
+  struct {
+    char code[40];
+    uint64_t n;
+  } codes[MAX_CODES];
+  int ncodes;
+};
+
+const char *rw_writer_state_name(rw_writer_state s) {
+  static const char *const names[] = {"open", "completing", "done", "failed", "aborted"};
+  return s <= RW_WRITER_ABORTED ? names[s] : "?";
+}
+
+rw_writer_config rw_writer_defaults(void) {
+  rw_writer_config c = {0};
+  c.max_cache_size = 64ull << 20;
+  c.min_chunk_size = 256ull << 10;
+  c.max_chunk_size = 16ull << 20;
+  c.retry = rw_backoff_defaults();
+  c.stall_timeout = 30;
+  c.abort_timeout = 0.15;
+  c.crc32c = true;
+  return c;
+}
+
+rw_error *rw_writer_config_check(const rw_writer_config *c) {
+  if (c->min_chunk_size < RW_CHUNK_QUANTUM || c->min_chunk_size % RW_CHUNK_QUANTUM)
+    return rw_err(RW_E_INVALID, "min_chunk_size must be a multiple of 256 KiB, >= 256 KiB (got %" PRIu64 ")",
+                  c->min_chunk_size);
+  if (c->max_chunk_size < c->min_chunk_size || c->max_chunk_size % RW_CHUNK_QUANTUM)
+    return rw_err(RW_E_INVALID,
+                  "max_chunk_size must be a multiple of 256 KiB, >= min_chunk_size (got %" PRIu64 ")",
+                  c->max_chunk_size);
+  if (c->max_cache_size < c->max_chunk_size)
+    return rw_err(RW_E_INVALID, "max_cache_size must be >= max_chunk_size (got %" PRIu64 " < %" PRIu64 ")",
+                  c->max_cache_size, c->max_chunk_size);
+  if (!(c->stall_timeout > 0)) return rw_err(RW_E_INVALID, "stall_timeout must be > 0");
+  return rw_backoff_config_check(&c->retry);
+}
+
+/* ---- notification and deferred releases (mu held) ---- */
+
+static void notify_locked(rw_writer *w) {
+  w->progressed = true;
+  pthread_cond_broadcast(&w->cv);
+  if (w->efd >= 0) {
+    uint64_t one = 1;
+    ssize_t n = write(w->efd, &one, sizeof one);
+    (void)n;
+  }
+}
+
+/* sgbuf's release hook: runs wherever the cache drops a segment (pool thread
+ * or owner), always with mu held or before the writer is shared; the real
+ * release waits for the owner thread. */
+static void defer_release(void *arg) {
+  deferred *d = arg;
+  d->next = d->w->released;
+  d->w->released = d;
+}
+
+bool rw_writer_drain(rw_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  deferred *d = w->released;
+  w->released = NULL;
+  bool progressed = w->progressed;
+  w->progressed = false;
+  if (w->efd >= 0) {
+    uint64_t v;
+    ssize_t n = read(w->efd, &v, sizeof v);
+    (void)n;
+  }
+  pthread_mutex_unlock(&w->mu);
+  while (d) {
+    deferred *next = d->next;
+    if (d->fn) d->fn(d->ud);
+    free(d);
+    d = next;
+  }
+  return progressed;
+}
+
+static void count_error_locked(rw_writer *w, const rw_error *e) {
+  const char *code = rw_error_code(e);
+  for (int i = 0; i < w->ncodes; i++)
+    if (strcmp(w->codes[i].code, code) == 0) {
+      w->codes[i].n++;
+      return;
+    }
+  if (w->ncodes == MAX_CODES) return;
+  snprintf(w->codes[w->ncodes].code, sizeof w->codes[0].code, "%s", code);
+  w->codes[w->ncodes++].n = 1;
+}
+
+static void fail_locked(rw_writer *w, rw_error *e) {
+  if (w->fatal || w->state == RW_WRITER_DONE) {
+    rw_error_unref(e);
+    return;
+  }
+  count_error_locked(w, e);
+  w->fatal = e;
+  w->state = w->aborting ? RW_WRITER_ABORTED : RW_WRITER_FAILED;
+  rw_error_log(RW_LOG_ERROR, e, "upload failed");
+  notify_locked(w);
+}
+
+/* ---- construction ---- */
+
+rw_writer *rw_writer_new(rw_ctx *parent, rw_sink *sink, const rw_writer_config *cfg,
+                         rw_error **err) {
+  if ((*err = rw_writer_config_check(cfg))) {
+    rw_sink_destroy(sink);
+    return NULL;
+  }
+  rw_writer *w = calloc(1, sizeof *w);
+  if (!w) goto nomem;
+  w->efd = -1;
+  w->cfg = *cfg;
+  w->sink = sink;
+  w->persisted = w->max_sent = w->hashed_end = cfg->start_offset;
+  w->total = UINT64_MAX;
+  w->crc_persisted = cfg->has_start_crc ? cfg->start_crc : 0;
+  w->crc_persisted_ok = cfg->start_offset == 0 || cfg->has_start_crc;
+  w->crc_all = w->crc_persisted;
+  w->began = cfg->start_offset > 0;
+  if (!(w->ctx = rw_ctx_with_cancel(parent))) goto nomem;
+  if (!(w->cache = rw_sgbuf_new(cfg->start_offset))) goto nomem;
+  if (!(w->pool = rw_pool_shared_acquire())) goto nomem;
+  if (cfg->md5 && !(w->md5_live = rw_md5_init(&w->md5))) goto nomem;
+  w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  pthread_mutex_init(&w->mu, NULL);
+  rw_cond_init(&w->cv);
+  return w;
+nomem:
+  if (w) {
+    if (w->pool) rw_pool_shared_release();
+    rw_sgbuf_free(w->cache);
+    rw_ctx_unref(w->ctx);
+    free(w);
+  }
+  rw_sink_destroy(sink);
+  *err = rw_err(RW_E_NOMEM, "out of memory making a writer");
+  return NULL;
+}
+
+/* ---- chunk selection and the pump ---- */
+
+static uint64_t data_end_locked(rw_writer *w) {
+  uint64_t end = rw_sgbuf_contiguous_end(w->cache);
+  return end < w->persisted ? w->persisted : end;
+}
+
+static bool next_chunk_locked(rw_writer *w, chunk *c) {
+  if (w->fatal || w->aborting || w->state >= RW_WRITER_DONE) return false;
+  uint64_t start = w->persisted, end = data_end_locked(w);
+  if (w->closing && end >= w->total) {
+    uint64_t avail = w->total - start;
+    if (avail <= w->cfg.max_chunk_size) {
+      *c = (chunk){start, avail, true};
+      return true;
+    }
+    *c = (chunk){start, w->cfg.max_chunk_size, false};
+    return true;
+  }
+  uint64_t avail = end - start;
+  uint64_t n = avail < w->cfg.max_chunk_size ? avail : w->cfg.max_chunk_size;
+  n -= n % RW_CHUNK_QUANTUM;
+  if (n < w->cfg.min_chunk_size) return false;
+  *c = (chunk){start, n, false};
+  return true;
+}
+
+static void pump_main(void *arg);
+
+static void kick_locked(rw_writer *w) {
+  chunk c;
+  if (w->pumping || !next_chunk_locked(w, &c)) return;
+  w->pumping = true;
+  if (!rw_pool_submit(w->pool, pump_main, w)) {
+    w->pumping = false;
+    fail_locked(w, rw_err(RW_E_INTERNAL, "could not start upload work (pool refused)"));
+  }
+}
+
+static void object_clear(rw_sink_object *o) {
+  rw_sink_result r = {.obj = *o};
+  rw_sink_result_clear(&r);
+  memset(o, 0, sizeof *o);
+}
+
+/* Checks a finalized object against what we sent. mu held. */
+static rw_error *verify_object_locked(rw_writer *w, const rw_sink_object *o) {
+  if (o->size != w->total)
+    return rw_err(RW_E_SESSION_CONFLICT,
+                  "the server finalized an object of %" PRIu64 " bytes but %" PRIu64
+                  " were written; the object is not what was sent",
+                  o->size, w->total);
+  if (w->cfg.crc32c && w->crc_persisted_ok && o->crc32c) {
+    char want[16];
+    rw_crc32c_base64(w->crc_all, want);
+    if (strcmp(want, o->crc32c) != 0)
+      return rw_err(RW_E_CHECKSUM, "crc32c mismatch: sent %s, the server has %s", want, o->crc32c);
+  }
+  if (w->cfg.md5 && o->md5) {
+    char want[32];
+    rw_md5_base64(w->md5_digest, want);
+    if (strcmp(want, o->md5) != 0)
+      return rw_err(RW_E_CHECKSUM, "md5 mismatch: sent %s, the server has %s", want, o->md5);
+  }
+  return NULL;
+}
+
+/* Moves persisted to p, hashing the newly persisted bytes for the session
+ * checksum and dropping them from the cache. mu held. */
+static void advance_persisted_locked(rw_writer *w, uint64_t p) {
+  if (p <= w->persisted) return;
+  if (w->crc_persisted_ok) {
+    int n = rw_sgbuf_view_count(w->cache, w->persisted, p - w->persisted);
+    struct iovec *iov = n > 0 ? malloc((size_t)n * sizeof *iov) : NULL;
+    if (iov && rw_sgbuf_view(w->cache, w->persisted, p - w->persisted, iov, n) == n) {
+      for (int i = 0; i < n; i++) w->crc_persisted = rw_crc32c(w->crc_persisted, iov[i].iov_base, iov[i].iov_len);
+    } else {
+      w->crc_persisted_ok = false;
+    }
+    free(iov);
+  }
+  rw_sgbuf_release_upto(w->cache, p);
+  w->persisted = p;
+  notify_locked(w);
+}
+
+/* Applies what the sink said. *done: the chunk (or the object) is finished. */
+static rw_error *apply_locked(rw_writer *w, rw_sink_result *res, const chunk *c, bool *done,
+                              bool *progressed) {
+  *done = *progressed = false;
+  if (res->finalized) {
+    if (!c->final)
+      return rw_err(RW_E_SESSION_CONFLICT,
+                    "the server finalized the object (size %" PRIu64 ") on a non-final chunk "
+                    "[%" PRIu64 ", %" PRIu64 "); refusing to call that a success",
+                    res->obj.size, c->off, c->off + c->len);
+    rw_error *e = verify_object_locked(w, &res->obj);
+    if (e) return e;
+    advance_persisted_locked(w, w->total);
+    object_clear(&w->obj);
+    w->obj = res->obj;
+    memset(&res->obj, 0, sizeof res->obj);
+    w->state = RW_WRITER_DONE;
+    w->chunks++;
+    notify_locked(w);
+    *done = *progressed = true;
+    return NULL;
+  }
+  uint64_t p = res->persisted;
+  if (p < w->persisted)
+    return rw_err(RW_E_SESSION_CONFLICT,
+                  "the server's persisted size went backwards from %" PRIu64 " to %" PRIu64
+                  " (another writer on this session?)",
+                  w->persisted, p);
+  if (p > w->max_sent)
+    return rw_err(RW_E_SESSION_CONFLICT,
+                  "the server persisted %" PRIu64 " bytes but only %" PRIu64
+                  " were sent (another writer on this session?)",
+                  p, w->max_sent);
+  *progressed = p > w->persisted;
+  advance_persisted_locked(w, p);
+  if (!c->final && p >= c->off + c->len) {
+    w->chunks++;
+    *done = true;
+  }
+  return NULL;
+}
+
+typedef struct attempt {
+  chunk c;
+  struct iovec *iov;
+  int iovcnt;
+  uint64_t off, len;
+  rw_sink_sums sums;
+} attempt;
+
+/* Builds the request for the unpersisted rest of chunk c. mu held. */
+static rw_error *prepare_locked(rw_writer *w, const chunk *c, attempt *a) {
+  uint64_t end = c->off + c->len;
+  a->c = *c;
+  a->off = w->persisted < end ? w->persisted : end;
+  a->len = end - a->off;
+  a->iovcnt = 0;
+  a->iov = NULL;
+  if (a->len) {
+    int n = rw_sgbuf_view_count(w->cache, a->off, a->len);
+    a->iov = n > 0 ? malloc((size_t)n * sizeof *a->iov) : NULL;
+    if (!a->iov || rw_sgbuf_view(w->cache, a->off, a->len, a->iov, n) != n) {
+      free(a->iov);
+      a->iov = NULL;
+      return rw_err(RW_E_INTERNAL, "cache does not hold [%" PRIu64 ", %" PRIu64 ")", a->off, end);
+    }
+    a->iovcnt = n;
+  }
+  memset(&a->sums, 0, sizeof a->sums);
+  if (c->final) {
+    a->sums.has_crc32c = w->cfg.crc32c && w->crc_persisted_ok;
+    a->sums.crc32c = w->crc_all;
+    a->sums.has_md5 = w->cfg.md5;
+    memcpy(a->sums.md5, w->md5_digest, 16);
+  }
+  if (end > w->max_sent) w->max_sent = end;
+  return NULL;
+}
+
+static rw_error *put_once(rw_writer *w, const chunk *c, bool *done, bool *progressed) {
+  attempt a;
+  pthread_mutex_lock(&w->mu);
+  rw_error *e = prepare_locked(w, c, &a);
+  pthread_mutex_unlock(&w->mu);
+  if (e) return e;
+  rw_sink_put p = {.offset = a.off, .iov = a.iov, .iovcnt = a.iovcnt, .len = a.len,
+                   .final = c->final, .sums = &a.sums, .stall_timeout = w->cfg.stall_timeout};
+  rw_sink_result res = {0};
+  e = w->sink->ops->put(w->sink, w->ctx, &p, &res);
+  free(a.iov);
+  if (!e) {
+    pthread_mutex_lock(&w->mu);
+    e = apply_locked(w, &res, c, done, progressed);
+    pthread_mutex_unlock(&w->mu);
+  }
+  rw_sink_result_clear(&res);
+  return e;
+}
+
+static rw_error *query_once(rw_writer *w, const chunk *c, bool *done) {
+  rw_sink_result res = {0};
+  bool progressed;
+  rw_error *e = w->sink->ops->query(w->sink, w->ctx, &res);
+  if (!e) {
+    pthread_mutex_lock(&w->mu);
+    e = apply_locked(w, &res, c, done, &progressed);
+    pthread_mutex_unlock(&w->mu);
+  }
+  rw_sink_result_clear(&res);
+  return e;
+}
+
+/* Records a retryable failure and sleeps the backoff. Returns NULL to retry,
+ * or the error to give up with (taking cause). */
+static rw_error *backoff_or_give_up(rw_writer *w, rw_backoff *b, rw_error *cause) {
+  rw_error *ctx_err = rw_ctx_err(w->ctx);
+  if (ctx_err) {
+    rw_error_unref(cause);
+    return ctx_err;
+  }
+  if (!rw_error_retryable(cause)) return cause;
+  pthread_mutex_lock(&w->mu);
+  count_error_locked(w, cause);
+  w->retries++;
+  pthread_mutex_unlock(&w->mu);
+  rw_error_log(RW_LOG_INFO, cause, "retrying after");
+  double before = b->spent;
+  rw_error *e = rw_backoff_wait(b, w->ctx);
+  pthread_mutex_lock(&w->mu);
+  w->backoff_ms += (uint64_t)((b->spent - before) * 1000);
+  pthread_mutex_unlock(&w->mu);
+  if (!e) {
+    rw_error_unref(cause);
+    return NULL;
+  }
+  if (rw_error_is(e, RW_E_RETRY_BUDGET)) {
+    rw_error *out = rw_err_wrap(RW_E_RETRY_BUDGET, cause, "%s; last error: %s", rw_error_message(e),
+                                rw_error_message(cause));
+    rw_error_unref(e);
+    return out;
+  }
+  rw_error_unref(cause);
+  return e;
+}
+
+static rw_error *begin_with_retries(rw_writer *w, rw_backoff *b) {
+  for (;;) {
+    rw_error *e = w->sink->ops->begin(w->sink, w->ctx);
+    if (!e) {
+      w->began = true;
+      return NULL;
+    }
+    if ((e = backoff_or_give_up(w, b, e))) return e;
+  }
+}
+
+/* Asks the sink what it holds until it answers (retrying what is retryable). */
+static rw_error *resync(rw_writer *w, rw_backoff *b, const chunk *c, bool *done) {
+  for (;;) {
+    rw_error *e = query_once(w, c, done);
+    if (!e) return NULL;
+    if ((e = backoff_or_give_up(w, b, e))) return e;
+  }
+}
+
+static rw_error *send_chunk(rw_writer *w, const chunk *c) {
+  rw_backoff b;
+  rw_backoff_init(&b, &w->cfg.retry);
+  if (!w->began) {
+    rw_error *e = begin_with_retries(w, &b);
+    if (e) return e;
+  }
+  for (;;) {
+    bool done = false, progressed = false;
+    rw_error *e = put_once(w, c, &done, &progressed);
+    if (!e && done) return NULL;
+    if (!e && progressed) continue; /* partial 308: send the rest at once */
+    if (!e) e = rw_err(RW_E_NET_OTHER, "the server took none of chunk [%" PRIu64 ", %" PRIu64 ")",
+                       c->off, c->off + c->len);
+    if (rw_error_is(e, RW_E_SESSION_CONFLICT) || rw_error_is(e, RW_E_CHECKSUM)) return e;
+    if (rw_error_is(e, RW_E_NET_OTHER) && !rw_error_retryable(e)) {
+      /* no progress: counts against the budget like a transient error */
+      rw_error *w2 = rw_err_wrap(RW_E_NET_TIMEOUT, e, "no progress on chunk");
+      e = w2;
+    }
+    if ((e = backoff_or_give_up(w, &b, e))) return e;
+    if ((e = resync(w, &b, c, &done))) return e;
+    if (done) return NULL;
+  }
+}
+
+static void pump_main(void *arg) {
+  rw_writer *w = arg;
+  pthread_mutex_lock(&w->mu);
+  chunk c;
+  while (next_chunk_locked(w, &c)) {
+    pthread_mutex_unlock(&w->mu);
+    rw_error *e = send_chunk(w, &c);
+    pthread_mutex_lock(&w->mu);
+    if (e) {
+      if (w->aborting) rw_error_unref(e);
+      else fail_locked(w, e);
+      break;
+    }
+  }
+  w->pumping = false;
+  notify_locked(w);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- the owner's API ---- */
+
+static void hash_new_bytes_locked(rw_writer *w) {
+  uint64_t end = rw_sgbuf_contiguous_end(w->cache);
+  if (end <= w->hashed_end) return;
+  uint64_t len = end - w->hashed_end;
+  int n = rw_sgbuf_view_count(w->cache, w->hashed_end, len);
+  struct iovec stack[64], *iov = n <= 64 ? stack : malloc((size_t)n * sizeof *iov);
+  if (!iov || rw_sgbuf_view(w->cache, w->hashed_end, len, iov, n) != n) {
+    if (iov != stack) free(iov);
+    w->crc_persisted_ok = false; /* cannot vouch for the checksum any more */
+    return;
+  }
+  for (int i = 0; i < n; i++) {
+    if (w->cfg.crc32c) w->crc_all = rw_crc32c(w->crc_all, iov[i].iov_base, iov[i].iov_len);
+    if (w->md5_live) rw_md5_update(&w->md5, iov[i].iov_base, iov[i].iov_len);
+  }
+  if (iov != stack) free(iov);
+  w->hashed_end = end;
+}
+
+static rw_error *usable_locked(rw_writer *w) {
+  if (w->fatal) return rw_error_ref(w->fatal);
+  if (w->aborting || w->state == RW_WRITER_ABORTED) return rw_err(RW_E_CLOSED, "the writer was aborted");
+  if (w->closing) return rw_err(RW_E_CLOSED, "the writer is completing; no more writes");
+  return NULL;
+}
+
+uint64_t rw_writer_room(rw_writer *w, uint64_t off) {
+  pthread_mutex_lock(&w->mu);
+  uint64_t window_end = w->persisted + w->cfg.max_cache_size;
+  uint64_t room = off < w->persisted ? UINT64_MAX : (off < window_end ? window_end - off : 0);
+  pthread_mutex_unlock(&w->mu);
+  return room;
+}
+
+rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, size_t len,
+                               rw_seg_release_fn release, void *ud, size_t *accepted) {
+  *accepted = 0;
+  if (off + len < off) return rw_err(RW_E_INVALID, "offset + length overflows");
+  bool kept = false;
+  pthread_mutex_lock(&w->mu);
+  rw_error *e = usable_locked(w);
+  if (e) goto out;
+  uint64_t skip = w->persisted > off ? w->persisted - off : 0;
+  if (skip >= len) { /* all already persisted */
+    *accepted = len;
+    goto out;
+  }
+  uint64_t o = off + skip, window_end = w->persisted + w->cfg.max_cache_size;
+  if (o >= window_end) {
+    *accepted = (size_t)skip;
+    goto out;
+  }
+  uint64_t n = len - skip;
+  if (n > window_end - o) n = window_end - o;
+  deferred *d = malloc(sizeof *d);
+  if (!d) {
+    e = rw_err(RW_E_NOMEM, "out of memory holding a write");
+    goto out;
+  }
+  *d = (deferred){release, ud, w, NULL};
+  e = rw_sgbuf_insert(w->cache, o, (const char *)data + skip, (size_t)n, defer_release, d);
+  if (e) {
+    free(d);
+    goto out;
+  }
+  kept = true;
+  *accepted = (size_t)(skip + n);
+  w->written += n;
+  hash_new_bytes_locked(w);
+  kick_locked(w);
+out:
+  pthread_mutex_unlock(&w->mu);
+  if (!e && !kept && release) release(ud); /* nothing held: give it back now */
+  return e;
+}
+
+rw_error *rw_writer_complete_start(rw_writer *w, uint64_t total) {
+  pthread_mutex_lock(&w->mu);
+  rw_error *e = NULL;
+  if (w->closing || w->state >= RW_WRITER_DONE) {
+    e = w->fatal ? rw_error_ref(w->fatal) : NULL;
+    goto out;
+  }
+  if ((e = usable_locked(w))) goto out;
+  uint64_t end = rw_sgbuf_end(w->cache);
+  if (end < w->persisted) end = w->persisted;
+  if (total == UINT64_MAX) total = end;
+  if (total < end) {
+    e = rw_err(RW_E_INVALID, "total %" PRIu64 " is less than the bytes written (up to %" PRIu64 ")", total, end);
+    goto out;
+  }
+  uint64_t gap_off, gap_len;
+  if (rw_sgbuf_first_gap(w->cache, total, &gap_off, &gap_len) || data_end_locked(w) < total) {
+    if (!rw_sgbuf_first_gap(w->cache, total, &gap_off, &gap_len)) {
+      gap_off = data_end_locked(w);
+      gap_len = total - gap_off;
+    }
+    e = rw_err(RW_E_GAP, "bytes [%" PRIu64 ", %" PRIu64 ") were never written; write them, then Complete",
+               gap_off, gap_off + gap_len);
+    goto out;
+  }
+  w->total = total;
+  w->closing = true;
+  w->state = RW_WRITER_COMPLETING;
+  if (w->md5_live) {
+    rw_md5_final(&w->md5, w->md5_digest);
+    w->md5_live = false;
+  }
+  kick_locked(w);
+  notify_locked(w);
+out:
+  pthread_mutex_unlock(&w->mu);
+  return e;
+}
+
+bool rw_writer_finished(rw_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  bool f = w->state >= RW_WRITER_DONE && !w->pumping;
+  pthread_mutex_unlock(&w->mu);
+  return f;
+}
+
+const rw_sink_object *rw_writer_object(rw_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  const rw_sink_object *o = w->state == RW_WRITER_DONE ? &w->obj : NULL;
+  pthread_mutex_unlock(&w->mu);
+  return o;
+}
+
+rw_error *rw_writer_error(rw_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  rw_error *e = rw_error_ref(w->fatal);
+  pthread_mutex_unlock(&w->mu);
+  return e;
+}
+
+void rw_writer_abort(rw_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  if (w->aborting || w->state == RW_WRITER_DONE) {
+    pthread_mutex_unlock(&w->mu);
+    return;
+  }
+  w->aborting = true;
+  pthread_mutex_unlock(&w->mu);
+  rw_ctx_cancel(w->ctx, rw_err(RW_E_CANCELED, "the writer was aborted"));
+  pthread_mutex_lock(&w->mu);
+  while (w->pumping) pthread_cond_wait(&w->cv, &w->mu);
+  bool began = w->began;
+  pthread_mutex_unlock(&w->mu);
+  if (began) {
+    rw_ctx *actx = rw_ctx_with_timeout(NULL, w->cfg.abort_timeout);
+    rw_error *e = actx ? w->sink->ops->abort(w->sink, actx) : NULL;
+    if (e) rw_error_log(RW_LOG_WARN, e, "abort: deleting the session failed (it expires by itself)");
+    rw_error_unref(e);
+    rw_ctx_unref(actx);
+  }
+  pthread_mutex_lock(&w->mu);
+  if (w->state < RW_WRITER_DONE) w->state = RW_WRITER_ABORTED;
+  notify_locked(w);
+  pthread_mutex_unlock(&w->mu);
+}
+
+typedef struct wait_pred {
+  rw_writer *w;
+  bool want_room;
+  uint64_t off;
+} wait_pred;
+
+static bool wait_ready(void *arg) {
+  wait_pred *p = arg;
+  rw_writer *w = p->w;
+  if (w->fatal) return true;
+  if (w->state >= RW_WRITER_DONE) return !w->pumping;
+  if (!p->want_room) return false;
+  return p->off < w->persisted + w->cfg.max_cache_size;
+}
+
+void rw_writer_wait(rw_writer *w, rw_ctx *ctx, bool want_room, uint64_t off, double timeout) {
+  wait_pred p = {w, want_room, off};
+  double until = timeout < 0 ? INFINITY : rw_mono_now() + timeout;
+  pthread_mutex_lock(&w->mu);
+  rw_error_unref(rw_ctx_cond_wait(ctx ? ctx : w->ctx, &w->mu, &w->cv, wait_ready, &p, until));
+  pthread_mutex_unlock(&w->mu);
+}
+
+int rw_writer_pollfd(rw_writer *w) { return w->efd; }
+
+rw_writer_stats rw_writer_get_stats(rw_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  rw_writer_stats s = {.written = w->written, .persisted = w->persisted,
+                       .in_cache = rw_sgbuf_bytes(w->cache),
+                       .contiguous = data_end_locked(w), .retries = w->retries,
+                       .chunks = w->chunks, .backoff_ms = w->backoff_ms, .state = w->state};
+  pthread_mutex_unlock(&w->mu);
+  return s;
+}
+
+void rw_writer_each_error(rw_writer *w, void (*fn)(void *, const char *, uint64_t), void *ud) {
+  pthread_mutex_lock(&w->mu);
+  int n = w->ncodes;
+  char codes[MAX_CODES][40];
+  uint64_t counts[MAX_CODES];
+  for (int i = 0; i < n; i++) {
+    memcpy(codes[i], w->codes[i].code, 40);
+    counts[i] = w->codes[i].n;
+  }
+  pthread_mutex_unlock(&w->mu);
+  for (int i = 0; i < n; i++) fn(ud, codes[i], counts[i]);
+}
+
+void rw_writer_session(rw_writer *w, const char **handle, uint64_t *persisted, bool *has_crc,
+                       uint32_t *crc) {
+  pthread_mutex_lock(&w->mu);
+  *handle = w->sink->ops->session(w->sink);
+  *persisted = w->persisted;
+  *has_crc = w->crc_persisted_ok;
+  *crc = w->crc_persisted;
+  pthread_mutex_unlock(&w->mu);
+}
+
+void rw_writer_free(rw_writer *w) {
+  if (!w) return;
+  rw_writer_abort(w); /* a no-op once the object exists */
+  pthread_mutex_lock(&w->mu);
+  while (w->pumping) pthread_cond_wait(&w->cv, &w->mu);
+  pthread_mutex_unlock(&w->mu);
+  rw_sgbuf_free(w->cache); /* defers every release */
+  w->cache = NULL;
+  rw_writer_drain(w);
+  if (w->md5_live) rw_md5_free(&w->md5);
+  object_clear(&w->obj);
+  rw_error_unref(w->fatal);
+  rw_sink_destroy(w->sink);
+  rw_ctx_unref(w->ctx);
+  rw_pool_shared_release();
+  if (w->efd >= 0) close(w->efd);
+  pthread_cond_destroy(&w->cv);
+  pthread_mutex_destroy(&w->mu);
+  free(w);
+}

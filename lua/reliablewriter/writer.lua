@@ -1,0 +1,201 @@
+-- The writer's Lua methods: WriteAt, Complete, Abort, write_file, poll/wait.
+-- The C object does the work in steps; this file loops and waits through the
+-- waiting policy, and runs on_progress on the Lua thread.
+local W = {}
+
+function W.install(M, core, waiting)
+  local cw = core.writer
+  local methods = cw.methods
+  local errors = core.errors
+  local progress_fns = setmetatable({}, { __mode = "k" })
+
+  local function argerror(n, fname, msg)
+    error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
+  end
+
+  local function check_offset(v, n, fname)
+    if type(v) ~= "number" or v ~= v or v < 0 or v % 1 ~= 0 or v > 2 ^ 53 then
+      argerror(n, fname, "offset must be a whole number >= 0 (got " .. tostring(v) .. ")")
+    end
+  end
+
+  local function check_ctx(ctx, n, fname)
+    if ctx ~= nil and not core.context.is_context(ctx) then
+      argerror(n, fname, "context expected, got " .. type(ctx))
+    end
+  end
+
+  -- Drops confirmed references and reports progress (on this thread).
+  local function pump(w)
+    if w:_drain() then
+      local fn = progress_fns[w]
+      if fn then fn(w:stats()) end
+    end
+  end
+
+  local function waiter(w, want_room, off, ctx)
+    return {
+      ready = function()
+        pump(w)
+        if w:_failed() then return true end
+        if want_room then return w:_room(off) > 0 end
+        return w:_finished()
+      end,
+      fds = { w:pollfd() },
+      timeout = function() return nil end,
+      block = function(t) w:_wait_blocking(want_room, off, t, ctx) end,
+    }
+  end
+
+  local function wait_room(w, off, ctx)
+    local r = waiting.wait_for(waiter(w, true, off, ctx), ctx, nil)
+    if r == "done" then return nil, ctx:err() end
+    local err = w:_failed()
+    if err then return nil, err end
+    return true
+  end
+
+  -- WriteAt(offset, data [, ctx]): true, or nil, err. Waits (honouring ctx and
+  -- the writer's context) while the cache is full.
+  function methods.WriteAt(w, offset, data, ctx)
+    if w:_is_closed() then error("attempt to use a closed writer", 2) end
+    check_offset(offset, 1, "WriteAt")
+    if type(data) ~= "string" then argerror(2, "WriteAt", "string expected, got " .. type(data)) end
+    check_ctx(ctx, 3, "WriteAt")
+    ctx = ctx or w:_ctx()
+    local from, len = 1, #data
+    pump(w)
+    repeat
+      local n, err = w:_write_some(offset, data, from)
+      if not n then return nil, err end
+      from = n + 1
+      if from <= len then
+        local ok, e = wait_room(w, offset + from - 1, ctx)
+        if not ok then return nil, e end
+      end
+    until from > len
+    return true
+  end
+
+  -- write_file(offset, path [, file_offset [, length]]): feeds a file straight
+  -- into the cache (mapped by C, never through Lua strings).
+  function methods.write_file(w, offset, path, file_offset, length, ctx)
+    if w:_is_closed() then error("attempt to use a closed writer", 2) end
+    check_offset(offset, 1, "write_file")
+    if type(path) ~= "string" then argerror(2, "write_file", "path must be a string") end
+    file_offset = file_offset or 0
+    check_offset(file_offset, 3, "write_file")
+    local size, err = w:_file_size(path)
+    if not size then return nil, err end
+    if file_offset > size then argerror(3, "write_file", ("file_offset %d is past the end of '%s' (%d bytes)"):format(file_offset, path, size)) end
+    length = length or (size - file_offset)
+    check_offset(length, 4, "write_file")
+    if file_offset + length > size then
+      argerror(4, "write_file", ("length %d from %d is past the end of '%s' (%d bytes)"):format(length, file_offset, path, size))
+    end
+    check_ctx(ctx, 5, "write_file")
+    ctx = ctx or w:_ctx()
+    local done = 0
+    pump(w)
+    while done < length do
+      local n, e = w:_write_file_some(offset + done, path, file_offset + done, length - done)
+      if not n then return nil, e end
+      done = done + n
+      if done < length then
+        local ok, e2 = wait_room(w, offset + done, ctx)
+        if not ok then return nil, e2 end
+      end
+    end
+    return true
+  end
+
+  -- Complete([ctx]): the object's metadata, or nil, err.
+  function methods.Complete(w, ctx, total)
+    if w:_is_closed() then error("attempt to use a closed writer", 2) end
+    check_ctx(ctx, 1, "Complete")
+    ctx = ctx or w:_ctx()
+    pump(w)
+    local ok, err = w:_complete_start(total)
+    if not ok then return nil, err end
+    local r = waiting.wait_for(waiter(w, false, 0, ctx), ctx, nil)
+    pump(w)
+    if r == "done" and not w:_finished() then
+      local cerr = ctx:err()
+      w:_abort()
+      return nil, cerr
+    end
+    return w:_result()
+  end
+
+  -- Abort([ctx]): cancels, deletes the session (best effort), joins. Idempotent.
+  function methods.Abort(w, ctx)
+    check_ctx(ctx, 1, "Abort")
+    w:_abort()
+    return true
+  end
+
+  -- poll(): never blocks. true when nothing is pending (or done), false while
+  -- completing, nil, err once failed.
+  function methods.poll(w)
+    pump(w)
+    local err = w:_failed()
+    if err then return nil, err end
+    local st = w:stats().state
+    if st == "completing" then return w:_finished() end
+    return true
+  end
+
+  function methods.timeout(w) return nil end
+
+  -- wait([timeout]): blocks (or yields) until the pending Complete finishes.
+  function methods.wait(w, timeout)
+    local r = waiting.wait_for(waiter(w, false, 0, nil), nil, timeout)
+    pump(w)
+    return r == "ready"
+  end
+
+  cw.metatable.__close = function(w)
+    if not w:_is_closed() then w:close() end
+  end
+  cw.metatable.__name = "reliablewriter.Writer"
+
+  local sinks = core.sinks
+  M.gcs = sinks.gcs
+  M.file = sinks.file
+  M.faulty = sinks.faulty
+
+  -- rw.new(ctx, opts): a ready writer, or nil, err.
+  function M.new(ctx, opts)
+    if not core.context.is_context(ctx) then argerror(1, "new", "context expected, got " .. type(ctx)) end
+    if type(opts) ~= "table" then argerror(2, "new", "options table expected, got " .. type(opts)) end
+    local on_progress = opts.on_progress
+    if on_progress ~= nil and type(on_progress) ~= "function" then
+      argerror(2, "new", "option 'on_progress' must be a function")
+    end
+    local w, err = cw.new(ctx, opts)
+    if not w then return nil, err end
+    progress_fns[w] = on_progress
+    return w
+  end
+
+  -- rw.resume(ctx, session, opts): continues an upload from w:session().
+  -- opts.sink must be an rw.gcs{} descriptor; the session's uri is used.
+  function M.resume(ctx, session, opts)
+    if type(session) ~= "table" or type(session.uri) ~= "string" or type(session.persisted) ~= "number" then
+      argerror(2, "resume", "session {uri=, persisted=} expected (from w:session())")
+    end
+    if type(opts) ~= "table" or opts.sink == nil then argerror(3, "resume", "options with a sink expected") end
+    if not sinks.with_session then return nil, errors.new("rw.unsupported", "resume needs sinks.with_session") end
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.sink = sinks.with_session(opts.sink, session.uri)
+    local on_progress = o.on_progress
+    o.on_progress = nil
+    local w, err = cw.new(ctx, o, session)
+    if not w then return nil, err end
+    progress_fns[w] = on_progress
+    return w
+  end
+end
+
+return W
