@@ -419,6 +419,38 @@ static int sinks_is_sink(lua_State *L) {
   return 1;
 }
 
+/* with_session(desc, uri): a copy of a gcs descriptor that resumes `uri`
+ * (rw.resume uses it). */
+static char *dup_opt(lua_State *L, const char *s) { return s ? dup_or_raise(L, s) : NULL; }
+
+static int sinks_with_session(lua_State *L) {
+  desc *src = check_desc(L, 1);
+  const char *uri = luaL_checkstring(L, 2);
+  if (src->kind != DESC_GCS) return luaL_argerror(L, 1, "a gcs sink descriptor is needed to resume");
+  desc *d = push_desc(L, DESC_GCS);
+  d->bucket = dup_opt(L, src->bucket);
+  d->object = dup_opt(L, src->object);
+  d->endpoint = dup_opt(L, src->endpoint);
+  d->metadata_json = dup_opt(L, src->metadata_json);
+  d->token = dup_opt(L, src->token);
+  d->session_uri = dup_or_raise(L, uri);
+  d->has_igm = src->has_igm;
+  d->igm = src->igm;
+  d->connect_timeout = src->connect_timeout;
+  if (src->nheaders) {
+    d->headers = calloc(src->nheaders, sizeof *d->headers);
+    if (!d->headers) return luaL_error(L, "out of memory");
+    for (size_t i = 0; i < src->nheaders; i++) {
+      d->headers[i].name = dup_or_raise(L, src->headers[i].name);
+      d->headers[i].value = dup_or_raise(L, src->headers[i].value);
+      d->nheaders = i + 1;
+    }
+  }
+  get_uservalue(L, 1);
+  set_uservalue(L, -2); /* share faults etc. */
+  return 1;
+}
+
 int rw_lua_open_sinks(lua_State *L) {
   if (luaL_newmetatable(L, DESC_MT)) {
     static const luaL_Reg methods[] = {{"kind", desc_kind},     {"stats", desc_stats},
@@ -434,6 +466,7 @@ int rw_lua_open_sinks(lua_State *L) {
                                  {"file", sinks_file},
                                  {"faulty", sinks_faulty},
                                  {"is_sink", sinks_is_sink},
+                                 {"with_session", sinks_with_session},
                                  {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
