@@ -224,6 +224,7 @@ static bool next_chunk_locked(rw_writer *w, chunk *c) {
 }
 
 static void pump_main(void *arg);
+static void writer_stop(rw_writer *w, bool delete_session);
 
 static void kick_locked(rw_writer *w) {
   chunk c;
@@ -630,7 +631,10 @@ rw_error *rw_writer_error(rw_writer *w) {
   return e;
 }
 
-void rw_writer_abort(rw_writer *w) {
+void rw_writer_abort(rw_writer *w) { writer_stop(w, true); }
+void rw_writer_suspend(rw_writer *w) { writer_stop(w, false); }
+
+static void writer_stop(rw_writer *w, bool delete_session) {
   pthread_mutex_lock(&w->mu);
   if (w->aborting || w->state == RW_WRITER_DONE) {
     pthread_mutex_unlock(&w->mu);
@@ -643,7 +647,7 @@ void rw_writer_abort(rw_writer *w) {
   while (w->pumping) pthread_cond_wait(&w->cv, &w->mu);
   bool began = w->began;
   pthread_mutex_unlock(&w->mu);
-  if (began) {
+  if (began && delete_session) {
     rw_ctx *actx = rw_ctx_with_timeout(NULL, w->cfg.abort_timeout);
     rw_error *e = actx ? w->sink->ops->abort(w->sink, actx) : NULL;
     if (e) rw_error_log(RW_LOG_WARN, e, "abort: deleting the session failed (it expires by itself)");

@@ -99,6 +99,9 @@ rw_error *rw_writer_error(rw_writer *w);
 /* Cancels everything, deletes the session (best effort, abort_timeout),
  * joins the work. Idempotent. */
 void rw_writer_abort(rw_writer *w);
+/* Stops all work but keeps the session for rw_writer_session / a later
+ * resume (nothing is deleted). The writer is then closed. */
+void rw_writer_suspend(rw_writer *w);
 
 /* Blocks until pred holds: "room at off" (when want_room) or finished, the
  * writer fails, ctx is done, or timeout (< 0 = none). */

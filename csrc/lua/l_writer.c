@@ -362,6 +362,14 @@ static int writer_abort(lua_State *L) {
   return 0;
 }
 
+/* Suspend(): stops the work, keeps the server's session, returns w:session(). */
+static int writer_suspend(lua_State *L) {
+  lwriter *lw = check_lw(L);
+  rw_writer_suspend(lw->w);
+  rw_writer_drain(lw->w);
+  return writer_session(L);
+}
+
 static int writer_gc(lua_State *L) {
   lwriter *lw = luaL_checkudata(L, 1, WRITER_MT);
   rw_writer *w = lw->w;
@@ -399,6 +407,7 @@ int rw_lua_open_writer(lua_State *L) {
       {"stats", writer_stats},
       {"session", writer_session},
       {"_abort", writer_abort},
+      {"Suspend", writer_suspend},
       {"close", writer_gc},
       {NULL, NULL}};
   luaL_newmetatable(L, WRITER_MT);

@@ -1,0 +1,547 @@
+-- ReliableWriter against the in-process fake GCS (and the file / faulty sinks).
+local H = require "helpers"
+local rw = H.rw()
+local KiB, MiB = 1024, 1024 * 1024
+
+local function start_server(opts)
+  opts = opts or {}
+  opts.buckets = opts.buckets or { "b" }
+  opts.store = opts.store or "memory"
+  return rw.fakegcs.start(opts)
+end
+
+-- POST /retry_test with the instructions; returns the id.
+local function retry_test(srv, instructions)
+  local parts = {}
+  for method, list in pairs(instructions) do
+    local q = {}
+    for i, v in ipairs(list) do q[i] = '"' .. v .. '"' end
+    parts[#parts + 1] = ('"%s": [%s]'):format(method, table.concat(q, ","))
+  end
+  local body = '{"instructions": {' .. table.concat(parts, ",") .. '}}'
+  local p = io.popen(("curl -s -X POST -H 'Content-Type: application/json' --data '%s' %s/retry_test"):format(body, srv:url()))
+  local out = p:read("a")
+  p:close()
+  local id = out:match('"id"%s*:%s*"([^"]+)"')
+  assert(id, "retry_test gave no id: " .. out)
+  return id
+end
+
+local function retry_test_done(srv, id)
+  local p = io.popen(("curl -s %s/retry_test/%s"):format(srv:url(), id))
+  local out = p:read("a")
+  p:close()
+  return out:match('"completed"%s*:%s*true') ~= nil, out
+end
+
+local function fast_retry(extra)
+  local r = { min_wait = 0.005, max_wait = 0.05, total_wait = 30, seed = H.seed % 100000 + 1 }
+  for k, v in pairs(extra or {}) do r[k] = v end
+  return r
+end
+
+local function gcs_writer(srv, name, opts, sink_opts)
+  local so = { bucket = "b", object = name, endpoint = srv:url() }
+  for k, v in pairs(sink_opts or {}) do so[k] = v end
+  local o = { sink = rw.gcs(so), retry = fast_retry(), stall_timeout = 5 }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return rw.new(rw.context.background(), o)
+end
+
+-- Writes data in random pieces, in order.
+local function write_random_pieces(w, data, max_piece)
+  local off = 0
+  while off < #data do
+    local n = math.min(#data - off, math.random(1, max_piece))
+    assert(w:WriteAt(off, data:sub(off + 1, off + n)))
+    off = off + n
+  end
+end
+
+local function assert_same_bytes(got, want, what)
+  assert(got, what .. ": no object on the server")
+  assert.equal(#want, #got, what .. ": size")
+  for _ = 1, 32 do -- random offsets first: a clearer failure than one huge compare
+    local i = math.random(1, math.max(1, #want))
+    assert.equal(want:byte(i), got:byte(i), ("%s: byte at offset %d (seed %d)"):format(what, i - 1, H.seed))
+  end
+  assert(got == want, what .. ": content differs (seed " .. H.seed .. ")")
+end
+
+describe("writer on the fake GCS", function()
+  local srv
+  setup(function() srv = start_server() end)
+  teardown(function() srv:stop() end)
+
+  it("uploads random data in random write sizes, byte-identical", function()
+    local data = H.random_bytes(5 * MiB + 12345)
+    local progress = {}
+    local w = assert(gcs_writer(srv, "plain", {
+      max_cache_size = 2 * MiB, max_chunk_size = 1 * MiB, min_chunk_size = 256 * KiB,
+      on_progress = function(s) progress[#progress + 1] = s.persisted end,
+    }))
+    write_random_pieces(w, data, 300 * KiB)
+    local obj = assert(w:Complete())
+    assert.equal(#data, obj.size)
+    assert.equal("b", obj.bucket)
+    assert.equal("plain", obj.name)
+    assert.is_string(obj.crc32c)
+    assert_same_bytes(srv:object("b", "plain"), data, "plain")
+    local st = w:stats()
+    assert.equal("done", st.state)
+    assert.equal(#data, st.persisted)
+    assert.equal(0, st.in_cache)
+    assert.is_true(#progress > 2)
+    for i = 2, #progress do assert.is_true(progress[i] >= progress[i - 1]) end
+  end)
+
+  it("sends chunks of 256 KiB multiples between min and max, the last any size", function()
+    srv:clear_requests()
+    local data = H.random_bytes(3 * MiB + 100)
+    local w = assert(gcs_writer(srv, "chunks", { max_cache_size = 4 * MiB, min_chunk_size = 512 * KiB, max_chunk_size = 1 * MiB }))
+    write_random_pieces(w, data, 64 * KiB)
+    assert(w:Complete())
+    local puts = 0
+    for _, r in ipairs(srv:requests()) do
+      local a, b, total = (r.content_range or ""):match("bytes (%d+)%-(%d+)/(.+)")
+      if a and r.method == "PUT" then
+        puts = puts + 1
+        local n = tonumber(b) - tonumber(a) + 1
+        if total == "*" then
+          assert.is_true(n % (256 * KiB) == 0 and n >= 512 * KiB and n <= MiB, "chunk of " .. n)
+        end
+      end
+    end
+    assert.is_true(puts >= 4)
+    assert_same_bytes(srv:object("b", "chunks"), data, "chunks")
+  end)
+
+  it("accepts out-of-order writes inside the window and uploads the contiguous prefix", function()
+    local data = H.random_bytes(4 * MiB)
+    local w = assert(gcs_writer(srv, "ooo", { max_cache_size = 4 * MiB, max_chunk_size = 1 * MiB }))
+    local pieces = {}
+    for off = 0, #data - 1, 128 * KiB do pieces[#pieces + 1] = off end
+    for i = #pieces, 2, -1 do local j = math.random(1, i); pieces[i], pieces[j] = pieces[j], pieces[i] end
+    for _, off in ipairs(pieces) do assert(w:WriteAt(off, data:sub(off + 1, off + 128 * KiB))) end
+    assert(w:Complete())
+    assert_same_bytes(srv:object("b", "ooo"), data, "ooo")
+  end)
+
+  it("accepts identical overlaps and refuses different ones with rw.overlap", function()
+    local data = H.random_bytes(600 * KiB)
+    local w = assert(gcs_writer(srv, "overlap", { max_cache_size = 4 * MiB, min_chunk_size = 1 * MiB, max_chunk_size = 1 * MiB }))
+    assert(w:WriteAt(0, data:sub(1, 400 * KiB)))
+    assert(w:WriteAt(100 * KiB, data:sub(100 * KiB + 1, 300 * KiB))) -- same bytes
+    local bad = data:sub(200 * KiB + 1, 500 * KiB):gsub("^.", function(c) return string.char((c:byte() + 1) % 256) end)
+    local ok, err = w:WriteAt(200 * KiB, bad)
+    assert.is_nil(ok)
+    assert.equal("rw.overlap", err.code)
+    assert.matches(tostring(200 * KiB), err.message)
+    assert(w:WriteAt(400 * KiB, data:sub(400 * KiB + 1)))
+    assert(w:Complete())
+    assert_same_bytes(srv:object("b", "overlap"), data, "overlap")
+  end)
+
+  it("Complete with a gap fails naming the missing range, and works once it is filled", function()
+    local data = H.random_bytes(300 * KiB)
+    local w = assert(gcs_writer(srv, "gap"))
+    assert(w:WriteAt(0, data:sub(1, 100)))
+    assert(w:WriteAt(200, data:sub(201)))
+    local obj, err = w:Complete()
+    assert.is_nil(obj)
+    assert.equal("rw.gap", err.code)
+    assert.matches("%[100, 200%)", err.message)
+    assert(w:WriteAt(100, data:sub(101, 200)))
+    assert(w:Complete())
+    assert_same_bytes(srv:object("b", "gap"), data, "gap")
+  end)
+
+  it("takes a single write larger than the cache, in pieces", function()
+    local data = H.random_bytes(3 * MiB + 7)
+    local w = assert(gcs_writer(srv, "big-write", { max_cache_size = 512 * KiB, max_chunk_size = 256 * KiB }))
+    assert(w:WriteAt(0, data))
+    assert.is_true(w:stats().in_cache <= 512 * KiB)
+    assert(w:Complete())
+    assert_same_bytes(srv:object("b", "big-write"), data, "big-write")
+  end)
+
+  it("bounds the cache: in_cache never passes max_cache_size", function()
+    local cache = 1 * MiB
+    local peak = 0
+    local w = assert(gcs_writer(srv, "bounded", { max_cache_size = cache, max_chunk_size = 512 * KiB,
+      on_progress = function(s) peak = math.max(peak, s.in_cache) end }))
+    local data = H.random_bytes(6 * MiB)
+    local off = 0
+    while off < #data do
+      local n = math.min(#data - off, 200 * KiB)
+      assert(w:WriteAt(off, data:sub(off + 1, off + n)))
+      peak = math.max(peak, w:stats().in_cache)
+      off = off + n
+    end
+    assert(w:Complete())
+    assert.is_true(peak <= cache, "peak " .. peak)
+    assert.is_true(peak > 0)
+  end)
+
+  it("uploads empty and one-byte objects", function()
+    local w = assert(gcs_writer(srv, "empty"))
+    local obj = assert(w:Complete())
+    assert.equal(0, obj.size)
+    assert.equal("", srv:object("b", "empty"))
+    w = assert(gcs_writer(srv, "one"))
+    assert(w:WriteAt(0, "x"))
+    assert.equal(1, assert(w:Complete()).size)
+    assert.equal("x", srv:object("b", "one"))
+  end)
+
+  it("sends crc32c and md5 and compares them with the object", function()
+    local data = H.random_bytes(700 * KiB)
+    local w = assert(gcs_writer(srv, "sums", { checksum = "both" }))
+    assert(w:WriteAt(0, data))
+    local obj = assert(w:Complete())
+    assert.is_string(obj.crc32c)
+    assert.is_string(obj.md5Hash)
+    local _, meta = srv:object("b", "sums")
+    assert.equal(meta.crc32c, obj.crc32c)
+    assert.equal(meta.md5Hash, obj.md5Hash)
+  end)
+
+  it("a precondition failure (if_generation_match=0 on an existing object) is not retried", function()
+    local w = assert(gcs_writer(srv, "exists"))
+    assert(w:WriteAt(0, "first"))
+    assert(w:Complete())
+    w = assert(gcs_writer(srv, "exists", {}, { if_generation_match = 0 }))
+    assert(w:WriteAt(0, "second"))
+    local obj, err = w:Complete()
+    assert.is_nil(obj)
+    assert.equal("gcs.precondition_failed", err.code)
+    assert.equal(0, w:stats().retries)
+    assert.equal("first", srv:object("b", "exists"))
+  end)
+
+  it("Abort returns promptly, deletes the session, is idempotent, and later use fails", function()
+    srv:clear_requests()
+    local w = assert(gcs_writer(srv, "aborted", { max_chunk_size = 256 * KiB }))
+    assert(w:WriteAt(0, H.random_bytes(600 * KiB)))
+    local deadline = H.now() + 5
+    while w:stats().persisted == 0 and H.now() < deadline do rw.util.sleep(0.005) end
+    assert.is_true(w:stats().persisted > 0)
+    local t0 = H.now()
+    w:Abort()
+    w:Abort()
+    assert.is_true(H.now() - t0 < 0.2)
+    local deleted = false
+    for _, r in ipairs(srv:requests()) do if r.method == "DELETE" then deleted = true end end
+    assert.is_true(deleted)
+    assert.equal("aborted", w:stats().state)
+    local ok, err = w:WriteAt(600 * KiB, "more")
+    assert.is_nil(ok)
+    assert.equal("rw.closed", err.code)
+    assert.is_nil(srv:object("b", "aborted"))
+  end)
+
+  it("suspends and resumes from another writer (session uri + offset)", function()
+    local data = H.random_bytes(3 * MiB + 5)
+    local w = assert(gcs_writer(srv, "resumed", { max_chunk_size = 1 * MiB, max_cache_size = 2 * MiB }))
+    assert(w:WriteAt(0, data:sub(1, 2 * MiB + 100)))
+    local deadline = H.now() + 5
+    while w:stats().persisted < 2 * MiB and H.now() < deadline do rw.util.sleep(0.01); w:poll() end
+    local session = w:Suspend()
+    assert.is_string(session.uri)
+    assert.is_true(session.persisted >= 1 * MiB)
+    w:close()
+    local w2 = assert(rw.resume(rw.context.background(), session, {
+      sink = rw.gcs { bucket = "b", object = "resumed", endpoint = srv:url() }, retry = fast_retry(),
+    }))
+    assert(w2:WriteAt(session.persisted, data:sub(session.persisted + 1)))
+    local obj = assert(w2:Complete())
+    assert.equal(#data, obj.size)
+    assert_same_bytes(srv:object("b", "resumed"), data, "resumed")
+  end)
+
+  it("detects a second writer on the same session (gcs.session_conflict)", function()
+    local data = H.random_bytes(2 * MiB)
+    local a = assert(gcs_writer(srv, "two-hosts", { max_chunk_size = 1 * MiB, max_cache_size = 2 * MiB }))
+    assert(a:WriteAt(0, data:sub(1, 512 * KiB)))
+    local deadline = H.now() + 5
+    local stale
+    while H.now() < deadline do
+      local s = a:session()
+      if s.uri and s.uri ~= "" then stale = { uri = s.uri, persisted = 0 } break end
+      rw.util.sleep(0.01)
+    end
+    assert(a:WriteAt(512 * KiB, data:sub(512 * KiB + 1)))
+    deadline = H.now() + 5
+    while a:stats().persisted < 2 * MiB and H.now() < deadline do rw.util.sleep(0.01); a:poll() end
+    local session = a:Suspend()
+    assert.equal(2 * MiB, session.persisted)
+    -- b believes nothing was persisted and sends 256 KiB: the server claims more than b sent.
+    local b = assert(rw.resume(rw.context.background(), stale, {
+      sink = rw.gcs { bucket = "b", object = "two-hosts", endpoint = srv:url() },
+      retry = fast_retry(), max_chunk_size = 256 * KiB, max_cache_size = 1 * MiB }))
+    assert(b:WriteAt(0, H.random_bytes(256 * KiB)))
+    local obj, err = b:Complete()
+    assert.is_nil(obj)
+    assert.equal("gcs.session_conflict", err.code)
+  end)
+
+  it("rejects bad options and arguments clearly", function()
+    local ctx = rw.context.background()
+    local sink = rw.gcs { bucket = "b", object = "x", endpoint = srv:url() }
+    assert.matches("unknown option 'max_cache'", H.raised(rw.new, ctx, { sink = sink, max_cache = 1 }))
+    assert.matches("min_chunk_size must be a multiple of 256 KiB", H.raised(rw.new, ctx, { sink = sink, min_chunk_size = 1000 }))
+    assert.matches("max_chunk_size", H.raised(rw.new, ctx, { sink = sink, min_chunk_size = 1 * MiB, max_chunk_size = 512 * KiB }))
+    assert.matches("max_cache_size must be >= max_chunk_size", H.raised(rw.new, ctx, { sink = sink, max_cache_size = 1 * KiB }))
+    assert.matches("option 'checksum' must be one of", H.raised(rw.new, ctx, { sink = sink, checksum = "sha1" }))
+    assert.matches("option 'sink' is required", H.raised(rw.new, ctx, {}))
+    assert.matches("option 'stall_timeout'", H.raised(rw.new, ctx, { sink = sink, stall_timeout = -1 }))
+    assert.matches("option 'retry'", H.raised(rw.new, ctx, { sink = sink, retry = 5 }))
+    assert.matches("min_wait", H.raised(rw.new, ctx, { sink = sink, retry = { min_wait = 0 } }))
+    assert.matches("context expected", H.raised(rw.new, nil, { sink = sink }))
+    local w = assert(rw.new(ctx, { sink = sink }))
+    assert.matches("offset must be a whole number", H.raised(w.WriteAt, w, -1, "x"))
+    assert.matches("offset must be a whole number", H.raised(w.WriteAt, w, 0.5, "x"))
+    assert.matches("string expected", H.raised(w.WriteAt, w, 0, 42))
+    assert.matches("context expected", H.raised(w.WriteAt, w, 0, "x", 42))
+    w:close()
+    assert.matches("closed writer", H.raised(w.WriteAt, w, 0, "x"))
+    assert.matches("closed writer", H.raised(w.Complete, w))
+  end)
+end)
+
+describe("retry conformance (Google's resumable cases: 9 MiB, 2 MiB chunks, if_generation_match=0)", function()
+  local srv
+  setup(function() srv = start_server() end)
+  teardown(function() srv:stop() end)
+
+  local cases = {
+    { "return-reset-connection", "return-503" },
+    { "return-408" },
+    { "return-503-after-256K" },
+    { "return-503-after-8192K", "return-408" },
+  }
+  for i, instr in ipairs(cases) do
+    it("completes with identical bytes after [" .. table.concat(instr, ", ") .. "]", function()
+      local id = retry_test(srv, { ["storage.objects.insert"] = instr })
+      local name = "conf-" .. i
+      local data = H.random_bytes(9 * MiB)
+      local w = assert(gcs_writer(srv, name, { max_chunk_size = 2 * MiB, min_chunk_size = 2 * MiB, max_cache_size = 4 * MiB },
+        { if_generation_match = 0, headers = { ["x-retry-test-id"] = id } }))
+      write_random_pieces(w, data, 1 * MiB)
+      local obj, err = w:Complete()
+      assert(obj, tostring(err))
+      assert.equal(#data, obj.size)
+      assert_same_bytes(srv:object("b", name), data, name)
+      assert.is_true(w:stats().retries >= 1)
+      assert.is_true((retry_test_done(srv, id)))
+    end)
+  end
+
+  for _, status in ipairs { 400, 401 } do
+    it("fails at once on " .. status .. " with http." .. status .. " and no retry", function()
+      local id = retry_test(srv, { ["storage.objects.insert"] = { "return-" .. status } })
+      local w = assert(gcs_writer(srv, "fatal-" .. status, { max_chunk_size = 2 * MiB }, { headers = { ["x-retry-test-id"] = id } }))
+      assert(w:WriteAt(0, H.random_bytes(100 * KiB)))
+      local t0 = H.now()
+      local obj, err = w:Complete()
+      assert.is_nil(obj)
+      assert.equal("http." .. status, err.code)
+      assert.equal(status, err.status)
+      assert.is_false(err.retryable)
+      assert.equal(0, w:stats().retries)
+      assert.is_true(H.now() - t0 < 2)
+      assert.matches(err.id, tostring(err), 1, true)
+    end)
+  end
+end)
+
+describe("bugs other clients' users hit (COMPARISON.md)", function()
+  local srv
+  setup(function() srv = start_server() end)
+  teardown(function() srv:stop() end)
+
+  it("#1 100 concurrent writers stay within their cache bounds and a bounded pool", function()
+    local ctx = rw.context.background()
+    local ws = {}
+    local before = rw.util.thread_count()
+    for i = 1, 100 do
+      ws[i] = assert(rw.new(ctx, { sink = rw.gcs { bucket = "b", object = "many-" .. i, endpoint = srv:url() },
+        max_cache_size = 512 * KiB, max_chunk_size = 256 * KiB, retry = fast_retry() }))
+    end
+    local datas = {}
+    for i = 1, 100 do
+      datas[i] = H.random_bytes(300 * KiB + i)
+      assert(ws[i]:WriteAt(0, datas[i]))
+    end
+    local peak_threads = rw.util.thread_count()
+    for i = 1, 100 do
+      assert.is_true(ws[i]:stats().in_cache <= 512 * KiB)
+      assert(ws[i]:Complete())
+      assert_same_bytes(srv:object("b", "many-" .. i), datas[i], "many-" .. i)
+    end
+    -- the fake server runs in this process with a thread per connection, so
+    -- count the writers' own threads: the shared pool's
+    local ps = rw.core.workgroup.pool_stats()
+    assert.is_true(ps.peak_threads <= ps.max_threads, ("pool peaked at %d threads"):format(ps.peak_threads))
+    assert.is_true(ps.max_threads <= 64)
+    assert.is_true(peak_threads - before <= 100 + ps.max_threads)
+  end)
+
+  it("#1 1,000 open writers do not mean 1,000 threads", function()
+    local ctx = rw.context.background()
+    local before = rw.util.thread_count()
+    local ws = {}
+    for i = 1, 1000 do
+      ws[i] = assert(rw.new(ctx, { sink = rw.gcs { bucket = "b", object = "k-" .. i, endpoint = srv:url() },
+        max_cache_size = 256 * KiB, max_chunk_size = 256 * KiB }))
+      assert(ws[i]:WriteAt(0, "abc"))
+    end
+    local during = rw.util.thread_count()
+    assert.is_true(during - before <= 32, ("%d writers, %d more threads"):format(#ws, during - before))
+    for i = 1, 1000 do ws[i]:Abort(); ws[i]:close() end
+  end)
+
+  it("#2 a long 503 storm spread over the upload is not fatal: the budget is per chunk", function()
+    -- seeded random 503s on 30% of requests: over the upload they add up to
+    -- more than total_wait; no single chunk's do
+    srv:faults { seed = H.seed % 100000 + 1, p_503 = 0.3 }
+    local data = H.random_bytes(4 * MiB)
+    local w = assert(gcs_writer(srv, "storm", { max_chunk_size = 256 * KiB, max_cache_size = 1 * MiB,
+      retry = { min_wait = 0.05, max_wait = 0.05, total_wait = 0.3, jitter = "none" } }))
+    write_random_pieces(w, data, 256 * KiB)
+    local obj, err = w:Complete()
+    srv:faults()
+    assert(obj, tostring(err))
+    assert.is_true(w:stats().backoff_ms > 300, "waited " .. w:stats().backoff_ms .. " ms in all")
+    assert_same_bytes(srv:object("b", "storm"), data, "storm")
+  end)
+
+  it("#3/#6 a stalled transfer is detected by progress and retried; a slow source is not a stall", function()
+    local id = retry_test(srv, { ["storage.objects.insert"] = { "stall-for-3s-after-128K" } })
+    local data = H.random_bytes(1 * MiB)
+    local w = assert(gcs_writer(srv, "stall", { stall_timeout = 0.5, max_chunk_size = 512 * KiB },
+      { headers = { ["x-retry-test-id"] = id } }))
+    local t0 = H.now()
+    for off = 0, #data - 1, 256 * KiB do
+      assert(w:WriteAt(off, data:sub(off + 1, off + 256 * KiB)))
+      rw.util.sleep(0.7) -- a source slower than stall_timeout
+    end
+    local obj, err = w:Complete()
+    assert(obj, tostring(err))
+    local st = w:stats()
+    assert.equal(1, st.errors["net.stall"])
+    assert.is_true(H.now() - t0 < 2.8 + 3, "took " .. (H.now() - t0))
+    assert_same_bytes(srv:object("b", "stall"), data, "stall")
+  end)
+
+  it("#4/#10 an outage ends in rw.retry_budget_exhausted, within the budget, never a hang", function()
+    srv:faults { seed = H.seed % 1000 + 1, p_503 = 1 }
+    local w = assert(gcs_writer(srv, "outage", { retry = { min_wait = 0.01, max_wait = 0.05, total_wait = 0.5 } }))
+    assert(w:WriteAt(0, H.random_bytes(10 * KiB)))
+    local t0 = H.now()
+    local obj, err = w:Complete()
+    srv:faults()
+    assert.is_nil(obj)
+    assert.equal("rw.retry_budget_exhausted", err.code)
+    assert.is_true(err:is("http.503"))
+    assert.is_true(H.now() - t0 < 3)
+    assert.is_true(w:stats().retries > 3)
+  end)
+
+  it("#5/#7 503 after 8 MiB then 408: never drops bytes the server lacks, never sends a chunk twice into the object", function()
+    local id = retry_test(srv, { ["storage.objects.insert"] = { "return-503-after-768K", "return-408", "return-503-after-300K" } })
+    local data = H.random_bytes(3 * MiB + 3)
+    local w = assert(gcs_writer(srv, "offsets", { max_chunk_size = 1 * MiB, max_cache_size = 2 * MiB },
+      { headers = { ["x-retry-test-id"] = id } }))
+    write_random_pieces(w, data, 333 * KiB)
+    assert(w:Complete())
+    assert_same_bytes(srv:object("b", "offsets"), data, "offsets")
+  end)
+
+  it("#8 a 308 without Range means nothing persisted", function()
+    local id = retry_test(srv, { ["storage.objects.insert"] = { "return-503" } })
+    local data = H.random_bytes(300 * KiB)
+    local w = assert(gcs_writer(srv, "no-range", {}, { headers = { ["x-retry-test-id"] = id } }))
+    assert(w:WriteAt(0, data))
+    assert(w:Complete())
+    assert_same_bytes(srv:object("b", "no-range"), data, "no-range")
+  end)
+
+  it("#10 the checksum covers the bytes once: the object's crc32c equals the data's", function()
+    local data = H.random_bytes(1 * MiB + 1)
+    local w = assert(gcs_writer(srv, "crc"))
+    write_random_pieces(w, data, 100 * KiB)
+    local obj = assert(w:Complete())
+    local _, meta = srv:object("b", "crc")
+    assert.equal(meta.crc32c, obj.crc32c)
+  end)
+end)
+
+describe("writer on the file and faulty sinks", function()
+  local path = os.tmpname()
+  teardown(function() os.remove(path) end)
+
+  local function read_file(p)
+    local f = assert(io.open(p, "rb")); local s = f:read("a"); f:close(); return s
+  end
+
+  it("writes a file with pwrite and the same retry machinery (faulty sink)", function()
+    local data = H.random_bytes(3 * MiB + 17)
+    local faulty = rw.faulty(rw.file { path = path }, { seed = H.seed % 100000 + 1, p_error = 0.3,
+      codes = { "net.reset", "http.503" } })
+    local w = assert(rw.new(rw.context.background(), { sink = faulty, retry = fast_retry(),
+      max_chunk_size = 512 * KiB, max_cache_size = 1 * MiB }))
+    write_random_pieces(w, data, 200 * KiB)
+    local obj, err = w:Complete()
+    assert(obj, tostring(err))
+    assert.is_true(w:stats().retries > 0)
+    assert.is_true(faulty:stats().injected > 0)
+    assert_same_bytes(read_file(path), data, "file")
+  end)
+
+  it("does not retry a non-retryable sink error", function()
+    local faulty = rw.faulty(rw.file { path = path }, { seed = 1, p_error = 1, codes = { "http.400" } })
+    local w = assert(rw.new(rw.context.background(), { sink = faulty, retry = fast_retry() }))
+    assert(w:WriteAt(0, "abc"))
+    local obj, err = w:Complete()
+    assert.is_nil(obj)
+    assert.equal("http.400", err.code)
+    assert.equal(0, w:stats().retries)
+  end)
+
+  it("write_file feeds a file straight into the cache", function()
+    local src = os.tmpname()
+    local data = H.random_bytes(2 * MiB + 99)
+    local f = assert(io.open(src, "wb")); f:write(data); f:close()
+    local w = assert(rw.new(rw.context.background(), { sink = rw.file { path = path },
+      max_cache_size = 512 * KiB, max_chunk_size = 256 * KiB }))
+    assert(w:write_file(0, src, 0, 1 * MiB))
+    assert(w:write_file(1 * MiB, src, 1 * MiB))
+    assert(w:Complete())
+    assert_same_bytes(read_file(path), data, "write_file")
+    local w2 = assert(rw.new(rw.context.background(), { sink = rw.file { path = path } }))
+    assert.matches("past the end", H.raised(w2.write_file, w2, 0, src, 0, #data + 1))
+    local ok, err = w2:write_file(0, "/nonexistent/file")
+    assert.is_nil(ok)
+    assert.equal("io.error", err.code)
+    w2:Abort()
+    os.remove(src)
+  end)
+
+  it("works inside workgroup coroutines", function()
+    local srv = start_server()
+    local wg = rw.workgroup.new { limit = 4 }
+    local datas = {}
+    for i = 1, 6 do
+      datas[i] = H.random_bytes(700 * KiB + i)
+      wg:go(function()
+        local w = assert(gcs_writer(srv, "wg-" .. i, { max_cache_size = 256 * KiB, max_chunk_size = 256 * KiB }))
+        write_random_pieces(w, datas[i], 100 * KiB)
+        assert(w:Complete())
+      end)
+    end
+    assert(wg:wait())
+    for i = 1, 6 do assert_same_bytes(srv:object("b", "wg-" .. i), datas[i], "wg-" .. i) end
+    srv:stop()
+  end)
+end)
