@@ -1,0 +1,120 @@
+/* Connection-level fault injection (issue 5).
+ *
+ * A profile (rw_faults) says what goes wrong and how often; it is reference
+ * counted and thread safe. Every connection made through it gets an index
+ * (0, 1, 2, ... in the order connections are opened) and its own schedule,
+ * drawn from a splitmix64 stream seeded by (seed, index): the same seed gives
+ * the same schedule whatever the thread timing.
+ *
+ * Per connection:
+ *   refuse             probability that the connection is refused
+ *   reset_per_mib      resets (RST both ways) per MiB relayed, both directions
+ *   close_per_mib      clean closes (FIN both ways) per MiB relayed
+ *   stall_per_mib      stalls per MiB relayed; each holds every byte for
+ *                      stall_for seconds (< 0: until the connection is closed)
+ *   truncate_per_mib   truncations per MiB of response (server to client):
+ *                      the response is cut there and the connection closed
+ *   latency            seconds added to every chunk, each direction
+ *   bandwidth          bytes/s cap per direction (0: none)
+ * The distance to the next fault of each kind is exponential with the given
+ * rate, so "0.25 per MiB" is one fault every 4 MiB on average.
+ *
+ * Two ways to use a profile:
+ *   - the dialer for libcurl (rw_faults_dialer): CURLOPT_OPENSOCKETFUNCTION
+ *     hands libcurl one end of an AF_UNIX socket pair, connects a TCP socket
+ *     to the address libcurl asked for and relays between them on one thread
+ *     per connection; CURLOPT_CLOSESOCKETFUNCTION stops and joins that thread
+ *     before it returns. A refused connection returns CURL_SOCKET_BAD
+ *     (libcurl: couldn't connect, our net.refused).
+ *   - the chaos proxy (net/chaos.h), which relays accepted TCP connections.
+ * Either way the relays are the ones below (rw_faults_conn). */
+#ifndef RW_FAULTS_H
+#define RW_FAULTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "net/http.h"
+
+typedef struct rw_faults_config {
+  uint64_t seed;
+  double refuse;           /* [0, 1] per connection */
+  double reset_per_mib;    /* >= 0 */
+  double close_per_mib;    /* >= 0 */
+  double stall_per_mib;    /* >= 0 */
+  double stall_for;        /* seconds; < 0: until closed (blackhole) */
+  double truncate_per_mib; /* >= 0, per MiB of response */
+  double latency;          /* seconds, [0, 60] */
+  double bandwidth;        /* bytes/s, 0: no cap */
+  int max_connections;     /* open relays at once; <= 0: 256. More are refused. */
+} rw_faults_config;
+
+typedef struct rw_faults_stats {
+  uint64_t connections; /* opened (refused included) */
+  uint64_t refused;
+  uint64_t resets, closes, stalls, truncates;
+  uint64_t active;      /* relays running or not yet joined */
+  uint64_t bytes_up, bytes_down; /* relayed client->server, server->client */
+} rw_faults_stats;
+
+typedef enum {
+  RW_FAULT_REFUSE = 0,
+  RW_FAULT_RESET,
+  RW_FAULT_CLOSE,
+  RW_FAULT_STALL,
+  RW_FAULT_TRUNCATE,
+} rw_fault_kind;
+
+/* One injected fault: connection index, kind, and the byte position (total
+ * relayed both ways; response bytes for truncate) where it happened. */
+typedef struct rw_fault_event {
+  uint64_t conn;
+  rw_fault_kind kind;
+  uint64_t pos;
+} rw_fault_event;
+
+/* A connection's schedule as drawn from (seed, index): pure, for tests. */
+typedef struct rw_faults_plan {
+  bool refused;
+  uint64_t reset_at, close_at, stall_at, truncate_at; /* UINT64_MAX: never */
+} rw_faults_plan;
+
+typedef struct rw_faults rw_faults;
+
+/* NULL when valid, else rw.invalid_argument naming the field and the rule. */
+rw_error *rw_faults_config_check(const rw_faults_config *c);
+rw_faults *rw_faults_new(const rw_faults_config *c, rw_error **err);
+rw_faults *rw_faults_ref(rw_faults *f);
+void rw_faults_unref(rw_faults *f); /* NULL is fine; the last one frees */
+const rw_faults_config *rw_faults_config_of(const rw_faults *f);
+
+void rw_faults_stats_read(rw_faults *f, rw_faults_stats *st);
+/* Copies up to max events (the first 65536 are kept) in the order they
+ * happened; returns how many there are in all. */
+size_t rw_faults_events(rw_faults *f, rw_fault_event *out, size_t max);
+const char *rw_fault_kind_name(rw_fault_kind k);
+void rw_faults_plan_of(const rw_faults_config *c, uint64_t index, rw_faults_plan *out);
+
+/* The libcurl hook; ud is f. The caller keeps a reference to f for as long as
+ * any client made with the dialer lives. */
+rw_http_dialer rw_faults_dialer(rw_faults *f);
+
+/* ---- relays (used by the dialer and by net/chaos.c) ---- */
+
+typedef struct rw_faults_conn rw_faults_conn;
+
+/* Takes the next connection index; false (counted, logged) when that
+ * connection is to be refused or too many relays are open. */
+bool rw_faults_admit(rw_faults *f, uint64_t *index);
+/* Starts a relay thread between a (the client side) and b (the server side);
+ * takes both fds (closed on failure too). */
+rw_faults_conn *rw_faults_conn_start(rw_faults *f, uint64_t index, int a, int b, rw_error **err);
+/* True once the relay has ended by itself (either side closed, a fault). */
+bool rw_faults_conn_done(rw_faults_conn *c);
+/* Stops the relay at once (even mid-stall), joins its thread, closes its fds
+ * and frees it. NULL is fine. */
+void rw_faults_conn_stop(rw_faults_conn *c);
+
+#endif
