@@ -3,7 +3,8 @@
  * A descriptor is a config, not a live sink: rw_lua_sink_make builds a new
  * sink from it for each writer. Lua values the descriptor keeps (the inner
  * descriptor of a faulty one, the gcs `faults` table for issue 5) live in its
- * uservalue table: { inner = desc, faults = table }. */
+ * uservalue table: { inner = desc, faults = profile or its options table,
+ * faults_profile = profile }. */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -13,6 +14,11 @@
 #include "sinks/faulty.h"
 #include "sinks/file.h"
 #include "sinks/gcs.h"
+#include "net/faults.h"
+
+/* From l_faults.c: the fault profile at idx or NULL; the profile constructor. */
+rw_faults *rw_lua_faults_test(lua_State *L, int idx);
+int rw_lua_faults_profile(lua_State *L);
 
 #define DESC_MT "reliablewriter.SinkDescriptor"
 #define MAX_CODES 32
@@ -232,6 +238,70 @@ static rw_gcs_config gcs_config(const desc *d) {
   return c;
 }
 
+/* faults = rw.faults.profile{...} or the options of one: both stored in the
+ * uservalue, the profile also as faults_profile for make_from. */
+static void faults_option(lua_State *L, int self) {
+  lua_getfield(L, 1, "faults");
+  if (lua_istable(L, -1)) {
+    lua_pushcfunction(L, rw_lua_faults_profile);
+    lua_pushvalue(L, -2);
+    lua_call(L, 1, 1);
+  } else if (rw_lua_faults_test(L, -1)) {
+    lua_pushvalue(L, -1);
+  } else if (!lua_isnil(L, -1)) {
+    luaL_argerror(L, 1, "option 'faults' must be a fault profile (rw.faults.profile{...}) or its options table");
+  } else {
+    lua_pushnil(L);
+  }
+  uv_set(L, self, "faults_profile");
+  uv_set(L, self, "faults");
+}
+
+/* A gcs sink that holds a reference to its fault profile: the dialer's
+ * callbacks use the profile until the inner sink (and its libcurl handles)
+ * are gone. */
+typedef struct faults_sink {
+  rw_sink base;
+  rw_sink *inner;
+  rw_faults *faults;
+  rw_http_dialer dialer;
+} faults_sink;
+
+static rw_sink *fs_inner(rw_sink *s) { return ((faults_sink *)s)->inner; }
+static rw_error *fs_begin(rw_sink *s, rw_ctx *ctx) { return fs_inner(s)->ops->begin(fs_inner(s), ctx); }
+static rw_error *fs_put(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_sink_result *res) {
+  return fs_inner(s)->ops->put(fs_inner(s), ctx, p, res);
+}
+static rw_error *fs_query(rw_sink *s, rw_ctx *ctx, rw_sink_result *res) {
+  return fs_inner(s)->ops->query(fs_inner(s), ctx, res);
+}
+static rw_error *fs_abort(rw_sink *s, rw_ctx *ctx) { return fs_inner(s)->ops->abort(fs_inner(s), ctx); }
+static const char *fs_session(rw_sink *s) { return fs_inner(s)->ops->session(fs_inner(s)); }
+static void fs_destroy(rw_sink *s) {
+  faults_sink *fs = (faults_sink *)s;
+  rw_sink_destroy(fs->inner);
+  rw_faults_unref(fs->faults);
+  free(fs);
+}
+static const rw_sink_ops faults_sink_ops = {"gcs", fs_begin, fs_put, fs_query, fs_abort, fs_session, fs_destroy};
+
+static rw_sink *gcs_with_faults(rw_gcs_config *c, rw_faults *f, rw_error **err) {
+  faults_sink *fs = calloc(1, sizeof *fs);
+  if (!fs) {
+    *err = rw_err(RW_E_NOMEM, "gcs sink: out of memory");
+    return NULL;
+  }
+  fs->base.ops = &faults_sink_ops;
+  fs->dialer = rw_faults_dialer(f);
+  c->dialer = &fs->dialer;
+  if (!(fs->inner = rw_gcs_sink_new(c, err))) {
+    free(fs);
+    return NULL;
+  }
+  fs->faults = rw_faults_ref(f);
+  return &fs->base;
+}
+
 static int sinks_gcs(lua_State *L) {
   static const char *const known[] = {"bucket", "object", "endpoint", "metadata",
                                       "if_generation_match", "headers", "connect_timeout",
@@ -254,9 +324,7 @@ static int sinks_gcs(lua_State *L) {
   d->igm = rw_lua_opt_integer(L, 1, 1, "if_generation_match", 0, 0, INT64_C(9007199254740992));
   d->connect_timeout = rw_lua_opt_number(L, 1, 1, "connect_timeout", 10, 0.001, 3600);
   headers_option(L, 1, 1, d);
-  lua_getfield(L, 1, "faults");
-  if (!lua_isnil(L, -1) && !lua_istable(L, -1)) luaL_argerror(L, 1, "option 'faults' must be a table");
-  uv_set(L, self, "faults");
+  faults_option(L, self);
   rw_gcs_config c = gcs_config(d);
   rw_error *e = NULL;
   rw_sink *probe = rw_gcs_sink_new(&c, &e);
@@ -339,7 +407,10 @@ static rw_sink *make_from(lua_State *L, int idx, rw_error **err, int depth) {
   switch (d->kind) {
   case DESC_GCS: {
     rw_gcs_config c = gcs_config(d);
-    return rw_gcs_sink_new(&c, err);
+    uv_get(L, idx, "faults_profile");
+    rw_faults *f = rw_lua_faults_test(L, -1);
+    lua_pop(L, 1); /* the descriptor keeps it; the sink takes its own reference */
+    return f ? gcs_with_faults(&c, f, err) : rw_gcs_sink_new(&c, err);
   }
   case DESC_FILE:
     return rw_file_sink_new(d->path, err);

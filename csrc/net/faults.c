@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -49,6 +50,7 @@ struct rw_faults_conn {
   rw_faults *f;
   uint64_t index;
   int fd[2]; /* 0: client side, 1: server side */
+  int lfd;   /* dialer: the listener the client side is accepted from, else -1 */
   int wake;
   atomic_bool stop, done;
   pthread_t th;
@@ -376,8 +378,24 @@ static void relay_loop(rw_faults_conn *c, relay_state *s) {
   }
 }
 
+/* Dialer relays first take the client's connection from their listener. */
+static bool accept_client(rw_faults_conn *c) {
+  struct pollfd p[2] = {{c->wake, POLLIN, 0}, {c->lfd, POLLIN, 0}};
+  int rc;
+  do rc = poll(p, 2, CONNECT_TIMEOUT_MS);
+  while (rc < 0 && errno == EINTR);
+  if (rc <= 0 || p[0].revents) return false;
+  c->fd[0] = accept4(c->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  close_fd(&c->lfd);
+  return c->fd[0] >= 0;
+}
+
 static void *relay_main(void *arg) {
   rw_faults_conn *c = arg;
+  if (c->lfd >= 0 && !accept_client(c)) {
+    atomic_store(&c->done, true);
+    return NULL;
+  }
   relay_state s;
   memset(&s, 0, sizeof s);
   s.dir[0].buf = malloc(RELAY_BUF);
@@ -390,7 +408,7 @@ static void *relay_main(void *arg) {
   return NULL;
 }
 
-rw_faults_conn *rw_faults_conn_start(rw_faults *f, uint64_t index, int a, int b, rw_error **err) {
+static rw_faults_conn *conn_start(rw_faults *f, uint64_t index, int a, int b, int lfd, rw_error **err) {
   *err = NULL;
   rw_faults_conn *c = calloc(1, sizeof *c);
   int active = atomic_fetch_add(&f->active, 1) + 1;
@@ -409,8 +427,9 @@ rw_faults_conn *rw_faults_conn_start(rw_faults *f, uint64_t index, int a, int b,
   c->index = index;
   c->fd[0] = a;
   c->fd[1] = b;
+  c->lfd = lfd;
   c->curl_fd = -1;
-  set_nonblock(a);
+  if (a >= 0) set_nonblock(a);
   set_nonblock(b);
   c->rng = plan_rng(f->cfg.seed, index);
   rw_faults_plan p;
@@ -432,9 +451,14 @@ rw_faults_conn *rw_faults_conn_start(rw_faults *f, uint64_t index, int a, int b,
 fail:
   atomic_fetch_sub(&f->active, 1);
   free(c);
-  close(a);
+  if (a >= 0) close(a);
+  if (lfd >= 0) close(lfd);
   close(b);
   return NULL;
+}
+
+rw_faults_conn *rw_faults_conn_start(rw_faults *f, uint64_t index, int a, int b, rw_error **err) {
+  return conn_start(f, index, a, b, -1, err);
 }
 
 bool rw_faults_conn_done(rw_faults_conn *c) { return atomic_load(&c->done); }
@@ -447,6 +471,7 @@ void rw_faults_conn_stop(rw_faults_conn *c) {
   pthread_join(c->th, NULL);
   close_fd(&c->fd[0]);
   close_fd(&c->fd[1]);
+  close_fd(&c->lfd);
   close(c->wake);
   atomic_fetch_sub(&c->f->active, 1);
   rw_faults_unref(c->f);
@@ -470,6 +495,29 @@ static int connect_timeout(int fd, const struct sockaddr *addr, socklen_t len) {
   return soerr;
 }
 
+/* libcurl 7.88 ignores CURL_SOCKOPT_ALREADY_CONNECTED and calls connect()
+ * on whatever socket it is given, so a socket pair cannot be handed over.
+ * Instead libcurl gets a fresh TCP socket and its address is rewritten to a
+ * one-shot loopback listener that the relay accepts from (libcurl allows the
+ * open-socket callback to change the address). The client side is then real
+ * TCP: a reset is a real RST. */
+static int one_shot_listener(struct sockaddr_in *sin) {
+  int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (l < 0) return -1;
+  memset(sin, 0, sizeof *sin);
+  sin->sin_family = AF_INET;
+  sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof *sin;
+  if (bind(l, (struct sockaddr *)sin, sizeof *sin) < 0 || listen(l, 1) < 0 ||
+      getsockname(l, (struct sockaddr *)sin, &len) < 0) {
+    int e = errno;
+    close(l);
+    errno = e;
+    return -1;
+  }
+  return l;
+}
+
 static curl_socket_t dial_open(void *ud, curlsocktype purpose, struct curl_sockaddr *addr) {
   rw_faults *f = ud;
   if (purpose != CURLSOCKTYPE_IPCXN || (addr->family != AF_INET && addr->family != AF_INET6))
@@ -487,28 +535,35 @@ static curl_socket_t dial_open(void *ud, curlsocktype purpose, struct curl_socka
     errno = e;
     return CURL_SOCKET_BAD;
   }
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+  struct sockaddr_in sin;
+  int l = one_shot_listener(&sin);
+  int cs = l < 0 ? -1 : socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (cs < 0) {
     e = errno;
+    if (l >= 0) close(l);
     close(b);
     errno = e;
     return CURL_SOCKET_BAD;
   }
   rw_error *err = NULL;
-  rw_faults_conn *c = rw_faults_conn_start(f, index, sv[1], b, &err);
+  rw_faults_conn *c = conn_start(f, index, -1, b, l, &err);
   if (!c) {
     rw_error_log(RW_LOG_WARN, err, "faults: no relay");
     rw_error_unref(err);
-    close(sv[0]);
+    close(cs);
     errno = ECONNREFUSED;
     return CURL_SOCKET_BAD;
   }
-  c->curl_fd = sv[0];
+  addr->family = AF_INET;
+  addr->protocol = IPPROTO_TCP;
+  addr->addrlen = sizeof sin;
+  memcpy(&addr->addr, &sin, sizeof sin);
+  c->curl_fd = cs;
   pthread_mutex_lock(&f->mu);
   c->next = f->dialed;
   f->dialed = c;
   pthread_mutex_unlock(&f->mu);
-  return sv[0];
+  return cs;
 }
 
 static rw_faults_conn *find_dialed(rw_faults *f, curl_socket_t fd, bool unlink) {
@@ -524,18 +579,13 @@ static rw_faults_conn *find_dialed(rw_faults *f, curl_socket_t fd, bool unlink) 
   return c;
 }
 
-static int dial_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose) {
-  return find_dialed(ud, fd, false) ? CURL_SOCKOPT_ALREADY_CONNECTED : CURL_SOCKOPT_OK;
-}
-
 static int dial_close(void *ud, curl_socket_t fd) {
   rw_faults_conn *c = find_dialed(ud, fd, true);
-  if (c) shutdown(fd, SHUT_RDWR); /* wakes nothing by itself; stop does */
   rw_faults_conn_stop(c);
   return close(fd);
 }
 
 rw_http_dialer rw_faults_dialer(rw_faults *f) {
-  rw_http_dialer d = {.opensocket = dial_open, .sockopt = dial_sockopt, .closesocket = dial_close, .ud = f};
+  rw_http_dialer d = {.opensocket = dial_open, .sockopt = NULL, .closesocket = dial_close, .ud = f};
   return d;
 }

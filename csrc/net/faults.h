@@ -21,10 +21,12 @@
  *
  * Two ways to use a profile:
  *   - the dialer for libcurl (rw_faults_dialer): CURLOPT_OPENSOCKETFUNCTION
- *     hands libcurl one end of an AF_UNIX socket pair, connects a TCP socket
- *     to the address libcurl asked for and relays between them on one thread
- *     per connection; CURLOPT_CLOSESOCKETFUNCTION stops and joins that thread
- *     before it returns. A refused connection returns CURL_SOCKET_BAD
+ *     connects a TCP socket to the address libcurl asked for, then points
+ *     libcurl at a one-shot loopback listener whose only connection is relayed
+ *     to it, one thread per connection; CURLOPT_CLOSESOCKETFUNCTION stops and
+ *     joins that thread before it returns. (A socket pair with
+ *     CURL_SOCKOPT_ALREADY_CONNECTED does not work: libcurl 7.88 still calls
+ *     connect() on it, EINVAL.) A refused connection returns CURL_SOCKET_BAD
  *     (libcurl: couldn't connect, our net.refused).
  *   - the chaos proxy (net/chaos.h), which relays accepted TCP connections.
  * Either way the relays are the ones below (rw_faults_conn). */
