@@ -265,7 +265,8 @@ static bool start_daemon(rw_fakegcs *s, const char *host, int port, rw_error **e
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1024 * 1024),
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_LISTEN_BACKLOG_SIZE, 256, MHD_OPTION_END);
+                            MHD_OPTION_LISTEN_BACKLOG_SIZE, 256,
+                            MHD_OPTION_CONNECTION_TIMEOUT, 600u, MHD_OPTION_END);
   if (!s->mhd) {
     *err = rw_err(RW_E_IO, "fakegcs: cannot listen on %s:%d (%s)", host, port, strerror(errno));
     return false;

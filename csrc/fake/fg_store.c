@@ -43,8 +43,10 @@ fg_blob *fg_blob_new(rw_fakegcs_store_kind kind, const char *dir, uint64_t reser
 
 static bool mem_reserve(fg_blob *b, uint64_t need) {
   if (need <= b->cap) return true;
+  /* doubling, but never more than 64 MiB ahead; finished objects are
+   * trimmed to their size (fg_blob_trim) */
   uint64_t cap = b->cap ? b->cap : 65536;
-  while (cap < need) cap *= 2;
+  while (cap < need) cap += cap < ((uint64_t)64 << 20) ? cap : ((uint64_t)64 << 20);
   unsigned char *p = realloc(b->buf, cap);
   if (!p) return false;
   b->buf = p;
@@ -75,6 +77,12 @@ void fg_blob_truncate(fg_blob *b, uint64_t len) {
   if (b->kind == RW_FAKEGCS_DIR && ftruncate(b->fd, (off_t)len) != 0) {
     /* the length we report is what counts */
   }
+}
+
+void fg_blob_trim(fg_blob *b) {
+  if (b->kind != RW_FAKEGCS_MEMORY || b->cap == b->len || b->len == 0) return;
+  unsigned char *p = realloc(b->buf, b->len);
+  if (p) b->buf = p, b->cap = b->len;
 }
 
 size_t fg_blob_read(fg_blob *b, uint64_t off, void *p, size_t n) {

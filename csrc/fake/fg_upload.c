@@ -263,6 +263,7 @@ static fg_object *object_from_session(fg_session *ss, const unsigned char *md5, 
   if (has_md5) memcpy(o->md5, md5, 16);
   fg_now_rfc3339(o->created);
   fg_blob_truncate(ss->blob, ss->persisted);
+  fg_blob_trim(ss->blob);
   o->blob = ss->blob;
   ss->blob = NULL;
   return o;
@@ -409,12 +410,14 @@ static const char *chunk_problem(fg_req *r, fg_session *ss, const fg_range *rg) 
   if (len_s && !fg_parse_u64(len_s, &len)) return "invalid Content-Length";
   if (ss->declared_total >= 0 && rg->total >= 0 && rg->total != ss->declared_total)
     return "total size differs from X-Upload-Content-Length";
+  if (rg->total >= 0 && (uint64_t)rg->total < ss->persisted)
+    return "total size is smaller than what is already persisted";
   if (!rg->has_bytes) {
     if (len_s && len != 0) return "a Content-Range without bytes needs an empty body";
-    if (rg->total >= 0 && (uint64_t)rg->total < ss->persisted)
-      return "total size is smaller than what is already persisted";
     return NULL;
   }
+  if (ss->declared_total >= 0 && rg->last + 1 > (uint64_t)ss->declared_total)
+    return "chunk goes past X-Upload-Content-Length";
   if (len_s && len != rg->last - rg->first + 1)
     return "Content-Length differs from the Content-Range";
   if (rg->first > ss->persisted) return "chunk starts after the persisted offset (a gap)";
