@@ -5,7 +5,8 @@
  *       max_connections = 256 }
  *   p:stats()  -> { connections, refused, resets, closes, stalls, truncates,
  *                   active, bytes_up, bytes_down }
- *   p:events() -> { {conn = 0, kind = "reset", pos = 123}, ... }
+ *   p:events() -> { {conn = 0, kind = "reset", pos = 123, t = seconds}, ...,
+ *                   stalls also: held = seconds, ended = "timer"|"closed"|"holding" }
  *   p:plan(i)  -> { refused = bool, reset_at =, close_at =, stall_at =, truncate_at = }
  *                 (the schedule of connection i; math.huge = never)
  *   rw.gcs{ ..., faults = p }   (wired in l_sinks.c through rw_lua_faults_test)
@@ -142,6 +143,14 @@ static int profile_events(lua_State *L) {
     lua_pushstring(L, rw_fault_kind_name(ev[i].kind));
     lua_setfield(L, -2, "kind");
     set_count(L, "pos", ev[i].pos);
+    lua_pushnumber(L, ev[i].t);
+    lua_setfield(L, -2, "t");
+    if (ev[i].kind == RW_FAULT_STALL) {
+      lua_pushnumber(L, ev[i].held);
+      lua_setfield(L, -2, "held");
+      lua_pushstring(L, ev[i].held < 0 ? "holding" : ev[i].by_timer ? "timer" : "closed");
+      lua_setfield(L, -2, "ended");
+    }
     lua_rawseti(L, -2, (int)i + 1);
   }
   return 1;

@@ -28,6 +28,7 @@
 struct rw_faults {
   atomic_int refs;
   rw_faults_config cfg;
+  double born;
   atomic_uint_fast64_t next_index;
   atomic_uint_fast64_t connections, refused, resets, closes, stalls, truncates, bytes_up, bytes_down;
   atomic_int active;
@@ -94,6 +95,7 @@ rw_faults *rw_faults_new(const rw_faults_config *c, rw_error **err) {
     return NULL;
   }
   f->cfg = *c;
+  f->born = rw_mono_now();
   if (f->cfg.max_connections <= 0) f->cfg.max_connections = 256;
   atomic_init(&f->refs, 1);
   pthread_mutex_init(&f->mu, NULL);
@@ -131,7 +133,9 @@ const char *rw_fault_kind_name(rw_fault_kind k) {
   return (unsigned)k < sizeof names / sizeof names[0] ? names[k] : "?";
 }
 
-static void record(rw_faults *f, uint64_t conn, rw_fault_kind kind, uint64_t pos) {
+/* Logs a fault; returns its slot in the log (SIZE_MAX when the log is full). */
+static size_t record(rw_faults *f, uint64_t conn, rw_fault_kind kind, uint64_t pos) {
+  size_t slot = SIZE_MAX;
   atomic_uint_fast64_t *counter[] = {&f->refused, &f->resets, &f->closes, &f->stalls, &f->truncates};
   atomic_fetch_add(counter[kind], 1);
   pthread_mutex_lock(&f->mu);
@@ -144,10 +148,22 @@ static void record(rw_faults *f, uint64_t conn, rw_fault_kind kind, uint64_t pos
       f->cap_events = cap;
     }
   }
-  if (f->nevents < f->cap_events) f->events[f->nevents++] = (rw_fault_event){conn, kind, pos};
+  if (f->nevents < f->cap_events) {
+    slot = f->nevents++;
+    f->events[slot] = (rw_fault_event){conn, kind, pos, rw_mono_now() - f->born, kind == RW_FAULT_STALL ? -1 : 0, false};
+  }
   pthread_mutex_unlock(&f->mu);
   rw_log(RW_LOG_DEBUG, "faults: connection %llu: %s at byte %llu", (unsigned long long)conn,
          rw_fault_kind_name(kind), (unsigned long long)pos);
+  return slot;
+}
+
+static void stall_ended(rw_faults *f, size_t slot, double held, bool by_timer) {
+  if (slot == SIZE_MAX) return;
+  pthread_mutex_lock(&f->mu);
+  f->events[slot].held = held;
+  f->events[slot].by_timer = by_timer;
+  pthread_mutex_unlock(&f->mu);
 }
 
 size_t rw_faults_events(rw_faults *f, rw_fault_event *out, size_t max) {
@@ -254,6 +270,8 @@ typedef struct relay_state {
   relay_dir dir[2];
   bool stalled;
   double stall_until; /* < 0: forever */
+  double stall_t0;
+  size_t stall_slot;
   int end_after_flush[2];
 } relay_state;
 
@@ -278,7 +296,8 @@ static bool faults_due(rw_faults_conn *c, relay_state *s, int d, double now) {
     c->next_trunc = UINT64_MAX;
   }
   if (c->pos >= c->next_stall) {
-    record(c->f, c->index, RW_FAULT_STALL, c->pos);
+    s->stall_slot = record(c->f, c->index, RW_FAULT_STALL, c->pos);
+    s->stall_t0 = now;
     s->stalled = true;
     s->stall_until = cfg->stall_for < 0 ? -1 : now + cfg->stall_for;
     c->next_stall = draw_next(&c->rng, cfg->stall_per_mib, c->pos);
@@ -334,7 +353,10 @@ static void relay_loop(rw_faults_conn *c, relay_state *s) {
   for (;;) {
     if (atomic_load(&c->stop)) return;
     double now = rw_mono_now();
-    if (s->stalled && s->stall_until >= 0 && now >= s->stall_until) s->stalled = false;
+    if (s->stalled && s->stall_until >= 0 && now >= s->stall_until) {
+      s->stalled = false;
+      stall_ended(c->f, s->stall_slot, now - s->stall_t0, true);
+    }
     struct pollfd p[3] = {{c->wake, POLLIN, 0}, {-1, 0, 0}, {-1, 0, 0}};
     int timeout = -1;
     if (s->stalled) {
@@ -401,6 +423,7 @@ static void *relay_main(void *arg) {
   s.dir[0].buf = malloc(RELAY_BUF);
   s.dir[1].buf = malloc(RELAY_BUF);
   if (s.dir[0].buf && s.dir[1].buf) relay_loop(c, &s);
+  if (s.stalled) stall_ended(c->f, s.stall_slot, rw_mono_now() - s.stall_t0, false);
   free(s.dir[0].buf);
   free(s.dir[1].buf);
   /* The fds stay open until stop (a closed fd number could be reused). */

@@ -70,11 +70,17 @@ typedef enum {
 } rw_fault_kind;
 
 /* One injected fault: connection index, kind, and the byte position (total
- * relayed both ways; response bytes for truncate) where it happened. */
+ * relayed both ways; response bytes for truncate) where it happened; when
+ * (seconds since the profile was made) and, for a stall, how long it held
+ * the bytes and whether it ran out (by_timer) or the connection was closed
+ * first (held < 0 while it lasts). */
 typedef struct rw_fault_event {
   uint64_t conn;
   rw_fault_kind kind;
   uint64_t pos;
+  double t;
+  double held;
+  bool by_timer;
 } rw_fault_event;
 
 /* A connection's schedule as drawn from (seed, index): pure, for tests. */
