@@ -1,33 +1,61 @@
 -- The fake GCS, driven from Lua and spoken to with curl.
--- Run: busted --lua=lua5.4 --cpath='build/lua5.4/?.so' spec/fakegcs_spec.lua
-package.cpath = "build/lua5.4/?.so;" .. package.cpath
+-- Run: busted spec/fakegcs_spec.lua (Lua 5.4), busted --run=luajit spec/fakegcs_spec.lua
+-- or, without the .busted profiles: busted --lua=lua5.4 --cpath='build/lua5.4/?.so' spec/fakegcs_spec.lua
+-- Portable Lua (5.1 syntax) so it runs under LuaJIT too.
+if not package.cpath:find("build/", 1, true) then
+  package.cpath = "build/lua5.4/?.so;" .. package.cpath
+end
 local core = require "reliablewriter.core"
 local fakegcs = core.fakegcs
 
-local seed = tonumber(os.getenv("RW_TEST_SEED") or "") or (os.time() ~ math.floor(os.clock() * 1e6))
+local seed = tonumber(os.getenv("RW_TEST_SEED") or "") or (os.time() % 1000000 * 1000 + math.floor(os.clock() * 1e6) % 1000)
 print(("fakegcs_spec: seed=%d (set RW_TEST_SEED to repeat)"):format(seed))
 math.randomseed(seed)
 
 local KiB = 1024
 local Q = 256 * KiB
 
+-- Seeded random bytes: the AES-CTR keystream of (seed, counter), never i % 256.
+local counter = 0
 local function random_bytes(n)
-  local t = {}
-  for i = 1, n // 4 do t[i] = string.pack("<I4", math.random(0, 0xffffffff)) end
-  for _ = 1, n % 4 do t[#t + 1] = string.char(math.random(0, 255)) end
-  return table.concat(t)
+  counter = counter + 1
+  local p = assert(io.popen(("head -c %d /dev/zero | openssl enc -aes-256-ctr -nosalt -pbkdf2 -pass pass:%d-%d 2>/dev/null")
+    :format(n, seed, counter)))
+  local d = p:read("*a")
+  p:close()
+  assert(#d == n, "openssl gave " .. #d .. " bytes")
+  return d
 end
 
-local crc_table = {}
-for i = 0, 255 do
-  local c = i
-  for _ = 1, 8 do c = (c & 1 == 1) and ((c >> 1) ~ 0x82F63B78) or (c >> 1) end
-  crc_table[i] = c
-end
-local function crc32c(s)
-  local c = 0xFFFFFFFF
-  for i = 1, #s do c = crc_table[(c ~ s:byte(i)) & 0xFF] ~ (c >> 8) end
-  return c ~ 0xFFFFFFFF
+-- CRC32C, independent of the server's (ISA-L) one.
+local crc32c
+if rawget(_G, "bit") or (jit and require("bit")) then
+  local bit = rawget(_G, "bit") or require("bit")
+  local band, bxor, rshift = bit.band, bit.bxor, bit.rshift
+  local tbl = {}
+  for i = 0, 255 do
+    local c = i
+    for _ = 1, 8 do c = band(c, 1) == 1 and bxor(rshift(c, 1), 0x82F63B78) or rshift(c, 1) end
+    tbl[i] = c
+  end
+  crc32c = function(s)
+    local c = -1
+    for i = 1, #s do c = bxor(tbl[band(bxor(c, s:byte(i)), 0xFF)], rshift(c, 8)) end
+    return bxor(c, -1) % 2 ^ 32
+  end
+else
+  crc32c = assert(load([[
+    local tbl = {}
+    for i = 0, 255 do
+      local c = i
+      for _ = 1, 8 do c = (c & 1 == 1) and ((c >> 1) ~ 0x82F63B78) or (c >> 1) end
+      tbl[i] = c
+    end
+    return function(s)
+      local c = 0xFFFFFFFF
+      for i = 1, #s do c = tbl[(c ~ s:byte(i)) & 0xFF] ~ (c >> 8) end
+      return c ~ 0xFFFFFFFF
+    end]]))()
 end
 local function b64(s)
   local chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -42,13 +70,17 @@ local function b64(s)
     return chars:sub(c + 1, c + 1)
   end) .. ({ "", "==", "=" })[#s % 3 + 1])
 end
-local function crc_b64(s) return b64(string.pack(">I4", crc32c(s))) end
+local function crc_b64(s)
+  local c = crc32c(s)
+  return b64(string.char(math.floor(c / 2 ^ 24) % 256, math.floor(c / 2 ^ 16) % 256,
+    math.floor(c / 2 ^ 8) % 256, c % 256))
+end
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
 local function slurp(path)
   local f = assert(io.open(path, "rb"))
-  local d = f:read("a")
+  local d = f:read("*a")
   f:close()
   return d
 end
@@ -71,10 +103,11 @@ local function curl(o)
   if o.header_file then cmd[#cmd + 1] = "-H @" .. o.header_file end
   if o.max_time then cmd[#cmd + 1] = "--max-time " .. o.max_time end
   cmd[#cmd + 1] = q(o.url)
+  cmd[#cmd + 1] = "; printf ' %d' $?" -- curl's exit code (LuaJIT's close() does not give it)
   local p = io.popen(table.concat(cmd, " "))
-  local code = p:read("a")
-  local _, _, exit = p:close()
-  local r = { status = tonumber(code) or 0, headers = {}, body = slurp(body), exit = exit }
+  local code, exit = p:read("*a"):match("^(%d*) (%d+)$")
+  p:close()
+  local r = { status = tonumber(code) or 0, headers = {}, body = slurp(body), exit = tonumber(exit) }
   for line in slurp(hdr):gmatch("[^\r\n]+") do
     local k, v = line:match("^([^:]+):%s*(.*)$")
     if k then r.headers[k:lower()] = v end
@@ -446,7 +479,8 @@ describe("fakegcs", function()
 
   describe("stores", function()
     it("discard keeps sizes and checksums only", function()
-      local s <close> = fakegcs.start { store = "discard", buckets = { "b" } }
+      local s = fakegcs.start { store = "discard", buckets = { "b" } }
+      finally(function() s:stop() end)
       local data = random_bytes(Q + 99)
       local r = curl { method = "POST", url = s:url() .. "/upload/storage/v1/b/b/o?uploadType=media&name=d", data = data }
       assert.are.equal(200, r.status)
@@ -459,7 +493,8 @@ describe("fakegcs", function()
     it("dir keeps bytes in files", function()
       local dir = os.tmpname()
       os.remove(dir)
-      local s <close> = fakegcs.start { store = { dir = dir }, buckets = { "b" } }
+      local s = fakegcs.start { store = { dir = dir }, buckets = { "b" } }
+      finally(function() s:stop() end)
       local data = random_bytes(Q * 2 + 3)
       curl { method = "POST", url = s:url() .. "/upload/storage/v1/b/b/o?uploadType=media&name=d", data = data }
       assert.is_true(s:object("b", "d") == data)
@@ -555,9 +590,9 @@ describe("fakegcs", function()
       local id = retry_test { ["storage.objects.insert"] = { "stall-for-1s-after-256K" } }
       local loc = start_session("st")
       local t0 = os.time()
-      local c0 = io.popen("date +%s.%N"):read("a")
+      local c0 = io.popen("date +%s.%N"):read("*a")
       local r = put(loc, ("bytes 0-%d/*"):format(2 * Q - 1), random_bytes(2 * Q), { ["x-retry-test-id"] = id })
-      local c1 = io.popen("date +%s.%N"):read("a")
+      local c1 = io.popen("date +%s.%N"):read("*a")
       assert.are.equal(308, r.status)
       assert.is_true(tonumber(c1) - tonumber(c0) >= 0.95, "stalled " .. (tonumber(c1) - tonumber(c0)))
       assert.is_true(os.time() - t0 <= 5)
