@@ -1,0 +1,207 @@
+/* The writer under sanitizers: a concurrent pump, faults, abort mid-flight,
+ * against the fake GCS and the faulty file sink. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "core/backoff.h"
+#include "core/clock.h"
+#include "ctest.h"
+#include "fake/fakegcs.h"
+#include "io/writer.h"
+#include "sinks/faulty.h"
+#include "sinks/file.h"
+#include "sinks/gcs.h"
+
+static uint64_t rng;
+static atomic_int released;
+
+static void count_release(void *ud) { atomic_fetch_add(&released, 1); }
+
+static unsigned char *random_data(size_t n) {
+  unsigned char *d = malloc(n);
+  for (size_t i = 0; i < n; i++) d[i] = (unsigned char)rw_rand_next(&rng);
+  return d;
+}
+
+static rw_writer_config small_config(void) {
+  rw_writer_config c = rw_writer_defaults();
+  c.max_cache_size = 1u << 20;
+  c.min_chunk_size = 256u << 10;
+  c.max_chunk_size = 512u << 10;
+  c.retry.min_wait = 0.001;
+  c.retry.max_wait = 0.01;
+  c.retry.total_wait = 10;
+  c.stall_timeout = 5;
+  return c;
+}
+
+/* Writes all of data in random pieces, waiting for room. */
+static bool write_all(rw_writer *w, const unsigned char *data, size_t n) {
+  size_t off = 0;
+  while (off < n) {
+    size_t piece = 1 + rw_rand_next(&rng) % (200u << 10);
+    if (piece > n - off) piece = n - off;
+    size_t done = 0;
+    while (done < piece) {
+      size_t acc = 0;
+      rw_error *e = rw_writer_write_some(w, off + done, data + off + done, piece - done,
+                                         count_release, NULL, &acc);
+      if (e) {
+        char buf[512];
+        rw_error_format(e, buf, sizeof buf);
+        fprintf(stderr, "write: %s\n", buf);
+        rw_error_unref(e);
+        return false;
+      }
+      done += acc;
+      if (done < piece) rw_writer_wait(w, NULL, true, off + done, 5);
+      rw_writer_drain(w);
+    }
+    off += piece;
+  }
+  return true;
+}
+
+static bool complete(rw_writer *w) {
+  rw_error *e = rw_writer_complete_start(w, UINT64_MAX);
+  if (e) {
+    rw_error_unref(e);
+    return false;
+  }
+  rw_writer_wait(w, NULL, false, 0, 30);
+  rw_writer_drain(w);
+  e = rw_writer_error(w);
+  bool ok = !e && rw_writer_object(w) != NULL;
+  if (e) {
+    char buf[512];
+    rw_error_format(e, buf, sizeof buf);
+    fprintf(stderr, "complete: %s\n", buf);
+  }
+  rw_error_unref(e);
+  return ok;
+}
+
+static void test_faulty_file(void) {
+  char path[] = "/tmp/rw-test-writer-XXXXXX";
+  int fd = mkstemp(path);
+  close(fd);
+  rw_error *err = NULL;
+  rw_sink *file = rw_file_sink_new(path, &err);
+  static const char *const codes[] = {"net.reset", "http.503", "net.stall"};
+  rw_faulty_config fc = {.seed = rng | 1, .p_error = 0.3, .codes = codes, .ncodes = 3,
+                         .p_partial = 0.3, .p_after = 0.2};
+  rw_sink *sink = rw_faulty_sink_new(file, &fc, &err);
+  CHECK(sink != NULL);
+  rw_writer_config c = small_config();
+  rw_writer *w = rw_writer_new(NULL, sink, &c, &err);
+  CHECK(w != NULL);
+  size_t n = (3u << 20) + 12345;
+  unsigned char *data = random_data(n);
+  atomic_store(&released, 0);
+  CHECK(write_all(w, data, n));
+  CHECK(complete(w));
+  rw_writer_stats st = rw_writer_get_stats(w);
+  CHECK(st.persisted == n && st.in_cache == 0 && st.retries > 0);
+  rw_writer_free(w);
+  CHECK(atomic_load(&released) > 0);
+  FILE *f = fopen(path, "rb");
+  unsigned char *got = malloc(n + 1);
+  size_t r = fread(got, 1, n + 1, f);
+  fclose(f);
+  CHECK_EQ_INT(r, n);
+  CHECK(memcmp(got, data, n) == 0);
+  free(got);
+  free(data);
+  unlink(path);
+}
+
+static void test_gcs_with_faults(void) {
+  rw_error *err = NULL;
+  static const char *const buckets[] = {"b", NULL};
+  rw_fakegcs_config fcfg = {.buckets = buckets};
+  rw_fakegcs *srv = rw_fakegcs_start(&fcfg, &err);
+  CHECK(srv != NULL);
+  rw_fakegcs_faults faults = {.seed = rng | 1, .p_503 = 0.1, .p_reset = 0.05, .p_partial = 0.1};
+  rw_fakegcs_set_faults(srv, &faults);
+  rw_gcs_config g = {.bucket = "b", .object = "o", .endpoint = rw_fakegcs_url(srv)};
+  rw_sink *sink = rw_gcs_sink_new(&g, &err);
+  rw_writer_config c = small_config();
+  c.md5 = true;
+  rw_writer *w = rw_writer_new(NULL, sink, &c, &err);
+  size_t n = (4u << 20) + 77;
+  unsigned char *data = random_data(n);
+  CHECK(write_all(w, data, n));
+  CHECK(complete(w));
+  rw_writer_free(w);
+  rw_fakegcs_object obj;
+  CHECK(rw_fakegcs_object_get(srv, "b", "o", &obj));
+  CHECK(obj.size == n && memcmp(obj.data, data, n) == 0);
+  rw_fakegcs_object_free(&obj);
+  free(data);
+  rw_fakegcs_stop(srv);
+}
+
+/* Abort from another thread while the pump is mid-transfer. */
+typedef struct {
+  rw_writer *w;
+} abort_arg;
+
+static void *abort_soon(void *arg) {
+  struct timespec ts = {0, 20 * 1000000};
+  nanosleep(&ts, NULL);
+  rw_writer_abort(((abort_arg *)arg)->w);
+  return NULL;
+}
+
+static void test_abort_race(void) {
+  rw_error *err = NULL;
+  static const char *const buckets[] = {"b", NULL};
+  rw_fakegcs_config fcfg = {.buckets = buckets};
+  rw_fakegcs *srv = rw_fakegcs_start(&fcfg, &err);
+  rw_fakegcs_faults faults = {.seed = 3, .p_stall = 0.5, .stall_ms = 3000};
+  rw_fakegcs_set_faults(srv, &faults);
+  for (int round = 0; round < 3; round++) {
+    rw_gcs_config g = {.bucket = "b", .object = "a", .endpoint = rw_fakegcs_url(srv)};
+    rw_sink *sink = rw_gcs_sink_new(&g, &err);
+    rw_writer_config c = small_config();
+    rw_writer *w = rw_writer_new(NULL, sink, &c, &err);
+    size_t n = 1u << 20;
+    unsigned char *data = random_data(n);
+    size_t acc = 0;
+    rw_error_unref(rw_writer_write_some(w, 0, data, n, NULL, NULL, &acc));
+    abort_arg a = {w};
+    pthread_t t;
+    double t0 = rw_mono_now();
+    pthread_create(&t, NULL, abort_soon, &a);
+    rw_writer_wait(w, NULL, false, 0, 10); /* wakes once aborted */
+    pthread_join(t, NULL);
+    CHECK(rw_mono_now() - t0 < 1.0);
+    CHECK(rw_writer_get_stats(w).state == RW_WRITER_ABORTED);
+    rw_writer_free(w);
+    free(data);
+  }
+  rw_fakegcs_stop(srv);
+}
+
+static void test_config_check(void) {
+  rw_writer_config c = rw_writer_defaults();
+  c.min_chunk_size = 1000;
+  rw_error *e = rw_writer_config_check(&c);
+  CHECK(e && strstr(rw_error_message(e), "min_chunk_size"));
+  rw_error_unref(e);
+  c = rw_writer_defaults();
+  c.max_cache_size = c.max_chunk_size - 1;
+  e = rw_writer_config_check(&c);
+  CHECK(e && strstr(rw_error_message(e), "max_cache_size"));
+  rw_error_unref(e);
+}
+
+int main(void) {
+  rng = ct_seed();
+  RUN(test_config_check);
+  RUN(test_faulty_file);
+  RUN(test_gcs_with_faults);
+  RUN(test_abort_race);
+  return ct_finish("test_writer");
+}
