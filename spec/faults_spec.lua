@@ -1,0 +1,361 @@
+-- Connection-level faults (issue 5): rw.faults.profile, rw.gcs{faults=},
+-- rw.faults.proxy, and uploads that must survive them byte for byte.
+-- The 256 MiB upload runs only with RW_SLOW=1 (tagged #slow); a 32 MiB
+-- variant of the same schedule runs by default.
+local H = require "helpers"
+local rw = H.rw()
+local core = require "reliablewriter.core"
+local MiB = 1024 * 1024
+
+local function start_fake()
+  return rw.fakegcs.start { store = "memory", buckets = { "b" } }
+end
+
+-- A random 1 MiB block; MiB number i is the block with "%08d" of i first, so
+-- every MiB is different and offsets can be told apart.
+local block = H.random_bytes(MiB)
+local function mib(i) return ("%08d"):format(i) .. block:sub(9) end
+
+local function retry()
+  return { min_wait = 0.01, max_wait = 0.5, total_wait = 60, seed = H.seed % 100000 + 1 }
+end
+
+local function writer(srv, name, sink_extra, opts)
+  local so = { bucket = "b", object = name, endpoint = srv:url(), if_generation_match = 0 }
+  for k, v in pairs(sink_extra or {}) do so[k] = v end
+  local o = { sink = rw.gcs(so), min_chunk_size = 256 * 1024, max_chunk_size = 8 * MiB,
+              retry = retry(), stall_timeout = 2 }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return assert(rw.new(rw.context.background(), o))
+end
+
+-- Writes n MiB (whole MiB pieces, in order), completes, returns seconds.
+local function upload(w, n)
+  local t0 = H.now()
+  for i = 0, n - 1 do assert(w:WriteAt(i * MiB, mib(i))) end
+  assert(w:Complete())
+  return H.now() - t0
+end
+
+-- The object on the server is exactly MiB 0..n-1: every MiB, and random slices.
+local function check_object(srv, name, n)
+  local got = srv:object("b", name)
+  assert.is_string(got)
+  assert.are.equal(n * MiB, #got)
+  for i = 0, n - 1 do
+    if got:sub(i * MiB + 1, (i + 1) * MiB) ~= mib(i) then
+      error(("MiB %d differs (seed %d)"):format(i, H.seed))
+    end
+  end
+  for _ = 1, 64 do
+    local off = math.random(0, n * MiB - 1)
+    local len = math.min(math.random(1, 100000), n * MiB - off)
+    local i = math.floor(off / MiB)
+    local want = (mib(i) .. (i + 1 < n and mib(i + 1) or "")):sub(off - i * MiB + 1, off - i * MiB + len)
+    if #want == len then assert.are.equal(want, got:sub(off + 1, off + len)) end
+  end
+end
+
+-- A seed near H.seed whose first connection resets before `limit` bytes at
+-- `rate` per MiB (so a test that counts resets cannot be unlucky).
+local function seed_resetting(rate, limit)
+  local s = H.seed
+  while rw.faults.profile({ seed = s, reset_per_mib = rate }):plan(0).reset_at >= limit do s = s + 1 end
+  return s
+end
+
+local function settle(cond, timeout)
+  local t0 = H.now()
+  while not cond() and H.now() - t0 < (timeout or 3) do
+    collectgarbage(); collectgarbage()
+    os.execute("sleep 0.05")
+  end
+  return cond()
+end
+
+describe("rw.faults.profile", function()
+  it("checks its options strictly, naming them", function()
+    assert.truthy(H.raised(rw.faults.profile, { seed = 1, resets = 1 }):find("resets", 1, true))
+    assert.truthy(H.raised(rw.faults.profile, { refuse = 2 }):find("refuse", 1, true))
+    assert.truthy(H.raised(rw.faults.profile, { reset_per_mib = -1 }):find("reset_per_mib", 1, true))
+    assert.truthy(H.raised(rw.faults.profile, { stall_for = "long" }):find("stall_for", 1, true))
+    assert.truthy(H.raised(rw.faults.profile, { bandwidth = 10 }):find("bandwidth", 1, true))
+    assert.truthy(H.raised(rw.faults.profile, { latency = 100 }):find("latency", 1, true))
+    assert.truthy(H.raised(rw.faults.profile, { max_connections = 0 }):find("max_connections", 1, true))
+    local p = rw.faults.profile { seed = 7, reset_per_mib = 0.05, stall_per_mib = 0.01, stall_for = "forever",
+                                  latency = 0.02, bandwidth = 50 * MiB, refuse = 0.1, close_per_mib = 0.01,
+                                  truncate_per_mib = 0.01 }
+    assert.truthy(tostring(p):find("seed 7", 1, true))
+    local st = p:stats()
+    for _, k in ipairs { "connections", "refused", "resets", "closes", "stalls", "truncates", "active",
+                         "bytes_up", "bytes_down" } do
+      assert.are.equal(0, st[k], k)
+    end
+    assert.are.same({}, p:events())
+    assert.is_not_nil(rw.faults.profile())
+  end)
+
+  it("draws the same schedule from the same seed", function()
+    local a = rw.faults.profile { seed = H.seed, reset_per_mib = 0.25, stall_per_mib = 1 / 32, refuse = 0.2 }
+    local b = rw.faults.profile { seed = H.seed, reset_per_mib = 0.25, stall_per_mib = 1 / 32, refuse = 0.2 }
+    local c = rw.faults.profile { seed = H.seed + 1, reset_per_mib = 0.25, stall_per_mib = 1 / 32, refuse = 0.2 }
+    local differ = 0
+    for i = 0, 99 do
+      assert.are.same(a:plan(i), b:plan(i))
+      if a:plan(i).reset_at ~= c:plan(i).reset_at then differ = differ + 1 end
+      assert.are.equal(math.huge, a:plan(i).close_at)
+    end
+    assert.truthy(differ > 95)
+    assert.truthy(H.raised(a.plan, a, -1):find("index", 1, true))
+  end)
+
+  it("is accepted by rw.gcs{faults=} (a profile or its options)", function()
+    local p = rw.faults.profile { seed = 3 }
+    local d = rw.gcs { bucket = "b", object = "o", endpoint = "http://127.0.0.1:1", faults = p }
+    assert.are.equal(p, d:faults())
+    local d2 = rw.gcs { bucket = "b", object = "o", endpoint = "http://127.0.0.1:1", faults = { seed = 9 } }
+    assert.are.equal(9, d2:faults().seed)
+    assert.truthy(H.raised(rw.gcs, { bucket = "b", object = "o", faults = 3 }):find("faults", 1, true))
+    assert.truthy(H.raised(rw.gcs, { bucket = "b", object = "o", faults = { bogus = 1 } }):find("bogus", 1, true))
+  end)
+end)
+
+describe("uploads through a fault-injecting dialer", function()
+  local srv
+  before_each(function() srv = start_fake() end)
+  after_each(function() srv:stop(); collectgarbage() end)
+
+  local function resets_and_stalls(n)
+    -- A reset every 4 MiB on average, a 3 s stall every 32 MiB, 8 MiB chunks.
+    local p = rw.faults.profile { seed = seed_resetting(0.25, 8 * MiB), reset_per_mib = 0.25,
+                                  stall_per_mib = 1 / 32, stall_for = 3 }
+    local w = writer(srv, "big", { faults = p })
+    local dt = upload(w, n)
+    check_object(srv, "big", n)
+    local st, ps = w:stats(), p:stats()
+    io.stderr:write(("[faults] %d MiB: %.1f s, %d connections, %d resets, %d stalls, errors %s (seed %d)\n"):format(
+      n, dt, ps.connections, ps.resets, ps.stalls,
+      (function() local t = {} for k, v in pairs(st.errors) do t[#t + 1] = k .. "=" .. v end return table.concat(t, " ") end)(),
+      H.seed))
+    assert.truthy(ps.resets > 0)
+    -- Every stall is ended by the writer (net.stall, the connection closed)
+    -- within stall_timeout + 1 s, before the 3 s stall would run out.
+    local stalls = 0
+    for _, e in ipairs(p:events()) do
+      if e.kind == "stall" then
+        stalls = stalls + 1
+        assert.are.equal("closed", e.ended)
+        assert.truthy(e.held <= 2 + 1, ("stall held %.2f s"):format(e.held))
+      end
+    end
+    assert.are.equal(ps.stalls, stalls)
+    if stalls > 0 then assert.truthy((st.errors["net.stall"] or 0) >= 1) end
+    w = nil
+    assert.truthy(settle(function() return p:stats().active == 0 end))
+  end
+
+  it("32 MiB with resets every 4 MiB and 3 s stalls: byte-identical", function()
+    resets_and_stalls(32)
+  end)
+
+  it("256 MiB with resets every 4 MiB and 3 s stalls: byte-identical #slow", function()
+    if os.getenv("RW_SLOW") ~= "1" then
+      io.stderr:write("[faults] 256 MiB run skipped (set RW_SLOW=1)\n")
+      return
+    end
+    resets_and_stalls(256)
+  end)
+
+  it("Abort while blackholed returns within 200 ms and leaves no thread or socket", function()
+    -- A seed whose first connection (the POST, then reused for the PUT)
+    -- stalls forever after 4 KiB..1 MiB, and whose next connections (the
+    -- DELETE of Abort) do not stall in their first 64 KiB.
+    local seed = H.seed
+    local function fits(s)
+      local p = rw.faults.profile { seed = s, stall_per_mib = 4, stall_for = "forever" }
+      local a = p:plan(0).stall_at
+      return a > 4096 and a < MiB and p:plan(1).stall_at > 65536 and p:plan(2).stall_at > 65536
+    end
+    while not fits(seed) do seed = seed + 1 end
+    collectgarbage(); collectgarbage()
+    local fds0, threads0 = core.util.fd_count(), core.util.thread_count() - core.util.pool_threads()
+    local p = rw.faults.profile { seed = seed, stall_per_mib = 4, stall_for = "forever" }
+    local w = writer(srv, "hole", { faults = p }, { stall_timeout = 60 })
+    for i = 0, 3 do assert(w:WriteAt(i * MiB, mib(i))) end
+    assert.truthy(settle(function() return p:stats().stalls == 1 end, 5))
+    os.execute("sleep 0.2")
+    local t0 = H.now()
+    w:Abort()
+    local dt = H.now() - t0
+    io.stderr:write(("[faults] Abort while blackholed: %.0f ms\n"):format(dt * 1000))
+    assert.truthy(dt < 0.2, ("Abort took %.3f s"):format(dt))
+    w = nil
+    assert.truthy(settle(function() return p:stats().active == 0 end))
+    assert.truthy(settle(function() return core.util.fd_count() <= fds0 end),
+      ("fds %d, before %d"):format(core.util.fd_count(), fds0))
+    assert.truthy(settle(function()
+      return core.util.thread_count() - core.util.pool_threads() <= threads0
+    end), ("threads %d (pool %d), before %d"):format(core.util.thread_count(), core.util.pool_threads(), threads0))
+    local ev = p:events()
+    assert.are.equal("stall", ev[1].kind)
+    assert.are.equal("closed", ev[1].ended)
+  end)
+
+  it("retries refused connections with backoff and completes", function()
+    local p = rw.faults.profile { seed = H.seed, refuse = 0.4, reset_per_mib = 0.5 }
+    local w = writer(srv, "refused", { faults = p })
+    upload(w, 8)
+    check_object(srv, "refused", 8)
+    local st, ps = w:stats(), p:stats()
+    if ps.refused > 0 then
+      assert.truthy((st.errors["net.refused"] or 0) >= 1)
+      assert.truthy(st.backoff_ms > 0)
+    end
+    assert.truthy(ps.connections > ps.refused)
+  end)
+
+  it("does not retry a non-retryable HTTP error even with faults on", function()
+    local body = '{"instructions": {"storage.objects.insert": ["return-400"]}}'
+    local pipe = io.popen(("curl -s -X POST -H 'Content-Type: application/json' --data '%s' %s/retry_test")
+      :format(body, srv:url()))
+    local id = pipe:read("*a"):match('"id"%s*:%s*"([^"]+)"')
+    pipe:close()
+    assert.is_string(id)
+    local p = rw.faults.profile { seed = H.seed, refuse = 0.3, latency = 0.001 }
+    local w = writer(srv, "bad", { faults = p, headers = { ["x-retry-test-id"] = id } })
+    local ok, err = w:WriteAt(0, mib(0))
+    if ok then ok, err = w:Complete() end
+    assert.is_nil(ok)
+    assert.are.equal("http.400", err.code)
+    assert.is_false(err.retryable)
+    local posts = 0
+    for _, r in ipairs(srv:requests()) do
+      if r.method == "POST" and r.path:find("/upload/", 1, true) then posts = posts + 1 end
+    end
+    assert.are.equal(1, posts)
+    w:Abort()
+  end)
+
+  it("injects the same sequence twice from the same seed", function()
+    -- Each connection's faults come from (seed, connection index) alone: both
+    -- runs inject exactly what the plan says, and agree while their traffic
+    -- does (how much the server kept before a reset may differ by timing,
+    -- which can shift the tail).
+    local seed = seed_resetting(0.5, 4 * MiB)
+    local function run(name)
+      local p = rw.faults.profile { seed = seed, reset_per_mib = 0.5 }
+      local w = writer(srv, name, { faults = p })
+      upload(w, 8)
+      check_object(srv, name, 8)
+      local seq = {}
+      for i, e in ipairs(p:events()) do
+        assert.are.equal("reset", e.kind)
+        assert.are.equal(p:plan(e.conn).reset_at, e.pos)
+        seq[i] = ("%d:%s@%d"):format(e.conn, e.kind, e.pos)
+      end
+      return seq
+    end
+    local a, b = run("same1"), run("same2")
+    assert.truthy(#a > 0 and #b > 0)
+    local common = 0
+    while common < math.min(#a, #b) and a[common + 1] == b[common + 1] do common = common + 1 end
+    io.stderr:write(("[faults] same seed: %d and %d events, first %d identical\n"):format(#a, #b, common))
+    assert.truthy(common >= 1)
+  end)
+end)
+
+describe("rw.faults.proxy", function()
+  local srv
+  before_each(function() srv = start_fake() end)
+  after_each(function() srv:stop(); collectgarbage() end)
+
+  it("checks its options", function()
+    assert.truthy(H.raised(rw.faults.proxy, { upstream = srv:url(), nope = 1 }):find("nope", 1, true))
+    assert.truthy(H.raised(rw.faults.proxy, {}):find("upstream", 1, true))
+    assert.truthy(H.raised(rw.faults.proxy, { upstream = srv:url(), profile = {} }):find("profile", 1, true))
+    local px, err = rw.faults.proxy { upstream = "no-such-host.invalid:80" }
+    assert.is_nil(px)
+    assert.are.equal("net.dns", err.code)
+  end)
+
+  it("relays curl uploads and downloads, and stops", function()
+    local p = rw.faults.profile { seed = H.seed, latency = 0.001 }
+    local px = assert(rw.faults.proxy { listen = "127.0.0.1:0", upstream = srv:url(), profile = p })
+    assert.truthy(px:url():match("^http://127%.0%.0%.1:%d+$"))
+    assert.are.equal(px:url(), "http://" .. px:addr())
+    assert.are.equal(tonumber(px:addr():match(":(%d+)$")), px:port())
+    local path = os.tmpname()
+    local f = io.open(path, "wb"); f:write(mib(1), mib(2)); f:close()
+    local pipe = io.popen(("curl -s -o /dev/null -w '%%{http_code}' -X POST --data-binary @%s "
+      .. "-H 'Content-Type: application/octet-stream' '%s/upload/storage/v1/b/b/o?uploadType=media&name=c'")
+      :format(path, px:url()))
+    assert.are.equal("200", pipe:read("*a"))
+    pipe:close()
+    assert.are.equal(mib(1) .. mib(2), srv:object("b", "c"))
+    pipe = io.popen(("curl -s '%s/storage/v1/b/b/o/c?alt=media'"):format(px:url()))
+    assert.are.equal(mib(1) .. mib(2), pipe:read("*a"))
+    pipe:close()
+    os.remove(path)
+    assert.truthy(px:stats().connections >= 2)
+    assert.truthy(p:stats().bytes_up > 2 * MiB and p:stats().bytes_down > 2 * MiB)
+    px:stop()
+    assert.truthy(H.raised(px.url, px):find("closed", 1, true))
+    px:stop() -- twice is fine
+    assert.are.equal(0, p:stats().active)
+  end)
+
+  it("truncates responses (curl sees a short body)", function()
+    local so = io.popen(("curl -s -o /dev/null -X POST --data-binary @- -H 'Content-Type: application/octet-stream' "
+      .. "'%s/upload/storage/v1/b/b/o?uploadType=media&name=t'"):format(srv:url()), "w")
+    so:write(mib(0), mib(1), mib(2), mib(3)); so:close()
+    local p = rw.faults.profile { seed = H.seed, truncate_per_mib = 2 }
+    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local pipe = io.popen(("curl -s '%s/storage/v1/b/b/o/t?alt=media'"):format(px:url()))
+    local body = pipe:read("*a")
+    pipe:close()
+    assert.truthy(#body < 4 * MiB)
+    assert.are.equal((mib(0) .. mib(1) .. mib(2) .. mib(3)):sub(1, #body), body)
+    assert.are.equal(1, p:stats().truncates)
+    px:stop()
+  end)
+
+  it("puts the writer through the same schedule", function()
+    local p = rw.faults.profile { seed = seed_resetting(0.5, 4 * MiB), reset_per_mib = 0.5, refuse = 0.2 }
+    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local w = assert(rw.new(rw.context.background(), {
+      sink = rw.gcs { bucket = "b", object = "px", endpoint = px:url(), if_generation_match = 0 },
+      min_chunk_size = 256 * 1024, max_chunk_size = 8 * MiB, retry = retry(), stall_timeout = 2 }))
+    upload(w, 16)
+    check_object(srv, "px", 16)
+    assert.truthy(p:stats().resets > 0)
+    px:stop()
+  end)
+
+  it("runs as a program (bin/reliablewriter-chaos)", function()
+    local bin = "bin/reliablewriter-chaos"
+    if not io.open(bin) then
+      io.stderr:write("[faults] bin/reliablewriter-chaos missing (make bins): skipped\n")
+      return
+    end
+    local out = os.tmpname()
+    os.execute(("%s --upstream %s --seed %d --reset-per-mib 0.5 > %s 2>&1 & echo $! > %s.pid")
+      :format(bin, srv:url(), H.seed % 100000, out, out))
+    local url
+    assert.truthy(settle(function()
+      local f = io.open(out); url = f and f:read("*l"); if f then f:close() end
+      return url and url:match("^http://") ~= nil
+    end, 5))
+    local pidf = io.open(out .. ".pid"); local pid = pidf:read("*l"); pidf:close()
+    local pipe = io.popen(("curl -s -o /dev/null -w '%%{http_code}' '%s/storage/v1/b/b'"):format(url))
+    assert.are.equal("200", pipe:read("*a"))
+    pipe:close()
+    os.execute("kill -TERM " .. pid)
+    assert.truthy(settle(function()
+      local f = io.open(out); local s = f:read("*a"); f:close()
+      return s:find("connections 1", 1, true) ~= nil
+    end, 5))
+    os.remove(out); os.remove(out .. ".pid")
+    local f = io.popen(bin .. " --bogus 2>&1"); local usage = f:read("*a"); f:close()
+    assert.truthy(usage:find("unknown option '--bogus'", 1, true))
+  end)
+end)
