@@ -1,0 +1,58 @@
+-- bench/writer: one upload of FILE through reliablewriter to the fake GCS.
+--   lua5.4 bench/writer/lua_up.lua MODE ENDPOINT OBJECT FILE [cache_mib=32] [chunk_mib=8]
+-- MODE: "file" (w:write_file) or "writeat" (1 MiB strings read by Lua, WriteAt).
+-- Prints: seconds bytes MiB/s baseline_kib hwm_kib sampled_peak_kib crc32c
+--   baseline_kib: VmRSS just before rw.new (library, libcurl, Lua loaded)
+--   hwm_kib: VmHWM after resetting it (clear_refs 5) at the baseline point
+--   sampled_peak_kib: max VmRSS sampled on every on_progress callback and WriteAt
+local rw = require "reliablewriter"
+local MiB = 1024 * 1024
+local mode, url, object, path = arg[1], arg[2], arg[3], arg[4]
+local cache = tonumber(arg[5] or 32) * MiB
+local chunk = tonumber(arg[6] or 8) * MiB
+
+local function status(field)
+  local f = assert(io.open("/proc/self/status"))
+  local s = f:read("a")
+  f:close()
+  return tonumber(s:match(field .. ":%s*(%d+)"))
+end
+
+collectgarbage("collect")
+local ctx = rw.context.background()
+local baseline = status("VmRSS")
+do -- reset VmHWM to the current RSS (Linux >= 4.0)
+  local f = io.open("/proc/self/clear_refs", "w")
+  if f then f:write("5"); f:close() end
+end
+local peak = baseline
+local function sample()
+  local r = rw.util.rss_kib()
+  if r > peak then peak = r end
+end
+
+local w = assert(rw.new(ctx, { sink = rw.gcs { bucket = "b", object = object, endpoint = url },
+  max_cache_size = cache, min_chunk_size = chunk, max_chunk_size = chunk, checksum = "crc32c",
+  on_progress = sample }))
+local t0 = rw.util.monotime()
+if mode == "file" then
+  assert(w:write_file(0, path))
+elseif mode == "writeat" then
+  local f = assert(io.open(path, "rb"))
+  local off = 0
+  while true do
+    local s = f:read(MiB)
+    if not s then break end
+    assert(w:WriteAt(off, s))
+    off = off + #s
+    sample()
+  end
+  f:close()
+else
+  error("mode must be file or writeat")
+end
+local obj = assert(w:Complete())
+local dt = rw.util.monotime() - t0
+sample()
+local hwm = status("VmHWM")
+io.write(("%.3f %d %.1f %d %d %d %s\n"):format(dt, obj.size, obj.size / dt / MiB, baseline, hwm, peak, obj.crc32c))
