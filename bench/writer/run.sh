@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Benchmark (not a test) for issue 4, "Speed and memory": reliablewriter against
+# a plain libcurl client, rclone and the Node client, all uploading the same
+# random file to one fresh fake GCS (discard store, separate process). Prints
+# one table.
+#   bench/writer/run.sh [rounds=3] [size_mib=256] [mem_mib=1024]
+# Env: RW_BENCH_SKIP_PEERS=1 skips rclone and Node; RW_BENCH_SKIP_MEM=1 skips the 1 GiB part.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+rounds=${1:-3} size=${2:-256} mem=${3:-1024}
+chunk=8 cache=32
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+make -s >/dev/null
+make -s bins >/dev/null
+cc -O2 -Wall -o "$work/curl_ref" bench/writer/curl_ref.c $(pkg-config --cflags --libs libcurl) -lisal
+export LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lua5.4/?.so;;"
+export RCLONE_CONFIG=/dev/null NODE_PATH="$root/tests/fake/node/node_modules"
+
+bin/reliablewriter-fakegcs --port 0 --store discard --bucket b >"$work/fake.url" 2>"$work/fake.log" &
+pids+=($!)
+for _ in $(seq 100); do [[ -s "$work/fake.url" ]] && break; sleep 0.05; done
+url=$(head -1 "$work/fake.url")
+[[ -n "$url" ]] || { echo "the fake did not start" >&2; cat "$work/fake.log" >&2; exit 1; }
+
+head -c $((size << 20)) /dev/urandom >"$work/data"
+want_crc=$("$work/curl_ref" "$url" b warmup "$work/data" "$chunk" | awk '{print $4}') # warms the page cache
+
+peers=1
+[[ -n "${RW_BENCH_SKIP_PEERS:-}" ]] && peers=0
+have_node=0; [[ $peers = 1 && -d "$NODE_PATH/@google-cloud/storage" ]] && command -v node >/dev/null && have_node=1
+have_rclone=0; [[ $peers = 1 ]] && command -v rclone >/dev/null && have_rclone=1
+
+# one run of a client -> MiB/s on stdout (checks the crc32c where the client reports it)
+run_one() {
+  local what=$1 obj="bench-$1-$RANDOM" out t0 t1
+  case $what in
+    curl) out=$("$work/curl_ref" "$url" b "$obj" "$work/data" "$chunk")
+          [[ $(awk '{print $4}' <<<"$out") = "$want_crc" ]] || { echo "curl_ref: bad crc32c" >&2; exit 1; }
+          awk '{print $3}' <<<"$out" ;;
+    file|writeat)
+          out=$(lua5.4 bench/writer/lua_up.lua "$what" "$url" "$obj" "$work/data" "$cache" "$chunk")
+          [[ $(awk '{print $7}' <<<"$out") = "$want_crc" ]] || { echo "$what: bad crc32c: $out" >&2; exit 1; }
+          awk '{print $3}' <<<"$out" ;;
+    node) node bench/writer/node_up.js "$url" b "$obj" "$work/data" | awk '{print $3}' ;;
+    rclone) # wall time of the process (includes its ~start-up); 16 MiB chunks, md5 (rclone 1.60 has no chunk-size flag)
+          t0=$(date +%s.%N)
+          rclone copyto "$work/data" ":gcs:b/$obj" --gcs-endpoint "$url/storage/v1/" --gcs-anonymous \
+            --gcs-bucket-policy-only -q
+          t1=$(date +%s.%N)
+          awk -v a="$t0" -v b="$t1" -v s="$size" 'BEGIN{printf "%.1f\n", s/(b-a)}' ;;
+  esac
+}
+
+clients=(curl file writeat)
+[[ $have_rclone = 1 ]] && clients+=(rclone)
+[[ $have_node = 1 ]] && clients+=(node)
+declare -A res
+for _ in $(seq "$rounds"); do # interleaved rounds, so drift hits every client alike
+  for c in "${clients[@]}"; do res[$c]+="$(run_one "$c") "; done
+done
+best() { tr ' ' '\n' <<<"${res[$1]}" | grep . | sort -g | tail -1; }
+median() { tr ' ' '\n' <<<"${res[$1]}" | grep . | sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
+rb=$(best curl) rm=$(median curl)
+
+label() {
+  case $1 in
+    curl) echo "libcurl C reference (ISA-L crc32c)" ;;
+    file) echo "reliablewriter w:write_file" ;;
+    writeat) echo "reliablewriter WriteAt 1 MiB strings" ;;
+    rclone) echo "rclone copyto (16 MiB chunks, md5)" ;;
+    node) echo "node @google-cloud/storage" ;;
+  esac
+}
+target() { case $1 in curl) echo "1.00" ;; file) echo "0.90" ;; writeat) echo "0.70" ;; *) echo "" ;; esac; }
+
+echo
+printf "%-40s %9s %9s %7s %7s %7s  %s\n" "${size} MiB, ${chunk} MiB chunks, crc32c, ${rounds} runs" "best" "median" "ratio" "ratio" "target" ""
+printf "%-40s %9s %9s %7s %7s %7s  %s\n" "" "MiB/s" "MiB/s" "best" "median" "" "met"
+for c in "${clients[@]}"; do
+  b=$(best "$c") m=$(median "$c") t=$(target "$c")
+  r1=$(awk -v a="$b" -v r="$rb" 'BEGIN{printf "%.2f", a/r}')
+  r2=$(awk -v a="$m" -v r="$rm" 'BEGIN{printf "%.2f", a/r}')
+  met=""
+  if [[ -n $t && $c != curl ]]; then
+    met=$(awk -v a="$r2" -v t="$t" 'BEGIN{print (a>=t)?"yes":"NO"}')
+  fi
+  printf "%-40s %9.1f %9.1f %7s %7s %7s  %s\n" "$(label "$c")" "$b" "$m" "$r1" "$r2" "$t" "$met"
+done
+
+if [[ -z "${RW_BENCH_SKIP_MEM:-}" ]]; then
+  head -c $((mem << 20)) /dev/urandom >"$work/data"
+  bound=$(( (cache + 16) * 1024 ))
+  echo
+  printf "%-40s %9s %9s %9s %9s %7s  %s\n" "${mem} MiB, ${cache} MiB cache: peak RSS (KiB)" "baseline" "VmHWM" "over" "bound" "MiB/s" "met"
+  for m in file writeat; do
+    out=$(lua5.4 bench/writer/lua_up.lua "$m" "$url" "mem-$m" "$work/data" "$cache" "$chunk")
+    read -r _ _ rate base hwm _ _ <<<"$out"
+    over=$((hwm - base))
+    met=$([[ $over -lt $bound ]] && echo yes || echo NO)
+    printf "%-40s %9d %9d %9d %9d %7.1f  %s\n" "$(label "$m")" "$base" "$hwm" "$over" "$bound" "$rate" "$met"
+  done
+  echo "(over = VmHWM - VmRSS before rw.new, HWM reset at that point; bound = cache + 16 MiB; fake GCS in its own process)"
+fi
