@@ -69,12 +69,16 @@ if not len then
   return fail(411, "Content-Length required")
 end
 
-local sock, serr = ngx.req.socket()
-if not sock then
-  w:Abort()
-  return fail(400, "no request body socket: " .. tostring(serr))
+local sock
+if len > 0 then -- an empty body has no socket to read
+  local serr
+  sock, serr = ngx.req.socket()
+  if not sock then
+    w:Abort()
+    return fail(400, "no request body socket: " .. tostring(serr))
+  end
+  sock:settimeout(60000) -- per read: a stalled client gives up after 60 s
 end
-sock:settimeout(60000) -- per read: a stalled client gives up after 60 s
 
 local off = 0
 while off < len do
