@@ -48,6 +48,7 @@ fg_blob *fg_blob_new(rw_fakegcs_store_kind kind, const char *dir, uint64_t reser
 bool fg_blob_write(fg_blob *b, uint64_t off, const void *p, size_t n);
 void fg_blob_truncate(fg_blob *b, uint64_t len);
 void fg_blob_trim(fg_blob *b); /* gives back spare capacity */
+bool fg_blob_reserve(fg_blob *b, uint64_t need);
 size_t fg_blob_read(fg_blob *b, uint64_t off, void *p, size_t n);
 bool fg_blob_has_bytes(const fg_blob *b);
 void fg_blob_free(fg_blob *b);

@@ -4,16 +4,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fake/fg_internal.h"
 
+/* Memory blobs start on the heap; past 2 MiB they move to an anonymous
+ * mapping with transparent huge pages that grows with mremap (no copies, and
+ * spare capacity is only address space: resident memory stays the stored
+ * bytes plus less than one 2 MiB page). */
+#define SMALL_BLOB ((uint64_t)2 << 20)
+
 struct fg_blob {
   rw_fakegcs_store_kind kind;
   unsigned char *buf;
   uint64_t cap, len;
+  bool mapped;
   int fd;
   char *path;
 };
@@ -23,9 +31,10 @@ fg_blob *fg_blob_new(rw_fakegcs_store_kind kind, const char *dir, uint64_t reser
   if (!b) return NULL;
   b->kind = kind;
   b->fd = -1;
-  if (kind == RW_FAKEGCS_MEMORY && reserve > 0 && reserve < ((uint64_t)1 << 34)) {
-    b->buf = malloc(reserve);
-    b->cap = b->buf ? reserve : 0;
+  if (kind == RW_FAKEGCS_MEMORY && reserve > 0 && reserve < ((uint64_t)1 << 40) &&
+      !fg_blob_reserve(b, reserve)) {
+    free(b);
+    return NULL;
   }
   if (kind == RW_FAKEGCS_DIR) {
     char hex[33];
@@ -41,12 +50,9 @@ fg_blob *fg_blob_new(rw_fakegcs_store_kind kind, const char *dir, uint64_t reser
   return b;
 }
 
-static bool mem_reserve(fg_blob *b, uint64_t need) {
-  if (need <= b->cap) return true;
-  /* doubling, but never more than 64 MiB ahead; finished objects are
-   * trimmed to their size (fg_blob_trim) */
+static bool heap_reserve(fg_blob *b, uint64_t need) {
   uint64_t cap = b->cap ? b->cap : 65536;
-  while (cap < need) cap += cap < ((uint64_t)64 << 20) ? cap : ((uint64_t)64 << 20);
+  while (cap < need) cap *= 2;
   unsigned char *p = realloc(b->buf, cap);
   if (!p) return false;
   b->buf = p;
@@ -54,9 +60,34 @@ static bool mem_reserve(fg_blob *b, uint64_t need) {
   return true;
 }
 
+static bool map_reserve(fg_blob *b, uint64_t need) {
+  uint64_t cap = need * 2 < ((uint64_t)64 << 20) ? ((uint64_t)64 << 20) : need * 2;
+  cap = (cap + SMALL_BLOB - 1) / SMALL_BLOB * SMALL_BLOB;
+  void *p;
+  if (b->mapped) {
+    p = mremap(b->buf, b->cap, cap, MREMAP_MAYMOVE);
+  } else {
+    p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED && b->len) memcpy(p, b->buf, b->len);
+  }
+  if (p == MAP_FAILED) return false;
+  madvise(p, cap, MADV_HUGEPAGE);
+  if (!b->mapped) free(b->buf);
+  b->buf = p;
+  b->cap = cap;
+  b->mapped = true;
+  return true;
+}
+
+bool fg_blob_reserve(fg_blob *b, uint64_t need) {
+  if (b->kind != RW_FAKEGCS_MEMORY || need <= b->cap) return true;
+  if (need <= SMALL_BLOB && !b->mapped) return heap_reserve(b, need);
+  return map_reserve(b, need);
+}
+
 bool fg_blob_write(fg_blob *b, uint64_t off, const void *p, size_t n) {
   if (b->kind == RW_FAKEGCS_MEMORY) {
-    if (!mem_reserve(b, off + n)) return false;
+    if (!fg_blob_reserve(b, off + n)) return false;
     memcpy(b->buf + off, p, n);
   } else if (b->kind == RW_FAKEGCS_DIR) {
     const char *c = p;
@@ -80,7 +111,7 @@ void fg_blob_truncate(fg_blob *b, uint64_t len) {
 }
 
 void fg_blob_trim(fg_blob *b) {
-  if (b->kind != RW_FAKEGCS_MEMORY || b->cap == b->len || b->len == 0) return;
+  if (b->kind != RW_FAKEGCS_MEMORY || b->mapped || b->cap == b->len || b->len == 0) return;
   unsigned char *p = realloc(b->buf, b->len);
   if (p) b->buf = p, b->cap = b->len;
 }
@@ -108,7 +139,8 @@ void fg_blob_free(fg_blob *b) {
   if (b->fd >= 0) close(b->fd);
   if (b->path) unlink(b->path);
   free(b->path);
-  free(b->buf);
+  if (b->mapped) munmap(b->buf, b->cap);
+  else free(b->buf);
   free(b);
 }
 
