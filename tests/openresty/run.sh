@@ -199,38 +199,50 @@ else
 fi
 
 # 3. Client disconnect mid-upload: the handler aborts, the session is cancelled.
-name="gone-$seed"
-mkbody $((20 * MiB)) "$tmp/gone.body" gone
-curl -sS -o /dev/null --limit-rate 2M --data-binary @"$tmp/gone.body" "$base/t/$name" 2>/dev/null &
-cpid=$!
-sleep 1.5
-kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
-line=""
-for _ in $(seq 100); do
-  line=$(grep "rwtest: uri=/t/$name " "$tmp/logs/error.log" | tail -1)
-  [[ -n "$line" ]] && break
-  sleep 0.05
-done
-session=$(sed -n 's/.* session=\([^ ,]*\).*/\1/p' <<<"$line")
-abort_ms=$(sed -n 's/.* abort_ms=\([^ ]*\).*/\1/p' <<<"$line")
-echo "     disconnect: ${line#*rwtest: }"
-if [[ -n "$line" && "$abort_ms" != "-" && -n "$abort_ms" ]]; then
-  ok "client disconnect: the handler called Abort (took ${abort_ms} ms on the worker)"
-else
-  bad "client disconnect: no Abort seen ($(grep -c rwtest "$tmp/logs/error.log") rwtest lines)"
-fi
-if [[ "$session" == http* ]]; then
-  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Range: bytes */*' -H 'Content-Length: 0' "$session")
-  if [[ "$code" == 404 || "$code" == 499 || "$code" == 410 ]]; then
-    ok "client disconnect: the session is cancelled at the server (status query: HTTP $code)"
+disconnect() { # $1 = location, $2 = tag, $3.. = curl options
+  local loc=$1 tag=$2; shift 2
+  local name="$tag-$seed" cpid line session abort_ms code
+  mkbody $((20 * MiB)) "$tmp/$tag.body" "$tag"
+  curl -sS -o /dev/null "$@" --data-binary @"$tmp/$tag.body" "$base$loc$name" 2>/dev/null &
+  cpid=$!
+  sleep 1.5
+  kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
+  # Probe /ping while the handler notices the disconnect and aborts.
+  : >"$tmp/$tag.lat"
+  line=""
+  for _ in $(seq 200); do
+    line=$(grep "rwtest: uri=$loc$name " "$tmp/logs/error.log" | tail -1)
+    [[ -n "$line" ]] && break
+    curl -s -o /dev/null -w '%{time_total}\n' --max-time 10 "$base/ping" >>"$tmp/$tag.lat"
+    sleep 0.02
+  done
+  local lmax; lmax=$(sort -g "$tmp/$tag.lat" | tail -1 | awk '{ printf "%.1f", $1 * 1000 }')
+  session=$(sed -n 's/.* session=\([^ ,]*\).*/\1/p' <<<"$line")
+  abort_ms=$(sed -n 's/.* abort_ms=\([^ ]*\).*/\1/p' <<<"$line")
+  line=${line#*rwtest: }
+  echo "     disconnect ($tag): ${line%% while logging*}; /ping max ${lmax:-0} ms meanwhile"
+  if [[ -n "$line" && "$abort_ms" != "-" && -n "$abort_ms" ]]; then
+    ok "$tag: the handler called Abort on client disconnect (Abort held the worker ${abort_ms} ms)"
   else
-    bad "client disconnect: the session is still alive (status query: HTTP $code)"
+    bad "$tag: no Abort seen after the client disconnected"
   fi
-else
-  bad "client disconnect: no session URI recorded ($session)"
-fi
-code=$(curl -s -o /dev/null -w '%{http_code}' "$gcs/storage/v1/b/b/o/$name")
-[[ "$code" == 404 ]] && ok "client disconnect: no object was created" || bad "client disconnect: object exists (HTTP $code)"
+  if [[ "$session" == http* ]]; then
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Range: bytes */*' -H 'Content-Length: 0' "$session")
+    if [[ "$code" == 404 || "$code" == 499 || "$code" == 410 ]]; then
+      ok "$tag: the session is cancelled at the server (status query: HTTP $code)"
+    else
+      bad "$tag: the session is still alive (status query: HTTP $code)"
+    fi
+  else
+    bad "$tag: no session URI recorded ($session)"
+  fi
+  code=$(curl -s -o /dev/null -w '%{http_code}' "$gcs/storage/v1/b/b/o/$name")
+  [[ "$code" == 404 ]] && ok "$tag: no object was created" || bad "$tag: an object exists (HTTP $code)"
+}
+# A slow client on a fast GCS: the handler is in sock:receive when it goes.
+disconnect /t/ gone --limit-rate 2M
+# A fast client on a slow GCS: the handler waits in WriteAt with a chunk in flight.
+disconnect /slow/ gone-slow
 
 # nginx is still healthy, and logged no Lua errors.
 curl -fs "$base/ping" >/dev/null && ok "nginx still answers" || bad "nginx no longer answers"
