@@ -211,6 +211,22 @@ describe("uploads through a fault-injecting dialer", function()
     assert.truthy(ps.connections > ps.refused)
   end)
 
+  it("retries DNS-style failures with backoff until the budget ends", function()
+    local p = rw.faults.profile { seed = H.seed, refuse = 0.5 }
+    local w = assert(rw.new(rw.context.background(), {
+      sink = rw.gcs { bucket = "b", object = "dns", endpoint = "http://no-such-host.invalid:80", faults = p },
+      retry = { min_wait = 0.01, max_wait = 0.05, total_wait = 0.3, seed = 1 }, stall_timeout = 2 }))
+    local ok, err = w:WriteAt(0, mib(0))
+    if ok then ok, err = w:Complete() end
+    assert.is_nil(ok)
+    local st = w:stats()
+    assert.truthy((st.errors["net.dns"] or 0) >= 2, "net.dns retried")
+    assert.truthy(st.backoff_ms > 0)
+    assert.truthy(tostring(err):find("no-such-host.invalid", 1, true) or err.code == "rw.retry_budget_exhausted",
+      tostring(err))
+    w:Abort()
+  end)
+
   it("does not retry a non-retryable HTTP error even with faults on", function()
     local body = '{"instructions": {"storage.objects.insert": ["return-400"]}}'
     local pipe = io.popen(("curl -s -X POST -H 'Content-Type: application/json' --data '%s' %s/retry_test")
