@@ -26,7 +26,7 @@ describe("soak", function()
       local m = mibs[i]
       local pos = 1
       while pos <= #m do -- random write sizes
-        local n = math.min(#m - pos + 1, math.random(1, 3 * MiB // 2))
+        local n = math.min(#m - pos + 1, math.random(1, math.floor(3 * MiB / 2)))
         assert(w:WriteAt(off, m:sub(pos, pos + n - 1)))
         off, pos = off + n, pos + n
       end
