@@ -1,6 +1,8 @@
 -- bench/writer: one upload of FILE through reliablewriter to the fake GCS.
 --   lua5.4 bench/writer/lua_up.lua MODE ENDPOINT OBJECT FILE [cache_mib=32] [chunk_mib=8]
--- MODE: "file" (w:write_file) or "writeat" (1 MiB strings read by Lua, WriteAt).
+-- MODE: "file" (w:write_file), "writeat" (1 MiB strings read by Lua, WriteAt) or
+-- "writeat_gc" (the same plus collectgarbage() every 8 MiB: a diagnostic that
+-- separates uncollected Lua garbage from bytes the writer holds).
 -- Prints: seconds bytes MiB/s baseline_kib hwm_kib sampled_peak_kib crc32c
 --   baseline_kib: VmRSS just before rw.new (library, libcurl, Lua loaded)
 --   hwm_kib: VmHWM after resetting it (clear_refs 5) at the baseline point
@@ -37,7 +39,7 @@ local w = assert(rw.new(ctx, { sink = rw.gcs { bucket = "b", object = object, en
 local t0 = rw.util.monotime()
 if mode == "file" then
   assert(w:write_file(0, path))
-elseif mode == "writeat" then
+elseif mode == "writeat" or mode == "writeat_gc" then
   local f = assert(io.open(path, "rb"))
   local off = 0
   while true do
@@ -45,11 +47,12 @@ elseif mode == "writeat" then
     if not s then break end
     assert(w:WriteAt(off, s))
     off = off + #s
+    if mode == "writeat_gc" and off % (8 * MiB) == 0 then collectgarbage() end
     sample()
   end
   f:close()
 else
-  error("mode must be file or writeat")
+  error("mode must be file, writeat or writeat_gc")
 end
 local obj = assert(w:Complete())
 local dt = rw.util.monotime() - t0
