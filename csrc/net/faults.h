@@ -14,7 +14,9 @@
  *                      stall_for seconds (< 0: until the connection is closed)
  *   truncate_per_mib   truncations per MiB of response (server to client):
  *                      the response is cut there and the connection closed
- *   latency            seconds added to every chunk, each direction
+ *   latency            seconds added to every chunk read (up to 256 KiB), each
+ *                      direction; one chunk is in flight per direction, so
+ *                      it also caps throughput at 256 KiB / latency
  *   bandwidth          bytes/s cap per direction (0: none)
  * The distance to the next fault of each kind is exponential with the given
  * rate, so "0.25 per MiB" is one fault every 4 MiB on average.
