@@ -317,6 +317,20 @@ describe("rw.faults.proxy", function()
     assert.are.equal(0, p:stats().active)
   end)
 
+  it("is closed by __close and __gc", function()
+    local p = rw.faults.profile { seed = H.seed }
+    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    getmetatable(px).__close(px)
+    assert.truthy(tostring(px):find("stopped", 1, true))
+    assert.truthy(H.raised(px.addr, px):find("closed chaos proxy", 1, true))
+    local threads = core.util.thread_count()
+    px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    assert.are.equal(threads + 1, core.util.thread_count()) -- the accept thread
+    px = nil
+    collectgarbage(); collectgarbage()
+    assert.are.equal(threads, core.util.thread_count())
+  end)
+
   it("truncates responses (curl sees a short body)", function()
     local so = io.popen(("curl -s -o /dev/null -X POST --data-binary @- -H 'Content-Type: application/octet-stream' "
       .. "'%s/upload/storage/v1/b/b/o?uploadType=media&name=t'"):format(srv:url()), "w")
