@@ -228,8 +228,9 @@ struct fg_req {
   bool final;
   bool stale;
   int fail_status; /* reply with this at the end */
-  char fail_msg[160];
+  char fail_msg[512];
   bool cut; /* cut the connection at the end */
+  bool deferred; /* an error waits for the end of the body */
 };
 
 /* Replies (fg_http.c). */

@@ -52,7 +52,7 @@ static enum MHD_Result route_upload(rw_fakegcs *s, fg_req *r) {
   else if (strcmp(type, "media") == 0) r->handler = fg_h_upload_media;
   else if (strcmp(type, "multipart") == 0) r->handler = fg_h_upload_multipart;
   else return fg_reply_error(s, r, 400, "unknown uploadType '%s'", type);
-  if (fg_take_fault(s, r, method, &res)) r->handler = NULL;
+  if (fg_take_fault(s, r, method, &res) && !r->deferred) r->handler = NULL;
   return res;
 }
 

@@ -75,12 +75,28 @@ static const char *reason_for(int status) {
   }
 }
 
+/* True when the request announces a body of at most 1 GiB. */
+static bool small_body_expected(fg_req *r) {
+  const char *len = fg_header(r, "Content-Length");
+  uint64_t n = 0;
+  if (fg_header(r, "Transfer-Encoding")) return true;
+  return len && fg_parse_u64(len, &n) && n > 0 && n <= ((uint64_t)1 << 30);
+}
+
 enum MHD_Result fg_reply_error(rw_fakegcs *s, fg_req *r, int status, const char *fmt, ...) {
   char msg[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  if (!r->headers_seen && !r->deferred && small_body_expected(r)) {
+    /* Read the body first: a client still sending would see a broken pipe
+     * instead of the status. */
+    r->deferred = true;
+    r->fail_status = status;
+    snprintf(r->fail_msg, sizeof r->fail_msg, "%s", msg);
+    return MHD_YES;
+  }
   json_t *j = json_pack("{s:{s:i, s:s, s:[{s:s, s:s, s:s}]}}", "error", "code", status, "message",
                         msg, "errors", "domain", "global", "reason", reason_for(status),
                         "message", msg);
@@ -224,13 +240,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!(r = req_new(conn, url, method))) return MHD_NO;
     *con_cls = r;
     enum MHD_Result res = fg_route(s, r);
-    if (r->replied || r->cut || !r->handler) return r->cut ? MHD_NO : res;
-    size_t zero = 0;
-    enum MHD_Result first = r->handler(s, r, NULL, &zero);
+    if (!r->replied && !r->cut && !r->deferred && r->handler) {
+      size_t zero = 0;
+      res = r->handler(s, r, NULL, &zero);
+    }
     r->headers_seen = true;
-    return first;
+    return r->cut ? MHD_NO : res;
   }
   if (r->cut) return MHD_NO;
+  if (r->deferred && !r->replied) {
+    if (*upload_data_size == 0) return fg_reply_error(s, r, r->fail_status, "%s", r->fail_msg);
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
   if (r->replied) {
     *upload_data_size = 0;
     return MHD_YES;
