@@ -4,7 +4,8 @@
 # random file to one fresh fake GCS (discard store, separate process). Prints
 # one table.
 #   bench/writer/run.sh [rounds=3] [size_mib=256] [mem_mib=1024]
-# Env: RW_BENCH_SKIP_PEERS=1 skips rclone and Node; RW_BENCH_SKIP_MEM=1 skips the 1 GiB part.
+# Env: RW_BENCH_REF=HEAD benchmarks that commit (built in the temp dir) instead of
+#      the working tree; RW_BENCH_SKIP_PEERS=1 skips rclone and Node; RW_BENCH_SKIP_MEM=1 skips the 1 GiB part.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -15,16 +16,27 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-# build; if a concurrent change breaks the build, fall back to what is built
-make -s >/dev/null 2>&1 || { [[ -f build/lua5.4/reliablewriter/core.so ]] || exit 1
-  echo "warning: make failed; benchmarking the existing build/lua5.4/reliablewriter/core.so" >&2; }
-make -s bins >/dev/null 2>&1 || { [[ -x bin/reliablewriter-fakegcs ]] || exit 1
-  echo "warning: make bins failed; using the existing bin/reliablewriter-fakegcs" >&2; }
+# The library under test: the working tree, or with RW_BENCH_REF=<git ref> that
+# commit exported and built in the temp dir (the working tree is shared and may
+# be mid-edit by others).
+lib=$root
+if [[ -n "${RW_BENCH_REF:-}" ]]; then
+  lib=$work/src
+  mkdir -p "$lib"
+  git archive "$RW_BENCH_REF" | tar -x -C "$lib"
+  echo "building $(git rev-parse --short "$RW_BENCH_REF") in $lib ..." >&2
+  make -C "$lib" -s >/dev/null && make -C "$lib" -s bins >/dev/null
+else # if a concurrent change breaks the build, fall back to what is built
+  make -s >/dev/null 2>&1 || { [[ -f build/lua5.4/reliablewriter/core.so ]] || exit 1
+    echo "warning: make failed; benchmarking the existing build/lua5.4/reliablewriter/core.so" >&2; }
+  make -s bins >/dev/null 2>&1 || { [[ -x bin/reliablewriter-fakegcs ]] || exit 1
+    echo "warning: make bins failed; using the existing bin/reliablewriter-fakegcs" >&2; }
+fi
 cc -O2 -Wall -o "$work/curl_ref" bench/writer/curl_ref.c $(pkg-config --cflags --libs libcurl) -lisal
-export LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lua5.4/?.so;;"
+export LUA_PATH="$lib/lua/?.lua;$lib/lua/?/init.lua;;" LUA_CPATH="$lib/build/lua5.4/?.so;;"
 export RCLONE_CONFIG=/dev/null NODE_PATH="$root/tests/fake/node/node_modules"
 
-bin/reliablewriter-fakegcs --port 0 --store discard --bucket b >"$work/fake.url" 2>"$work/fake.log" &
+"$lib/bin/reliablewriter-fakegcs" --port 0 --store discard --bucket b >"$work/fake.url" 2>"$work/fake.log" &
 pids+=($!)
 for _ in $(seq 100); do [[ -s "$work/fake.url" ]] && break; sleep 0.05; done
 url=$(head -1 "$work/fake.url")
