@@ -387,6 +387,43 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
     assert.is_true(peak_threads - before <= 100 + ps.max_threads)
   end)
 
+  it("#1 a process-wide memory budget bounds all writers together", function()
+    local budget = 2 * MiB
+    rw.set_memory_budget(budget)
+    local ctx = rw.context.background()
+    local wg = rw.workgroup.new {}
+    local n, datas, peak_used, peak_held = 8, {}, 0, 0
+    local ws = {}
+    for i = 1, n do
+      datas[i] = H.random_bytes(2 * MiB + i)
+      ws[i] = assert(rw.new(ctx, { sink = rw.gcs { bucket = "b", object = "budget-" .. i, endpoint = srv:url() },
+        max_cache_size = 4 * MiB, min_chunk_size = 256 * KiB, max_chunk_size = 256 * KiB, retry = fast_retry() }))
+    end
+    for i = 1, n do
+      wg:go(function()
+        local off = 0
+        while off < #datas[i] do
+          local k = math.min(#datas[i] - off, 512 * KiB)
+          assert(ws[i]:WriteAt(off, datas[i]:sub(off + 1, off + k)))
+          off = off + k
+          local held = 0
+          for j = 1, n do held = held + ws[j]:stats().in_cache end
+          peak_held = math.max(peak_held, held)
+          peak_used = math.max(peak_used, rw.memory_budget().used)
+        end
+        assert(ws[i]:Complete())
+      end)
+    end
+    local ok, err = wg:wait()
+    rw.set_memory_budget(0)
+    assert(ok, tostring(err))
+    assert.is_true(peak_used > 0 and peak_used <= budget, "budget used " .. peak_used)
+    assert.is_true(peak_held <= budget + n * 256 * KiB, "held " .. peak_held)
+    assert.equal(0, rw.memory_budget().used)
+    for i = 1, n do assert_same_bytes(srv:object("b", "budget-" .. i), datas[i], "budget-" .. i) end
+    assert.matches("bytes must be a whole number", H.raised(rw.set_memory_budget, -1))
+  end)
+
   it("#1 1,000 open writers do not mean 1,000 threads", function()
     local ctx = rw.context.background()
     local before = rw.util.thread_count()

@@ -36,6 +36,7 @@ struct rw_writer {
   rw_sgbuf *cache;
 
   uint64_t written, persisted, max_sent, total, hashed_end;
+  uint64_t charged; /* bytes counted against the process budget */
   uint32_t crc_all, crc_persisted;
   bool crc_persisted_ok;
   rw_md5 md5;
@@ -62,6 +63,54 @@ struct rw_writer {
 const char *rw_writer_state_name(rw_writer_state s) {
   static const char *const names[] = {"open", "completing", "done", "failed", "aborted"};
   return s <= RW_WRITER_ABORTED ? names[s] : "?";
+}
+
+/* ---- the process-wide budget ----
+ * Bytes a writer holds beyond its first max_chunk_size count against one
+ * budget for the process (0 = none). The floor keeps every writer able to
+ * fill a chunk, so writers never wait on each other in a circle. */
+static pthread_mutex_t budget_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t budget_limit, budget_used;
+
+void rw_writer_set_process_budget(uint64_t bytes) {
+  pthread_mutex_lock(&budget_mu);
+  budget_limit = bytes;
+  pthread_mutex_unlock(&budget_mu);
+}
+
+void rw_writer_process_budget(uint64_t *limit, uint64_t *used) {
+  pthread_mutex_lock(&budget_mu);
+  *limit = budget_limit;
+  *used = budget_used;
+  pthread_mutex_unlock(&budget_mu);
+}
+
+/* Bytes of the budget free now (UINT64_MAX without a budget). */
+static uint64_t budget_available(void) {
+  pthread_mutex_lock(&budget_mu);
+  uint64_t a = !budget_limit ? UINT64_MAX : (budget_used < budget_limit ? budget_limit - budget_used : 0);
+  pthread_mutex_unlock(&budget_mu);
+  return a;
+}
+
+/* Brings w->charged to what w holds beyond its floor. mu held. */
+static void budget_settle_locked(rw_writer *w) {
+  uint64_t held = w->cache ? rw_sgbuf_bytes(w->cache) : 0, floor = w->cfg.max_chunk_size;
+  uint64_t target = held > floor ? held - floor : 0;
+  if (target == w->charged) return;
+  pthread_mutex_lock(&budget_mu);
+  budget_used = budget_used + target - w->charged;
+  pthread_mutex_unlock(&budget_mu);
+  w->charged = target;
+}
+
+/* How many of n more bytes w may hold now under the budget. mu held. */
+static uint64_t budget_allow_locked(rw_writer *w, uint64_t n) {
+  uint64_t held = rw_sgbuf_bytes(w->cache), floor = w->cfg.max_chunk_size;
+  uint64_t free_floor = held < floor ? floor - held : 0;
+  if (n <= free_floor) return n;
+  uint64_t avail = budget_available();
+  return n - free_floor <= avail ? n : free_floor + avail;
 }
 
 rw_writer_config rw_writer_defaults(void) {
@@ -280,6 +329,7 @@ static void advance_persisted_locked(rw_writer *w, uint64_t p) {
   }
   rw_sgbuf_release_upto(w->cache, p);
   w->persisted = p;
+  budget_settle_locked(w);
   notify_locked(w);
 }
 
@@ -525,6 +575,7 @@ uint64_t rw_writer_room(rw_writer *w, uint64_t off) {
   pthread_mutex_lock(&w->mu);
   uint64_t window_end = w->persisted + w->cfg.max_cache_size;
   uint64_t room = off < w->persisted ? UINT64_MAX : (off < window_end ? window_end - off : 0);
+  if (room && room != UINT64_MAX) room = budget_allow_locked(w, room);
   pthread_mutex_unlock(&w->mu);
   return room;
 }
@@ -549,6 +600,11 @@ rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, siz
   }
   uint64_t n = len - skip;
   if (n > window_end - o) n = window_end - o;
+  n = budget_allow_locked(w, n);
+  if (n == 0) {
+    *accepted = (size_t)skip;
+    goto out;
+  }
   deferred *d = malloc(sizeof *d);
   if (!d) {
     e = rw_err(RW_E_NOMEM, "out of memory holding a write");
@@ -561,6 +617,7 @@ rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, siz
     goto out;
   }
   kept = true;
+  budget_settle_locked(w);
   *accepted = (size_t)(skip + n);
   w->written += n;
   hash_new_bytes_locked(w);
@@ -672,12 +729,18 @@ static bool wait_ready(void *arg) {
   if (w->fatal) return true;
   if (w->state >= RW_WRITER_DONE) return !w->pumping;
   if (!p->want_room) return false;
-  return p->off < w->persisted + w->cfg.max_cache_size;
+  if (p->off >= w->persisted + w->cfg.max_cache_size) return false;
+  return budget_allow_locked(w, 1) > 0;
 }
 
 void rw_writer_wait(rw_writer *w, rw_ctx *ctx, bool want_room, uint64_t off, double timeout) {
   wait_pred p = {w, want_room, off};
   double until = timeout < 0 ? INFINITY : rw_mono_now() + timeout;
+  /* Room freed by other writers under the process budget does not signal
+   * this writer: look again every 20 ms while a budget is set. */
+  uint64_t limit, used;
+  rw_writer_process_budget(&limit, &used);
+  if (limit && want_room && until > rw_mono_now() + 0.02) until = rw_mono_now() + 0.02;
   pthread_mutex_lock(&w->mu);
   rw_error_unref(rw_ctx_cond_wait(ctx ? ctx : w->ctx, &w->mu, &w->cv, wait_ready, &p, until));
   pthread_mutex_unlock(&w->mu);
@@ -726,6 +789,9 @@ void rw_writer_free(rw_writer *w) {
   pthread_mutex_unlock(&w->mu);
   rw_sgbuf_free(w->cache); /* defers every release */
   w->cache = NULL;
+  pthread_mutex_lock(&w->mu);
+  budget_settle_locked(w);
+  pthread_mutex_unlock(&w->mu);
   rw_writer_drain(w);
   if (w->md5_live) rw_md5_free(&w->md5);
   object_clear(&w->obj);

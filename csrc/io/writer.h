@@ -113,6 +113,12 @@ int rw_writer_pollfd(rw_writer *w);
  * Returns true when progress happened since the last drain. */
 bool rw_writer_drain(rw_writer *w);
 
+/* The process-wide budget: bytes held by all writers beyond each one's first
+ * max_chunk_size stay under `bytes` (0 = no budget, the default). Writes
+ * that do not fit wait like writes into a full cache. */
+void rw_writer_set_process_budget(uint64_t bytes);
+void rw_writer_process_budget(uint64_t *limit, uint64_t *used);
+
 rw_writer_stats rw_writer_get_stats(rw_writer *w);
 /* Calls fn(code, count) for each error code seen. */
 void rw_writer_each_error(rw_writer *w, void (*fn)(void *ud, const char *code, uint64_t n),

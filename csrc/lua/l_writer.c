@@ -388,6 +388,25 @@ static int writer_is_closed(lua_State *L) {
   return 1;
 }
 
+/* set_memory_budget(bytes|0) ; memory_budget() -> {limit=, used=} */
+static int writer_set_budget(lua_State *L) {
+  lua_Number n = luaL_checknumber(L, 1);
+  if (!(n >= 0) || n != floor(n)) return luaL_argerror(L, 1, "bytes must be a whole number >= 0 (0 = no budget)");
+  rw_writer_set_process_budget((uint64_t)n);
+  return 0;
+}
+
+static int writer_budget(lua_State *L) {
+  uint64_t limit, used;
+  rw_writer_process_budget(&limit, &used);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)limit);
+  lua_setfield(L, -2, "limit");
+  lua_pushinteger(L, (lua_Integer)used);
+  lua_setfield(L, -2, "used");
+  return 1;
+}
+
 int rw_lua_open_writer(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"_write_some", writer_write_some},
@@ -416,7 +435,10 @@ int rw_lua_open_writer(lua_State *L) {
   luaL_newlib(L, methods);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");
-  static const luaL_Reg fns[] = {{"new", writer_new}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"new", writer_new},
+                                 {"set_memory_budget", writer_set_budget},
+                                 {"memory_budget", writer_budget},
+                                 {NULL, NULL}};
   luaL_newlib(L, fns);
   lua_insert(L, -2);
   lua_setfield(L, -2, "methods");

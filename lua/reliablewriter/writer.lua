@@ -42,7 +42,8 @@ function W.install(M, core, waiting)
         return w:_finished()
       end,
       fds = { w:pollfd() },
-      timeout = function() return nil end,
+      -- room freed by other writers under the process budget is not signalled
+      timeout = function() return (want_room and cw.memory_budget().limit > 0) and 0.02 or nil end,
       block = function(t) w:_wait_blocking(want_room, off, t, ctx) end,
     }
   end
@@ -158,6 +159,9 @@ function W.install(M, core, waiting)
     if not w:_is_closed() then w:close() end
   end
   cw.metatable.__name = "reliablewriter.Writer"
+
+  M.set_memory_budget = cw.set_memory_budget
+  M.memory_budget = cw.memory_budget
 
   local sinks = core.sinks
   M.gcs = sinks.gcs
