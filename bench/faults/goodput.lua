@@ -57,6 +57,7 @@ local srv = rw.fakegcs.start { store = "memory", buckets = { "b" } }
 local rows = {
   { label = "reliablewriter, no faults", best = math.huge, ok = true, good = true, resets = 0 },
   { label = "reliablewriter, dialer", best = math.huge, ok = true, good = true, resets = 0 },
+  { label = "reliablewriter, dialer (relay only)", best = math.huge, ok = true, good = true, resets = 0 },
   { label = "reliablewriter, chaos proxy", best = math.huge, ok = true, good = true, resets = 0 },
 }
 local function note(row, ok, dt, good, resets)
@@ -72,10 +73,13 @@ for r = 1, reps do
   ok, dt, good = run("dialer" .. r, srv, srv:url(), p)
   note(rows[2], ok, dt, good, p:stats().resets)
   collectgarbage()
+  ok, dt, good = run("relay" .. r, srv, srv:url(), rw.faults.profile { seed = seed })
+  note(rows[3], ok, dt, good, 0)
+  collectgarbage()
   local pp = rw.faults.profile { seed = seed, reset_per_mib = rate }
   local px = assert(rw.faults.proxy { upstream = srv:url(), profile = pp })
   ok, dt, good = run("proxy" .. r, srv, px:url(), nil)
-  note(rows[3], ok, dt, good, pp:stats().resets)
+  note(rows[4], ok, dt, good, pp:stats().resets)
   px:stop()
   collectgarbage()
 end

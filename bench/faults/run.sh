@@ -95,4 +95,5 @@ awk -F'|' -v mib="$mib" '
     }
   }' "$rows"
 echo "(goodput = time without faults / time with them, per client; target >= 0.70 for reliablewriter;"
-echo " reliablewriter rows: best of 3 alternating runs, peers: one run each)"
+echo " reliablewriter rows: best of 3 alternating runs, peers: one run each; \"relay only\" is the"
+echo " dialer with no faults: what the relay itself costs, so dialer/relay-only is the recovery cost alone)"
