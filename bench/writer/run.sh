@@ -15,6 +15,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
+trap 'echo "run.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
 # The library under test: the working tree, or with RW_BENCH_REF=<git ref> that
 # commit exported and built in the temp dir (the working tree is shared and may
