@@ -38,12 +38,40 @@ struct rw_faults {
   rw_faults_conn *dialed; /* relays handed to libcurl, by curl fd */
 };
 
+/* One direction: a byte FIFO buf[head, tail) cut into segments, one per read,
+ * each released at its own time (read time + latency), so several chunks are
+ * in flight at once; ready_at paces sends under a bandwidth cap. */
+#define MAX_SEGS 64
+typedef struct relay_seg {
+  size_t end;
+  double due;
+} relay_seg;
+
 typedef struct relay_dir {
   unsigned char *buf;
-  size_t len, off;
+  size_t head, tail;
+  relay_seg seg[MAX_SEGS];
+  int nseg;
   double ready_at;
   bool eof, shut;
 } relay_dir;
+
+static bool dir_empty(const relay_dir *r) { return r->head == r->tail; }
+static bool dir_can_read(const relay_dir *r) { return r->tail < RELAY_BUF && r->nseg < MAX_SEGS; }
+
+/* End of the bytes due by now. */
+static size_t dir_due_end(const relay_dir *r, double now) {
+  size_t end = r->head;
+  for (int i = 0; i < r->nseg && r->seg[i].due <= now; i++) end = r->seg[i].end;
+  return end;
+}
+
+/* When the next bytes come due (INFINITY when none are waiting). */
+static double dir_next_due(const relay_dir *r, double now) {
+  for (int i = 0; i < r->nseg; i++)
+    if (r->seg[i].due > now) return r->seg[i].due;
+  return INFINITY;
+}
 
 enum { END_NONE = 0, END_CLOSE, END_TRUNCATE };
 
@@ -305,21 +333,30 @@ static bool faults_due(rw_faults_conn *c, relay_state *s, int d, double now) {
   return true;
 }
 
-/* Sends what direction d holds. Returns false when the relay must end. */
+/* Sends what direction d has due. Returns false when the relay must end. */
 static bool relay_write(rw_faults_conn *c, relay_state *s, int d, double now) {
   relay_dir *r = &s->dir[d];
-  ssize_t n = send(c->fd[1 - d], r->buf + r->off, r->len - r->off, MSG_NOSIGNAL);
+  size_t end = dir_due_end(r, now);
+  if (end <= r->head) return true;
+  ssize_t n = send(c->fd[1 - d], r->buf + r->head, end - r->head, MSG_NOSIGNAL);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
     close_reset(&c->fd[d]); /* the peer is gone: pass the failure on */
     return false;
   }
-  r->off += (size_t)n;
+  r->head += (size_t)n;
   atomic_fetch_add(d == 0 ? &c->f->bytes_up : &c->f->bytes_down, (uint64_t)n);
   double bw = c->f->cfg.bandwidth;
   if (bw > 0) r->ready_at = (r->ready_at > now ? r->ready_at : now) + (double)n / bw;
-  if (r->off < r->len) return true;
-  r->off = r->len = 0;
+  int done = 0;
+  while (done < r->nseg && r->seg[done].end <= r->head) done++;
+  if (done) {
+    memmove(r->seg, r->seg + done, (size_t)(r->nseg - done) * sizeof r->seg[0]);
+    r->nseg -= done;
+  }
+  if (!dir_empty(r)) return true;
+  r->head = r->tail = 0;
+  r->nseg = 0;
   if (s->end_after_flush[d]) {
     shutdown(c->fd[0], SHUT_RDWR);
     shutdown(c->fd[1], SHUT_RDWR);
@@ -328,10 +365,12 @@ static bool relay_write(rw_faults_conn *c, relay_state *s, int d, double now) {
   return true;
 }
 
-/* Reads into direction d's empty buffer. Returns false when the relay must end. */
+/* Reads into direction d's free space. Returns false when the relay must end. */
 static bool relay_read(rw_faults_conn *c, relay_state *s, int d, double now) {
   relay_dir *r = &s->dir[d];
-  ssize_t n = recv(c->fd[d], r->buf, read_cap(c, d), 0);
+  size_t cap = read_cap(c, d);
+  if (cap > RELAY_BUF - r->tail) cap = RELAY_BUF - r->tail;
+  ssize_t n = recv(c->fd[d], r->buf + r->tail, cap, 0);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
     close_reset(&c->fd[1 - d]);
@@ -341,9 +380,8 @@ static bool relay_read(rw_faults_conn *c, relay_state *s, int d, double now) {
     r->eof = true;
     return true;
   }
-  r->len = (size_t)n;
-  r->off = 0;
-  r->ready_at = now + c->f->cfg.latency;
+  r->tail += (size_t)n;
+  r->seg[r->nseg++] = (relay_seg){r->tail, now + c->f->cfg.latency};
   c->pos += (uint64_t)n;
   if (d == 1) c->down_pos += (uint64_t)n;
   return faults_due(c, s, d, now);
@@ -360,21 +398,23 @@ static void relay_loop(rw_faults_conn *c, relay_state *s) {
     struct pollfd p[3] = {{c->wake, POLLIN, 0}, {-1, 0, 0}, {-1, 0, 0}};
     int timeout = -1;
     if (s->stalled) {
+      /* Nothing moves, but a peer that resets (or whose FIN gets through)
+       * ends the relay. */
       if (s->stall_until >= 0) timeout = ms_until(s->stall_until, now);
+      p[1] = (struct pollfd){c->fd[0], POLLRDHUP, 0};
+      p[2] = (struct pollfd){c->fd[1], POLLRDHUP, 0};
     } else {
       for (int d = 0; d < 2; d++) {
         relay_dir *r = &s->dir[d];
-        if (r->len == r->off) {
-          if (r->eof && !r->shut) {
-            shutdown(c->fd[1 - d], SHUT_WR);
-            r->shut = true;
-          }
-          if (!r->eof) p[1 + d].events |= POLLIN;
-        } else if (now >= r->ready_at) {
-          p[2 - d].events |= POLLOUT;
-        } else {
-          timeout = min_timeout(timeout, ms_until(r->ready_at, now));
+        if (dir_empty(r) && r->eof && !r->shut) {
+          shutdown(c->fd[1 - d], SHUT_WR);
+          r->shut = true;
         }
+        if (!r->eof && dir_can_read(r)) p[1 + d].events |= POLLIN;
+        if (dir_empty(r)) continue;
+        double at = dir_due_end(r, now) > r->head ? r->ready_at : fmax(r->ready_at, dir_next_due(r, now));
+        if (at <= now) p[2 - d].events |= POLLOUT;
+        else timeout = min_timeout(timeout, ms_until(at, now));
       }
       if (s->dir[0].shut && s->dir[1].shut) return;
       p[1].fd = c->fd[0];
@@ -387,13 +427,14 @@ static void relay_loop(rw_faults_conn *c, relay_state *s) {
       if (read(c->wake, &v, sizeof v) < 0) { /* nothing to do */ }
       continue;
     }
+    if (s->stalled && ((p[1].revents | p[2].revents) & (POLLRDHUP | POLLHUP | POLLERR))) return;
     if (s->stalled || rc <= 0) continue;
     now = rw_mono_now();
     for (int d = 0; d < 2; d++) {
       relay_dir *r = &s->dir[d];
-      if (r->len > r->off && (p[2 - d].revents & (POLLOUT | POLLERR | POLLHUP)) && now >= r->ready_at)
+      if (!dir_empty(r) && (p[2 - d].revents & (POLLOUT | POLLERR | POLLHUP)) && now >= r->ready_at)
         if (!relay_write(c, s, d, now)) return;
-      if (r->len == 0 && !r->eof && (p[1 + d].revents & (POLLIN | POLLERR | POLLHUP)))
+      if (!r->eof && dir_can_read(r) && (p[1 + d].revents & (POLLIN | POLLERR | POLLHUP)))
         if (!relay_read(c, s, d, now)) return;
       if (s->stalled) break;
     }
