@@ -45,6 +45,7 @@ struct rw_writer {
 
   rw_writer_state state;
   bool began, pumping, closing, aborting;
+  bool stopping, stop_delete; /* an abort/suspend is under way */
   rw_error *fatal;
   rw_sink_object obj;
 
@@ -273,7 +274,6 @@ static bool next_chunk_locked(rw_writer *w, chunk *c) {
 }
 
 static void pump_main(void *arg);
-static void writer_stop(rw_writer *w, bool delete_session);
 
 static void kick_locked(rw_writer *w) {
   chunk c;
@@ -688,23 +688,27 @@ rw_error *rw_writer_error(rw_writer *w) {
   return e;
 }
 
-void rw_writer_abort(rw_writer *w) { writer_stop(w, true); }
-void rw_writer_suspend(rw_writer *w) { writer_stop(w, false); }
-
-static void writer_stop(rw_writer *w, bool delete_session) {
+/* Stopping: cancel the work (prompt), then, off the caller's thread when
+ * asked, wait for the pump and delete the session (abort_timeout). */
+static bool stop_begin(rw_writer *w, bool delete_session) {
   pthread_mutex_lock(&w->mu);
-  if (w->aborting || w->state == RW_WRITER_DONE) {
-    pthread_mutex_unlock(&w->mu);
-    return;
+  bool go = !w->aborting && w->state != RW_WRITER_DONE;
+  if (go) {
+    w->aborting = w->stopping = true;
+    w->stop_delete = delete_session;
   }
-  w->aborting = true;
   pthread_mutex_unlock(&w->mu);
-  rw_ctx_cancel(w->ctx, rw_err(RW_E_CANCELED, "the writer was aborted"));
+  if (go) rw_ctx_cancel(w->ctx, rw_err(RW_E_CANCELED, "the writer was aborted"));
+  return go;
+}
+
+static void stop_finish(void *arg) {
+  rw_writer *w = arg;
   pthread_mutex_lock(&w->mu);
   while (w->pumping) pthread_cond_wait(&w->cv, &w->mu);
-  bool began = w->began;
+  bool del = w->began && w->stop_delete;
   pthread_mutex_unlock(&w->mu);
-  if (began && delete_session) {
+  if (del) {
     rw_ctx *actx = rw_ctx_with_timeout(NULL, w->cfg.abort_timeout);
     rw_error *e = actx ? w->sink->ops->abort(w->sink, actx) : NULL;
     if (e) rw_error_log(RW_LOG_WARN, e, "abort: deleting the session failed (it expires by itself)");
@@ -713,8 +717,36 @@ static void writer_stop(rw_writer *w, bool delete_session) {
   }
   pthread_mutex_lock(&w->mu);
   if (w->state < RW_WRITER_DONE) w->state = RW_WRITER_ABORTED;
+  w->stopping = false;
   notify_locked(w);
   pthread_mutex_unlock(&w->mu);
+}
+
+static void wait_stopped(rw_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  while (w->stopping || w->pumping) pthread_cond_wait(&w->cv, &w->mu);
+  pthread_mutex_unlock(&w->mu);
+}
+
+void rw_writer_abort_start(rw_writer *w) {
+  if (stop_begin(w, true) && !rw_pool_submit(w->pool, stop_finish, w)) stop_finish(w);
+}
+
+bool rw_writer_stopped(rw_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  bool s = !w->stopping && !w->pumping && (w->aborting || w->state >= RW_WRITER_DONE);
+  pthread_mutex_unlock(&w->mu);
+  return s;
+}
+
+void rw_writer_abort(rw_writer *w) {
+  if (stop_begin(w, true)) stop_finish(w);
+  wait_stopped(w);
+}
+
+void rw_writer_suspend(rw_writer *w) {
+  if (stop_begin(w, false)) stop_finish(w);
+  wait_stopped(w);
 }
 
 typedef struct wait_pred {
@@ -783,10 +815,7 @@ void rw_writer_session(rw_writer *w, const char **handle, uint64_t *persisted, b
 
 void rw_writer_free(rw_writer *w) {
   if (!w) return;
-  rw_writer_abort(w); /* a no-op once the object exists */
-  pthread_mutex_lock(&w->mu);
-  while (w->pumping) pthread_cond_wait(&w->cv, &w->mu);
-  pthread_mutex_unlock(&w->mu);
+  rw_writer_abort(w); /* a no-op once the object exists; joins the work */
   rw_sgbuf_free(w->cache); /* defers every release */
   w->cache = NULL;
   pthread_mutex_lock(&w->mu);

@@ -99,6 +99,11 @@ rw_error *rw_writer_error(rw_writer *w);
 /* Cancels everything, deletes the session (best effort, abort_timeout),
  * joins the work. Idempotent. */
 void rw_writer_abort(rw_writer *w);
+/* The same without blocking: cancels at once, then a pool thread waits for
+ * the transfer to end and deletes the session. rw_writer_stopped tells when
+ * all of it is over (the pollfd signals it). */
+void rw_writer_abort_start(rw_writer *w);
+bool rw_writer_stopped(rw_writer *w);
 /* Stops all work but keeps the session for rw_writer_session / a later
  * resume (nothing is deleted). The writer is then closed. */
 void rw_writer_suspend(rw_writer *w);

@@ -370,6 +370,18 @@ static int writer_suspend(lua_State *L) {
   return writer_session(L);
 }
 
+static int writer_abort_start(lua_State *L) {
+  lwriter *lw = check_lw(L);
+  rw_writer_abort_start(lw->w);
+  return 0;
+}
+
+static int writer_stopped(lua_State *L) {
+  lwriter *lw = luaL_checkudata(L, 1, WRITER_MT);
+  lua_pushboolean(L, !lw->w || rw_writer_stopped(lw->w));
+  return 1;
+}
+
 static int writer_gc(lua_State *L) {
   lwriter *lw = luaL_checkudata(L, 1, WRITER_MT);
   rw_writer *w = lw->w;
@@ -426,6 +438,8 @@ int rw_lua_open_writer(lua_State *L) {
       {"stats", writer_stats},
       {"session", writer_session},
       {"_abort", writer_abort},
+      {"_abort_start", writer_abort_start},
+      {"_stopped", writer_stopped},
       {"Suspend", writer_suspend},
       {"close", writer_gc},
       {NULL, NULL}};

@@ -128,10 +128,24 @@ function W.install(M, core, waiting)
     return w:_result()
   end
 
-  -- Abort([ctx]): cancels, deletes the session (best effort), joins. Idempotent.
+  -- Abort([ctx]): cancels, deletes the session (best effort, abort_timeout),
+  -- joins the work. Idempotent. Under an event loop the deletion runs on the
+  -- pool while this thread yields or sleeps.
   function methods.Abort(w, ctx)
     check_ctx(ctx, 1, "Abort")
-    w:_abort()
+    if w:_is_closed() then return true end
+    if waiting.policy() == "block" then
+      w:_abort()
+    else
+      w:_abort_start()
+      waiting.wait_for({
+        ready = function() return w:_stopped() end,
+        fds = { w:pollfd() },
+        timeout = function() return nil end,
+        block = function(t) w:_wait_blocking(false, 0, t) end,
+      }, nil, nil)
+    end
+    pump(w)
     return true
   end
 

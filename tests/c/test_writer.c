@@ -89,20 +89,22 @@ static void test_faulty_file(void) {
   rw_error *err = NULL;
   rw_sink *file = rw_file_sink_new(path, &err);
   static const char *const codes[] = {"net.reset", "http.503", "net.stall"};
-  rw_faulty_config fc = {.seed = rng | 1, .p_error = 0.3, .codes = codes, .ncodes = 3,
+  rw_faulty_config fc = {.seed = rng | 1, .p_error = 0.5, .codes = codes, .ncodes = 3,
                          .p_partial = 0.3, .p_after = 0.2};
   rw_sink *sink = rw_faulty_sink_new(file, &fc, &err);
   CHECK(sink != NULL);
   rw_writer_config c = small_config();
   rw_writer *w = rw_writer_new(NULL, sink, &c, &err);
   CHECK(w != NULL);
-  size_t n = (3u << 20) + 12345;
+  size_t n = (6u << 20) + 12345; /* 13 puts: no fault at all is 1 in 8000 */
   unsigned char *data = random_data(n);
   atomic_store(&released, 0);
   CHECK(write_all(w, data, n));
   CHECK(complete(w));
   rw_writer_stats st = rw_writer_get_stats(w);
-  CHECK(st.persisted == n && st.in_cache == 0 && st.retries > 0);
+  CHECK_EQ_INT(st.persisted, n);
+  CHECK_EQ_INT(st.in_cache, 0);
+  CHECK(st.retries > 0);
   rw_writer_free(w);
   CHECK(atomic_load(&released) > 0);
   FILE *f = fopen(path, "rb");
@@ -178,9 +180,37 @@ static void test_abort_race(void) {
     pthread_join(t, NULL);
     CHECK(rw_mono_now() - t0 < 1.0);
     CHECK(rw_writer_get_stats(w).state == RW_WRITER_ABORTED);
+    CHECK(rw_writer_stopped(w));
     rw_writer_free(w);
     free(data);
   }
+  rw_fakegcs_stop(srv);
+}
+
+/* abort_start never blocks; stopped() turns true once the work is joined. */
+static void test_abort_start(void) {
+  rw_error *err = NULL;
+  static const char *const buckets[] = {"b", NULL};
+  rw_fakegcs_config fcfg = {.buckets = buckets};
+  rw_fakegcs *srv = rw_fakegcs_start(&fcfg, &err);
+  rw_fakegcs_faults faults = {.seed = 5, .p_stall = 1, .stall_ms = 3000};
+  rw_fakegcs_set_faults(srv, &faults);
+  rw_gcs_config g = {.bucket = "b", .object = "s", .endpoint = rw_fakegcs_url(srv)};
+  rw_writer_config c = small_config();
+  rw_writer *w = rw_writer_new(NULL, rw_gcs_sink_new(&g, &err), &c, &err);
+  size_t n = 512u << 10, acc = 0;
+  unsigned char *data = random_data(n);
+  rw_error_unref(rw_writer_write_some(w, 0, data, n, NULL, NULL, &acc));
+  struct timespec ts = {0, 50 * 1000000};
+  nanosleep(&ts, NULL);
+  double t0 = rw_mono_now();
+  rw_writer_abort_start(w);
+  CHECK(rw_mono_now() - t0 < 0.05);
+  while (!rw_writer_stopped(w) && rw_mono_now() - t0 < 5) rw_writer_wait(w, NULL, false, 0, 0.01);
+  CHECK(rw_writer_stopped(w));
+  CHECK(rw_mono_now() - t0 < 1.0);
+  rw_writer_free(w);
+  free(data);
   rw_fakegcs_stop(srv);
 }
 
@@ -203,5 +233,6 @@ int main(void) {
   RUN(test_faulty_file);
   RUN(test_gcs_with_faults);
   RUN(test_abort_race);
+  RUN(test_abort_start);
   return ct_finish("test_writer");
 }
