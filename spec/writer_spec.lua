@@ -285,6 +285,27 @@ describe("writer on the fake GCS", function()
     assert.equal("gcs.session_conflict", err.code)
   end)
 
+  it("applies connect_timeout through a derived sink descriptor", function()
+    local sink = rw.gcs { bucket = "b", object = "ct", endpoint = srv:url() }
+    local d = rw.core.sinks.derive(sink, { connect_timeout = 2 })
+    assert.is_true(rw.core.sinks.is_sink(d))
+    assert.not_equal(sink, d)
+    assert.matches("unknown option 'conect_timeout'", H.raised(rw.core.sinks.derive, sink, { conect_timeout = 1 }))
+    assert.matches("connect_timeout", H.raised(rw.core.sinks.derive, sink, { connect_timeout = -1 }))
+    local w = assert(rw.new(rw.context.background(), { sink = sink, connect_timeout = 2 }))
+    assert(w:WriteAt(0, "abc"))
+    assert.equal(3, assert(w:Complete()).size)
+    -- nothing listens here: refused at once, retried until the budget ends
+    local dead = rw.gcs { bucket = "b", object = "ct", endpoint = "http://127.0.0.1:1" }
+    w = assert(rw.new(rw.context.background(), { sink = dead, connect_timeout = 0.5,
+      retry = { min_wait = 0.01, max_wait = 0.02, total_wait = 0.1 } }))
+    assert(w:WriteAt(0, "abc"))
+    local obj, err = w:Complete()
+    assert.is_nil(obj)
+    assert.equal("rw.retry_budget_exhausted", err.code)
+    assert.is_true(err:is("net.refused"))
+  end)
+
   it("rejects bad options and arguments clearly", function()
     local ctx = rw.context.background()
     local sink = rw.gcs { bucket = "b", object = "x", endpoint = srv:url() }

@@ -490,24 +490,32 @@ static int sinks_is_sink(lua_State *L) {
   return 1;
 }
 
-/* with_session(desc, uri): a copy of a gcs descriptor that resumes `uri`
- * (rw.resume uses it). */
+/* derive(desc, {session_uri=, connect_timeout=}): a copy of a gcs descriptor
+ * with those set (rw.resume and the writer's connect_timeout use it). Other
+ * kinds come back unchanged. */
 static char *dup_opt(lua_State *L, const char *s) { return s ? dup_or_raise(L, s) : NULL; }
 
-static int sinks_with_session(lua_State *L) {
+static int sinks_derive(lua_State *L) {
   desc *src = check_desc(L, 1);
-  const char *uri = luaL_checkstring(L, 2);
-  if (src->kind != DESC_GCS) return luaL_argerror(L, 1, "a gcs sink descriptor is needed to resume");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  static const char *const known[] = {"session_uri", "connect_timeout", NULL};
+  rw_lua_check_options(L, 2, 2, known);
+  if (src->kind != DESC_GCS) {
+    lua_pushvalue(L, 1);
+    return 1;
+  }
+  char *uri = opt_string(L, 2, 2, "session_uri", false);
+  double ct = rw_lua_opt_number(L, 2, 2, "connect_timeout", src->connect_timeout, 0, 3600);
   desc *d = push_desc(L, DESC_GCS);
   d->bucket = dup_opt(L, src->bucket);
   d->object = dup_opt(L, src->object);
   d->endpoint = dup_opt(L, src->endpoint);
   d->metadata_json = dup_opt(L, src->metadata_json);
   d->token = dup_opt(L, src->token);
-  d->session_uri = dup_or_raise(L, uri);
+  d->session_uri = uri ? uri : dup_opt(L, src->session_uri);
   d->has_igm = src->has_igm;
   d->igm = src->igm;
-  d->connect_timeout = src->connect_timeout;
+  d->connect_timeout = ct;
   if (src->nheaders) {
     d->headers = calloc(src->nheaders, sizeof *d->headers);
     if (!d->headers) return luaL_error(L, "out of memory");
@@ -520,6 +528,17 @@ static int sinks_with_session(lua_State *L) {
   get_uservalue(L, 1);
   set_uservalue(L, -2); /* share faults etc. */
   return 1;
+}
+
+/* with_session(desc, uri) = derive(desc, {session_uri = uri}) */
+static int sinks_with_session(lua_State *L) {
+  check_desc(L, 1);
+  const char *uri = luaL_checkstring(L, 2);
+  lua_settop(L, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, uri);
+  lua_setfield(L, 2, "session_uri");
+  return sinks_derive(L);
 }
 
 int rw_lua_open_sinks(lua_State *L) {
@@ -538,6 +557,7 @@ int rw_lua_open_sinks(lua_State *L) {
                                  {"faulty", sinks_faulty},
                                  {"is_sink", sinks_is_sink},
                                  {"with_session", sinks_with_session},
+                                 {"derive", sinks_derive},
                                  {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;

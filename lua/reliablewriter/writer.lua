@@ -190,6 +190,12 @@ function W.install(M, core, waiting)
     if on_progress ~= nil and type(on_progress) ~= "function" then
       argerror(2, "new", "option 'on_progress' must be a function")
     end
+    if opts.connect_timeout ~= nil and sinks.is_sink(opts.sink) then
+      local o = {}
+      for k, v in pairs(opts) do o[k] = v end
+      o.sink = sinks.derive(opts.sink, { connect_timeout = opts.connect_timeout })
+      opts = o
+    end
     local w, err = cw.new(ctx, opts)
     if not w then return nil, err end
     progress_fns[w] = on_progress
