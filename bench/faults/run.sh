@@ -87,11 +87,11 @@ awk -F'|' -v mib="$mib" '
   { name[NR] = $2; fin[NR] = $3; secs[NR] = $4; good[NR] = $5; rs[NR] = $6
     split($2, w, ","); client[NR] = w[1]; if ($2 ~ /no faults/) clean[w[1]] = $4 }
   END {
-    printf "%-30s %-9s %9s %9s %-11s %7s %8s\n", "client, path", "finished", "seconds", "MiB/s", "bytes right", "resets", "goodput"
+    printf "%-37s %-9s %9s %9s %-11s %7s %8s\n", "client, path", "finished", "seconds", "MiB/s", "bytes right", "resets", "goodput"
     for (i = 1; i <= NR; i++) {
       ratio = (fin[i] == "true" && clean[client[i]] > 0) ? sprintf("%.2f", clean[client[i]] / secs[i]) : "-"
       mbs = (fin[i] == "true" && secs[i] > 0) ? sprintf("%.1f", mib / secs[i]) : "-"
-      printf "%-30s %-9s %9s %9s %-11s %7s %8s\n", name[i], fin[i], secs[i], mbs, good[i], rs[i], ratio
+      printf "%-37s %-9s %9s %9s %-11s %7s %8s\n", name[i], fin[i], secs[i], mbs, good[i], rs[i], ratio
     }
   }' "$rows"
 echo "(goodput = time without faults / time with them, per client; target >= 0.70 for reliablewriter;"
