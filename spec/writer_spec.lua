@@ -279,10 +279,15 @@ describe("writer on the fake GCS", function()
     local b = assert(rw.resume(rw.context.background(), stale, {
       sink = rw.gcs { bucket = "b", object = "two-hosts", endpoint = srv:url() },
       retry = fast_retry(), max_chunk_size = 256 * KiB, max_cache_size = 1 * MiB }))
-    assert(b:WriteAt(0, H.random_bytes(256 * KiB)))
-    local obj, err = b:Complete()
-    assert.is_nil(obj)
+    assert(b:WriteAt(0, H.random_bytes(512 * KiB))) -- a non-final 256 KiB chunk goes out
+    local ok, err
+    deadline = H.now() + 10
+    repeat ok, err = b:poll(); rw.util.sleep(0.01) until ok == nil or H.now() > deadline
+    assert.is_nil(ok)
     assert.equal("gcs.session_conflict", err.code)
+    local obj, err2 = b:Complete()
+    assert.is_nil(obj)
+    assert.equal("gcs.session_conflict", err2.code)
   end)
 
   it("applies connect_timeout through a derived sink descriptor", function()
