@@ -2,7 +2,9 @@
 --   lua5.4 bench/writer/lua_up.lua MODE ENDPOINT OBJECT FILE [cache_mib=32] [chunk_mib=8]
 -- MODE: "file" (w:write_file), "writeat" (1 MiB strings read by Lua, WriteAt) or
 -- "writeat_gc" (the same plus collectgarbage() every 8 MiB: a diagnostic that
--- separates uncollected Lua garbage from bytes the writer holds).
+-- separates uncollected Lua garbage from bytes the writer holds), or
+-- "writeat_pre" (all 1 MiB strings read before the clock starts: a throughput
+-- diagnostic that leaves io.read out; its RSS is the whole file, ignore it).
 -- Prints: seconds bytes MiB/s baseline_kib hwm_kib sampled_peak_kib crc32c
 --   baseline_kib: VmRSS just before rw.new (library, libcurl, Lua loaded)
 --   hwm_kib: VmHWM after resetting it (clear_refs 5) at the baseline point
@@ -36,8 +38,21 @@ end
 local w = assert(rw.new(ctx, { sink = rw.gcs { bucket = "b", object = object, endpoint = url },
   max_cache_size = cache, min_chunk_size = chunk, max_chunk_size = chunk, checksum = "crc32c",
   on_progress = sample }))
+local pre
+if mode == "writeat_pre" then
+  pre = {}
+  local f = assert(io.open(path, "rb"))
+  for s in function() return f:read(MiB) end do pre[#pre + 1] = s end
+  f:close()
+end
 local t0 = rw.util.monotime()
-if mode == "file" then
+if mode == "writeat_pre" then
+  local off = 0
+  for i = 1, #pre do
+    assert(w:WriteAt(off, pre[i]))
+    off = off + #pre[i]
+  end
+elseif mode == "file" then
   assert(w:write_file(0, path))
 elseif mode == "writeat" or mode == "writeat_gc" then
   local f = assert(io.open(path, "rb"))
@@ -52,7 +67,7 @@ elseif mode == "writeat" or mode == "writeat_gc" then
   end
   f:close()
 else
-  error("mode must be file, writeat or writeat_gc")
+  error("mode must be file, writeat, writeat_gc or writeat_pre")
 end
 local obj = assert(w:Complete())
 local dt = rw.util.monotime() - t0

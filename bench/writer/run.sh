@@ -58,7 +58,7 @@ run_one() {
     curl) out=$("$work/curl_ref" "$url" b "$obj" "$work/data" "$chunk")
           [[ $(awk '{print $4}' <<<"$out") = "$want_crc" ]] || { echo "curl_ref: bad crc32c" >&2; exit 1; }
           awk '{print $3}' <<<"$out" ;;
-    file|writeat|writeat_gc)
+    file|writeat|writeat_gc|writeat_pre)
           out=$(lua5.4 bench/writer/lua_up.lua "$what" "$url" "$obj" "$work/data" "$cache" "$chunk")
           [[ $(awk '{print $7}' <<<"$out") = "$want_crc" ]] || { echo "$what: bad crc32c: $out" >&2; exit 1; }
           awk '{print $3}' <<<"$out" ;;
@@ -72,7 +72,7 @@ run_one() {
   esac
 }
 
-clients=(curl file writeat writeat_gc)
+clients=(curl file writeat writeat_gc writeat_pre)
 [[ $have_rclone = 1 ]] && clients+=(rclone)
 [[ $have_node = 1 ]] && clients+=(node)
 declare -A res
@@ -89,6 +89,7 @@ label() {
     file) echo "reliablewriter w:write_file" ;;
     writeat) echo "reliablewriter WriteAt 1 MiB strings" ;;
     writeat_gc) echo "  same + collectgarbage() every 8 MiB" ;;
+    writeat_pre) echo "  WriteAt of strings read before timing" ;;
     rclone) echo "rclone copyto (16 MiB chunks, md5)" ;;
     node) echo "node @google-cloud/storage" ;;
   esac
@@ -103,7 +104,7 @@ for c in "${clients[@]}"; do
   r1=$(awk -v a="$b" -v r="$rb" 'BEGIN{printf "%.2f", a/r}')
   r2=$(awk -v a="$m" -v r="$rm" 'BEGIN{printf "%.2f", a/r}')
   met=""
-  if [[ $c = writeat_gc ]]; then
+  if [[ $c = writeat_gc || $c = writeat_pre ]]; then
     met="(diag)"
   elif [[ -n $t && $c != curl ]]; then
     met=$(awk -v a="$r2" -v t="$t" 'BEGIN{print (a>=t)?"yes":"NO"}')
