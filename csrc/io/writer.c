@@ -545,23 +545,39 @@ static void pump_main(void *arg) {
 
 /* ---- the owner's API ---- */
 
-static void hash_new_bytes_locked(rw_writer *w) {
+/* The bytes that became contiguous, to hash once, in order, on the owner
+ * thread. Taken under mu; hashed after it is released (a mapped file faults
+ * its pages in here: the pump must not wait for that). The memory stays
+ * valid meanwhile: releases only run in rw_writer_drain, on this thread. */
+typedef struct hash_job {
+  struct iovec stack[16], *iov;
+  int n;
+} hash_job;
+
+static void hash_take_locked(rw_writer *w, hash_job *j) {
+  j->n = 0;
+  j->iov = j->stack;
   uint64_t end = rw_sgbuf_contiguous_end(w->cache);
   if (end <= w->hashed_end) return;
   uint64_t len = end - w->hashed_end;
   int n = rw_sgbuf_view_count(w->cache, w->hashed_end, len);
-  struct iovec stack[64], *iov = n <= 64 ? stack : malloc((size_t)n * sizeof *iov);
-  if (!iov || rw_sgbuf_view(w->cache, w->hashed_end, len, iov, n) != n) {
-    if (iov != stack) free(iov);
+  if (n > 16) j->iov = malloc((size_t)n * sizeof *j->iov);
+  if (!j->iov || rw_sgbuf_view(w->cache, w->hashed_end, len, j->iov, n) != n) {
+    if (j->iov != j->stack) free(j->iov);
+    j->iov = j->stack;
     w->crc_persisted_ok = false; /* cannot vouch for the checksum any more */
     return;
   }
-  for (int i = 0; i < n; i++) {
-    if (w->cfg.crc32c) w->crc_all = rw_crc32c(w->crc_all, iov[i].iov_base, iov[i].iov_len);
-    if (w->md5_live) rw_md5_update(&w->md5, iov[i].iov_base, iov[i].iov_len);
-  }
-  if (iov != stack) free(iov);
+  j->n = n;
   w->hashed_end = end;
+}
+
+static void hash_run(rw_writer *w, hash_job *j) {
+  for (int i = 0; i < j->n; i++) {
+    if (w->cfg.crc32c) w->crc_all = rw_crc32c(w->crc_all, j->iov[i].iov_base, j->iov[i].iov_len);
+    if (w->md5_live) rw_md5_update(&w->md5, j->iov[i].iov_base, j->iov[i].iov_len);
+  }
+  if (j->iov != j->stack) free(j->iov);
 }
 
 static rw_error *usable_locked(rw_writer *w) {
@@ -585,6 +601,8 @@ rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, siz
   *accepted = 0;
   if (off + len < off) return rw_err(RW_E_INVALID, "offset + length overflows");
   bool kept = false;
+  hash_job hj = {.n = 0};
+  hj.iov = hj.stack;
   pthread_mutex_lock(&w->mu);
   rw_error *e = usable_locked(w);
   if (e) goto out;
@@ -620,10 +638,11 @@ rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, siz
   budget_settle_locked(w);
   *accepted = (size_t)(skip + n);
   w->written += n;
-  hash_new_bytes_locked(w);
+  hash_take_locked(w, &hj);
   kick_locked(w);
 out:
   pthread_mutex_unlock(&w->mu);
+  hash_run(w, &hj);
   if (!e && !kept && release) release(ud); /* nothing held: give it back now */
   return e;
 }

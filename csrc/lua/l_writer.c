@@ -24,6 +24,7 @@
 
 typedef struct lwriter {
   rw_writer *w;
+  size_t released; /* bytes of strings let go since the last GC step */
   lua_State *L; /* the thread running the current call (for releases) */
   rw_ctx *ctx;  /* the writer's default context */
 } lwriter;
@@ -31,6 +32,7 @@ typedef struct lwriter {
 typedef struct strref {
   lwriter *lw;
   int ref;
+  size_t len;
 } strref;
 
 static lwriter *check_lw(lua_State *L) {
@@ -43,6 +45,7 @@ static lwriter *check_lw(lua_State *L) {
 static void release_string(void *ud) {
   strref *r = ud;
   luaL_unref(r->lw->L, LUA_REGISTRYINDEX, r->ref);
+  r->lw->released += r->len;
   free(r);
 }
 
@@ -150,6 +153,7 @@ static int writer_write_some(lua_State *L) {
   if (!r) return luaL_error(L, "out of memory");
   lua_pushvalue(L, 3);
   r->lw = lw;
+  r->len = len - skip;
   r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   size_t accepted = 0;
   rw_error *e = rw_writer_write_some(lw->w, off + skip, data + skip, len - skip, release_string, r,
@@ -191,13 +195,15 @@ static int writer_write_file_some(lua_State *L) {
   if (fd < 0) return rw_lua_fail(L, rw_err(RW_E_IO, "cannot open '%s': %s", path, strerror(errno)));
   long page = sysconf(_SC_PAGESIZE);
   uint64_t map_off = foff - foff % (uint64_t)page, delta = foff - map_off;
-  void *base = mmap(NULL, (size_t)(n + delta), PROT_READ, MAP_PRIVATE, fd, (off_t)map_off);
+  /* MAP_POPULATE: read the pages now, not while the checksum or the
+   * transfer touches them */
+  void *base = mmap(NULL, (size_t)(n + delta), PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd,
+                    (off_t)map_off);
   int saved = errno;
   close(fd);
   if (base == MAP_FAILED)
     return rw_lua_fail(L, rw_err(RW_E_IO, "cannot map '%s' at %llu: %s", path,
                                  (unsigned long long)foff, strerror(saved)));
-  madvise(base, (size_t)(n + delta), MADV_SEQUENTIAL);
   size_t *m = malloc(2 * sizeof *m);
   if (!m) {
     munmap(base, (size_t)(n + delta));
@@ -284,8 +290,17 @@ static int writer_wait_blocking(lua_State *L) {
   return 0;
 }
 
+/* Runs the deferred releases. The strings let go are garbage now, but Lua's
+ * collector does not know how big the upload's turnover is: step it by the
+ * bytes released, or the heap grows far past the cache. */
 static int writer_drain(lua_State *L) {
-  lua_pushboolean(L, rw_writer_drain(check_lw(L)->w));
+  lwriter *lw = check_lw(L);
+  bool progressed = rw_writer_drain(lw->w);
+  if (lw->released >= (1u << 20)) {
+    lua_gc(L, LUA_GCSTEP, (int)(lw->released >> 10));
+    lw->released = 0;
+  }
+  lua_pushboolean(L, progressed);
   return 1;
 }
 
