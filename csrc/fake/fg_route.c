@@ -120,7 +120,8 @@ uint32_t fg_crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2) {
   uint32_t even[32], odd[32];
   if (len2 == 0) return crc1;
   odd[0] = 0x82F63B78u;
-  for (int n = 1, row = 1; n < 32; n++, row <<= 1) odd[n] = (uint32_t)row;
+  uint32_t row = 1;
+  for (int n = 1; n < 32; n++, row <<= 1) odd[n] = row;
   gf2_square(even, odd);
   gf2_square(odd, even);
   do {
