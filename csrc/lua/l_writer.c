@@ -25,6 +25,7 @@
 typedef struct lwriter {
   rw_writer *w;
   size_t released; /* bytes of strings let go since the last GC step */
+  size_t gc_every; /* a full collection after this many released bytes */
   lua_State *L; /* the thread running the current call (for releases) */
   rw_ctx *ctx;  /* the writer's default context */
 } lwriter;
@@ -134,6 +135,7 @@ static int writer_new(lua_State *L) {
   if (!lw->w) return rw_lua_fail(L, e);
   lw->ctx = rw_ctx_ref(ctx);
   lw->L = L;
+  lw->gc_every = (size_t)(c.max_cache_size / 4 > (4u << 20) ? c.max_cache_size / 4 : (4u << 20));
   return 1;
 }
 
@@ -290,14 +292,15 @@ static int writer_wait_blocking(lua_State *L) {
   return 0;
 }
 
-/* Runs the deferred releases. The strings let go are garbage now, but Lua's
- * collector does not know how big the upload's turnover is: step it by the
- * bytes released, or the heap grows far past the cache. */
+/* Runs the deferred releases. The strings let go are garbage now, but with
+ * Lua's default pause the heap grows to twice what is live (the whole cache)
+ * before a cycle ends: collect once a quarter of the cache has been let go,
+ * which keeps a WriteAt upload near cache + a few MiB. */
 static int writer_drain(lua_State *L) {
   lwriter *lw = check_lw(L);
   bool progressed = rw_writer_drain(lw->w);
-  if (lw->released >= (1u << 20)) {
-    lua_gc(L, LUA_GCSTEP, (int)(lw->released >> 10));
+  if (lw->released >= lw->gc_every) {
+    lua_gc(L, LUA_GCCOLLECT, 0);
     lw->released = 0;
   }
   lua_pushboolean(L, progressed);
