@@ -21,11 +21,12 @@ jobs=$(nproc 2>/dev/null || echo 2)
 step "build lua5.4" make -j"$jobs"
 step "build luajit" make -j"$jobs" LUA=luajit
 step "build programs" make -j"$jobs" bins
+step "rockspec (luarocks make, both flavours)" bash scripts/rock-check.sh
 step "busted lua5.4" busted
 step "busted luajit" busted --run=luajit
 step "C tests ASan+UBSan" make -j"$jobs" check-asan
 step "C tests TSan" make -j"$jobs" check-tsan
-step "valgrind: core specs" bash scripts/valgrind-specs.sh
+step "valgrind: Lua specs" bash scripts/valgrind-specs.sh
 for t in tests/*/run.sh; do
   [[ -f "$t" ]] && step "$t" bash "$t"
 done
