@@ -94,6 +94,20 @@ void rw_ctx_unref(rw_ctx *c) {
   rw_ctx_unref(p);
 }
 
+/* Without memory for a snapshot: take one live child at a time. */
+static void cancel_children_one_by_one(rw_ctx *c, rw_error *cause) {
+  for (;;) {
+    rw_ctx *k = NULL;
+    pthread_mutex_lock(&c->mu);
+    for (rw_ctx *x = c->first_child; x && !k; x = x->next_sib)
+      if (!atomic_load(&x->canceled) && ctx_try_ref(x)) k = x;
+    pthread_mutex_unlock(&c->mu);
+    if (!k) return;
+    rw_ctx_cancel(k, rw_error_ref(cause));
+    rw_ctx_unref(k);
+  }
+}
+
 bool rw_ctx_cancel(rw_ctx *c, rw_error *cause) {
   if (!cause) cause = rw_err(RW_E_CANCELED, "context cancelled");
   pthread_mutex_lock(&c->mu);
@@ -135,6 +149,7 @@ bool rw_ctx_cancel(rw_ctx *c, rw_error *cause) {
     rw_ctx_unref(kids[i]);
   }
   free(kids);
+  if (n && !kids) cancel_children_one_by_one(c, cause); /* out of memory above */
   return true;
 }
 
