@@ -203,7 +203,10 @@ static void fail_locked(rw_writer *w, rw_error *e) {
   count_error_locked(w, e);
   w->fatal = e;
   w->state = w->aborting ? RW_WRITER_ABORTED : RW_WRITER_FAILED;
-  rw_error_log(RW_LOG_ERROR, e, "upload failed");
+  char what[128];
+  snprintf(what, sizeof what, "upload failed (the server holds bytes [0, %" PRIu64 "); w:session() to resume):",
+           w->persisted);
+  rw_error_log(RW_LOG_ERROR, e, what);
   notify_locked(w);
 }
 
