@@ -129,6 +129,30 @@ static char *opt_string(lua_State *L, int idx, int arg, const char *name, bool r
 
 static json_t *to_json(lua_State *L, int idx, int arg, int depth);
 
+/* Raises on anything to_json cannot take, before any JSON is allocated (a
+ * raise in the middle of the conversion would leak it). */
+static void check_json(lua_State *L, int idx, int arg, int depth) {
+  if (depth > 16) luaL_argerror(L, arg, "option 'metadata' is nested too deeply");
+  switch (lua_type(L, idx)) {
+  case LUA_TSTRING:
+  case LUA_TBOOLEAN: return;
+  case LUA_TNUMBER:
+    if (!isfinite(lua_tonumber(L, idx))) luaL_argerror(L, arg, "option 'metadata' holds a non-finite number");
+    return;
+  case LUA_TTABLE:
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      if (lua_type(L, -2) != LUA_TSTRING && lua_type(L, -2) != LUA_TNUMBER)
+        luaL_argerror(L, arg, "option 'metadata' must have string keys");
+      check_json(L, lua_gettop(L), arg, depth + 1);
+      lua_pop(L, 1);
+    }
+    return;
+  default:
+    luaL_argerror(L, arg, lua_pushfstring(L, "option 'metadata' cannot hold a %s", luaL_typename(L, idx)));
+  }
+}
+
 static bool is_array(lua_State *L, int idx) {
   size_t n = lua_rawlen(L, idx), count = 0;
   if (n == 0) return false;
@@ -188,6 +212,7 @@ static char *metadata_option(lua_State *L, int idx, int arg) {
     return NULL;
   }
   if (!lua_istable(L, -1)) luaL_argerror(L, arg, "option 'metadata' must be a table");
+  check_json(L, lua_gettop(L), arg, 0);
   json_t *j = to_json(L, lua_gettop(L), arg, 0);
   if (!json_is_object(j)) {
     json_decref(j);
@@ -328,7 +353,11 @@ static int sinks_gcs(lua_State *L) {
   rw_gcs_config c = gcs_config(d);
   rw_error *e = NULL;
   rw_sink *probe = rw_gcs_sink_new(&c, &e);
-  if (!probe) return luaL_argerror(L, 1, e ? rw_error_message(e) : "bad gcs options");
+  if (!probe) {
+    lua_pushstring(L, e ? rw_error_message(e) : "bad gcs options");
+    rw_error_unref(e);
+    return luaL_argerror(L, 1, lua_tostring(L, -1));
+  }
   rw_sink_destroy(probe);
   return 1;
 }
