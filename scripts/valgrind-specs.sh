@@ -11,5 +11,5 @@ specs=(spec/errors_spec.lua spec/context_spec.lua spec/backoff_spec.lua spec/rat
 for s in spec/valgrind/*_spec.lua; do [[ -f "$s" ]] && specs+=("$s"); done
 busted_main=$(command -v busted)
 export RW_LOG_LEVEL=error
-exec valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
+exec valgrind -q --keep-debuginfo=yes --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
   --show-leak-kinds=definite lua5.4 "$busted_main" --run=inproc --exclude-tags=slow "${specs[@]}"
