@@ -121,9 +121,9 @@ function W.install(M, core, waiting)
     local r = waiting.wait_for(waiter(w, false, 0, ctx), ctx, nil)
     pump(w)
     if r == "done" and not w:_finished() then
-      local cerr = ctx:err()
-      w:_abort()
-      return nil, cerr
+      -- the caller's context ended, not the upload: it goes on, and Complete
+      -- may be called again (or Abort)
+      return nil, ctx:err()
     end
     return w:_result()
   end
