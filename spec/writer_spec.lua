@@ -199,6 +199,25 @@ describe("writer on the fake GCS", function()
     assert_same_bytes(srv:object("b", "complete-ctx"), data, "complete-ctx")
   end)
 
+  it("stops promptly when the context given to rw.new is cancelled, mid-stall", function()
+    local id = retry_test(srv, { ["storage.objects.insert"] = { "stall-for-3s-after-64K" } })
+    local parent = rw.context.background():with_cancel()
+    local w = assert(rw.new(parent, { sink = rw.gcs { bucket = "b", object = "parent-cancel", endpoint = srv:url(),
+      headers = { ["x-retry-test-id"] = id } }, retry = fast_retry(), stall_timeout = 10,
+      max_chunk_size = 256 * KiB, max_cache_size = 256 * KiB }))
+    assert(w:WriteAt(0, H.random_bytes(256 * KiB)))
+    rw.util.sleep(0.2) -- the chunk is stalled on the server now
+    local t0 = H.now()
+    parent:cancel("shutting down")
+    local ok, err = w:WriteAt(256 * KiB, "more") -- waits for room: wakes on the cancel
+    assert.is_nil(ok)
+    assert.is_true(err:is("rw.canceled") or err.message == "shutting down", tostring(err))
+    local obj, err2 = w:Complete()
+    assert.is_nil(obj)
+    assert.is_truthy(err2)
+    assert.is_true(H.now() - t0 < 0.5, "took " .. (H.now() - t0))
+  end)
+
   it("uploads empty and one-byte objects", function()
     local w = assert(gcs_writer(srv, "empty"))
     local obj = assert(w:Complete())
