@@ -218,6 +218,23 @@ describe("writer on the fake GCS", function()
     assert.is_true(H.now() - t0 < 0.5, "took " .. (H.now() - t0))
   end)
 
+  it("offers poll, wait and a pollfd for event loops", function()
+    local w = assert(gcs_writer(srv, "waitable", { max_chunk_size = 256 * KiB, max_cache_size = 256 * KiB }))
+    assert.is_true(w:poll()) -- nothing pending while open
+    assert.is_number(w:pollfd())
+    assert.equal("r", w:events())
+    local t0 = H.now()
+    assert.is_false(w:wait(0.05)) -- no Complete pending: times out
+    assert.is_true(H.now() - t0 >= 0.04)
+    local data = H.random_bytes(600 * KiB)
+    assert(w:WriteAt(0, data:sub(1, 256 * KiB))) -- one chunk: it fits, nothing waits or drains
+    assert.equal(1, rw.util.poll({ w:pollfd() }, 5)) -- its confirmation signals the fd
+    assert(w:WriteAt(256 * KiB, data:sub(256 * KiB + 1)))
+    assert(w:Complete())
+    assert.is_true(w:poll())
+    assert_same_bytes(srv:object("b", "waitable"), data, "waitable")
+  end)
+
   it("uploads empty and one-byte objects", function()
     local w = assert(gcs_writer(srv, "empty"))
     local obj = assert(w:Complete())
