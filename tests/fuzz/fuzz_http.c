@@ -21,11 +21,25 @@ static char session_id[64] = "none", retry_id[32] = "none";
 static int counter, last_poll, last_errno;
 static ssize_t last_recv;
 
+/* libFuzzer's -timeout alarm (SIGALRM) can interrupt a blocking connect: the
+ * connection then completes in the background, so wait for it and read its
+ * result instead of treating EINTR as "the server stopped accepting". */
 static int dial(void) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rw_fakegcs_port(srv))};
   inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+  int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa), e = rc == 0 ? 0 : errno;
+  if (rc != 0 && (e == EINTR || e == EINPROGRESS)) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int pr;
+    for (int i = 0; i < 100 && (pr = poll(&p, 1, 100)) <= 0; i++)
+      if (pr < 0 && errno != EINTR) break;
+    socklen_t el = sizeof e;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0) e = errno;
+    if (e == 0 && !(p.revents & POLLOUT)) e = ETIMEDOUT;
+  }
+  if (e != 0) {
+    fprintf(stderr, "fuzz_http: connect to the fake failed: %s\n", strerror(e));
     close(fd);
     return -1;
   }
@@ -38,6 +52,7 @@ static size_t exchange(const char *req, size_t len, char *buf, size_t cap, int t
   if (fd < 0) abort(); /* the server must keep accepting */
   for (size_t off = 0; off < len;) {
     ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
     if (w <= 0) break;
     off += (size_t)w;
   }
@@ -50,6 +65,7 @@ static size_t exchange(const char *req, size_t len, char *buf, size_t cap, int t
   while (got < cap - 1 && ((pr = poll(&p, 1, timeout_ms)) > 0 || (pr < 0 && errno == EINTR))) {
     if (pr < 0) continue;
     r = recv(fd, buf + got, cap - 1 - got, 0);
+    if (r < 0 && errno == EINTR) continue;
     if (r <= 0) break;
     got += (size_t)r;
   }
