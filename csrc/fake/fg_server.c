@@ -69,6 +69,7 @@ static const char *reason_for(int status) {
     case 412: return "conditionNotMet";
     case 413: return "uploadTooLarge";
     case 429: return "rateLimitExceeded";
+    case 431: return "requestHeaderFieldsTooLarge";
     case 499: return "clientClosedRequest";
     case 503: return "backendError";
     default: return status >= 500 ? "backendError" : "invalid";
@@ -224,6 +225,19 @@ static void req_free(fg_req *r) {
   free(r);
 }
 
+/* Request headers over this many bytes get a JSON 431. libmicrohttpd itself
+ * answers 431 (with its own HTML body) once headers outgrow the connection's
+ * memory pool (MHD_OPTION_CONNECTION_MEMORY_LIMIT, 1 MiB here), before we see
+ * the request; between the two limits the reply is ours. */
+#define FG_MAX_HEADER_BYTES (64 * 1024)
+
+static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value) {
+  size_t *total = cls;
+  *total += strlen(key) + (value ? strlen(value) : 0) + 4; /* ": " and CRLF */
+  return MHD_YES;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
   if (*con_cls) req_free(*con_cls);
@@ -239,6 +253,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   if (!r) {
     if (!(r = req_new(conn, url, method))) return MHD_NO;
     *con_cls = r;
+    size_t header_bytes = 0;
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, add_header_size, &header_bytes);
+    if (header_bytes > FG_MAX_HEADER_BYTES) {
+      enum MHD_Result res = fg_reply_error(
+          s, r, 431, "request headers are %zu bytes; the limit is %d bytes: send fewer or shorter "
+          "headers", header_bytes, FG_MAX_HEADER_BYTES);
+      r->headers_seen = true;
+      return res;
+    }
     enum MHD_Result res = fg_route(s, r);
     if (!r->replied && !r->cut && !r->deferred && r->handler) {
       size_t zero = 0;

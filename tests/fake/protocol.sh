@@ -115,8 +115,18 @@ req POST "$U/upload/storage/v1/b/b/o?uploadType=resumable" -d '{}'; ok "missing 
 req PATCH "$U/upload/storage/v1/b/b/o?uploadType=resumable&name=x"; ok "wrong method 405" eq "$CODE" 405
 start o8; rand d8 $((Q + 1)); put "bytes 0-$((Q - 1))/*" "$work/d8"
 ok "body longer than announced 400" eq "$CODE" 400
+head -c 100000 /dev/zero | tr '\0' a | sed 's/^/X-Big: /' >"$work/midhdr"
+req GET "$U/storage/v1/b" -H "@$work/midhdr"
+ok "100 KB of headers: JSON 431" eq "$CODE/$(grep -c '"error":{"code":431' <<<"$BODY")" "431/1"
+rand d431 $((Q + 5))
+req POST "$U/upload/storage/v1/b/b/o?uploadType=media&name=h431" -H "@$work/midhdr" --data-binary "@$work/d431"
+ok "100 KB of headers with a body: 431 after the body" eq "$CODE/$EXIT" "431/0"
+req GET "$U/storage/v1/b/b/o/h431"; ok "no object after 431" eq "$CODE" 404
 head -c 2000000 /dev/zero | tr '\0' a | sed 's/^/X-Big: /' >"$work/bighdr"
-req GET "$U/storage/v1/b" -H "@$work/bighdr"; ok "oversized headers refused" test "$CODE" -ge 400 -o "$EXIT" -ne 0
+req GET "$U/storage/v1/b" -H "@$work/bighdr"
+# past its 1 MiB pool libmicrohttpd answers 431 itself and closes while curl
+# may still be sending, so curl can report the reset instead of the status
+ok "2 MB of headers: 431 or closed, never served" test "$CODE" = 431 -o \( "$CODE" = 000 -a "$EXIT" -ne 0 \)
 req GET "$U/storage/v1/b"; ok "still serving" eq "$CODE" 200
 
 # ---- simple uploads and objects ----
