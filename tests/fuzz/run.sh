@@ -2,6 +2,8 @@
 # Builds the libFuzzer harness with ASan/UBSan and runs it for a while.
 #   tests/fuzz/run.sh [seconds=60]
 # New interesting inputs go to build/fuzz/corpus (the seeds stay in tests/fuzz/corpus).
+# tests/fuzz/corpus/regress-* are inputs that once crashed the harness (build/fuzz/crash-*),
+# kept as seeds once they no longer do.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
