@@ -564,7 +564,8 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
     assert.is_true(w:stats().retries > 3)
   end)
 
-  it("#5/#7 503 after 8 MiB then 408: never drops bytes the server lacks, never sends a chunk twice into the object", function()
+  it("#5/#7 503 after 768 KiB then 408: never drops bytes the server lacks, never resends what it holds", function()
+    srv:clear_requests()
     local id = retry_test(srv, { ["storage.objects.insert"] = { "return-503-after-768K", "return-408", "return-503-after-300K" } })
     local data = H.random_bytes(3 * MiB + 3)
     local w = assert(gcs_writer(srv, "offsets", { max_chunk_size = 1 * MiB, max_cache_size = 2 * MiB },
@@ -572,24 +573,98 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
     write_random_pieces(w, data, 333 * KiB)
     assert(w:Complete())
     assert_same_bytes(srv:object("b", "offsets"), data, "offsets")
+    local done, state = retry_test_done(srv, id)
+    assert.is_true(done, "the instructions did not all fire: " .. state)
+    assert.is_true(w:stats().retries >= 3, "retries: " .. w:stats().retries)
+    -- After each failure: a status query, then the next PUT starts exactly
+    -- where the server's persisted size ends (it is never below it).
+    local puts, after_failure, first_after_768 = 0, false, nil
+    for _, r in ipairs(srv:requests()) do
+      if r.method == "PUT" and r.path:find("name=offsets", 1, true) then
+        local a = r.content_range and tonumber(r.content_range:match("^bytes (%d+)%-"))
+        if r.status >= 500 or r.status == 408 then
+          after_failure = true
+        elseif r.content_range and r.content_range:match("^bytes %*/") then
+          assert.is_true(after_failure, "status query without a failure before it")
+        elseif a then
+          puts = puts + 1
+          if after_failure and not first_after_768 then first_after_768 = a end
+          after_failure = false
+        end
+      end
+    end
+    assert.equal(768 * KiB, first_after_768, "the resend after 503-after-768K starts at the persisted 768 KiB")
+    assert.is_true(puts >= 4)
   end)
 
   it("#8 a 308 without Range means nothing persisted", function()
-    local id = retry_test(srv, { ["storage.objects.insert"] = { "return-503" } })
+    srv:clear_requests()
+    -- after-0K: the first PUT fails before any byte is persisted, so the status
+    -- query that follows gets a 308 with no Range header at all.
+    local id = retry_test(srv, { ["storage.objects.insert"] = { "return-503-after-0K" } })
     local data = H.random_bytes(300 * KiB)
     local w = assert(gcs_writer(srv, "no-range", {}, { headers = { ["x-retry-test-id"] = id } }))
     assert(w:WriteAt(0, data))
     assert(w:Complete())
     assert_same_bytes(srv:object("b", "no-range"), data, "no-range")
+    local seq = {}
+    for _, r in ipairs(srv:requests()) do
+      if r.method == "PUT" then seq[#seq + 1] = r.status .. " " .. (r.content_range or "") end
+    end
+    -- (the first PUT's range depends on whether Complete came before the chunk left)
+    assert.is_truthy(seq[1] and seq[1]:match("^503 bytes 0%-"), table.concat(seq, "; "))
+    assert.equal("308 bytes */*", seq[2], table.concat(seq, "; "))
+    assert.is_truthy(seq[3] and seq[3]:match("^%d+ bytes 0%-"), "resent from 0: " .. table.concat(seq, "; "))
+    assert.is_truthy(seq[#seq]:match("^200 "), table.concat(seq, "; "))
   end)
 
-  it("#10 the checksum covers the bytes once: the object's crc32c equals the data's", function()
+  it("#10 a PUT that keeps failing while status queries succeed ends within the budget, not in a loop", function()
+    srv:clear_requests()
+    local q = {}
+    for i = 1, 200 do q[i] = "return-503-after-0K" end -- every data PUT fails; queries pass
+    local id = retry_test(srv, { ["storage.objects.insert"] = q })
+    local w = assert(gcs_writer(srv, "put-loop", { retry = { min_wait = 0.005, max_wait = 0.02, total_wait = 0.3 } },
+      { headers = { ["x-retry-test-id"] = id } }))
+    assert(w:WriteAt(0, H.random_bytes(300 * KiB)))
+    local t0 = H.now()
+    local obj, err = w:Complete()
+    assert.is_nil(obj)
+    assert.equal("rw.retry_budget_exhausted", err.code)
+    assert.is_true(err:is("http.503"))
+    assert.is_true(H.now() - t0 < 3, "took " .. (H.now() - t0))
+    local puts, queries = 0, 0
+    for _, r in ipairs(srv:requests()) do
+      if r.method == "PUT" and r.content_range == "bytes */*" then
+        queries = queries + 1
+        assert.equal(308, r.status)
+      elseif r.method == "PUT" then
+        puts = puts + 1
+        assert.equal(503, r.status)
+      end
+    end
+    assert.is_true(puts > 3 and puts < 200, "data PUTs: " .. puts)
+    assert.is_true(queries >= puts - 1, "a status query follows every failed PUT")
+    assert.equal(0, w:stats().persisted)
+    w:Abort()
+  end)
+
+  it("#10 the checksum covers the bytes once, even when chunks are resent", function()
+    -- Resends after a persisted-then-failed chunk must not enter the checksum
+    -- twice: the fake verifies X-Goog-Hash against the bytes it stored, so a
+    -- wrong crc32c or md5 from the writer fails the finalization.
+    local id = retry_test(srv, { ["storage.objects.insert"] = { "return-503-after-300K", "return-broken-stream",
+      "return-503-after-700K" } })
     local data = H.random_bytes(1 * MiB + 1)
-    local w = assert(gcs_writer(srv, "crc"))
+    local w = assert(gcs_writer(srv, "crc", { checksum = "both", max_chunk_size = 512 * KiB },
+      { headers = { ["x-retry-test-id"] = id } }))
     write_random_pieces(w, data, 100 * KiB)
     local obj = assert(w:Complete())
-    local _, meta = srv:object("b", "crc")
+    assert.is_true(w:stats().retries >= 2)
+    assert.is_true((retry_test_done(srv, id)))
+    local got, meta = srv:object("b", "crc")
+    assert_same_bytes(got, data, "crc")
     assert.equal(meta.crc32c, obj.crc32c)
+    assert.equal(meta.md5Hash, obj.md5Hash)
   end)
 end)
 

@@ -501,6 +501,24 @@ static rw_error *resync(rw_writer *w, rw_backoff *b, const chunk *c, bool *done)
   }
 }
 
+/* True when the server persisted part of non-final chunk c and the rest is
+ * not a multiple of 256 KiB: sent as it is, that rest would be a non-final
+ * chunk GCS refuses (400) or only partly persists. The chunk then ends here
+ * and the next one is cut from the persisted offset, in whole quanta, with
+ * the data that follows (or becomes the final chunk). mu held. */
+static bool rest_misaligned_locked(rw_writer *w, const chunk *c) {
+  uint64_t end = c->off + c->len;
+  return !c->final && w->persisted > c->off && w->persisted < end &&
+         (end - w->persisted) % RW_CHUNK_QUANTUM != 0;
+}
+
+static bool rest_misaligned(rw_writer *w, const chunk *c) {
+  pthread_mutex_lock(&w->mu);
+  bool r = rest_misaligned_locked(w, c);
+  pthread_mutex_unlock(&w->mu);
+  return r;
+}
+
 static rw_error *send_chunk(rw_writer *w, const chunk *c) {
   rw_backoff b;
   rw_backoff_init(&b, &w->cfg.retry);
@@ -510,6 +528,7 @@ static rw_error *send_chunk(rw_writer *w, const chunk *c) {
   }
   for (;;) {
     bool done = false, progressed = false;
+    if (rest_misaligned(w, c)) return NULL;
     rw_error *e = put_once(w, c, &done, &progressed);
     if (!e && done) return NULL;
     if (!e && progressed) continue; /* partial 308: send the rest at once */
