@@ -102,7 +102,10 @@ static fg_session *make_session(rw_fakegcs *s, fg_req *r, const upload_spec *u,
   ss->pre = u->pre;
   ss->declared_total = u->declared;
   ss->blob = fg_blob_new(s->store.kind, s->store.dir, u->declared > 0 ? (uint64_t)u->declared : 0);
-  if (!ss->blob) {
+  /* GCS verifies an md5Hash it is given: with MD5 off (discard mode) this
+   * upload computes it anyway (nothing is persisted yet). */
+  bool md5_ok = !ss->want_md5_b64 || ss->digest.md5 || fg_digest_init(&ss->digest, true);
+  if (!ss->blob || !md5_ok) {
     ss->state = FG_SESSION_CANCELLED;
     return *res = fg_reply_error(s, r, 500, "cannot allocate the upload's store"), NULL;
   }

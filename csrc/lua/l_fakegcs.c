@@ -5,7 +5,7 @@
  *   (md5 defaults to true, except with store = "discard")
  *   srv:url(), srv:port(), srv:object(bucket, name) -> data|false, meta | nil
  *   srv:requests() -> { {method, path, content_range, status}, ... }
- *   srv:clear_requests(), srv:bucket(name)
+ *   srv:clear_requests(), srv:bucket(name) (creates it; idempotent)
  *   srv:faults{ seed =, p_503 =, p_408 =, p_reset =, p_partial =, p_broken =,
  *               p_stall =, stall_ms = }   (no argument: off)
  *   srv:stop()  (also __gc and __close) */
@@ -187,7 +187,10 @@ static int l_clear_requests(lua_State *L) {
 
 static int l_bucket(lua_State *L) {
   rw_fakegcs *s = check_srv(L);
-  rw_fakegcs_bucket_create(s, luaL_checkstring(L, 2));
+  size_t len;
+  const char *name = luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, len > 0, 2, "bucket name must not be empty");
+  rw_fakegcs_bucket_create(s, name);
   return 0;
 }
 
