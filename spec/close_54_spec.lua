@@ -2,6 +2,12 @@
 local H = require "helpers"
 local rw = H.rw()
 
+-- curl's exit code for a GET of url (7: could not connect).
+local function curl_exit(url)
+  local _, _, code = os.execute(("curl -s -o /dev/null --max-time 5 '%s'"):format(url))
+  return code
+end
+
 describe("<close> (Lua 5.4)", function()
   it("cancels at scope exit with <close>", function()
     local outer = rw.context.background()
@@ -14,4 +20,35 @@ describe("<close> (Lua 5.4)", function()
     assert.is_true(kept:done())
   end)
 
+  it("stops a fake GCS at scope exit, also when the scope raises", function()
+    local url, kept
+    do
+      local s <close> = rw.fakegcs.start { buckets = { "b" } }
+      url, kept = s:url(), s
+      assert.are.equal(0, curl_exit(url .. "/storage/v1/b/b"))
+    end
+    assert.are.equal(7, curl_exit(url .. "/storage/v1/b/b"))
+    assert.truthy(H.raised(kept.url, kept):find("attempt to use a closed fakegcs", 1, true))
+    local ok, err = pcall(function()
+      local s <close> = rw.fakegcs.start {}
+      url = s:url()
+      error("boom")
+    end)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("boom", 1, true))
+    assert.are.equal(7, curl_exit(url .. "/storage/v1/b"))
+  end)
+
+  it("stops a chaos proxy at scope exit", function()
+    local srv <close> = rw.fakegcs.start { buckets = { "b" } }
+    local p = rw.faults.profile { seed = H.seed }
+    local url
+    do
+      local px <close> = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+      url = px:url()
+      assert.are.equal(0, curl_exit(url .. "/storage/v1/b/b"))
+    end
+    assert.are.equal(0, p:stats().active)
+    assert.are.equal(7, curl_exit(url .. "/storage/v1/b/b"))
+  end)
 end)

@@ -76,7 +76,27 @@ local function crc_b64(s)
     math.floor(c / 2 ^ 8) % 256, c % 256))
 end
 
+local function H_raised(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, "expected an error to be raised")
+  return tostring(err)
+end
+
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+-- MD5 in base64, from openssl (independent of the server's).
+local function md5_b64(s)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+  local p = assert(io.popen("openssl dgst -md5 -binary " .. path .. " | base64"))
+  local out = p:read("*a"):gsub("%s+$", "")
+  p:close()
+  os.remove(path)
+  assert(#out == 24, "openssl md5: " .. out)
+  return out
+end
 
 local function slurp(path)
   local f = assert(io.open(path, "rb"))
@@ -184,6 +204,68 @@ describe("fakegcs", function()
       local ok, err = pcall(s.url, s)
       assert.is_false(ok)
       assert.matches("attempt to use a closed fakegcs", err)
+    end)
+    -- The port of a stopped server refuses connections (curl exit 7) and its
+    -- threads are gone.
+    local function assert_stopped(u, threads0)
+      local r = curl { url = u .. "/storage/v1/b", max_time = 5 }
+      assert.are.equal(7, r.exit, "curl exit " .. tostring(r.exit) .. ", HTTP " .. r.status)
+      assert.are.equal(threads0, core.util.thread_count())
+    end
+    it("stops on __gc: once collected, its port refuses connections", function()
+      collectgarbage(); collectgarbage()
+      local threads0 = core.util.thread_count()
+      local s = fakegcs.start { buckets = { "g" } }
+      local u = s:url()
+      assert.are.equal(200, curl { url = u .. "/storage/v1/b/g" }.status)
+      assert.truthy(core.util.thread_count() > threads0)
+      s = nil
+      collectgarbage(); collectgarbage()
+      assert_stopped(u, threads0)
+    end)
+    it("stops on __close (also after stop: safe twice)", function()
+      collectgarbage(); collectgarbage()
+      local threads0 = core.util.thread_count()
+      local s = fakegcs.start { buckets = { "g" } }
+      local u = s:url()
+      assert.are.equal(200, curl { url = u .. "/storage/v1/b/g" }.status)
+      getmetatable(s).__close(s)
+      assert_stopped(u, threads0)
+      assert.matches("attempt to use a closed fakegcs", H_raised(s.port, s))
+      assert.are.equal("fakegcs (closed)", tostring(s))
+      getmetatable(s).__close(s)
+      getmetatable(s).__gc(s)
+      s:stop()
+    end)
+    it("clear_requests empties the log; later requests are logged from one", function()
+      curl { url = url .. "/storage/v1/b/b" }
+      curl { url = url .. "/storage/v1/b/nope" }
+      assert.are.equal(2, #srv:requests())
+      srv:clear_requests()
+      assert.are.same({}, srv:requests())
+      curl { url = url .. "/storage/v1/b/b/o?prefix=z" }
+      local log = srv:requests()
+      assert.are.equal(1, #log)
+      assert.are.equal("GET", log[1].method)
+      assert.are.equal("/storage/v1/b/b/o?prefix=z", log[1].path)
+      assert.are.equal(200, log[1].status)
+    end)
+    it("bucket(name) creates a bucket, idempotently", function()
+      local media = url .. "/upload/storage/v1/b/nb/o?uploadType=media&name=x"
+      assert.are.equal(404, curl { url = url .. "/storage/v1/b/nb" }.status)
+      assert.are.equal(404, curl { method = "POST", url = media, data = "abc" }.status)
+      srv:bucket("nb")
+      local r = curl { url = url .. "/storage/v1/b/nb" }
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal("nb", field(r.body, "name"))
+      local data = random_bytes(1234)
+      assert.are.equal(200, curl { method = "POST", url = media, data = data }.status)
+      srv:bucket("nb") -- again: no error, and the bucket keeps its objects
+      assert.is_true(srv:object("nb", "x") == data)
+      assert.truthy(curl { url = url .. "/storage/v1/b?project=p" }.body:find('"name":"nb"', 1, true))
+      assert.has_error(function() srv:bucket("") end)
+      assert.has_error(function() srv:bucket() end)
+      assert.has_error(function() srv:bucket({}) end)
     end)
     it("returns nil, err when the port is taken", function()
       local s, err = fakegcs.start { port = srv:port() }
@@ -327,6 +409,102 @@ describe("fakegcs", function()
       assert.are.equal("three", srv:object("b", "g"))
       loc = start_session("g", nil, nil, "&ifGenerationNotMatch=0")
       assert.are.equal(200, put(loc, "bytes 0-3/4", "four").status)
+    end)
+    it("checks ifGenerationMatch/NotMatch against an existing generation (412, object untouched)", function()
+      local loc = start_session("gn", nil, nil, "&ifGenerationMatch=0")
+      assert.are.equal(200, put(loc, "bytes 0-2/3", "one").status)
+      local gen = tonumber(select(2, srv:object("b", "gn")).generation)
+      assert.truthy(gen > 0)
+      local function num(n) return ("%.0f"):format(n) end -- exact below 2^53, also in LuaJIT
+      for _, query in ipairs { "&ifGenerationMatch=" .. num(gen + 1), "&ifGenerationMatch=" .. num(gen - 1),
+        "&ifGenerationNotMatch=" .. num(gen) } do
+        loc = start_session("gn", nil, nil, query)
+        local r = put(loc, "bytes 0-2/3", "two")
+        assert.are.equal(412, r.status, query)
+        assert.matches("conditionNotMet", r.body)
+        assert.are.equal("one", srv:object("b", "gn"), query)
+        assert.are.equal(gen, tonumber(select(2, srv:object("b", "gn")).generation))
+      end
+      -- a generation that matches nothing that exists yet
+      loc = start_session("gn-new", nil, nil, "&ifGenerationMatch=" .. num(gen))
+      assert.are.equal(412, put(loc, "bytes 0-2/3", "two").status)
+      assert.is_nil(srv:object("b", "gn-new"))
+      loc = start_session("gn", nil, nil, "&ifGenerationNotMatch=" .. num(gen + 1))
+      assert.are.equal(200, put(loc, "bytes 0-2/3", "two").status)
+      assert.are.equal("two", srv:object("b", "gn"))
+      assert.truthy(tonumber(select(2, srv:object("b", "gn")).generation) > gen)
+    end)
+    it("checks ifMetagenerationMatch/NotMatch at finalization (412, object untouched)", function()
+      assert.are.equal(200, put(start_session("mg"), "bytes 0-2/3", "one").status)
+      local _, meta = srv:object("b", "mg")
+      assert.are.equal("1", meta.metageneration)
+      for _, query in ipairs { "&ifMetagenerationMatch=2", "&ifMetagenerationMatch=0",
+        "&ifMetagenerationNotMatch=1" } do
+        local loc = start_session("mg", nil, nil, query)
+        -- the session starts; the check is at finalization, after the bytes
+        assert.are.equal(308, put(loc, ("bytes 0-%d/*"):format(Q - 1), random_bytes(Q)).status)
+        local r = put(loc, ("bytes */%d"):format(Q))
+        assert.are.equal(412, r.status, query)
+        assert.are.equal("one", srv:object("b", "mg"), query)
+        assert.are.equal(412, put(loc, "bytes */*").status) -- a failed session repeats its error
+      end
+      local data = random_bytes(Q + 3)
+      local loc = start_session("mg", nil, nil, "&ifMetagenerationMatch=1&ifGenerationMatch=" .. meta.generation)
+      assert.are.equal(200, put(loc, ("bytes 0-%d/%d"):format(#data - 1, #data), data).status)
+      assert.is_true(srv:object("b", "mg") == data)
+      loc = start_session("mg", nil, nil, "&ifMetagenerationNotMatch=2")
+      assert.are.equal(200, put(loc, "bytes 0-3/4", "four").status)
+      assert.are.equal("four", srv:object("b", "mg"))
+      -- a value that is not a number is a 400 at the initiation
+      local r = curl { method = "POST", url = url .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=mg&ifMetagenerationMatch=x",
+        data = "{}" }
+      assert.are.equal(400, r.status)
+    end)
+    it("verifies an md5Hash in the initiation metadata at finalization", function()
+      local data = random_bytes(Q + 777)
+      local good = md5_b64(data)
+      local bad = md5_b64(data .. "x")
+      -- mismatch: the chunks are taken, the final one fails, no object
+      local loc = start_session("m1", nil, '{"md5Hash":"' .. bad .. '"}')
+      assert.are.equal(308, put(loc, ("bytes 0-%d/*"):format(Q - 1), data:sub(1, Q)).status)
+      local r = put(loc, ("bytes %d-%d/%d"):format(Q, #data - 1, #data), data:sub(Q + 1))
+      assert.are.equal(400, r.status)
+      assert.matches("MD5", r.body)
+      assert.is_nil(srv:object("b", "m1"))
+      assert.are.equal(400, put(loc, "bytes */*").status)
+      assert.is_nil(srv:object("b", "m1"))
+      -- match: stored, with that md5Hash
+      loc = start_session("m2", nil, '{"md5Hash":"' .. good .. '","crc32c":"' .. crc_b64(data) .. '"}')
+      r = put(loc, ("bytes 0-%d/%d"):format(#data - 1, #data), data)
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal(good, field(r.body, "md5Hash"))
+      local got, meta = srv:object("b", "m2")
+      assert.is_true(got == data)
+      assert.are.equal(good, meta.md5Hash)
+      -- the right md5 with a wrong crc32c still fails
+      loc = start_session("m3", nil, '{"md5Hash":"' .. good .. '","crc32c":"AAAAAA=="}')
+      assert.are.equal(400, put(loc, ("bytes 0-%d/%d"):format(#data - 1, #data), data).status)
+      assert.is_nil(srv:object("b", "m3"))
+    end)
+    it("verifies an initiation md5Hash even where MD5 is off (discard store)", function()
+      local s = fakegcs.start { store = "discard", buckets = { "b" } }
+      finally(function() s:stop() end)
+      local data = random_bytes(5000)
+      local function session(name, md5)
+        local r = curl { method = "POST", url = s:url() .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=" .. name,
+          data = '{"md5Hash":"' .. md5 .. '"}' }
+        assert.are.equal(200, r.status, r.body)
+        return r.headers.location
+      end
+      assert.are.equal(400, put(session("d1", md5_b64("other")), "bytes 0-4999/5000", data).status)
+      assert.is_nil(s:object("b", "d1"))
+      local r = put(session("d2", md5_b64(data)), "bytes 0-4999/5000", data)
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal(md5_b64(data), select(2, s:object("b", "d2")).md5Hash)
+      -- without one, discard mode computes no MD5 (as before)
+      r = curl { method = "POST", url = s:url() .. "/upload/storage/v1/b/b/o?uploadType=media&name=d3", data = data }
+      assert.are.equal(200, r.status)
+      assert.is_nil(select(2, s:object("b", "d3")).md5Hash)
     end)
     it("verifies X-Goog-Hash and metadata checksums; a mismatch makes no object", function()
       local data = random_bytes(5000)
