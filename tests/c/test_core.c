@@ -1,6 +1,7 @@
 /* Unit tests for errors, contexts, backoff, rate limiter, pool and workgroup. */
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 
 #include "core/backoff.h"
@@ -188,6 +189,43 @@ static void test_backoff(void) {
   rw_ctx_unref(ctx);
 }
 
+/* remaining() is the budget left: total_wait less every delay handed out. */
+static void test_backoff_remaining(void) {
+  rw_backoff_config c = {.min_wait = 0.1, .max_wait = 0.1, .total_wait = 1, .multiplier = 1,
+                         .jitter = RW_JITTER_NONE, .seed = seed + 2};
+  rw_backoff b;
+  rw_backoff_init(&b, &c);
+  CHECK(fabs(rw_backoff_remaining(&b) - 1) < 1e-12);
+  double d;
+  CHECK(rw_backoff_next(&b, &d) == NULL);
+  CHECK(fabs(rw_backoff_remaining(&b) - 0.9) < 1e-9);
+  rw_backoff_reset(&b);
+  CHECK(fabs(rw_backoff_remaining(&b) - 1) < 1e-12);
+  /* with jitter: the sum of the delays plus what remains is the budget */
+  c = (rw_backoff_config){.min_wait = 0.01, .max_wait = 0.5, .total_wait = 4, .multiplier = 2,
+                          .jitter = RW_JITTER_FULL, .seed = seed + 3};
+  rw_backoff_init(&b, &c);
+  double sum = 0;
+  rw_error *e;
+  while (!(e = rw_backoff_next(&b, &d))) {
+    sum += d;
+    CHECK(fabs(rw_backoff_remaining(&b) - (4 - sum)) < 1e-9);
+  }
+  CHECK(rw_error_is(e, RW_E_RETRY_BUDGET));
+  rw_error_unref(e);
+  double left = rw_backoff_remaining(&b);
+  CHECK(fabs(left - (4 - sum)) < 1e-9); /* the refused delay was not spent */
+  CHECK(left >= 0 && left < 0.5);       /* and it (<= max_wait) did not fit */
+  /* wait() spends what it slept */
+  c = (rw_backoff_config){.min_wait = 0.01, .max_wait = 0.01, .total_wait = 1, .multiplier = 1,
+                          .jitter = RW_JITTER_NONE, .seed = seed + 4};
+  rw_backoff_init(&b, &c);
+  rw_ctx *ctx = rw_ctx_background();
+  CHECK(rw_backoff_wait(&b, ctx) == NULL);
+  CHECK(fabs(rw_backoff_remaining(&b) - 0.99) < 1e-9);
+  rw_ctx_unref(ctx);
+}
+
 static void test_ratelimit(void) {
   rw_error *err = NULL;
   CHECK(rw_ratelimit_new(0, 1, &err) == NULL && err);
@@ -208,6 +246,32 @@ static void test_ratelimit(void) {
   for (int i = 0; i < 600; i++) CHECK(rw_ratelimit_wait(rl, ctx, 2) == NULL);
   double rate = (1200 - 20) / (rw_mono_now() - t0);
   CHECK(rate > 1900 && rate < 2100);
+  rw_ctx_unref(ctx);
+  rw_ratelimit_free(rl);
+}
+
+/* set_rate: the new rate prices the next reservation; a bad rate is ignored. */
+static void test_ratelimit_set_rate(void) {
+  rw_error *err = NULL;
+  rw_ratelimit *rl = rw_ratelimit_new(10, 1, &err);
+  CHECK(rw_ratelimit_try(rl, 1)); /* empty now */
+  rw_ratelimit_set_rate(rl, 2);
+  double d;
+  CHECK(rw_ratelimit_reserve(rl, 1, &d) == NULL);
+  CHECK(d > 0.3 && d <= 0.5 + 1e-9); /* a token at 2/s (0.1 s at the old 10/s) */
+  rw_ratelimit_cancel(rl, 1);
+  static const double bad[] = {0, -5, NAN, INFINITY};
+  for (int i = 0; i < 4; i++) rw_ratelimit_set_rate(rl, bad[i]);
+  CHECK(rw_ratelimit_reserve(rl, 1, &d) == NULL);
+  CHECK(d > 0.3 && d <= 0.5 + 1e-9); /* still 2/s */
+  rw_ratelimit_cancel(rl, 1);
+  rw_ratelimit_set_rate(rl, 1000);
+  CHECK(rw_ratelimit_reserve(rl, 1, &d) == NULL);
+  CHECK(d >= 0 && d <= 0.001 + 1e-9); /* a token at 1000/s */
+  rw_ctx *ctx = rw_ctx_background();
+  double t0 = rw_mono_now();
+  for (int i = 0; i < 50; i++) CHECK(rw_ratelimit_wait(rl, ctx, 1) == NULL);
+  CHECK(rw_mono_now() - t0 < 1); /* 50 tokens at 2/s would take 25 s */
   rw_ctx_unref(ctx);
   rw_ratelimit_free(rl);
 }
@@ -266,6 +330,182 @@ static void test_workgroup(void) {
   rw_error_unref(err);
 }
 
+static atomic_int extra_runs;
+
+static rw_error *count_run(rw_ctx *ctx, void *arg) {
+  atomic_fetch_add(&extra_runs, 1);
+  return NULL;
+}
+
+/* Runs until the test opens the gate (a context of its own). */
+static rw_error *gated(rw_ctx *ctx, void *gate) {
+  rw_ctx_wait(gate, 10);
+  return NULL;
+}
+
+static rw_error *fail_first(rw_ctx *ctx, void *arg) { return rw_err("test.first", "the first error"); }
+
+/* Waits for the group to be cancelled, then fails: too late to be first. */
+static rw_error *fail_late(rw_ctx *ctx, void *arg) {
+  rw_ctx_wait(ctx, 10);
+  return rw_err("test.second", "a later error");
+}
+
+static void test_workgroup_api(void) {
+  rw_error *err = NULL;
+  rw_pool *pool = rw_pool_new(4, 0.2, &err);
+  /* try_go: runs while a slot is free, refuses (without running fn) when not */
+  rw_workgroup *wg = rw_workgroup_new(NULL, 2, pool, &err);
+  CHECK(rw_workgroup_error(wg) == NULL);
+  CHECK_EQ_INT(rw_workgroup_running(wg), 0);
+  rw_ctx *gate = rw_ctx_background();
+  atomic_store(&extra_runs, 0);
+  CHECK(rw_workgroup_try_go(wg, gated, gate));
+  CHECK(rw_workgroup_try_go(wg, gated, gate));
+  CHECK_EQ_INT(rw_workgroup_running(wg), 2);
+  CHECK(!rw_workgroup_try_go(wg, count_run, NULL));
+  rw_ctx_cancel(gate, NULL);
+  CHECK(rw_workgroup_wait(wg) == NULL);
+  CHECK_EQ_INT(rw_workgroup_running(wg), 0);
+  CHECK_EQ_INT(atomic_load(&extra_runs), 0); /* the refused task never ran */
+  CHECK(rw_workgroup_try_go(wg, count_run, NULL));
+  CHECK(rw_workgroup_wait(wg) == NULL);
+  CHECK_EQ_INT(atomic_load(&extra_runs), 1);
+  CHECK(rw_workgroup_error(wg) == NULL);
+  rw_workgroup_free(wg);
+  rw_ctx_unref(gate);
+
+  /* the first error: kept by the group, and the cause of its ctx's cancellation */
+  rw_ctx *parent = rw_ctx_background();
+  wg = rw_workgroup_new(parent, 4, pool, &err);
+  rw_ctx *gctx = rw_workgroup_ctx(wg);
+  CHECK(gctx != NULL && gctx != parent && !rw_ctx_done(gctx));
+  CHECK(rw_workgroup_go(wg, fail_late, NULL) == NULL);
+  CHECK(rw_workgroup_go(wg, fail_first, NULL) == NULL);
+  CHECK(rw_ctx_wait(gctx, 5)); /* cancelled by fail_first */
+  rw_error *first = rw_workgroup_error(wg);
+  CHECK(first && strcmp(rw_error_code(first), "test.first") == 0);
+  rw_error *why = rw_ctx_err(gctx);
+  CHECK(why && first && strcmp(rw_error_id(why), rw_error_id(first)) == 0);
+  rw_error_unref(why);
+  CHECK(!rw_ctx_done(parent)); /* a group never cancels its parent */
+  rw_error *e = rw_workgroup_wait(wg);
+  CHECK(e && first && strcmp(rw_error_id(e), rw_error_id(first)) == 0); /* not test.second */
+  rw_error_unref(e);
+  e = rw_workgroup_error(wg);
+  CHECK(e && first && strcmp(rw_error_id(e), rw_error_id(first)) == 0);
+  rw_error_unref(e);
+  CHECK_EQ_INT(rw_workgroup_running(wg), 0);
+  CHECK(!rw_workgroup_try_go(wg, count_run, NULL)); /* the group is done */
+  CHECK_EQ_INT(atomic_load(&extra_runs), 1);
+  rw_error_unref(first);
+  rw_workgroup_free(wg);
+  rw_ctx_unref(parent);
+
+  /* cancelling the parent ends the group's ctx */
+  parent = rw_ctx_background();
+  wg = rw_workgroup_new(parent, 1, pool, &err);
+  rw_ctx_cancel(parent, rw_err("test.parent", "parent gone"));
+  e = rw_ctx_err(rw_workgroup_ctx(wg));
+  CHECK(e && rw_error_is(e, "test.parent"));
+  rw_error_unref(e);
+  CHECK(!rw_workgroup_try_go(wg, count_run, NULL));
+  CHECK(rw_workgroup_error(wg) == NULL); /* no task failed */
+  rw_workgroup_free(wg);
+  rw_ctx_unref(parent);
+  rw_pool_free(pool);
+}
+
+/* ---- logging ---- */
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_lines[8][1024];
+static rw_log_level log_levels[8];
+static int log_count;
+
+static void log_capture(void *ud, rw_log_level lvl, const char *line) {
+  pthread_mutex_lock(&log_mu);
+  if (ud == (void *)log_lines && log_count < 8) {
+    snprintf(log_lines[log_count], sizeof log_lines[0], "%s", line);
+    log_levels[log_count] = lvl;
+  }
+  log_count++;
+  pthread_mutex_unlock(&log_mu);
+}
+
+static void log_reset(void) {
+  pthread_mutex_lock(&log_mu);
+  log_count = 0;
+  memset(log_lines, 0, sizeof log_lines);
+  pthread_mutex_unlock(&log_mu);
+}
+
+/* The i-th captured line, when it was at lvl and holds every one of the
+ * NULL-terminated pieces. */
+static bool logged(int i, rw_log_level lvl, ...) {
+  pthread_mutex_lock(&log_mu);
+  bool ok = i < log_count && i < 8 && log_levels[i] == lvl;
+  va_list ap;
+  va_start(ap, lvl);
+  for (const char *piece; ok && (piece = va_arg(ap, const char *));)
+    if (!strstr(log_lines[i], piece)) {
+      fprintf(stderr, "log line %d lacks '%s': %s\n", i, piece, log_lines[i]);
+      ok = false;
+    }
+  va_end(ap);
+  pthread_mutex_unlock(&log_mu);
+  return ok;
+}
+
+static void test_logging(void) {
+  /* without a hook: RW_LOG_LEVEL decides (default warn) */
+  CHECK(rw_log_enabled(RW_LOG_ERROR));
+  const char *lv = getenv("RW_LOG_LEVEL");
+  if (!lv || strcmp(lv, "warn") == 0) {
+    CHECK(rw_log_enabled(RW_LOG_WARN));
+    CHECK(!rw_log_enabled(RW_LOG_INFO) && !rw_log_enabled(RW_LOG_DEBUG));
+  }
+  rw_log_set_hook(log_capture, log_lines);
+  log_reset();
+  CHECK(rw_log_enabled(RW_LOG_DEBUG)); /* a hook hears every level */
+  rw_log(RW_LOG_INFO, "hello %d from %s", 42, "test_core");
+  CHECK_EQ_INT(log_count, 1);
+  CHECK(logged(0, RW_LOG_INFO, "reliablewriter info: hello 42 from test_core", NULL));
+
+  /* making an error logs it at debug, with its id */
+  log_reset();
+  rw_error *cause = rw_err(RW_E_NET_RESET, "peer reset after %d bytes", 7);
+  CHECK_EQ_INT(log_count, 1);
+  CHECK(logged(0, RW_LOG_DEBUG, rw_error_id(cause), "net.reset", "peer reset after 7 bytes", "made", NULL));
+  rw_error *e = rw_err_wrap(RW_E_RETRY_BUDGET, cause, "gave up");
+  CHECK(logged(1, RW_LOG_DEBUG, rw_error_id(e), NULL));
+
+  /* rw_error_log: the id, code, where, status, message and the cause's id */
+  log_reset();
+  rw_error_log(RW_LOG_WARN, e, "while testing");
+  CHECK_EQ_INT(log_count, 1);
+  char id[32];
+  snprintf(id, sizeof id, "id=%s", rw_error_id(e));
+  char cause_id[40];
+  snprintf(cause_id, sizeof cause_id, "cause=%s", rw_error_id(cause));
+  CHECK(logged(0, RW_LOG_WARN, "reliablewriter warn: while testing", id, "code=rw.retry_budget_exhausted",
+               rw_error_where(e), "gave up", cause_id, NULL));
+  rw_error *h = rw_err_http(503, "busy");
+  rw_error_log(RW_LOG_ERROR, h, "http");
+  CHECK(logged(2, RW_LOG_ERROR, rw_error_id(h), "status=503", "code=http.503", NULL));
+  rw_error_log(RW_LOG_ERROR, NULL, "nothing"); /* no error, no line */
+  CHECK_EQ_INT(log_count, 3);
+
+  /* unhooked: the hook hears nothing more */
+  rw_log_set_hook(NULL, NULL);
+  log_reset();
+  rw_log(RW_LOG_DEBUG, "not for the hook");
+  rw_error_unref(rw_err("test.quiet", "not for the hook either"));
+  CHECK_EQ_INT(log_count, 0);
+  rw_error_unref(e);
+  rw_error_unref(h);
+}
+
 int main(void) {
   seed = ct_seed();
   RUN(test_errors);
@@ -275,6 +515,10 @@ int main(void) {
   RUN(test_context_race);
   RUN(test_backoff);
   RUN(test_ratelimit);
+  RUN(test_backoff_remaining);
+  RUN(test_ratelimit_set_rate);
   RUN(test_workgroup);
+  RUN(test_workgroup_api);
+  RUN(test_logging);
   return ct_finish("test_core");
 }
