@@ -387,6 +387,172 @@ describe("writer on the fake GCS", function()
   end)
 end)
 
+describe("writer lifetimes, contexts and options (fake GCS)", function()
+  local srv
+  setup(function() srv = start_server() end)
+  teardown(function() srv:stop() end)
+
+  -- The HTTP status of a status query on a session URI (308 live, 404 gone).
+  local function session_status(uri)
+    local p = io.popen(("curl -s -o /dev/null -w '%%{http_code}' -X PUT -H 'Content-Range: bytes */*' " ..
+      "-H 'Content-Length: 0' '%s'"):format(uri))
+    local code = tonumber(p:read("a"))
+    p:close()
+    return code
+  end
+
+  local function session_uri(w)
+    local deadline = H.now() + 5
+    while H.now() < deadline do
+      local s = w:session()
+      if s.uri and s.uri ~= "" then return s.uri end
+      rw.util.sleep(0.01)
+    end
+    error("the writer never opened a session")
+  end
+
+  local function eventually(fn, secs)
+    local deadline = H.now() + (secs or 3)
+    repeat
+      if fn() then return true end
+      rw.util.sleep(0.02)
+    until H.now() > deadline
+    return fn()
+  end
+
+  it("close() on an unfinished writer aborts it and deletes the session", function()
+    local w = assert(gcs_writer(srv, "closed-early", { max_chunk_size = 256 * KiB }))
+    assert(w:WriteAt(0, H.random_bytes(300 * KiB)))
+    local uri = session_uri(w)
+    assert.equal(308, session_status(uri))
+    w:close()
+    assert.equal(404, session_status(uri))
+    assert.is_nil(srv:object("b", "closed-early"))
+    assert.matches("closed writer", H.raised(w.WriteAt, w, 0, "x"))
+  end)
+
+  it("collecting an unfinished writer aborts it and deletes the session", function()
+    local w = assert(gcs_writer(srv, "collected", { max_chunk_size = 256 * KiB }))
+    assert(w:WriteAt(0, H.random_bytes(300 * KiB)))
+    local uri = session_uri(w)
+    w = nil -- luacheck: ignore
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(eventually(function() return session_status(uri) == 404 end), "the session survived its writer")
+    assert.is_nil(srv:object("b", "collected"))
+  end)
+
+  it("WriteAt honours its own context while it waits for room, and the writer goes on", function()
+    local id = retry_test(srv, { ["storage.objects.insert"] = { "stall-for-1s-after-0K" } })
+    local data = H.random_bytes(256 * KiB + 4)
+    local w = assert(gcs_writer(srv, "writeat-ctx", { max_chunk_size = 256 * KiB, max_cache_size = 256 * KiB },
+      { headers = { ["x-retry-test-id"] = id } }))
+    assert(w:WriteAt(0, data:sub(1, 256 * KiB))) -- fills the cache; its chunk stalls on the server
+    local t0 = H.now()
+    local ok, err = w:WriteAt(256 * KiB, data:sub(256 * KiB + 1), rw.context.background():with_timeout(0.2))
+    local took = H.now() - t0
+    assert.is_nil(ok)
+    assert.equal("rw.deadline_exceeded", err.code)
+    assert.is_true(took >= 0.15 and took < 0.8, "took " .. took)
+    assert(w:WriteAt(256 * KiB, data:sub(256 * KiB + 1))) -- the same write, once there is room
+    assert(w:Complete())
+    assert_same_bytes(srv:object("b", "writeat-ctx"), data, "writeat-ctx")
+  end)
+
+  it("wait() returns true once a Complete left pending by a short context finishes", function()
+    local id = retry_test(srv, { ["storage.objects.insert"] = { "stall-for-0.5s-after-64K" } })
+    local data = H.random_bytes(200 * KiB)
+    local w = assert(gcs_writer(srv, "wait-true", {}, { headers = { ["x-retry-test-id"] = id } }))
+    assert(w:WriteAt(0, data))
+    local obj, err = w:Complete(rw.context.background():with_timeout(0.05))
+    assert.is_nil(obj)
+    assert.equal("rw.deadline_exceeded", err.code)
+    assert.is_false(w:poll())
+    assert.is_true(w:wait(5))
+    assert.is_true(w:poll())
+    assert.equal(#data, assert(w:Complete()).size)
+    assert_same_bytes(srv:object("b", "wait-true"), data, "wait-true")
+  end)
+
+  it("Complete(ctx, total) checks the declared total against what was written", function()
+    local data = H.random_bytes(1000)
+    local w = assert(gcs_writer(srv, "total"))
+    assert(w:WriteAt(0, data))
+    local obj, err = w:Complete(nil, 999)
+    assert.is_nil(obj)
+    assert.equal("rw.invalid_argument", err.code)
+    assert.matches("less than the bytes written", err.message)
+    obj, err = w:Complete(nil, 2000)
+    assert.is_nil(obj)
+    assert.equal("rw.gap", err.code)
+    assert.matches("%[1000, 2000%)", err.message)
+    assert.equal(1000, assert(w:Complete(nil, 1000)).size)
+    assert_same_bytes(srv:object("b", "total"), data, "total")
+  end)
+
+  it("checksum = md5, crc32c and none all upload intact; the reply's hashes are the server's", function()
+    for _, mode in ipairs { "md5", "crc32c", "none" } do
+      local data = H.random_bytes(math.random(1, 600 * KiB))
+      local w = assert(gcs_writer(srv, "sum-" .. mode, { checksum = mode }))
+      write_random_pieces(w, data, 200 * KiB)
+      local obj = assert(w:Complete())
+      local got, meta = srv:object("b", "sum-" .. mode)
+      assert_same_bytes(got, data, "checksum " .. mode)
+      assert.equal(meta.crc32c, obj.crc32c)
+      assert.equal(meta.md5Hash, obj.md5Hash)
+    end
+  end)
+
+  it("stores the sink's metadata on the object", function()
+    local w = assert(gcs_writer(srv, "meta", {}, { metadata = { contentType = "text/x-rw-" .. H.seed % 1000 } }))
+    assert(w:WriteAt(0, "hello"))
+    assert(w:Complete())
+    local _, meta = srv:object("b", "meta")
+    assert.equal("text/x-rw-" .. H.seed % 1000, meta.contentType)
+  end)
+
+  it("the session carries the crc32c of the persisted bytes: resumed with a wrong one, no object is made", function()
+    local data = H.random_bytes(1 * MiB + 7)
+    local w = assert(gcs_writer(srv, "crc-carried", { max_chunk_size = 512 * KiB }))
+    assert(w:WriteAt(0, data:sub(1, 600 * KiB)))
+    assert.is_true(eventually(function() w:poll(); return w:stats().persisted >= 512 * KiB end, 5))
+    local session = w:Suspend()
+    w:close()
+    assert.equal(512 * KiB, session.persisted)
+    assert.is_string(session.crc32c)
+    local sink = rw.gcs { bucket = "b", object = "crc-carried", endpoint = srv:url() }
+    local bad = { uri = session.uri, persisted = session.persisted,
+      crc32c = session.crc32c == "AAAAAA==" and "AAAAAQ==" or "AAAAAA==" }
+    local w2 = assert(rw.resume(rw.context.background(), bad, { sink = sink, retry = fast_retry() }))
+    assert(w2:WriteAt(session.persisted, data:sub(session.persisted + 1)))
+    local obj, err = w2:Complete()
+    assert.is_nil(obj)
+    assert.is_truthy(err:is("http.400") or err:is("gcs.checksum_mismatch"), tostring(err))
+    assert.is_nil(srv:object("b", "crc-carried"))
+    w2:Abort()
+  end)
+
+  it("the constructor returns nil, err for an ended context or a file that can never be made", function()
+    local done = rw.context.background():with_cancel()
+    done:cancel()
+    local w, err = rw.new(done, { sink = rw.gcs { bucket = "b", object = "never", endpoint = srv:url() } })
+    assert.is_nil(w)
+    assert.equal("rw.canceled", err.code)
+    w, err = rw.new(rw.context.background(), { sink = rw.file { path = "/nonexistent-rw-" .. H.seed .. "/out.bin" } })
+    assert.is_nil(w)
+    assert.equal("rw.invalid_argument", err.code)
+    assert.matches("create the folder", err.message)
+  end)
+
+  it("rw.resume names its bad arguments", function()
+    local ctx = rw.context.background()
+    local sink = rw.gcs { bucket = "b", object = "x", endpoint = srv:url() }
+    assert.matches("session {uri=, persisted=} expected", H.raised(rw.resume, ctx, nil, { sink = sink }))
+    assert.matches("session {uri=, persisted=} expected", H.raised(rw.resume, ctx, { uri = "u" }, { sink = sink }))
+    assert.matches("options with a sink expected", H.raised(rw.resume, ctx, { uri = "u", persisted = 0 }, {}))
+  end)
+end)
+
 describe("retry conformance (Google's resumable cases: 9 MiB, 2 MiB chunks, if_generation_match=0)", function()
   local srv
   setup(function() srv = start_server() end)

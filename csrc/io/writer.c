@@ -214,8 +214,8 @@ static void fail_locked(rw_writer *w, rw_error *e) {
 
 rw_writer *rw_writer_new(rw_ctx *parent, rw_sink *sink, const rw_writer_config *cfg,
                          rw_error **err) {
-  if ((*err = rw_writer_config_check(cfg))) {
-    rw_sink_destroy(sink);
+  if ((*err = rw_writer_config_check(cfg)) || (parent && (*err = rw_ctx_err(parent)))) {
+    rw_sink_destroy(sink); /* a context already ended: no writer to hand out */
     return NULL;
   }
   rw_writer *w = calloc(1, sizeof *w);

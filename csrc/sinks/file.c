@@ -42,6 +42,22 @@ rw_sink *rw_file_sink_new(const char *path, rw_error **err) {
     *err = rw_err(RW_E_NOMEM, "file sink: out of memory");
     return NULL;
   }
+  /* Fail at construction, not at the first chunk, when the file can never be
+   * made: its folder is missing or not writable. The file itself is created
+   * (and truncated) by begin, when the upload starts. */
+  char *dir = strdup(path), *slash = dir ? strrchr(dir, '/') : NULL;
+  const char *d = !slash ? "." : slash == dir ? "/" : (*slash = 0, dir);
+  if (dir && access(d, W_OK | X_OK) != 0) {
+    int e = errno;
+    *err = rw_err(e == ENOENT || e == ENOTDIR ? RW_E_INVALID : RW_E_IO,
+                  "file sink: cannot create '%s': folder '%s': %s; create the folder or pick another path",
+                  path, d, strerror(e));
+    free(dir);
+    free(f);
+    free(p);
+    return NULL;
+  }
+  free(dir);
   f->base.ops = &file_ops;
   f->path = p;
   f->fd = -1;
