@@ -72,4 +72,37 @@ describe("backoff", function()
     assert.matches("min_wait", H.raised(backoff.new, { min_wait = "1" }))
     assert.matches("context expected", H.raised(backoff.new().wait, backoff.new(), nil))
   end)
+
+  it("remaining() counts the budget down, attempts() counts the delays; reset() restores both", function()
+    local b = backoff.new { min_wait = 0.01, max_wait = 0.05, total_wait = 0.2, jitter = "none" }
+    assert.equal(0, b:attempts())
+    assert.near(0.2, b:remaining(), 1e-9)
+    local sum, n = 0, 0
+    while true do
+      local d = b:next()
+      if not d then break end
+      sum, n = sum + d, n + 1
+      assert.equal(n, b:attempts())
+      assert.near(0.2 - sum, b:remaining(), 1e-9)
+    end
+    assert.is_true(n >= 4)
+    assert.is_true(b:remaining() >= 0)
+    b:reset()
+    assert.equal(0, b:attempts())
+    assert.near(0.2, b:remaining(), 1e-9)
+  end)
+
+  it("multiplier sets the growth: without jitter each delay is the last times the multiplier, up to max_wait", function()
+    for _, m in ipairs { 1.5, 2, 3 } do
+      local b = backoff.new { min_wait = 0.01, max_wait = 1, total_wait = 100, multiplier = m, jitter = "none" }
+      local last = b:next()
+      assert.near(0.01, last, 1e-9)
+      for _ = 1, 12 do
+        local d = b:next()
+        assert.near(math.min(1, last * m), d, 1e-9)
+        last = d
+      end
+      assert.near(1, last, 1e-9)
+    end
+  end)
 end)

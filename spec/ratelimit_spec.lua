@@ -54,4 +54,23 @@ describe("ratelimit", function()
     rl:close()
     assert.matches("closed rate limiter", H.raised(rl.try, rl, 1))
   end)
+
+  it("wait() gives its tokens back when cancelled mid-sleep", function()
+    local rl = ratelimit.new { rate = 10, burst = 1 }
+    assert.is_true(rl:try(1)) -- empty now: the next token is 0.1 s away
+    local ctx = rw.context.background():with_cancel()
+    local wg = rw.workgroup.new {}
+    local got
+    wg:go(function() got = { rl:wait(ctx, 1) } end)
+    wg:go(function()
+      rw.context.background():with_timeout(0.03):wait()
+      ctx:cancel("stop")
+    end)
+    assert(wg:wait())
+    assert.is_nil(got[1])
+    assert.is_truthy(got[2])
+    -- given back: the next token is still about 0.07 s away, not 0.17 s
+    local d = rl:reserve(1)
+    assert.is_true(d < 0.1, "next token in " .. d .. " s")
+  end)
 end)

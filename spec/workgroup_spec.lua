@@ -36,6 +36,7 @@ describe("workgroup", function()
 
   it("the first error cancels the group and is returned", function()
     local wg = workgroup.new { limit = 4 }
+    assert.is_nil(wg:error())
     local woke = false
     wg:go(function()
       local ok, err = rw.backoff.new({ min_wait = 10, max_wait = 10, total_wait = 100 }):wait(wg:context())
@@ -50,6 +51,7 @@ describe("workgroup", function()
     local ok, err = wg:wait()
     assert.is_nil(ok)
     assert.equal("http.400", err.code)
+    assert.equal(err, wg:error()) -- error() keeps the first one, not the later raise
     assert.is_true(woke)
     assert.is_true(wg:context():done())
     assert.is_true(H.now() - t0 < 1)
