@@ -39,6 +39,10 @@ static const rw_code_info registry[] = {
     {"net.eof", true, "the peer closed the connection before answering"},
     {"net.broken_pipe", true, "the peer stopped reading"},
     {"net.tls", true, "a TLS record error"},
+    {"net.tls_verify", false,
+     "the peer's TLS certificate could not be verified, or the local TLS setup is unusable (wrong host "
+     "name, expired or self-signed certificate, unreadable CA bundle, bad client certificate or cipher); "
+     "fix that, retrying will not help"},
     {"net.other", false, "a network error that is not known to be transient"},
     {"io.error", false, "a local I/O error; check the path, permissions and disk space"},
     {"io.transient", true, "a local I/O error that may pass (EINTR, EAGAIN, ENOSPC retried)"},

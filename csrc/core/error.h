@@ -39,6 +39,7 @@ typedef struct rw_code_info {
 #define RW_E_NET_EOF "net.eof"
 #define RW_E_NET_PIPE "net.broken_pipe"
 #define RW_E_NET_TLS "net.tls"
+#define RW_E_NET_TLS_VERIFY "net.tls_verify"
 #define RW_E_NET_OTHER "net.other"
 #define RW_E_IO "io.error"
 #define RW_E_SESSION_CONFLICT "gcs.session_conflict"

@@ -284,7 +284,7 @@ static void set_options(rw_http *h, xfer *x, struct curl_slist *headers, char *e
 
 /* ---- errors ---- */
 
-static const char *code_of(CURLcode rc, long os_errno) {
+const char *rw_http_code_for_curl(CURLcode rc, long os_errno) {
   switch (rc) {
   case CURLE_COULDNT_CONNECT:
     return os_errno == ETIMEDOUT ? RW_E_NET_TIMEOUT : RW_E_NET_REFUSED;
@@ -300,13 +300,22 @@ static const char *code_of(CURLcode rc, long os_errno) {
     return RW_E_NET_EOF;
   case CURLE_OPERATION_TIMEDOUT:
     return RW_E_NET_TIMEOUT;
-  case CURLE_SSL_CONNECT_ERROR:
-  case CURLE_SSL_CERTPROBLEM:
-  case CURLE_SSL_CIPHER:
-  case CURLE_PEER_FAILED_VERIFICATION:
-  case CURLE_SSL_SHUTDOWN_FAILED:
-  case CURLE_SSL_ENGINE_INITFAILED:
+  case CURLE_SSL_CONNECT_ERROR:   /* the handshake failed on the wire */
+  case CURLE_SSL_SHUTDOWN_FAILED: /* close_notify lost */
     return RW_E_NET_TLS;
+  case CURLE_PEER_FAILED_VERIFICATION: /* also CURLE_SSL_CACERT */
+  case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_SSL_CRL_BADFILE:
+  case CURLE_SSL_ISSUER_ERROR:
+  case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+  case CURLE_SSL_INVALIDCERTSTATUS:
+  case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_CLIENTCERT:
+  case CURLE_SSL_CIPHER:
+  case CURLE_SSL_ENGINE_NOTFOUND:
+  case CURLE_SSL_ENGINE_SETFAILED:
+  case CURLE_SSL_ENGINE_INITFAILED:
+    return RW_E_NET_TLS_VERIFY; /* the same on every attempt */
   default:
     return RW_E_NET_OTHER;
   }
@@ -316,7 +325,7 @@ static rw_error *transport_error(rw_http *h, const rw_http_request *req, CURLcod
                                  const char *errbuf) {
   long os_errno = 0;
   curl_easy_getinfo(h->easy, CURLINFO_OS_ERRNO, &os_errno);
-  return rw_err(code_of(rc, os_errno), "%s %s: %s (curl %d%s%s)", req->method, req->url,
+  return rw_err(rw_http_code_for_curl(rc, os_errno), "%s %s: %s (curl %d%s%s)", req->method, req->url,
                 errbuf[0] ? errbuf : curl_easy_strerror(rc), (int)rc, os_errno ? ", " : "",
                 os_errno ? strerror((int)os_errno) : "");
 }

@@ -75,11 +75,16 @@ typedef struct rw_http_response {
 
 /* Performs one request. Transport failures give net.* codes (net.refused,
  * net.dns, net.reset, net.broken_pipe, net.eof, net.timeout, net.tls,
- * net.stall, net.other) or the context's error; any HTTP status is a success
+ * net.tls_verify, net.stall, net.other) or the context's error; any HTTP status is a success
  * here (res->status), the caller judges it. res is cleared first; release it
  * with rw_http_response_clear (also after an error). */
 rw_error *rw_http_do(rw_http *h, rw_ctx *ctx, const rw_http_request *req, rw_http_response *res);
 void rw_http_response_clear(rw_http_response *res);
+/* Our error code for a failed transfer: curl's code and the OS errno curl
+ * saw (CURLINFO_OS_ERRNO, 0 when none). TLS record and handshake failures are
+ * net.tls (retryable); certificate and verification failures, and a local TLS
+ * setup that cannot work (cipher, engine), are net.tls_verify (not retryable). */
+const char *rw_http_code_for_curl(CURLcode rc, long os_errno);
 /* Last header of that name (case-insensitive), or NULL. */
 const char *rw_http_response_header(const rw_http_response *res, const char *name);
 

@@ -1,0 +1,231 @@
+/* The curl glue's error classification: a table over every curl code it
+ * names, then the two TLS cases end to end on loopback: a certificate that
+ * fails verification is net.tls_verify (never retried), a handshake cut by
+ * the peer is net.tls (retried). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+
+#include "core/backoff.h"
+#include "ctest.h"
+#include "net/http.h"
+
+static uint64_t rng;
+
+typedef struct row {
+  CURLcode rc;
+  long os_errno;
+  const char *code;
+  bool retryable;
+} row;
+
+static const row table[] = {
+    {CURLE_COULDNT_CONNECT, ECONNREFUSED, RW_E_NET_REFUSED, true},
+    {CURLE_COULDNT_CONNECT, 0, RW_E_NET_REFUSED, true},
+    {CURLE_COULDNT_CONNECT, ETIMEDOUT, RW_E_NET_TIMEOUT, true},
+    {CURLE_COULDNT_RESOLVE_HOST, 0, RW_E_NET_DNS, true},
+    {CURLE_COULDNT_RESOLVE_PROXY, 0, RW_E_NET_DNS, true},
+    {CURLE_SEND_ERROR, EPIPE, RW_E_NET_PIPE, true},
+    {CURLE_SEND_ERROR, ECONNRESET, RW_E_NET_RESET, true},
+    {CURLE_SEND_ERROR, 0, RW_E_NET_RESET, true},
+    {CURLE_RECV_ERROR, ECONNRESET, RW_E_NET_RESET, true},
+    {CURLE_RECV_ERROR, 0, RW_E_NET_RESET, true},
+    {CURLE_GOT_NOTHING, 0, RW_E_NET_EOF, true},
+    {CURLE_PARTIAL_FILE, 0, RW_E_NET_EOF, true},
+    {CURLE_OPERATION_TIMEDOUT, 0, RW_E_NET_TIMEOUT, true},
+    /* TLS on the wire: worth another attempt */
+    {CURLE_SSL_CONNECT_ERROR, ECONNRESET, RW_E_NET_TLS, true},
+    {CURLE_SSL_CONNECT_ERROR, 0, RW_E_NET_TLS, true},
+    {CURLE_SSL_SHUTDOWN_FAILED, 0, RW_E_NET_TLS, true},
+    /* certificates and local TLS setup: the same answer every time */
+    {CURLE_PEER_FAILED_VERIFICATION, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_CACERT, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_CACERT_BADFILE, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_CRL_BADFILE, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_ISSUER_ERROR, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_PINNEDPUBKEYNOTMATCH, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_INVALIDCERTSTATUS, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_CERTPROBLEM, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_CLIENTCERT, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_CIPHER, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_ENGINE_NOTFOUND, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_ENGINE_SETFAILED, 0, RW_E_NET_TLS_VERIFY, false},
+    {CURLE_SSL_ENGINE_INITFAILED, 0, RW_E_NET_TLS_VERIFY, false},
+    /* everything else: not known to be transient */
+    {CURLE_URL_MALFORMAT, 0, RW_E_NET_OTHER, false},
+    {CURLE_UNSUPPORTED_PROTOCOL, 0, RW_E_NET_OTHER, false},
+    {CURLE_TOO_MANY_REDIRECTS, 0, RW_E_NET_OTHER, false},
+    {CURLE_ABORTED_BY_CALLBACK, 0, RW_E_NET_OTHER, false},
+    {CURLE_OUT_OF_MEMORY, ECONNRESET, RW_E_NET_OTHER, false},
+};
+
+static void test_code_table(void) {
+  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
+    const row *r = &table[i];
+    const char *got = rw_http_code_for_curl(r->rc, r->os_errno);
+    if (strcmp(got, r->code) != 0)
+      fprintf(stderr, "curl %d errno %ld: got %s, want %s\n", (int)r->rc, r->os_errno, got, r->code);
+    CHECK(strcmp(got, r->code) == 0);
+    CHECK(rw_code_retryable(got) == r->retryable);
+  }
+  /* every answer, for every curl code, is a registered code with a hint */
+  for (int rc = 1; rc < CURL_LAST; rc++) {
+    static const long errnos[] = {0, EPIPE, ECONNRESET, ETIMEDOUT};
+    for (int k = 0; k < 4; k++) {
+      const rw_code_info *ci = rw_code_lookup(rw_http_code_for_curl((CURLcode)rc, errnos[k]));
+      CHECK(ci && ci->hint && ci->hint[0]);
+    }
+  }
+  const rw_code_info *ci = rw_code_lookup(RW_E_NET_TLS_VERIFY);
+  CHECK(ci && !ci->retryable && strstr(ci->hint, "certificate"));
+}
+
+/* ---- a loopback TLS server with a throwaway self-signed certificate ---- */
+
+typedef struct tls_server {
+  int lfd, port;
+  SSL_CTX *ssl;
+  bool cut; /* reset the connection in the middle of the handshake */
+  pthread_t th;
+  int accepted, handshakes_ok;
+} tls_server;
+
+static SSL_CTX *self_signed_ctx(void) {
+  EVP_PKEY *key = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  if (!key || !x || !ctx) goto fail;
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), (long)(rw_rand_next(&rng) & 0x7fffffff));
+  X509_gmtime_adj(X509_getm_notBefore(x), 0);
+  X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+  X509_set_pubkey(x, key);
+  X509_NAME *name = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"127.0.0.1", -1, -1, 0);
+  X509_set_issuer_name(x, name);
+  if (!X509_sign(x, key, EVP_sha256())) goto fail;
+  if (SSL_CTX_use_certificate(ctx, x) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1) goto fail;
+  X509_free(x);
+  EVP_PKEY_free(key);
+  return ctx;
+fail:
+  SSL_CTX_free(ctx);
+  X509_free(x);
+  EVP_PKEY_free(key);
+  return NULL;
+}
+
+/* Serves one connection (or gives up after 5 s). */
+static void *tls_serve(void *arg) {
+  tls_server *s = arg;
+  struct pollfd p = {.fd = s->lfd, .events = POLLIN};
+  if (poll(&p, 1, 5000) != 1) return NULL;
+  int fd = accept(s->lfd, NULL, NULL);
+  if (fd < 0) return NULL;
+  s->accepted++;
+  if (s->cut) {
+    char hello[64];
+    ssize_t n = recv(fd, hello, sizeof hello, 0); /* part of the ClientHello */
+    (void)n;
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg); /* close sends RST */
+  } else {
+    SSL *ssl = SSL_new(s->ssl);
+    SSL_set_fd(ssl, fd);
+    if (SSL_accept(ssl) == 1) s->handshakes_ok++; /* the client should refuse first */
+    SSL_free(ssl);
+  }
+  close(fd);
+  return NULL;
+}
+
+static bool tls_server_start(tls_server *s, bool cut) {
+  memset(s, 0, sizeof *s);
+  s->cut = cut;
+  if (!(s->ssl = self_signed_ctx())) return false;
+  s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) || listen(s->lfd, 4) ||
+      getsockname(s->lfd, (struct sockaddr *)&a, &al)) {
+    close(s->lfd);
+    SSL_CTX_free(s->ssl);
+    return false;
+  }
+  s->port = ntohs(a.sin_port);
+  pthread_create(&s->th, NULL, tls_serve, s);
+  return true;
+}
+
+static void tls_server_stop(tls_server *s) {
+  pthread_join(s->th, NULL);
+  close(s->lfd);
+  SSL_CTX_free(s->ssl);
+}
+
+/* One GET to the server; returns the error (NULL when it answered). */
+static rw_error *get_from(const tls_server *s) {
+  rw_error *e = NULL;
+  rw_http *h = rw_http_new(NULL, &e);
+  CHECK(h != NULL);
+  if (!h) return e;
+  char url[64];
+  snprintf(url, sizeof url, "https://127.0.0.1:%d/", s->port);
+  rw_http_request rq = {.method = "GET", .url = url, .stall_timeout = 5};
+  rw_http_response res;
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 10);
+  e = rw_http_do(h, ctx, &rq, &res);
+  rw_http_response_clear(&res);
+  rw_ctx_unref(ctx);
+  rw_http_free(h);
+  return e;
+}
+
+static void test_tls_self_signed(void) {
+  tls_server s;
+  CHECK(tls_server_start(&s, false));
+  rw_error *e = get_from(&s);
+  tls_server_stop(&s);
+  char text[512];
+  rw_error_format(e, text, sizeof text);
+  fprintf(stderr, "   %s\n", text);
+  CHECK(e && strcmp(rw_error_code(e), RW_E_NET_TLS_VERIFY) == 0);
+  CHECK(e && !rw_error_retryable(e));
+  CHECK(strstr(text, "curl 60") != NULL); /* CURLE_PEER_FAILED_VERIFICATION */
+  CHECK_EQ_INT(s.accepted, 1);
+  CHECK_EQ_INT(s.handshakes_ok, 0);
+  rw_error_unref(e);
+}
+
+static void test_tls_handshake_cut(void) {
+  tls_server s;
+  CHECK(tls_server_start(&s, true));
+  rw_error *e = get_from(&s);
+  tls_server_stop(&s);
+  char text[512];
+  rw_error_format(e, text, sizeof text);
+  fprintf(stderr, "   %s\n", text);
+  /* a reset mid-handshake: curl says 35 (net.tls) or a plain recv error (net.reset); both retry */
+  CHECK(e && (rw_error_is(e, RW_E_NET_TLS) || rw_error_is(e, RW_E_NET_RESET)));
+  CHECK(e && rw_error_retryable(e));
+  CHECK_EQ_INT(s.accepted, 1);
+  rw_error_unref(e);
+}
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  static const char *const proxies[] = {"https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
+  for (int i = 0; i < 4; i++) unsetenv(proxies[i]); /* loopback only, never through a proxy */
+  rng = ct_seed();
+  RUN(test_code_table);
+  RUN(test_tls_self_signed);
+  RUN(test_tls_handshake_cut);
+  return ct_finish("test_http");
+}
