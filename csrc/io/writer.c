@@ -203,8 +203,10 @@ static void fail_locked(rw_writer *w, rw_error *e) {
   count_error_locked(w, e);
   w->fatal = e;
   w->state = w->aborting ? RW_WRITER_ABORTED : RW_WRITER_FAILED;
-  char what[128];
-  snprintf(what, sizeof what, "upload failed (the server holds bytes [0, %" PRIu64 "); w:session() to resume):",
+  char what[192];
+  snprintf(what, sizeof what,
+           "upload failed (the server holds bytes [0, %" PRIu64 "); w:Suspend() keeps the session for "
+           "rw.resume, Abort or close deletes it):",
            w->persisted);
   rw_error_log(RW_LOG_ERROR, e, what);
   notify_locked(w);
@@ -736,7 +738,8 @@ static bool stop_begin(rw_writer *w, bool delete_session) {
   bool go = !w->aborting && w->state != RW_WRITER_DONE;
   if (go) {
     w->aborting = w->stopping = true;
-    w->stop_delete = delete_session;
+    /* After a session conflict the session may be another writer's: leave it. */
+    w->stop_delete = delete_session && !(w->fatal && rw_error_is(w->fatal, RW_E_SESSION_CONFLICT));
   }
   pthread_mutex_unlock(&w->mu);
   if (go) rw_ctx_cancel(w->ctx, rw_err(RW_E_CANCELED, "the writer was aborted"));

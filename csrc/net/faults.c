@@ -565,9 +565,10 @@ static int connect_timeout(int fd, const struct sockaddr *addr, socklen_t len) {
  * one-shot loopback listener that the relay accepts from (libcurl allows the
  * open-socket callback to change the address). The client side is then real
  * TCP: a reset is a real RST. */
-static int one_shot_listener(struct sockaddr_in *sin) {
+static int one_shot_listener(struct sockaddr_in *sin, int rcvbuf) {
   int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (l < 0) return -1;
+  if (rcvbuf > 0) setsockopt(l, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf); /* before listen */
   memset(sin, 0, sizeof *sin);
   sin->sin_family = AF_INET;
   sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -593,6 +594,12 @@ static curl_socket_t dial_open(void *ud, curlsocktype purpose, struct curl_socka
   }
   int b = socket(addr->family, SOCK_STREAM | SOCK_CLOEXEC, addr->protocol);
   if (b < 0) return CURL_SOCKET_BAD;
+  /* Under a bandwidth cap the relay is the slow link: small receive buffers
+   * on its two sides keep the backlog in the sender's queue, unacknowledged,
+   * as on a real bottleneck, instead of MiBs acknowledged at once on
+   * loopback and then held by the relay. */
+  int rcvbuf = f->cfg.bandwidth > 0 ? 64 * 1024 : 0;
+  if (rcvbuf) setsockopt(b, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
   int e = connect_timeout(b, &addr->addr, addr->addrlen);
   if (e) {
     close(b);
@@ -600,7 +607,7 @@ static curl_socket_t dial_open(void *ud, curlsocktype purpose, struct curl_socka
     return CURL_SOCKET_BAD;
   }
   struct sockaddr_in sin;
-  int l = one_shot_listener(&sin);
+  int l = one_shot_listener(&sin, rcvbuf);
   int cs = l < 0 ? -1 : socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
   if (cs < 0) {
     e = errno;

@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+#include <linux/sockios.h>
 
 #include "core/clock.h"
 
@@ -20,6 +23,7 @@ struct rw_http {
   rw_http_config cfg;
   rw_http_dialer dialer;
   bool has_dialer;
+  curl_socket_t fd; /* the connection's socket, for SIOCOUTQ; CURL_SOCKET_BAD when none */
 };
 
 /* State of one request while it runs. */
@@ -53,6 +57,7 @@ rw_http *rw_http_new(const rw_http_config *cfg, rw_error **err) {
     h->has_dialer = true;
   }
   h->cfg.dialer = NULL;
+  h->fd = CURL_SOCKET_BAD;
   h->easy = curl_easy_init();
   if (!h->easy) goto fail;
   h->multi = curl_multi_init();
@@ -240,6 +245,20 @@ fail:
   return NULL;
 }
 
+static int note_socket(void *ud, curl_socket_t fd, curlsocktype purpose) {
+  rw_http *h = ud;
+  if (purpose == CURLSOCKTYPE_IPCXN) h->fd = fd;
+  if (h->has_dialer && h->dialer.sockopt) return h->dialer.sockopt(h->dialer.ud, fd, purpose);
+  return CURL_SOCKOPT_OK;
+}
+
+static int forget_socket(void *ud, curl_socket_t fd) {
+  rw_http *h = ud;
+  if (h->fd == fd) h->fd = CURL_SOCKET_BAD;
+  if (h->has_dialer && h->dialer.closesocket) return h->dialer.closesocket(h->dialer.ud, fd);
+  return close(fd);
+}
+
 static void set_options(rw_http *h, xfer *x, struct curl_slist *headers, char *errbuf) {
   CURL *e = h->easy;
   const rw_http_request *req = x->req;
@@ -265,21 +284,16 @@ static void set_options(rw_http *h, xfer *x, struct curl_slist *headers, char *e
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, read_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-  if (h->has_dialer) {
-    const rw_http_dialer *d = &h->dialer;
-    if (d->opensocket) {
-      curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, d->opensocket);
-      curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, d->ud);
-    }
-    if (d->sockopt) {
-      curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, d->sockopt);
-      curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, d->ud);
-    }
-    if (d->closesocket) {
-      curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, d->closesocket);
-      curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, d->ud);
-    }
+  if (h->has_dialer && h->dialer.opensocket) {
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, h->dialer.opensocket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, h->dialer.ud);
   }
+  /* Ours, chaining to the dialer's: they keep h->fd, the socket the stall
+   * clock watches (CURLINFO_ACTIVESOCKET has none while a transfer runs). */
+  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, note_socket);
+  curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, h);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, forget_socket);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, h);
 }
 
 /* ---- errors ---- */
@@ -334,10 +348,22 @@ static rw_error *transport_error(rw_http *h, const rw_http_request *req, CURLcod
 
 static void wake_multi(void *arg) { curl_multi_wakeup(arg); }
 
-/* Runs the transfer until curl finishes, the ctx ends or it stalls. */
+/* Bytes in the connection's send queue not yet acknowledged by the peer
+ * (SIOCOUTQ), or -1. Once curl has handed the whole body to the kernel, a
+ * slow link still drains this queue: that is progress too. */
+static long send_queue(rw_http *h) {
+  int q = 0;
+  if (h->fd == CURL_SOCKET_BAD || ioctl(h->fd, SIOCOUTQ, &q) != 0) return -1;
+  return q;
+}
+
+/* Runs the transfer until curl finishes, the ctx ends or it stalls. The stall
+ * clock restarts whenever a byte moves: through curl's callbacks, or out of
+ * the kernel's send queue. */
 static rw_error *drive(rw_http *h, rw_ctx *ctx, xfer *x, CURLcode *done_rc) {
   double stall = x->req->stall_timeout;
   uint64_t last_moved = x->moved;
+  long last_queue = -1;
   double last_change = rw_mono_now();
   for (;;) {
     int running = 0;
@@ -353,13 +379,15 @@ static rw_error *drive(rw_http *h, rw_ctx *ctx, xfer *x, CURLcode *done_rc) {
     rw_error *e = rw_ctx_err(ctx);
     if (e) return e;
     double now = rw_mono_now();
-    if (x->moved != last_moved) {
+    long queue = stall > 0 ? send_queue(h) : -1;
+    if (x->moved != last_moved || (queue >= 0 && queue < last_queue)) {
       last_moved = x->moved;
       last_change = now;
     } else if (stall > 0 && now - last_change >= stall) {
       return rw_err(RW_E_STALL, "%s %s: no byte moved for %.3g s (%llu body bytes sent)",
                     x->req->method, x->req->url, stall, (unsigned long long)x->res->sent);
     }
+    last_queue = queue;
     int ms = SLICE_MS;
     double left_s = rw_ctx_timeout(ctx);
     if (left_s >= 0 && left_s * 1000 < ms) ms = (int)(left_s * 1000) + 1;
