@@ -205,16 +205,63 @@ describe("uploads through a fault-injecting dialer", function()
   end)
 
   it("retries refused connections with backoff and completes", function()
-    local p = rw.faults.profile { seed = H.seed, refuse = 0.4, reset_per_mib = 0.5 }
+    -- A seed whose first two connections are refused: the writer must meet
+    -- refusals (the test cannot pass without any).
+    local seed = H.seed
+    local function fits(sd)
+      local p = rw.faults.profile { seed = sd, refuse = 0.4, reset_per_mib = 0.5 }
+      return p:plan(0).refused and p:plan(1).refused and not p:plan(2).refused
+    end
+    while not fits(seed) do
+      seed = seed + 1
+      assert(seed < H.seed + 10000, "no seed refuses the first two connections")
+    end
+    local p = rw.faults.profile { seed = seed, refuse = 0.4, reset_per_mib = 0.5 }
     local w = writer(srv, "refused", { faults = p })
     upload(w, 8)
     check_object(srv, "refused", 8)
     local st, ps = w:stats(), p:stats()
-    if ps.refused > 0 then
-      assert.truthy((st.errors["net.refused"] or 0) >= 1)
-      assert.truthy(st.backoff_ms > 0)
-    end
+    local ev = p:events()
+    assert.are.equal("refuse", ev[1].kind)
+    assert.are.equal(0, ev[1].conn)
+    assert.are.equal("refuse", ev[2].kind)
+    assert.are.equal(1, ev[2].conn)
+    assert.truthy(ps.refused >= 2, "refused " .. ps.refused)
+    assert.truthy((st.errors["net.refused"] or 0) >= 2, "net.refused " .. tostring(st.errors["net.refused"]))
+    assert.truthy(st.backoff_ms > 0)
     assert.truthy(ps.connections > ps.refused)
+  end)
+
+  it("refuses connections past max_connections while the others stay open", function()
+    -- Writer a keeps its connection open between chunks; with a bound of 1,
+    -- writer b's connections through the same profile are refused until a
+    -- completes, and b then gives up on its (short) retry budget.
+    local p = rw.faults.profile { seed = H.seed, max_connections = 1 }
+    local function w(name, total_wait)
+      return assert(rw.new(rw.context.background(), {
+        sink = rw.gcs { bucket = "b", object = name, endpoint = srv:url(), faults = p, if_generation_match = 0 },
+        min_chunk_size = 256 * 1024, max_chunk_size = MiB, stall_timeout = 2,
+        retry = { min_wait = 0.01, max_wait = 0.05, total_wait = total_wait, seed = 1 } }))
+    end
+    local a = w("a", 30)
+    assert(a:WriteAt(0, mib(0) .. mib(1)))
+    assert.truthy(settle(function() return p:stats().active == 1 end, 5))
+    local b = w("b", 0.3)
+    local ok, err = b:WriteAt(0, mib(2) .. mib(3))
+    if ok then ok, err = b:Complete() end
+    assert.is_nil(ok)
+    local ps = p:stats()
+    assert.truthy((b:stats().errors["net.refused"] or 0) >= 2, tostring(err))
+    assert.truthy(ps.refused >= 2)
+    assert.are.equal(1, ps.active)
+    assert.are.equal(ps.connections, ps.refused + 1) -- only a's connection was let through
+    assert.truthy(err.code == "rw.retry_budget_exhausted" or err.code == "net.refused", tostring(err))
+    b:Abort()
+    assert(a:Complete())
+    check_object(srv, "a", 2)
+    assert.is_nil(srv:object("b", "b"))
+    a, b = nil, nil
+    assert.truthy(settle(function() return p:stats().active == 0 end))
   end)
 
   it("retries DNS-style failures with backoff until the budget ends", function()
@@ -335,6 +382,79 @@ describe("rw.faults.proxy", function()
     px = nil
     collectgarbage(); collectgarbage()
     assert.are.equal(threads, core.util.thread_count())
+  end)
+
+  it("refuses connections past max_connections; relay threads stay bounded", function()
+    -- A helper process opens n connections at once and holds them; each sends
+    -- a request and reports whether it was answered. The proxy admits the
+    -- first `bound` (in accept order) and resets the rest; the process's
+    -- threads (/proc/self/task) grow by the accept thread plus, per admitted
+    -- connection, its relay and the fake's connection thread: never per
+    -- connection opened.
+    local bound, n = 3, 10
+    local pid = io.open("/proc/self/stat"):read("*l"):match("^(%d+)")
+    local function tasks()
+      local pipe = io.popen("ls /proc/" .. pid .. "/task | wc -l")
+      local v = tonumber(pipe:read("*a"))
+      pipe:close()
+      return v
+    end
+    collectgarbage(); collectgarbage()
+    local threads0 = tasks()
+    local p = rw.faults.profile { seed = H.seed, max_connections = bound }
+    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local out = os.tmpname()
+    local script = out .. ".sh"
+    local f = assert(io.open(script, "w"))
+    f:write([==[
+trap '' PIPE # writing to a refused (reset) connection must not end the helper
+port=$1 n=$2 out=$3
+fds=()
+for ((i = 0; i < n; i++)); do exec {fd}<>/dev/tcp/127.0.0.1/$port; fds+=($fd); done
+for ((i = 0; i < n; i++)); do
+  fd=${fds[$i]}
+  printf 'GET /storage/v1/b/b HTTP/1.1\r\nHost: x\r\n\r\n' >&$fd 2>/dev/null
+  if IFS= read -r -t 5 -u $fd line && [[ $line == "HTTP/1.1 200"* ]]; then echo ok; else echo refused; fi
+done >"$out.res"
+touch "$out.ready"
+for ((k = 0; k < 300; k++)); do [[ -e $out.release ]] && break; sleep 0.1; done
+]==])
+    f:close()
+    os.execute(("bash %s %d %d %s >/dev/null 2>&1 &"):format(script, px:port(), n, out))
+    local ready = settle(function() local r = io.open(out .. ".ready"); if r then r:close() end return r ~= nil end, 20)
+    local release = assert(io.open(out .. ".release", "w"))
+    local held_tasks, held = tasks(), p:stats()
+    local results = {}
+    if ready then for line in io.lines(out .. ".res") do results[#results + 1] = line end end
+    release:close() -- the helper lets go
+    assert.truthy(ready, "the helper did not finish")
+    local want = {}
+    for i = 1, n do want[i] = i <= bound and "ok" or "refused" end
+    assert.are.same(want, results)
+    assert.are.equal(n, held.connections)
+    assert.are.equal(n - bound, held.refused)
+    assert.are.equal(bound, held.active)
+    local refusals = 0
+    for _, e in ipairs(p:events()) do
+      assert.are.equal("refuse", e.kind)
+      assert.truthy(e.conn >= bound)
+      refusals = refusals + 1
+    end
+    assert.are.equal(n - bound, refusals)
+    io.stderr:write(("[faults] %d connections, bound %d: threads %d -> %d while held\n")
+      :format(n, bound, threads0, held_tasks))
+    assert.truthy(held_tasks >= threads0 + 1 + bound, ("threads %d, before %d"):format(held_tasks, threads0))
+    assert.truthy(held_tasks <= threads0 + 1 + 2 * bound, ("threads %d, before %d"):format(held_tasks, threads0))
+    -- Once let go, the relays end and new connections are admitted again.
+    assert.truthy(settle(function() return p:stats().active == 0 end, 5))
+    assert.truthy(settle(function() return tasks() == threads0 + 1 end, 5), ("threads %d, before %d"):format(tasks(), threads0))
+    local pipe = io.popen(("curl -s -o /dev/null -w '%%{http_code}' '%s/storage/v1/b/b'"):format(px:url()))
+    assert.are.equal("200", pipe:read("*a"))
+    pipe:close()
+    assert.are.equal(n - bound, p:stats().refused)
+    px:stop()
+    assert.truthy(settle(function() return tasks() == threads0 end, 5), ("threads %d, before %d"):format(tasks(), threads0))
+    for _, suffix in ipairs { "", ".sh", ".res", ".ready", ".release" } do os.remove(out .. suffix) end
   end)
 
   it("truncates responses (curl sees a short body)", function()
