@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "core/backoff.h"
+#include "core/clock.h"
 #include "ctest.h"
 #include "net/http.h"
 
@@ -219,6 +220,71 @@ static void test_tls_handshake_cut(void) {
   rw_error_unref(e);
 }
 
+/* A peer that never completes the handshake (its accept queue is full, so
+ * the kernel drops our SYNs): connect_timeout ends the attempt as a retryable
+ * net.timeout, on its own clock; a long stall_timeout does not delay it and a
+ * short one does not pre-empt it. */
+static int blackhole_listener(int *port, int fillers[8], int *nfill) {
+  int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 0) ||
+      getsockname(l, (struct sockaddr *)&a, &al)) {
+    if (l >= 0) close(l);
+    return -1;
+  }
+  *port = ntohs(a.sin_port);
+  *nfill = 0;
+  /* Fill the accept queue until a connect no longer completes. */
+  while (*nfill < 8) {
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    connect(c, (struct sockaddr *)&a, sizeof a);
+    fillers[(*nfill)++] = c;
+    struct pollfd p = {.fd = c, .events = POLLOUT};
+    if (poll(&p, 1, 200) == 0) break; /* this SYN was dropped: the queue is full */
+  }
+  return l;
+}
+
+static void connect_case(double connect_timeout, double stall_timeout) {
+  int port, fillers[8], nfill;
+  int l = blackhole_listener(&port, fillers, &nfill);
+  CHECK(l >= 0);
+  if (l < 0) return;
+  rw_error *e = NULL;
+  rw_http_config cfg = {.connect_timeout = connect_timeout};
+  rw_http *h = rw_http_new(&cfg, &e);
+  CHECK(h != NULL);
+  char url[64];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
+  rw_http_request rq = {.method = "GET", .url = url, .stall_timeout = stall_timeout};
+  rw_http_response res;
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 10);
+  double t0 = rw_mono_now();
+  e = rw_http_do(h, ctx, &rq, &res);
+  double took = rw_mono_now() - t0;
+  char text[512] = "";
+  if (e) rw_error_format(e, text, sizeof text);
+  fprintf(stderr, "   connect_timeout %.2f, stall_timeout %.2f: %.3f s: %s\n", connect_timeout,
+          stall_timeout, took, text);
+  CHECK(e && rw_error_retryable(e));
+  double want = connect_timeout < stall_timeout || stall_timeout <= 0 ? connect_timeout : stall_timeout;
+  CHECK(took >= want * 0.9 && took < want + 0.7);
+  if (connect_timeout < stall_timeout) CHECK(e && rw_error_is(e, RW_E_NET_TIMEOUT));
+  rw_error_unref(e);
+  rw_http_response_clear(&res);
+  rw_ctx_unref(ctx);
+  rw_http_free(h);
+  for (int i = 0; i < nfill; i++) close(fillers[i]);
+  close(l);
+}
+
+static void test_connect_timeout(void) {
+  connect_case(0.3, 5);  /* the connect clock ends it, not the stall clock */
+  connect_case(0.5, 0);  /* no stall clock at all */
+  connect_case(2, 0.3);  /* no byte moves while connecting: the stall clock may end it first */
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   static const char *const proxies[] = {"https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
@@ -227,5 +293,6 @@ int main(void) {
   RUN(test_code_table);
   RUN(test_tls_self_signed);
   RUN(test_tls_handshake_cut);
+  RUN(test_connect_timeout);
   return ct_finish("test_http");
 }
