@@ -12,7 +12,7 @@ cc -std=c11 -D_GNU_SOURCE -fPIC -pthread -O1 -g -fsanitize=address,undefined \
   -fno-omit-frame-pointer -fno-sanitize-recover=all -Icsrc $(pkg-config --cflags $pkgs lua5.4) \
   -shared -o "$out/reliablewriter/core.so" $(ls csrc/*/*.c | grep -v '^csrc/bin/') \
   $(pkg-config --libs $pkgs) -lm
-for c in curl openssl head date; do
+for c in curl openssl head date base64; do
   printf '#!/bin/sh\nunset LD_PRELOAD\nexec %s "$@"\n' "$(command -v $c)" >"$out/nopreload/$c"
   chmod +x "$out/nopreload/$c"
 done
