@@ -477,6 +477,9 @@ static rw_faults_conn *conn_start(rw_faults *f, uint64_t index, int a, int b, in
   rw_faults_conn *c = calloc(1, sizeof *c);
   int active = atomic_fetch_add(&f->active, 1) + 1;
   if (!c || active > f->cfg.max_connections) {
+    /* Two dials can pass rw_faults_admit at once: the one over the bound is
+     * refused here, and counted like the others. */
+    if (c) record(f, index, RW_FAULT_REFUSE, 0);
     *err = c ? rw_err(RW_E_NET_REFUSED, "fault relay: %d connections open already (max_connections)",
                       f->cfg.max_connections)
              : rw_err(RW_E_NOMEM, "fault relay: out of memory");
