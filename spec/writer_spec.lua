@@ -539,6 +539,23 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
     w2:Abort()
   end)
 
+  it("Abort keeps to its own short deadline when the session DELETE hangs", function()
+    local id = retry_test(srv, { ["storage.objects.delete"] = { "stall-for-2s-after-0K" } })
+    local w = assert(gcs_writer(srv, "delete-hangs", { max_chunk_size = 256 * KiB, abort_timeout = 0.15 },
+      { headers = { ["x-retry-test-id"] = id } }))
+    assert(w:WriteAt(0, H.random_bytes(300 * KiB)))
+    local uri = session_uri(w)
+    assert.is_true(eventually(function() return w:stats().persisted >= 256 * KiB end))
+    local t0 = H.now()
+    assert.is_true(w:Abort())
+    local took = H.now() - t0
+    assert.is_true(took < 0.15 + 0.2, "Abort took " .. took .. " s")
+    assert.is_true((retry_test_done(srv, id)), "the DELETE never reached the server")
+    assert.equal("aborted", w:stats().state)
+    -- the stalled DELETE still lands at the server after its stall
+    assert.is_true(eventually(function() return session_status(uri) == 404 end, 4))
+  end)
+
   it("the constructor returns nil, err for an ended context or a file that can never be made", function()
     local done = rw.context.background():with_cancel()
     done:cancel()

@@ -538,6 +538,12 @@ enum MHD_Result fg_h_upload_put(rw_fakegcs *s, fg_req *r, const char *data, size
 enum MHD_Result fg_h_upload_delete(rw_fakegcs *s, fg_req *r, const char *data, size_t *n) {
   *n = 0;
   if (r->headers_seen) return MHD_YES;
+  if (r->fault.kind == FG_F_STALL_AFTER) {
+    /* "stall-for-Ts-after-0K" on storage.objects.delete: a DELETE has no
+     * body, so the stall comes before the answer (a server that hangs). */
+    fg_sleep_unless_stopping(s, r->fault.stall_s);
+    r->fault.kind = FG_F_NONE;
+  }
   const char *id = fg_arg(r, "upload_id");
   fg_session *ss = find_session(s, id);
   if (!ss) return fg_reply_error(s, r, 404, "No such upload session: %s", id ? id : "");

@@ -188,6 +188,9 @@ ok "return-broken-stream-after-256K download (curl 18)" eq "$EXIT/$(stat -c %s "
 retry_test '{"storage.objects.delete":["return-503"]}'
 start f5; req DELETE "$LOC" -H "$(H)"; ok "session DELETE is storage.objects.delete" eq "$CODE" 503
 req DELETE "$LOC" -H "$(H)"; ok "...then 499" eq "$CODE" 499
+retry_test '{"storage.objects.delete":["stall-for-1s-after-0K"]}'
+start f6; t0=$(date +%s%N); req DELETE "$LOC" -H "$(H)"; t1=$(date +%s%N)
+ok "stall-for-1s-after-0K on a session DELETE hangs, then 499" eq "$CODE/$(((t1 - t0) / 1000000 >= 950))" "499/1"
 
 req POST "$U/retry_test" -d '{"instructions":{"storage.objects.insert":["return-pizza"]}}'
 ok "unknown instruction 400" eq "$CODE" 400
