@@ -819,6 +819,15 @@ static void test_endpoint_resolve(void) {
   CHECK(strcmp(a, "http://127.0.0.1:9023") == 0);
   free(a);
   unsetenv("STORAGE_EMULATOR_HOST");
+  setenv("CLOUD_STORAGE_EMULATOR_ENDPOINT", "http://127.0.0.1:9024/", 1);
+  a = rw_gcs_endpoint_resolve(NULL);
+  CHECK(strcmp(a, "http://127.0.0.1:9024") == 0);
+  free(a);
+  setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:9023", 1); /* the first one wins */
+  a = rw_gcs_endpoint_resolve(NULL);
+  CHECK(strcmp(a, "http://127.0.0.1:9023") == 0);
+  free(a);
+  unsetenv("STORAGE_EMULATOR_HOST");
   unsetenv("CLOUD_STORAGE_EMULATOR_ENDPOINT");
   a = rw_gcs_endpoint_resolve(NULL);
   CHECK(strcmp(a, "https://storage.googleapis.com") == 0);
