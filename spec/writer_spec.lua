@@ -90,7 +90,16 @@ describe("writer on the fake GCS", function()
     local st = w:stats()
     assert.equal("done", st.state)
     assert.equal(#data, st.persisted)
+    assert.equal(#data, st.written)
     assert.equal(0, st.in_cache)
+    assert.equal(0, st.retries)
+    -- no faults: every chunk went once, each of 256 KiB to 1 MiB
+    local puts = 0
+    for _, r in ipairs(srv:requests()) do
+      if r.method == "PUT" and r.path:find("name=plain&", 1, true) then puts = puts + 1 end
+    end
+    assert.equal(puts, st.chunks)
+    assert.is_true(st.chunks >= 6 and st.chunks <= math.floor(#data / (256 * KiB)) + 1, "chunks: " .. st.chunks)
     assert.is_true(#progress > 2)
     for i = 2, #progress do assert.is_true(progress[i] >= progress[i - 1]) end
   end)
