@@ -65,6 +65,18 @@ local function seed_resetting(rate, limit)
   return s
 end
 
+-- A seed whose first connection resets before `limit` bytes and whose second
+-- one stalls early, before it would reset: the upload then meets both a reset
+-- and a stall for certain (the search is bounded).
+local function seed_resetting_and_stalling(reset_rate, stall_rate, limit)
+  for s = H.seed, H.seed + 100000 do
+    local p = rw.faults.profile { seed = s, reset_per_mib = reset_rate, stall_per_mib = stall_rate }
+    local p0, p1 = p:plan(0), p:plan(1)
+    if p0.reset_at < limit and p1.stall_at < 4 * MiB and p1.stall_at < p1.reset_at then return s end
+  end
+  error("no seed near " .. H.seed .. " resets and stalls early")
+end
+
 local function settle(cond, timeout)
   local t0 = H.now()
   while not cond() and H.now() - t0 < (timeout or 3) do
@@ -132,9 +144,10 @@ describe("uploads through a fault-injecting dialer", function()
   before_each(function() srv = start_fake() end)
   after_each(function() srv:stop(); collectgarbage() end)
 
-  local function resets_and_stalls(n)
+  local function resets_and_stalls(n, must_stall)
     -- A reset every 4 MiB on average, a 3 s stall every 32 MiB, 8 MiB chunks.
-    local p = rw.faults.profile { seed = seed_resetting(0.25, 8 * MiB), reset_per_mib = 0.25,
+    local seed = must_stall and seed_resetting_and_stalling(0.25, 1 / 32, 8 * MiB) or seed_resetting(0.25, 8 * MiB)
+    local p = rw.faults.profile { seed = seed, reset_per_mib = 0.25,
                                   stall_per_mib = 1 / 32, stall_for = 3 }
     local w = writer(srv, "big", { faults = p })
     local dt = upload(w, n)
@@ -156,13 +169,14 @@ describe("uploads through a fault-injecting dialer", function()
       end
     end
     assert.are.equal(ps.stalls, stalls)
+    if must_stall then assert.truthy(stalls >= 1, "the schedule promised a stall (seed " .. seed .. ")") end
     if stalls > 0 then assert.truthy((st.errors["net.stall"] or 0) >= 1) end
     w = nil
     assert.truthy(settle(function() return p:stats().active == 0 end))
   end
 
-  it("32 MiB with resets every 4 MiB and 3 s stalls: byte-identical", function()
-    resets_and_stalls(32)
+  it("32 MiB with resets every 4 MiB and 3 s stalls: byte-identical; a stall is ended within stall_timeout + 1 s", function()
+    resets_and_stalls(32, true)
   end)
 
   it("256 MiB with resets every 4 MiB and 3 s stalls: byte-identical #slow", function()
