@@ -506,8 +506,10 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
     assert_same_bytes(srv:object("b", "total"), data, "total")
   end)
 
-  it("checksum = md5, crc32c and none all upload intact; the reply's hashes are the server's", function()
-    for _, mode in ipairs { "md5", "crc32c", "none" } do
+  it("checksum = md5, crc32c, both and none: the final chunk's X-Goog-Hash carries exactly those", function()
+    local want = { md5 = { "md5" }, crc32c = { "crc32c" }, both = { "crc32c", "md5" }, none = {} }
+    for _, mode in ipairs { "md5", "crc32c", "both", "none" } do
+      srv:clear_requests()
       local data = H.random_bytes(math.random(1, 600 * KiB))
       local w = assert(gcs_writer(srv, "sum-" .. mode, { checksum = mode }))
       write_random_pieces(w, data, 200 * KiB)
@@ -516,6 +518,21 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
       assert_same_bytes(got, data, "checksum " .. mode)
       assert.equal(meta.crc32c, obj.crc32c)
       assert.equal(meta.md5Hash, obj.md5Hash)
+      local final
+      for _, r in ipairs(srv:requests()) do
+        if r.method == "PUT" and r.status == 200 then final = r end
+        if r.method == "PUT" and r.status == 308 then
+          assert.is_nil(r.goog_hash, "a non-final chunk carried X-Goog-Hash")
+        end
+      end
+      assert(final, "no final PUT for " .. mode)
+      local sent = {}
+      for kind, value in (final.goog_hash or ""):gmatch("(%w+)=([^,]+)") do sent[#sent + 1] = kind
+        if kind == "crc32c" then assert.equal(meta.crc32c, value) end
+        if kind == "md5" then assert.equal(meta.md5Hash, value) end
+      end
+      table.sort(sent)
+      assert.same(want[mode], sent, "checksum = " .. mode .. ": X-Goog-Hash was " .. tostring(final.goog_hash))
     end
   end)
 

@@ -65,6 +65,7 @@ typedef struct rw_fakegcs_request {
   char *path;          /* with the query string */
   char *content_range; /* NULL when absent */
   int status;          /* 0 when the connection was cut without a reply */
+  char *goog_hash;     /* the X-Goog-Hash header as sent; NULL when absent */
 } rw_fakegcs_request;
 
 /* Copies the log; *n is its length. Free with rw_fakegcs_requests_free. */

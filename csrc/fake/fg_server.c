@@ -28,6 +28,7 @@ void fg_log_add(rw_fakegcs *s, fg_req *r, int status) {
   snprintf(e->method, sizeof e->method, "%s", r->method);
   e->path = fg_strdup(r->log_path);
   e->content_range = fg_strdup(r->content_range);
+  e->goog_hash = fg_strdup(fg_header(r, "X-Goog-Hash"));
   e->status = status;
 out:
   pthread_mutex_unlock(&s->log_mu);
@@ -389,6 +390,7 @@ rw_fakegcs_request *rw_fakegcs_requests(rw_fakegcs *s, size_t *n) {
     out[i] = s->log.items[i];
     out[i].path = fg_strdup(s->log.items[i].path);
     out[i].content_range = fg_strdup(s->log.items[i].content_range);
+    out[i].goog_hash = fg_strdup(s->log.items[i].goog_hash);
   }
   pthread_mutex_unlock(&s->log_mu);
   *n = out ? count : 0;
@@ -399,6 +401,7 @@ void rw_fakegcs_requests_free(rw_fakegcs_request *r, size_t n) {
   for (size_t i = 0; r && i < n; i++) {
     free(r[i].path);
     free(r[i].content_range);
+    free(r[i].goog_hash);
   }
   free(r);
 }
@@ -408,6 +411,7 @@ void rw_fakegcs_requests_clear(rw_fakegcs *s) {
   for (size_t i = 0; i < s->log.n; i++) {
     free(s->log.items[i].path);
     free(s->log.items[i].content_range);
+    free(s->log.items[i].goog_hash);
   }
   s->log.n = 0;
   pthread_mutex_unlock(&s->log_mu);

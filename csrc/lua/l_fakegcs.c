@@ -4,7 +4,7 @@
  *                              buckets = {"b"}, md5 = true|false }
  *   (md5 defaults to true, except with store = "discard")
  *   srv:url(), srv:port(), srv:object(bucket, name) -> data|false, meta | nil
- *   srv:requests() -> { {method, path, content_range, status}, ... }
+ *   srv:requests() -> { {method, path, content_range, goog_hash, status}, ... }
  *   srv:clear_requests(), srv:bucket(name) (creates it; idempotent)
  *   srv:faults{ seed =, p_503 =, p_408 =, p_reset =, p_partial =, p_broken =,
  *               p_stall =, stall_ms = }   (no argument: off)
@@ -171,6 +171,10 @@ static int l_requests(lua_State *L) {
     if (r[i].content_range) {
       lua_pushstring(L, r[i].content_range);
       lua_setfield(L, -2, "content_range");
+    }
+    if (r[i].goog_hash) {
+      lua_pushstring(L, r[i].goog_hash);
+      lua_setfield(L, -2, "goog_hash");
     }
     lua_pushinteger(L, r[i].status);
     lua_setfield(L, -2, "status");
