@@ -34,6 +34,15 @@ local function retry_test_done(srv, id)
   return out:match('"completed"%s*:%s*true') ~= nil, out
 end
 
+-- The HTTP status of a status query on a session URI (308 live, 404 gone).
+local function session_status(uri)
+  local p = io.popen(("curl -s -o /dev/null -w '%%{http_code}' -X PUT -H 'Content-Range: bytes */*' " ..
+    "-H 'Content-Length: 0' '%s'"):format(uri))
+  local code = tonumber(p:read("a"))
+  p:close()
+  return code
+end
+
 local function fast_retry(extra)
   local r = { min_wait = 0.005, max_wait = 0.05, total_wait = 30, seed = H.seed % 100000 + 1 }
   for k, v in pairs(extra or {}) do r[k] = v end
@@ -351,11 +360,7 @@ describe("writer on the fake GCS", function()
     assert.equal("gcs.session_conflict", err2.code)
     -- the session may be the other writer's: closing b must not delete it
     b:close()
-    local p = io.popen(("curl -s -o /dev/null -w '%%{http_code}' -X PUT -H 'Content-Range: bytes */*' " ..
-      "-H 'Content-Length: 0' '%s'"):format(session.uri))
-    local code = p:read("a")
-    p:close()
-    assert.equal("308", code)
+    assert.equal(308, session_status(session.uri))
   end)
 
   it("applies connect_timeout through a derived sink descriptor", function()
@@ -407,15 +412,6 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
   local srv
   setup(function() srv = start_server() end)
   teardown(function() srv:stop() end)
-
-  -- The HTTP status of a status query on a session URI (308 live, 404 gone).
-  local function session_status(uri)
-    local p = io.popen(("curl -s -o /dev/null -w '%%{http_code}' -X PUT -H 'Content-Range: bytes */*' " ..
-      "-H 'Content-Length: 0' '%s'"):format(uri))
-    local code = tonumber(p:read("a"))
-    p:close()
-    return code
-  end
 
   local function session_uri(w)
     local deadline = H.now() + 5
