@@ -751,19 +751,24 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
   end)
 
   it("#2 a slow link is not a stall: a chunk may take longer than stall_timeout while bytes move", function()
-    local profile = rw.faults.profile { seed = H.seed % 1000 + 1, bandwidth = 2 * MiB }
-    local data = H.random_bytes(2 * MiB + 100 * KiB)
-    local w = assert(gcs_writer(srv, "slow-link", { stall_timeout = 0.4, max_chunk_size = 2 * MiB },
-      { faults = profile }))
-    local t0 = H.now()
-    assert(w:WriteAt(0, data))
-    assert(w:Complete())
-    local took = H.now() - t0
-    assert.is_true(took > 0.8, "the cap did not slow the upload: " .. took .. " s")
-    local st = w:stats()
-    assert.is_nil(st.errors["net.stall"], "a moving transfer was called a stall")
-    assert.equal(0, st.retries)
-    assert_same_bytes(srv:object("b", "slow-link"), data, "slow-link")
+    for _, path in ipairs { "dialer", "chaos proxy" } do
+      local profile = rw.faults.profile { seed = H.seed % 1000 + 1, bandwidth = 2 * MiB }
+      local proxy = path == "chaos proxy" and rw.faults.proxy { upstream = srv:url(), profile = profile }
+      local name = "slow-link-" .. (proxy and "proxy" or "dialer")
+      local data = H.random_bytes(2 * MiB + 100 * KiB)
+      local so = proxy and { endpoint = proxy:url() } or { faults = profile }
+      local w = assert(gcs_writer(srv, name, { stall_timeout = 0.4, max_chunk_size = 2 * MiB }, so))
+      local t0 = H.now()
+      assert(w:WriteAt(0, data))
+      assert(w:Complete())
+      local took = H.now() - t0
+      assert.is_true(took > 0.8, path .. ": the cap did not slow the upload: " .. took .. " s")
+      local st = w:stats()
+      assert.is_nil(st.errors["net.stall"], path .. ": a moving transfer was called a stall")
+      assert.equal(0, st.retries)
+      assert_same_bytes(srv:object("b", name), data, name)
+      if proxy then proxy:stop() end
+    end
   end)
 
   it("WriteAt keeps a reference to the caller's string: 48 MiB cached add no copy to the RSS #slow", function()

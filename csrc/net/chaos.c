@@ -85,9 +85,18 @@ static void reset_close(int fd) {
   close(fd);
 }
 
+/* Under a bandwidth cap the relay is the slow link: small receive buffers on
+ * both its sides keep the backlog unacknowledged in the sender's queue, as on
+ * a real bottleneck (see dial_open in faults.c). 0: leave the default. */
+static int slow_link_rcvbuf(const rw_chaos *p) {
+  return rw_faults_config_of(p->profile)->bandwidth > 0 ? 64 * 1024 : 0;
+}
+
 static int dial_upstream(rw_chaos *p) {
   int fd = socket(p->up.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return -1;
+  int rcvbuf = slow_link_rcvbuf(p);
+  if (rcvbuf) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
   if (connect(fd, (struct sockaddr *)&p->up, p->uplen) == 0) return fd;
   if (errno != EINPROGRESS) goto fail;
   struct pollfd pf[2] = {{fd, POLLOUT, 0}, {p->wake, POLLIN, 0}};
@@ -185,6 +194,8 @@ rw_chaos *rw_chaos_start(const rw_chaos_config *c, rw_error **err) {
   p->lfd = socket(la.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
   if (p->lfd >= 0) setsockopt(p->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  int rcvbuf = slow_link_rcvbuf(p); /* set before listen: accepted sockets inherit it */
+  if (p->lfd >= 0 && rcvbuf) setsockopt(p->lfd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
   if (p->lfd < 0 || bind(p->lfd, (struct sockaddr *)&la, llen) < 0 || listen(p->lfd, 128) < 0) {
     *err = rw_err(RW_E_NET_OTHER, "chaos proxy: cannot listen on %s: %s", c->listen ? c->listen : "127.0.0.1:0",
                   strerror(errno));
