@@ -853,7 +853,9 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
       end
     end
     assert.equal(768 * KiB, first_after_768, "the resend after 503-after-768K starts at the persisted 768 KiB")
-    assert.is_true(puts >= 4)
+    -- at least: the rest of the first chunk, then [1M, 3M+3) in chunks of at most 1 MiB
+    -- (two when the 300K partial persist makes the next chunk start off the grid)
+    assert.is_true(puts >= 3, "successful data PUTs: " .. puts)
   end)
 
   it("#8 a 308 without Range means nothing persisted", function()
