@@ -11,6 +11,7 @@
 
 struct rw_error {
   atomic_int refs;
+  bool is_static; /* the preallocated out-of-memory error: never freed */
   int status;
   bool retryable;
   rw_error *cause;
@@ -31,6 +32,15 @@ static const rw_code_info registry[] = {
     {"rw.overlap", false, "two writes at the same offset carried different bytes"},
     {"rw.gap", false, "some bytes were never written; write the missing range"},
     {"rw.unsupported", false, "this build or platform does not offer it"},
+    {"rw.out_of_window", false,
+     "the write lies beyond the cache window, or needs bytes below it that only the caller can write: "
+     "write the missing range first, or raise max_cache_size"},
+    {"rw.resource_exhausted", false,
+     "the process ran out of file descriptors or a similar resource: raise the limit (ulimit -n) or "
+     "run fewer writers at once"},
+    {"rw.source_changed", false,
+     "the file being uploaded was truncated or rewritten while its bytes were still needed; upload a "
+     "file that does not change (a snapshot or a copy)"},
     {"net.stall", true, "no byte moved for stall_timeout; the connection was dropped and retried"},
     {"net.reset", true, "the connection was reset by the peer"},
     {"net.refused", true, "nothing listens at the address; check the endpoint"},
@@ -76,8 +86,10 @@ const rw_code_info *rw_code_lookup(const char *code) {
   return NULL;
 }
 
+/* The one place that decides which HTTP statuses are retried: 408, 429, 500,
+ * 502, 503, 504 (501 Not Implemented will not change on a retry). */
 bool rw_http_status_retryable(int status) {
-  return status == 408 || status == 429 || (status >= 500 && status <= 504);
+  return status == 408 || status == 429 || status == 500 || (status >= 502 && status <= 504);
 }
 
 static char http_codes[600][20];
@@ -122,10 +134,11 @@ rw_error *rw_error_makev(const char *code, int status, rw_error *cause, const ch
   rw_error *e = malloc(sizeof *e + (size_t)n + 1);
   if (!e) {
     rw_error_unref(cause);
-    return NULL; /* callers treat NULL-from-make as out of memory is impossible to report */
+    return rw_error_out_of_memory(); /* never NULL: NULL means "ok" */
   }
   vsnprintf(e->message, (size_t)n + 1, fmt, ap);
   atomic_init(&e->refs, 1);
+  e->is_static = false;
   e->status = status;
   e->cause = cause;
   if (!code) code = rw_http_status_code(status);
@@ -149,13 +162,36 @@ rw_error *rw_error_make(const char *code, int status, rw_error *cause, const cha
   return e;
 }
 
+/* Made once, before it can be needed (at the first error or explicitly), in
+ * static storage: making it allocates nothing, so it exists when memory is
+ * gone. Its message has no details; ref and unref leave it alone. */
+static _Alignas(max_align_t) unsigned char oom_store[sizeof(rw_error) + 96];
+static pthread_once_t oom_once = PTHREAD_ONCE_INIT;
+static void oom_init(void) {
+  rw_error *e = (rw_error *)(void *)oom_store;
+  atomic_init(&e->refs, 1);
+  e->is_static = true;
+  e->status = 0;
+  e->retryable = false;
+  e->cause = NULL;
+  snprintf(e->code, sizeof e->code, "%s", RW_E_NOMEM);
+  snprintf(e->id, sizeof e->id, "E-oom");
+  snprintf(e->where, sizeof e->where, "error.c:rw_error_out_of_memory");
+  snprintf(e->message, 96, "out of memory (no details: making the error itself failed)");
+}
+
+rw_error *rw_error_out_of_memory(void) {
+  pthread_once(&oom_once, oom_init);
+  return (rw_error *)(void *)oom_store;
+}
+
 rw_error *rw_error_ref(rw_error *e) {
-  if (e) atomic_fetch_add(&e->refs, 1);
+  if (e && !e->is_static) atomic_fetch_add(&e->refs, 1);
   return e;
 }
 
 void rw_error_unref(rw_error *e) {
-  while (e && atomic_fetch_sub(&e->refs, 1) == 1) {
+  while (e && !e->is_static && atomic_fetch_sub(&e->refs, 1) == 1) {
     rw_error *cause = e->cause;
     free(e);
     e = cause;

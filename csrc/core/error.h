@@ -31,6 +31,9 @@ typedef struct rw_code_info {
 #define RW_E_RETRY_BUDGET "rw.retry_budget_exhausted"
 #define RW_E_OVERLAP "rw.overlap"
 #define RW_E_GAP "rw.gap"
+#define RW_E_OUT_OF_WINDOW "rw.out_of_window"
+#define RW_E_RESOURCE "rw.resource_exhausted"
+#define RW_E_SOURCE_CHANGED "rw.source_changed"
 #define RW_E_STALL "net.stall"
 #define RW_E_NET_RESET "net.reset"
 #define RW_E_NET_REFUSED "net.refused"
@@ -65,6 +68,10 @@ rw_error *rw_error_makev(const char *code, int http_status, rw_error *cause,
 #define rw_err_http(status, ...) \
   rw_error_make(NULL, (status), NULL, __FILE__, __LINE__, __func__, __VA_ARGS__)
 
+/* The preallocated rw.out_of_memory error, returned by rw_error_make when
+ * it cannot allocate (so a failed allocation never reads as NULL = ok). Its
+ * ref and unref are no-ops. */
+rw_error *rw_error_out_of_memory(void);
 rw_error *rw_error_ref(rw_error *e);
 void rw_error_unref(rw_error *e); /* NULL is fine */
 

@@ -225,6 +225,7 @@ rw_writer *rw_writer_new(rw_ctx *parent, rw_sink *sink, const rw_writer_config *
   w->efd = -1;
   w->cfg = *cfg;
   w->sink = sink;
+  sink->stall_timeout = cfg->stall_timeout;
   w->persisted = w->max_sent = w->hashed_end = cfg->start_offset;
   w->total = UINT64_MAX;
   w->crc_persisted = cfg->has_start_crc ? cfg->start_crc : 0;

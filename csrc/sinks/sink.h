@@ -71,6 +71,10 @@ typedef struct rw_sink_ops {
 
 struct rw_sink {
   const rw_sink_ops *ops;
+  /* Seconds without a byte moving that end any request of this sink (begin,
+   * query, abort as well as put); set by the writer from its config, 0 = the
+   * sink's default. */
+  double stall_timeout;
 };
 
 static inline void rw_sink_destroy(rw_sink *s) {
