@@ -30,4 +30,23 @@ function H.raised(fn, ...)
   return tostring(err)
 end
 
+-- Runs fn(...) with the library's log captured (warn and above); returns the
+-- captured lines (a list of strings) and fn's results. Specs that expect a
+-- failure use it, so a passing run prints no error lines, and assert on them.
+function H.capture_log(fn, ...)
+  local log = require("reliablewriter").log
+  log.capture("warn")
+  local function pack(...) return { n = select("#", ...), ... } end
+  local r = pack(pcall(fn, ...))
+  local lines = log.stop()
+  if not r[1] then error(r[2], 0) end
+  return lines, (table.unpack or unpack)(r, 2, r.n)
+end
+
+-- True when one of the lines matches the Lua pattern.
+function H.has_line(lines, pattern)
+  for _, l in ipairs(lines) do if l:match(pattern) then return true end end
+  return false
+end
+
 return H

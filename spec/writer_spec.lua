@@ -329,38 +329,27 @@ describe("writer on the fake GCS", function()
     assert_same_bytes(srv:object("b", "resumed"), data, "resumed")
   end)
 
-  it("detects a second writer on the same session (gcs.session_conflict)", function()
+  it("a stale resume state with other bytes cannot make an object (the final checksum refuses it)", function()
     local data = H.random_bytes(2 * MiB)
     local a = assert(gcs_writer(srv, "two-hosts", { max_chunk_size = 1 * MiB, max_cache_size = 2 * MiB }))
-    assert(a:WriteAt(0, data:sub(1, 512 * KiB)))
+    assert(a:WriteAt(0, data))
     local deadline = H.now() + 5
-    local stale
-    while H.now() < deadline do
-      local s = a:session()
-      if s.uri and s.uri ~= "" then stale = { uri = s.uri, persisted = 0 } break end
-      rw.util.sleep(0.01)
-    end
-    assert(a:WriteAt(512 * KiB, data:sub(512 * KiB + 1)))
-    deadline = H.now() + 5
     while a:stats().persisted < 2 * MiB and H.now() < deadline do rw.util.sleep(0.01); a:poll() end
     local session = a:Suspend()
     assert.equal(2 * MiB, session.persisted)
-    -- b believes nothing was persisted and sends 256 KiB: the server claims more than b sent.
-    local b = assert(rw.resume(rw.context.background(), stale, {
+    -- b believes nothing was persisted (a stale state) and supplies other bytes: the server's
+    -- 2 MiB are taken as held (not resent), and the final checksum, over b's bytes, is refused.
+    local b = assert(rw.resume(rw.context.background(), { uri = session.uri, persisted = 0 }, {
       sink = rw.gcs { bucket = "b", object = "two-hosts", endpoint = srv:url() },
       retry = fast_retry(), max_chunk_size = 256 * KiB, max_cache_size = 1 * MiB }))
-    assert(b:WriteAt(0, H.random_bytes(512 * KiB))) -- a non-final 256 KiB chunk goes out
-    local ok, err
-    deadline = H.now() + 10
-    repeat ok, err = b:poll(); rw.util.sleep(0.01) until ok == nil or H.now() > deadline
-    assert.is_nil(ok)
-    assert.equal("gcs.session_conflict", err.code)
-    local obj, err2 = b:Complete()
+    local other = H.random_bytes(2 * MiB)
+    for off = 0, 2 * MiB - 1, 512 * KiB do assert(b:WriteAt(off, other:sub(off + 1, off + 512 * KiB))) end
+    local obj, err
+    H.capture_log(function() obj, err = b:Complete() end)
     assert.is_nil(obj)
-    assert.equal("gcs.session_conflict", err2.code)
-    -- the session may be the other writer's: closing b must not delete it
+    assert.equal("gcs.checksum_mismatch", err.code, tostring(err))
+    assert.is_nil(srv:object("b", "two-hosts"))
     b:close()
-    assert.equal(308, session_status(session.uri))
   end)
 
   it("applies connect_timeout through a derived sink descriptor", function()
@@ -417,7 +406,7 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
     local deadline = H.now() + 5
     while H.now() < deadline do
       local s = w:session()
-      if s.uri and s.uri ~= "" then return s.uri end
+      if s then return s.uri end
       rw.util.sleep(0.01)
     end
     error("the writer never opened a session")
@@ -437,8 +426,8 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
     assert(w:WriteAt(0, H.random_bytes(300 * KiB)))
     local uri = session_uri(w)
     assert.equal(308, session_status(uri))
-    w:close()
-    assert.equal(404, session_status(uri))
+    w:close() -- returns at once; the pool deletes the session
+    assert.is_true(eventually(function() return session_status(uri) == 404 end), "the session survived close()")
     assert.is_nil(srv:object("b", "closed-early"))
     assert.matches("closed writer", H.raised(w.WriteAt, w, 0, "x"))
   end)
@@ -593,9 +582,23 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
   it("rw.resume names its bad arguments", function()
     local ctx = rw.context.background()
     local sink = rw.gcs { bucket = "b", object = "x", endpoint = srv:url() }
-    assert.matches("session {uri=, persisted=} expected", H.raised(rw.resume, ctx, nil, { sink = sink }))
-    assert.matches("session {uri=, persisted=} expected", H.raised(rw.resume, ctx, { uri = "u" }, { sink = sink }))
-    assert.matches("options with a sink expected", H.raised(rw.resume, ctx, { uri = "u", persisted = 0 }, {}))
+    local u = srv:url() .. "/upload/x"
+    assert.matches("bad argument #2 to 'resume' %(session table {uri=, persisted=, crc32c=} expected", H.raised(rw.resume, ctx, nil, { sink = sink }))
+    assert.matches("session.persisted must be a whole number >= 0 %(got nil%)", H.raised(rw.resume, ctx, { uri = u }, { sink = sink }))
+    assert.matches("session.uri must be the non%-empty session URI", H.raised(rw.resume, ctx, { uri = "", persisted = 0 }, { sink = sink }))
+    for _, p in ipairs { -1, 1.5, 0 / 0, "12", 2 ^ 60 } do
+      assert.matches("session.persisted must be a whole number >= 0", H.raised(rw.resume, ctx, { uri = u, persisted = p }, { sink = sink }))
+    end
+    for _, c in ipairs { "", "AAAA", "AAAAAAAA", "AAAAAA=", "AAAAAB==", "!!!!!!==", 12 } do
+      assert.matches("session.crc32c must be the base64 CRC32C", H.raised(rw.resume, ctx, { uri = u, persisted = 0, crc32c = c }, { sink = sink }))
+    end
+    assert.matches("bad argument #3 to 'resume' %(options table with a sink expected", H.raised(rw.resume, ctx, { uri = u, persisted = 0 }))
+    assert.matches("option 'sink' must be an rw.gcs", H.raised(rw.resume, ctx, { uri = u, persisted = 0 }, {}))
+    assert.matches("only GCS sessions can be resumed",
+      H.raised(rw.resume, ctx, { uri = u, persisted = 0 }, { sink = rw.file { path = os.tmpname() } }))
+    -- a valid state is accepted (a whole number as a float too)
+    local w = assert(rw.resume(ctx, { uri = u, persisted = 0.0, crc32c = "AAAAAA==" }, { sink = sink, retry = fast_retry() }))
+    w:close()
   end)
 end)
 

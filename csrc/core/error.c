@@ -32,6 +32,8 @@ static const rw_code_info registry[] = {
     {"rw.overlap", false, "two writes at the same offset carried different bytes"},
     {"rw.gap", false, "some bytes were never written; write the missing range"},
     {"rw.unsupported", false, "this build or platform does not offer it"},
+    {"rw.no_session", false,
+     "no upload session exists yet (nothing was sent): there is nothing to resume; start a new upload"},
     {"rw.out_of_window", false,
      "the write lies beyond the cache window, or needs bytes below it that only the caller can write: "
      "write the missing range first, or raise max_cache_size"},
@@ -61,6 +63,8 @@ static const rw_code_info registry[] = {
     {"gcs.precondition_failed", false, "a precondition (e.g. if_generation_match) did not hold"},
     {"gcs.session_canceled", false, "the upload session was cancelled (499)"},
     {"gcs.protocol", false, "the server answered something the protocol does not allow"},
+    {"gcs.no_progress", true,
+     "the server answered but persisted none of the chunk; it is sent again after a backoff"},
     {"http.400", false, "the request was malformed"},
     {"http.401", false, "the credentials were refused"},
     {"http.403", false, "the credentials lack permission"},

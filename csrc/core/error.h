@@ -32,6 +32,8 @@ typedef struct rw_code_info {
 #define RW_E_OVERLAP "rw.overlap"
 #define RW_E_GAP "rw.gap"
 #define RW_E_OUT_OF_WINDOW "rw.out_of_window"
+#define RW_E_NO_SESSION "rw.no_session"
+#define RW_E_NO_PROGRESS "gcs.no_progress"
 #define RW_E_RESOURCE "rw.resource_exhausted"
 #define RW_E_SOURCE_CHANGED "rw.source_changed"
 #define RW_E_STALL "net.stall"

@@ -29,6 +29,7 @@ struct rw_pool {
   int max, alive, idle, peak, running_jobs;
   double idle_timeout;
   bool stopping;
+  bool retiring; /* no owner left (released from a task): idle threads exit at once */
 };
 
 rw_pool *rw_pool_new(int max_threads, double idle_timeout, rw_error **err) {
@@ -79,6 +80,7 @@ static void *worker_main(void *argp) {
   pthread_mutex_lock(&p->mu);
   for (;;) {
     while (!p->head && !p->stopping) {
+      if (p->retiring) goto out;
       p->idle++;
       int rc = rw_cond_wait_until(&p->work, &p->mu, rw_mono_now() + p->idle_timeout);
       p->idle--;
@@ -214,6 +216,11 @@ rw_pool *rw_pool_shared_acquire(void) {
     rw_error_unref(err);
     if (shared_pool) pin_self();
   }
+  if (shared_pool && shared_refs == 0) { /* retired by a task: in use again */
+    pthread_mutex_lock(&shared_pool->mu);
+    shared_pool->retiring = false;
+    pthread_mutex_unlock(&shared_pool->mu);
+  }
   if (shared_pool) shared_refs++;
   rw_pool *p = shared_pool;
   pthread_mutex_unlock(&shared_mu);
@@ -229,6 +236,19 @@ void rw_pool_shared_release(void) {
   }
   pthread_mutex_unlock(&shared_mu);
   rw_pool_free(p);
+}
+
+void rw_pool_shared_release_from_task(void) {
+  pthread_mutex_lock(&shared_mu);
+  if (shared_refs > 0 && --shared_refs == 0 && shared_pool) {
+    /* A task cannot join its own pool: the threads leave as soon as they are
+     * idle, and the pool stays for the next acquire (which reaps them). */
+    pthread_mutex_lock(&shared_pool->mu);
+    shared_pool->retiring = true;
+    pthread_cond_broadcast(&shared_pool->work);
+    pthread_mutex_unlock(&shared_pool->mu);
+  }
+  pthread_mutex_unlock(&shared_mu);
 }
 
 rw_pool *rw_pool_shared_peek(void) {

@@ -32,6 +32,10 @@ int rw_pool_peak_threads(rw_pool *p);
  * default 16). Acquire/release are counted; the last release joins it. */
 rw_pool *rw_pool_shared_acquire(void);
 void rw_pool_shared_release(void);
+/* The same from inside a task of the shared pool (which cannot join its own
+ * threads): the last release retires the pool, whose idle threads then exit
+ * at once; the next rw_pool_shared_acquire takes it back and joins them. */
+void rw_pool_shared_release_from_task(void);
 /* The shared pool if it exists (no reference taken), else NULL. */
 rw_pool *rw_pool_shared_peek(void);
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -36,16 +37,35 @@ struct rw_writer {
   rw_sgbuf *cache;
 
   uint64_t written, persisted, max_sent, total, hashed_end;
-  uint64_t charged; /* bytes counted against the process budget */
+  uint64_t charged;     /* bytes counted against the process budget */
+  uint64_t charged_ooo; /* the part of them past the contiguous prefix */
   uint32_t crc_all, crc_persisted;
   bool crc_persisted_ok;
   rw_md5 md5;
   bool md5_live;
   unsigned char md5_digest[16];
 
+  /* The server's side, as far as we know it. server_end: bytes it holds
+   * beyond persisted after a resume (the caller supplies them again; they
+   * are hashed, not resent). server_final/server_obj: the session was found
+   * finalized. unsure: what became of the last request is unknown. */
+  uint64_t server_end;
+  bool server_final, unsure, need_sync;
+  rw_sink_object server_obj;
+  char *session; /* our copy of the sink's handle; NULL while none */
+
+  /* CRC32C of each whole 256 KiB block of the persisted prefix, from
+   * blk_start on (blocks below a resume point are unknown), so a rewrite of
+   * persisted bytes is checked (rw.overlap). blk_pos: bytes hashed so far. */
+  uint32_t *blk, blk_run;
+  size_t nblk, capblk;
+  uint64_t blk_start, blk_pos;
+  bool blk_ok;
+
   rw_writer_state state;
   bool began, pumping, closing, aborting;
   bool stopping, stop_delete; /* an abort/suspend is under way */
+  bool autofree;              /* closed by rw_writer_close: stop_finish frees */
   rw_error *fatal;
   rw_sink_object obj;
 
@@ -69,9 +89,14 @@ const char *rw_writer_state_name(rw_writer_state s) {
 /* ---- the process-wide budget ----
  * Bytes a writer holds beyond its first max_chunk_size count against one
  * budget for the process (0 = none). The floor keeps every writer able to
- * fill a chunk, so writers never wait on each other in a circle. */
+ * fill a chunk, so writers never wait on each other in a circle.
+ * Out-of-order bytes (past a writer's contiguous prefix) can only leave once
+ * their gap is written, so they must never starve the bytes that fill gaps:
+ * bytes that extend a contiguous prefix see the budget without the
+ * out-of-order share (budget_ooo). Used stays under limit + budget_ooo, and
+ * out-of-order bytes are admitted only under limit, so at most 2 x limit. */
 static pthread_mutex_t budget_mu = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t budget_limit, budget_used;
+static uint64_t budget_limit, budget_used, budget_ooo;
 
 void rw_writer_set_process_budget(uint64_t bytes) {
   pthread_mutex_lock(&budget_mu);
@@ -86,31 +111,41 @@ void rw_writer_process_budget(uint64_t *limit, uint64_t *used) {
   pthread_mutex_unlock(&budget_mu);
 }
 
-/* Bytes of the budget free now (UINT64_MAX without a budget). */
-static uint64_t budget_available(void) {
+/* Bytes of the budget free now for bytes that extend a contiguous prefix
+ * (in_order) or for others (UINT64_MAX without a budget). */
+static uint64_t budget_available(bool in_order) {
   pthread_mutex_lock(&budget_mu);
-  uint64_t a = !budget_limit ? UINT64_MAX : (budget_used < budget_limit ? budget_limit - budget_used : 0);
+  uint64_t used = in_order ? budget_used - budget_ooo : budget_used;
+  uint64_t a = !budget_limit ? UINT64_MAX : (used < budget_limit ? budget_limit - used : 0);
   pthread_mutex_unlock(&budget_mu);
   return a;
 }
 
-/* Brings w->charged to what w holds beyond its floor. mu held. */
+static uint64_t data_end_locked(rw_writer *w);
+
+/* Brings w->charged (and its out-of-order part) to what w holds beyond its
+ * floor. mu held. */
 static void budget_settle_locked(rw_writer *w) {
   uint64_t held = w->cache ? rw_sgbuf_bytes(w->cache) : 0, floor = w->cfg.max_chunk_size;
   uint64_t target = held > floor ? held - floor : 0;
-  if (target == w->charged) return;
+  uint64_t in_order = w->cache ? data_end_locked(w) - w->persisted : 0;
+  uint64_t ooo = held > in_order ? held - in_order : 0;
+  if (ooo > target) ooo = target;
+  if (target == w->charged && ooo == w->charged_ooo) return;
   pthread_mutex_lock(&budget_mu);
   budget_used = budget_used + target - w->charged;
+  budget_ooo = budget_ooo + ooo - w->charged_ooo;
   pthread_mutex_unlock(&budget_mu);
   w->charged = target;
+  w->charged_ooo = ooo;
 }
 
-/* How many of n more bytes w may hold now under the budget. mu held. */
-static uint64_t budget_allow_locked(rw_writer *w, uint64_t n) {
+/* How many of n more bytes at off w may hold now under the budget. mu held. */
+static uint64_t budget_allow_locked(rw_writer *w, uint64_t off, uint64_t n) {
   uint64_t held = rw_sgbuf_bytes(w->cache), floor = w->cfg.max_chunk_size;
   uint64_t free_floor = held < floor ? floor - held : 0;
   if (n <= free_floor) return n;
-  uint64_t avail = budget_available();
+  uint64_t avail = budget_available(off <= data_end_locked(w));
   return n - free_floor <= avail ? n : free_floor + avail;
 }
 
@@ -203,16 +238,20 @@ static void fail_locked(rw_writer *w, rw_error *e) {
   count_error_locked(w, e);
   w->fatal = e;
   w->state = w->aborting ? RW_WRITER_ABORTED : RW_WRITER_FAILED;
-  char what[192];
+  char what[256];
+  uint64_t held = w->server_end > w->persisted ? w->server_end : w->persisted;
   snprintf(what, sizeof what,
-           "upload failed (the server holds bytes [0, %" PRIu64 "); w:Suspend() keeps the session for "
-           "rw.resume, Abort or close deletes it):",
-           w->persisted);
+           "upload failed (the server holds %sbytes [0, %" PRIu64 ")%s; w:Suspend() keeps the session "
+           "for rw.resume, Abort or close deletes it):",
+           w->unsure ? "at least " : "", held,
+           w->unsure ? ", what became of the last request is unknown" : "");
   rw_error_log(RW_LOG_ERROR, e, what);
   notify_locked(w);
 }
 
 /* ---- construction ---- */
+
+static void kick_locked(rw_writer *w);
 
 rw_writer *rw_writer_new(rw_ctx *parent, rw_sink *sink, const rw_writer_config *cfg,
                          rw_error **err) {
@@ -226,29 +265,54 @@ rw_writer *rw_writer_new(rw_ctx *parent, rw_sink *sink, const rw_writer_config *
   w->cfg = *cfg;
   w->sink = sink;
   sink->stall_timeout = cfg->stall_timeout;
-  w->persisted = w->max_sent = w->hashed_end = cfg->start_offset;
+  w->persisted = w->max_sent = w->hashed_end = w->server_end = cfg->start_offset;
   w->total = UINT64_MAX;
   w->crc_persisted = cfg->has_start_crc ? cfg->start_crc : 0;
   w->crc_persisted_ok = cfg->start_offset == 0 || cfg->has_start_crc;
   w->crc_all = w->crc_persisted;
-  w->began = cfg->start_offset > 0;
+  w->blk_start = w->blk_pos = cfg->start_offset;
+  if (w->blk_start % RW_CHUNK_QUANTUM) w->blk_start += RW_CHUNK_QUANTUM - w->blk_start % RW_CHUNK_QUANTUM;
+  w->blk_ok = true;
+  /* A session handed in (rw.resume): ask the server what it holds first. */
+  bool resume = cfg->resume || cfg->start_offset > 0;
+  const char *handle = resume ? sink->ops->session(sink) : NULL;
+  w->began = w->need_sync = w->unsure = resume;
+  if (resume && (!handle || !*handle)) {
+    *err = rw_err(RW_E_INVALID, "resume: the sink has no session to resume");
+    goto fail;
+  }
+  if (resume && !(w->session = strdup(handle))) goto nomem;
   if (!(w->ctx = rw_ctx_with_cancel(parent))) goto nomem;
   if (!(w->cache = rw_sgbuf_new(cfg->start_offset))) goto nomem;
   if (!(w->pool = rw_pool_shared_acquire())) goto nomem;
   if (cfg->md5 && !(w->md5_live = rw_md5_init(&w->md5))) goto nomem;
   w->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (w->efd < 0) {
+    int en = errno;
+    *err = rw_err(en == EMFILE || en == ENFILE ? RW_E_RESOURCE : RW_E_INTERNAL,
+                  "cannot make the writer's eventfd: %s", strerror(en));
+    goto fail;
+  }
   pthread_mutex_init(&w->mu, NULL);
   rw_cond_init(&w->cv);
+  if (w->need_sync) {
+    pthread_mutex_lock(&w->mu);
+    kick_locked(w);
+    pthread_mutex_unlock(&w->mu);
+  }
   return w;
 nomem:
+  *err = rw_err(RW_E_NOMEM, "out of memory making a writer");
+fail:
   if (w) {
+    if (w->md5_live) rw_md5_free(&w->md5);
     if (w->pool) rw_pool_shared_release();
     rw_sgbuf_free(w->cache);
     rw_ctx_unref(w->ctx);
+    free(w->session);
     free(w);
   }
   rw_sink_destroy(sink);
-  *err = rw_err(RW_E_NOMEM, "out of memory making a writer");
   return NULL;
 }
 
@@ -261,6 +325,8 @@ static uint64_t data_end_locked(rw_writer *w) {
 
 static bool next_chunk_locked(rw_writer *w, chunk *c) {
   if (w->fatal || w->aborting || w->state >= RW_WRITER_DONE) return false;
+  /* Bytes the server already holds are taken from the caller, not sent. */
+  if (w->server_end > w->persisted || w->server_final) return false;
   uint64_t start = w->persisted, end = data_end_locked(w);
   if (w->closing && end >= w->total) {
     uint64_t avail = w->total - start;
@@ -283,7 +349,7 @@ static void pump_main(void *arg);
 
 static void kick_locked(rw_writer *w) {
   chunk c;
-  if (w->pumping || !next_chunk_locked(w, &c)) return;
+  if (w->pumping || (!w->need_sync && !next_chunk_locked(w, &c))) return;
   w->pumping = true;
   if (!rw_pool_submit(w->pool, pump_main, w)) {
     w->pumping = false;
@@ -304,6 +370,10 @@ static rw_error *verify_object_locked(rw_writer *w, const rw_sink_object *o) {
                   "the server finalized an object of %" PRIu64 " bytes but %" PRIu64
                   " were written; the object is not what was sent",
                   o->size, w->total);
+  if (w->cfg.crc32c && w->crc_persisted_ok && !o->crc32c)
+    return rw_err(RW_E_PROTOCOL, "the server's object has no crc32c: the checksum we sent was not checked");
+  if (w->cfg.md5 && !o->md5)
+    return rw_err(RW_E_PROTOCOL, "the server's object has no md5Hash: the checksum we sent was not checked");
   if (w->cfg.crc32c && w->crc_persisted_ok && o->crc32c) {
     char want[16];
     rw_crc32c_base64(w->crc_all, want);
@@ -319,17 +389,48 @@ static rw_error *verify_object_locked(rw_writer *w, const rw_sink_object *o) {
   return NULL;
 }
 
+/* Feeds persisted bytes to the per-block CRCs. mu held. */
+static void blocks_feed_locked(rw_writer *w, const char *p, size_t len) {
+  while (len && w->blk_ok) {
+    uint64_t pos = w->blk_pos, boundary = (pos / RW_CHUNK_QUANTUM + 1) * RW_CHUNK_QUANTUM;
+    size_t take = boundary - pos < len ? (size_t)(boundary - pos) : len;
+    if (pos >= w->blk_start) w->blk_run = rw_crc32c(w->blk_run, p, take);
+    w->blk_pos += take;
+    p += take;
+    len -= take;
+    if (w->blk_pos != boundary) continue;
+    if (boundary - RW_CHUNK_QUANTUM >= w->blk_start) {
+      if (w->nblk == w->capblk) {
+        size_t cap = w->capblk ? 2 * w->capblk : 64;
+        uint32_t *b = realloc(w->blk, cap * sizeof *b);
+        if (!b) {
+          w->blk_ok = false; /* no memory: stop checking rewrites, never fail the upload */
+          return;
+        }
+        w->blk = b;
+        w->capblk = cap;
+      }
+      w->blk[w->nblk++] = w->blk_run;
+    }
+    w->blk_run = 0;
+  }
+}
+
 /* Moves persisted to p, hashing the newly persisted bytes for the session
- * checksum and dropping them from the cache. mu held. */
+ * checksum and the block CRCs, and dropping them from the cache. mu held. */
 static void advance_persisted_locked(rw_writer *w, uint64_t p) {
   if (p <= w->persisted) return;
-  if (w->crc_persisted_ok) {
+  if (w->crc_persisted_ok || w->blk_ok) {
     int n = rw_sgbuf_view_count(w->cache, w->persisted, p - w->persisted);
     struct iovec *iov = n > 0 ? malloc((size_t)n * sizeof *iov) : NULL;
     if (iov && rw_sgbuf_view(w->cache, w->persisted, p - w->persisted, iov, n) == n) {
-      for (int i = 0; i < n; i++) w->crc_persisted = rw_crc32c(w->crc_persisted, iov[i].iov_base, iov[i].iov_len);
+      for (int i = 0; i < n; i++) {
+        if (w->crc_persisted_ok)
+          w->crc_persisted = rw_crc32c(w->crc_persisted, iov[i].iov_base, iov[i].iov_len);
+        blocks_feed_locked(w, iov[i].iov_base, iov[i].iov_len);
+      }
     } else {
-      w->crc_persisted_ok = false;
+      w->crc_persisted_ok = w->blk_ok = false;
     }
     free(iov);
   }
@@ -349,6 +450,7 @@ static rw_error *apply_locked(rw_writer *w, rw_sink_result *res, const chunk *c,
                     "the server finalized the object (size %" PRIu64 ") on a non-final chunk "
                     "[%" PRIu64 ", %" PRIu64 "); refusing to call that a success",
                     res->obj.size, c->off, c->off + c->len);
+    w->unsure = false;
     rw_error *e = verify_object_locked(w, &res->obj);
     if (e) return e;
     advance_persisted_locked(w, w->total);
@@ -361,6 +463,7 @@ static rw_error *apply_locked(rw_writer *w, rw_sink_result *res, const chunk *c,
     *done = *progressed = true;
     return NULL;
   }
+  w->unsure = false;
   uint64_t p = res->persisted;
   if (p < w->persisted)
     return rw_err(RW_E_SESSION_CONFLICT,
@@ -378,6 +481,60 @@ static rw_error *apply_locked(rw_writer *w, rw_sink_result *res, const chunk *c,
     w->chunks++;
     *done = true;
   }
+  return NULL;
+}
+
+/* The session was found finalized and the caller has now supplied every
+ * byte and asked to complete: the object is the server's, once checked. */
+static void finish_from_server_locked(rw_writer *w) {
+  rw_error *e = verify_object_locked(w, &w->server_obj);
+  if (e) {
+    fail_locked(w, e);
+    return;
+  }
+  object_clear(&w->obj);
+  w->obj = w->server_obj;
+  memset(&w->server_obj, 0, sizeof w->server_obj);
+  w->state = RW_WRITER_DONE;
+  notify_locked(w);
+}
+
+/* Takes the bytes the server already holds (after a resume) as persisted
+ * once the caller has supplied them: hashed for the final checksum, never
+ * resent. mu held. */
+static void absorb_locked(rw_writer *w) {
+  if (w->server_end > w->persisted) {
+    uint64_t end = rw_sgbuf_contiguous_end(w->cache);
+    advance_persisted_locked(w, end < w->server_end ? end : w->server_end);
+  }
+  if (w->server_final && w->closing && w->state == RW_WRITER_COMPLETING && w->persisted >= w->server_end)
+    finish_from_server_locked(w);
+}
+
+/* What a resumed session's server holds decides where the upload goes on:
+ * more than the saved state (the normal case after a crash) is taken from
+ * the caller's bytes; a finalized session yields its object once the bytes
+ * are supplied and match; less than the saved state is not this session's
+ * state. mu held. */
+static rw_error *sync_apply_locked(rw_writer *w, rw_sink_result *res) {
+  w->need_sync = w->unsure = false;
+  if (res->finalized) {
+    object_clear(&w->server_obj);
+    w->server_obj = res->obj;
+    memset(&res->obj, 0, sizeof res->obj);
+    w->server_final = true;
+    w->server_end = w->server_obj.size;
+  } else {
+    w->server_end = res->persisted;
+  }
+  if (w->server_end < w->persisted)
+    return rw_err(RW_E_SESSION_CONFLICT,
+                  "the server holds %" PRIu64 " bytes of this session%s, fewer than the %" PRIu64
+                  " the saved state says were persisted: the state is not this session's",
+                  w->server_end, w->server_final ? " (finalized)" : "", w->persisted);
+  if (w->server_end > w->max_sent) w->max_sent = w->server_end;
+  absorb_locked(w);
+  notify_locked(w);
   return NULL;
 }
 
@@ -460,6 +617,9 @@ static rw_error *backoff_or_give_up(rw_writer *w, rw_backoff *b, rw_error *cause
     return ctx_err;
   }
   if (!rw_error_retryable(cause)) return cause;
+  /* retry = {policy = "conditional"}: like Google's clients, retry only an
+   * upload that carries a precondition. */
+  if (w->cfg.retry_conditional && !w->sink->has_precondition) return cause;
   pthread_mutex_lock(&w->mu);
   count_error_locked(w, cause);
   w->retries++;
@@ -484,14 +644,44 @@ static rw_error *backoff_or_give_up(rw_writer *w, rw_backoff *b, rw_error *cause
   return e;
 }
 
+/* Keeps our own copy of the sink's handle, read under mu by
+ * rw_writer_session while the pool works. */
+static rw_error *copy_session(rw_writer *w) {
+  const char *h = w->sink->ops->session(w->sink);
+  char *copy = h && *h ? strdup(h) : NULL;
+  if (h && *h && !copy) return rw_err(RW_E_NOMEM, "out of memory keeping the session");
+  pthread_mutex_lock(&w->mu);
+  free(w->session);
+  w->session = copy;
+  w->began = true;
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
 static rw_error *begin_with_retries(rw_writer *w, rw_backoff *b) {
   for (;;) {
     rw_error *e = w->sink->ops->begin(w->sink, w->ctx);
-    if (!e) {
-      w->began = true;
-      return NULL;
-    }
+    if (!e) return copy_session(w);
     if ((e = backoff_or_give_up(w, b, e))) return e;
+  }
+}
+
+/* After a resume: asks the server what it holds before anything is sent. */
+static rw_error *sync_session(rw_writer *w) {
+  rw_backoff b;
+  rw_backoff_init(&b, &w->cfg.retry);
+  for (;;) {
+    rw_sink_result res = {0};
+    rw_error *e = w->sink->ops->query(w->sink, w->ctx, &res);
+    if (!e) {
+      pthread_mutex_lock(&w->mu);
+      e = sync_apply_locked(w, &res);
+      pthread_mutex_unlock(&w->mu);
+      rw_sink_result_clear(&res);
+      return e;
+    }
+    rw_sink_result_clear(&res);
+    if ((e = backoff_or_give_up(w, &b, e))) return e;
   }
 }
 
@@ -522,6 +712,38 @@ static bool rest_misaligned(rw_writer *w, const chunk *c) {
   return r;
 }
 
+/* The final request got no usable answer: the connection broke or stalled
+ * (net.*), or a reply the protocol does not allow (gcs.protocol, e.g. a 200
+ * whose body is cut short or is not the object). The object may exist. */
+static bool ambiguous_final(const chunk *c, const rw_error *e) {
+  const char *code = rw_error_code(e);
+  return c->final && (strncmp(code, "net.", 4) == 0 || strcmp(code, RW_E_PROTOCOL) == 0);
+}
+
+static void set_unsure(rw_writer *w, bool v) {
+  pthread_mutex_lock(&w->mu);
+  w->unsure = v;
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* A final request whose answer was unusable and is not retryable (e.g. a
+ * 200 that is not an object): ask the session once. Finalized: the object
+ * is taken (and verified); else the original error stands. */
+static rw_error *settle_final(rw_writer *w, const chunk *c, rw_error *e, bool *done) {
+  bool d = false;
+  rw_error *qe = query_once(w, c, &d);
+  if (qe) {
+    rw_error_unref(qe);
+    return e;
+  }
+  if (d) {
+    rw_error_unref(e);
+    *done = true;
+    return NULL;
+  }
+  return e;
+}
+
 static rw_error *send_chunk(rw_writer *w, const chunk *c) {
   rw_backoff b;
   rw_backoff_init(&b, &w->cfg.retry);
@@ -535,13 +757,16 @@ static rw_error *send_chunk(rw_writer *w, const chunk *c) {
     rw_error *e = put_once(w, c, &done, &progressed);
     if (!e && done) return NULL;
     if (!e && progressed) continue; /* partial 308: send the rest at once */
-    if (!e) e = rw_err(RW_E_NET_OTHER, "the server took none of chunk [%" PRIu64 ", %" PRIu64 ")",
+    if (!e) e = rw_err(RW_E_NO_PROGRESS, "the server took none of chunk [%" PRIu64 ", %" PRIu64 ")",
                        c->off, c->off + c->len);
     if (rw_error_is(e, RW_E_SESSION_CONFLICT) || rw_error_is(e, RW_E_CHECKSUM)) return e;
-    if (rw_error_is(e, RW_E_NET_OTHER) && !rw_error_retryable(e)) {
-      /* no progress: counts against the budget like a transient error */
-      rw_error *w2 = rw_err_wrap(RW_E_NET_TIMEOUT, e, "no progress on chunk");
-      e = w2;
+    if (ambiguous_final(c, e)) {
+      set_unsure(w, true);
+      if (!rw_error_retryable(e)) {
+        e = settle_final(w, c, e, &done);
+        if (!e && done) return NULL;
+        return e;
+      }
     }
     if ((e = backoff_or_give_up(w, &b, e))) return e;
     if ((e = resync(w, &b, c, &done))) return e;
@@ -552,6 +777,15 @@ static rw_error *send_chunk(rw_writer *w, const chunk *c) {
 static void pump_main(void *arg) {
   rw_writer *w = arg;
   pthread_mutex_lock(&w->mu);
+  if (w->need_sync && !w->fatal && !w->aborting) {
+    pthread_mutex_unlock(&w->mu);
+    rw_error *e = sync_session(w);
+    pthread_mutex_lock(&w->mu);
+    if (e) {
+      if (w->aborting) rw_error_unref(e);
+      else fail_locked(w, e);
+    }
+  }
   chunk c;
   while (next_chunk_locked(w, &c)) {
     pthread_mutex_unlock(&w->mu);
@@ -616,9 +850,43 @@ uint64_t rw_writer_room(rw_writer *w, uint64_t off) {
   pthread_mutex_lock(&w->mu);
   uint64_t window_end = w->persisted + w->cfg.max_cache_size;
   uint64_t room = off < w->persisted ? UINT64_MAX : (off < window_end ? window_end - off : 0);
-  if (room && room != UINT64_MAX) room = budget_allow_locked(w, room);
+  if (room && room != UINT64_MAX) room = budget_allow_locked(w, off, room);
   pthread_mutex_unlock(&w->mu);
   return room;
+}
+
+/* A rewrite of bytes already persisted: every whole 256 KiB block it covers
+ * whose CRC32C we kept must match. Parts of blocks at the edges of the write,
+ * and blocks below a resume point, cannot be compared. mu held. */
+static rw_error *check_persisted_locked(rw_writer *w, uint64_t off, const char *data, uint64_t len) {
+  uint64_t end = off + len;
+  uint64_t b = (off + RW_CHUNK_QUANTUM - 1) / RW_CHUNK_QUANTUM;
+  for (; (b + 1) * RW_CHUNK_QUANTUM <= end; b++) {
+    uint64_t at = b * RW_CHUNK_QUANTUM;
+    if (at < w->blk_start || !w->blk_ok) continue;
+    size_t i = (size_t)((at - w->blk_start) / RW_CHUNK_QUANTUM);
+    if (i >= w->nblk) break;
+    if (rw_crc32c(0, data + (at - off), RW_CHUNK_QUANTUM) != w->blk[i])
+      return rw_err(RW_E_OVERLAP,
+                    "bytes [%" PRIu64 ", %" PRIu64 ") differ from those already persisted at that offset "
+                    "(rewrites of persisted bytes are compared in whole 256 KiB blocks)",
+                    at, at + RW_CHUNK_QUANTUM);
+  }
+  return NULL;
+}
+
+/* A write that no progress can ever make room for: it starts past the
+ * contiguous prefix (a gap only the caller can fill) and ends past the
+ * furthest window that prefix can open. mu held. */
+static rw_error *check_window_locked(rw_writer *w, uint64_t off, uint64_t len) {
+  uint64_t end = data_end_locked(w), reach = end + w->cfg.max_cache_size;
+  if (off <= end || off + len <= reach) return NULL;
+  return rw_err(RW_E_OUT_OF_WINDOW,
+                "write [%" PRIu64 ", %" PRIu64 ") does not fit the cache window [%" PRIu64 ", %" PRIu64
+                ") and bytes [%" PRIu64 ", %" PRIu64 ") below it were never written: write them first "
+                "(or raise max_cache_size above %" PRIu64 ")",
+                off, off + len, w->persisted, w->persisted + w->cfg.max_cache_size, end, off,
+                off + len - end);
 }
 
 rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, size_t len,
@@ -632,18 +900,21 @@ rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, siz
   rw_error *e = usable_locked(w);
   if (e) goto out;
   uint64_t skip = w->persisted > off ? w->persisted - off : 0;
-  if (skip >= len) { /* all already persisted */
+  if (skip > len) skip = len;
+  if (skip && (e = check_persisted_locked(w, off, data, skip))) goto out;
+  if (skip == len) { /* all already persisted */
     *accepted = len;
     goto out;
   }
   uint64_t o = off + skip, window_end = w->persisted + w->cfg.max_cache_size;
+  if ((e = check_window_locked(w, o, len - skip))) goto out;
   if (o >= window_end) {
     *accepted = (size_t)skip;
     goto out;
   }
   uint64_t n = len - skip;
   if (n > window_end - o) n = window_end - o;
-  n = budget_allow_locked(w, n);
+  n = budget_allow_locked(w, o, n);
   if (n == 0) {
     *accepted = (size_t)skip;
     goto out;
@@ -664,6 +935,7 @@ rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, siz
   *accepted = (size_t)(skip + n);
   w->written += n;
   hash_take_locked(w, &hj);
+  absorb_locked(w);
   kick_locked(w);
 out:
   pthread_mutex_unlock(&w->mu);
@@ -704,6 +976,11 @@ rw_error *rw_writer_complete_start(rw_writer *w, uint64_t total) {
     rw_md5_final(&w->md5, w->md5_digest);
     w->md5_live = false;
   }
+  if (w->server_final && total != w->server_end)
+    fail_locked(w, rw_err(RW_E_SESSION_CONFLICT,
+                          "the session was already finalized with %" PRIu64 " bytes; Complete asked for %" PRIu64,
+                          w->server_end, total));
+  absorb_locked(w);
   kick_locked(w);
   notify_locked(w);
 out:
@@ -731,6 +1008,8 @@ rw_error *rw_writer_error(rw_writer *w) {
   pthread_mutex_unlock(&w->mu);
   return e;
 }
+
+static void destroy(rw_writer *w, bool from_pool);
 
 /* Stopping: cancel the work (prompt), then, off the caller's thread when
  * asked, wait for the pump and delete the session (abort_timeout). */
@@ -764,7 +1043,9 @@ static void stop_finish(void *arg) {
   if (w->state < RW_WRITER_DONE) w->state = RW_WRITER_ABORTED;
   w->stopping = false;
   notify_locked(w);
+  bool autofree = w->autofree;
   pthread_mutex_unlock(&w->mu);
+  if (autofree) destroy(w, true); /* closed while this task ran (from abort_start) */
 }
 
 static void wait_stopped(rw_writer *w) {
@@ -807,7 +1088,7 @@ static bool wait_ready(void *arg) {
   if (w->state >= RW_WRITER_DONE) return !w->pumping;
   if (!p->want_room) return false;
   if (p->off >= w->persisted + w->cfg.max_cache_size) return false;
-  return budget_allow_locked(w, 1) > 0;
+  return budget_allow_locked(w, p->off, 1) > 0;
 }
 
 void rw_writer_wait(rw_writer *w, rw_ctx *ctx, bool want_room, uint64_t off, double timeout) {
@@ -848,33 +1129,82 @@ void rw_writer_each_error(rw_writer *w, void (*fn)(void *, const char *, uint64_
   for (int i = 0; i < n; i++) fn(ud, codes[i], counts[i]);
 }
 
-void rw_writer_session(rw_writer *w, const char **handle, uint64_t *persisted, bool *has_crc,
-                       uint32_t *crc) {
+char *rw_writer_session(rw_writer *w, uint64_t *persisted, bool *has_crc, uint32_t *crc) {
   pthread_mutex_lock(&w->mu);
-  *handle = w->sink->ops->session(w->sink);
+  char *handle = w->session ? strdup(w->session) : NULL;
   *persisted = w->persisted;
   *has_crc = w->crc_persisted_ok;
   *crc = w->crc_persisted;
   pthread_mutex_unlock(&w->mu);
+  return handle;
+}
+
+/* Drops the cache (its releases are deferred) and runs the releases on the
+ * calling (owner) thread. Nothing may read the cache any more. */
+static void drop_cache(rw_writer *w) {
+  pthread_mutex_lock(&w->mu);
+  rw_sgbuf_free(w->cache); /* defers every release */
+  w->cache = NULL;
+  budget_settle_locked(w);
+  pthread_mutex_unlock(&w->mu);
+  rw_writer_drain(w);
+}
+
+/* Frees what is left once no work runs. from_pool: called by a pool task,
+ * which must not be the one to join the pool. */
+static void destroy(rw_writer *w, bool from_pool) {
+  if (w->md5_live) rw_md5_free(&w->md5);
+  object_clear(&w->obj);
+  object_clear(&w->server_obj);
+  rw_error_unref(w->fatal);
+  rw_sink_destroy(w->sink);
+  rw_ctx_unref(w->ctx);
+  if (from_pool) rw_pool_shared_release_from_task();
+  else rw_pool_shared_release();
+  if (w->efd >= 0) close(w->efd);
+  pthread_cond_destroy(&w->cv);
+  pthread_mutex_destroy(&w->mu);
+  free(w->session);
+  free(w->blk);
+  free(w);
 }
 
 void rw_writer_free(rw_writer *w) {
   if (!w) return;
   rw_writer_abort(w); /* a no-op once the object exists; joins the work */
-  rw_sgbuf_free(w->cache); /* defers every release */
-  w->cache = NULL;
+  drop_cache(w);
+  destroy(w, false);
+}
+
+static void close_finish(void *arg) {
+  rw_writer *w = arg;
+  stop_finish(w);
+  destroy(w, true);
+}
+
+void rw_writer_close(rw_writer *w) {
+  if (!w) return;
+  bool started = stop_begin(w, true);
   pthread_mutex_lock(&w->mu);
-  budget_settle_locked(w);
+  /* Cancelled: the transfer lets go of the cache within a poll slice. */
+  while (w->pumping) pthread_cond_wait(&w->cv, &w->mu);
   pthread_mutex_unlock(&w->mu);
-  rw_writer_drain(w);
-  if (w->md5_live) rw_md5_free(&w->md5);
-  object_clear(&w->obj);
-  rw_error_unref(w->fatal);
-  rw_sink_destroy(w->sink);
-  rw_ctx_unref(w->ctx);
-  rw_pool_shared_release();
-  if (w->efd >= 0) close(w->efd);
-  pthread_cond_destroy(&w->cv);
-  pthread_mutex_destroy(&w->mu);
-  free(w);
+  drop_cache(w);
+  pthread_mutex_lock(&w->mu);
+  /* an earlier abort_start's task is still deleting: it frees w */
+  bool pending = !started && w->stopping;
+  if (pending) w->autofree = true;
+  pthread_mutex_unlock(&w->mu);
+  if (pending) return;
+  if (!started) {
+    destroy(w, false); /* finished or stopped: nothing left on the network */
+    return;
+  }
+  if (!rw_pool_submit(w->pool, close_finish, w)) {
+    pthread_mutex_lock(&w->mu);
+    w->stop_delete = false; /* no thread for the DELETE: the session expires by itself */
+    pthread_mutex_unlock(&w->mu);
+    stop_finish(w);
+    destroy(w, false);
+  }
 }

@@ -35,12 +35,14 @@ typedef struct rw_writer_config {
   uint64_t min_chunk_size;  /* multiple of 256 KiB, >= 256 KiB */
   uint64_t max_chunk_size;  /* multiple of 256 KiB, >= min_chunk_size */
   rw_backoff_config retry;  /* budget per chunk */
+  bool retry_conditional;   /* retry only when the sink has_precondition */
   double stall_timeout;     /* seconds without progress = net.stall */
   double abort_timeout;     /* the sink's abort (DELETE) deadline */
   bool crc32c, md5;
   /* Resume: the sink already holds [0, start_offset); crc32c of those bytes
    * (when has_start_crc) lets the final checksum cover the whole object. */
   uint64_t start_offset;
+  bool resume;              /* the sink holds a session: ask it first */
   bool has_start_crc;
   uint32_t start_crc;
 } rw_writer_config;
@@ -71,15 +73,26 @@ typedef struct rw_writer_stats {
  * derives from it (NULL = background). */
 rw_writer *rw_writer_new(rw_ctx *parent, rw_sink *sink, const rw_writer_config *cfg,
                          rw_error **err);
-/* Aborts if unfinished (best effort), joins work, frees. */
+/* Aborts if unfinished (best effort), joins work, frees. May wait up to
+ * abort_timeout for the session's DELETE. */
 void rw_writer_free(rw_writer *w);
+/* The finalizer's free: never waits on the network. Cancels the work, waits
+ * only for the cancelled transfer to let go of the cache (local work), runs
+ * every release on this thread, then hands the session's DELETE and the rest
+ * of the freeing to the pool. w is gone when it returns. */
+void rw_writer_close(rw_writer *w);
 
 /* Non-blocking: inserts what fits of [off, off+len) now; *accepted is how many
  * bytes from the start of data were taken (bytes below persisted count as
- * taken). On success release(ud) is called exactly once, on the owner thread:
- * at once when nothing was kept, else (from rw_writer_drain) once the bytes
- * are confirmed or dropped. On error it is not called.
- * Errors: rw.overlap, the writer's fatal error, rw.closed after Complete/Abort. */
+ * taken once checked: whole 256 KiB blocks of the persisted prefix that the
+ * write covers are compared by CRC32C with what was persisted). On success
+ * release(ud) is called exactly once, on the owner thread: at once when
+ * nothing was kept, else (from rw_writer_drain) once the bytes are confirmed
+ * or dropped. On error it is not called.
+ * Errors: rw.overlap, rw.out_of_window (the write can never fit: it lies
+ * past the furthest window the bytes written so far can open, with a gap
+ * below it that only the caller can fill), the writer's fatal error,
+ * rw.closed after Complete/Abort. */
 rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, size_t len,
                                rw_seg_release_fn release, void *ud, size_t *accepted);
 /* Bytes that may be inserted at off right now (0 = wait). */
@@ -128,9 +141,10 @@ rw_writer_stats rw_writer_get_stats(rw_writer *w);
 /* Calls fn(code, count) for each error code seen. */
 void rw_writer_each_error(rw_writer *w, void (*fn)(void *ud, const char *code, uint64_t n),
                           void *ud);
-/* The session to resume later: the sink's handle, persisted bytes and the
- * crc32c of those bytes (has_crc false when unknown). */
-void rw_writer_session(rw_writer *w, const char **handle, uint64_t *persisted, bool *has_crc,
-                       uint32_t *crc);
+/* The session to resume later: a copy of the sink's handle (malloc'd, the
+ * caller frees it; NULL while no session exists), persisted bytes and the
+ * crc32c of those bytes (has_crc false when unknown). The writer keeps its
+ * own copy of the handle under its lock: safe while the pool works. */
+char *rw_writer_session(rw_writer *w, uint64_t *persisted, bool *has_crc, uint32_t *crc);
 
 #endif

@@ -69,7 +69,7 @@ static uint64_t opt_size(lua_State *L, const char *name, uint64_t def) {
   return (uint64_t)rw_lua_opt_integer(L, 2, 2, name, (int64_t)def, 0, INT64_C(1) << 50);
 }
 
-static void read_retry(lua_State *L, rw_backoff_config *r) {
+static void read_retry(lua_State *L, rw_backoff_config *r, bool *conditional) {
   lua_getfield(L, 2, "retry");
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
@@ -78,7 +78,7 @@ static void read_retry(lua_State *L, rw_backoff_config *r) {
   int t = lua_gettop(L);
   if (!lua_istable(L, t)) luaL_argerror(L, 2, "option 'retry' must be a table");
   static const char *const known[] = {"min_wait", "max_wait", "total_wait", "multiplier",
-                                      "jitter", "seed", NULL};
+                                      "jitter", "seed", "policy", NULL};
   static const char *const jitters[] = {"full", "equal", "decorrelated", "none", NULL};
   rw_lua_check_options(L, t, 2, known);
   r->min_wait = rw_lua_opt_number(L, t, 2, "min_wait", r->min_wait, 1e-6, 86400);
@@ -87,6 +87,8 @@ static void read_retry(lua_State *L, rw_backoff_config *r) {
   r->multiplier = rw_lua_opt_number(L, t, 2, "multiplier", r->multiplier, 1, 100);
   r->jitter = (rw_jitter)rw_lua_opt_choice(L, t, 2, "jitter", r->jitter, jitters);
   r->seed = (uint64_t)rw_lua_opt_integer(L, t, 2, "seed", 0, 0, INT64_MAX);
+  static const char *const policies[] = {"always", "conditional", NULL};
+  *conditional = rw_lua_opt_choice(L, t, 2, "policy", 0, policies) == 1;
   lua_pop(L, 1);
 }
 
@@ -103,7 +105,7 @@ static int writer_new(lua_State *L) {
   c.max_cache_size = opt_size(L, "max_cache_size", c.max_cache_size);
   c.min_chunk_size = opt_size(L, "min_chunk_size", c.min_chunk_size);
   c.max_chunk_size = opt_size(L, "max_chunk_size", c.max_chunk_size);
-  read_retry(L, &c.retry);
+  read_retry(L, &c.retry, &c.retry_conditional);
   c.stall_timeout = rw_lua_opt_number(L, 2, 2, "stall_timeout", c.stall_timeout, 0.01, 86400);
   c.abort_timeout = rw_lua_opt_number(L, 2, 2, "abort_timeout", c.abort_timeout, 0.001, 600);
   rw_lua_opt_number(L, 2, 2, "connect_timeout", 10, 0.001, 3600); /* applied by the sink */
@@ -112,6 +114,7 @@ static int writer_new(lua_State *L) {
   c.md5 = cs == 1 || cs == 2;
   if (!lua_isnoneornil(L, 3)) {
     luaL_checktype(L, 3, LUA_TTABLE);
+    c.resume = true;
     lua_getfield(L, 3, "persisted");
     c.start_offset = (uint64_t)luaL_optinteger(L, -1, 0);
     lua_getfield(L, 3, "crc32c");
@@ -352,15 +355,18 @@ static int writer_stats(lua_State *L) {
   return 1;
 }
 
-static int writer_session(lua_State *L) {
-  lwriter *lw = check_lw(L);
-  const char *handle;
+/* Pushes {uri=, persisted=, crc32c=} or nothing (returns 0) while no session
+ * exists. */
+static int push_session(lua_State *L, lwriter *lw) {
   uint64_t persisted;
   bool has_crc;
   uint32_t crc;
-  rw_writer_session(lw->w, &handle, &persisted, &has_crc, &crc);
+  char *handle = rw_writer_session(lw->w, &persisted, &has_crc, &crc);
+  if (!handle) return 0;
   lua_createtable(L, 0, 3);
-  set_str(L, "uri", handle);
+  lua_pushstring(L, handle);
+  free(handle);
+  lua_setfield(L, -2, "uri");
   lua_pushinteger(L, (lua_Integer)persisted);
   lua_setfield(L, -2, "persisted");
   if (has_crc) {
@@ -368,6 +374,13 @@ static int writer_session(lua_State *L) {
     rw_crc32c_base64(crc, b64);
     set_str(L, "crc32c", b64);
   }
+  return 1;
+}
+
+/* session() -> {uri=, persisted=, crc32c=}, or nil before a session exists */
+static int writer_session(lua_State *L) {
+  if (push_session(L, check_lw(L))) return 1;
+  lua_pushnil(L);
   return 1;
 }
 
@@ -380,12 +393,16 @@ static int writer_abort(lua_State *L) {
   return 0;
 }
 
-/* Suspend(): stops the work, keeps the server's session, returns w:session(). */
+/* Suspend(): stops the work, keeps the server's session, returns w:session();
+ * nil, rw.no_session when nothing was sent yet (there is nothing to resume). */
 static int writer_suspend(lua_State *L) {
   lwriter *lw = check_lw(L);
   rw_writer_suspend(lw->w);
   rw_writer_drain(lw->w);
-  return writer_session(L);
+  if (push_session(L, lw)) return 1;
+  return rw_lua_fail(L, rw_err(RW_E_NO_SESSION,
+                               "Suspend: no session exists yet (nothing was sent), so there is nothing to "
+                               "resume; the writer is stopped: start a new upload"));
 }
 
 static int writer_abort_start(lua_State *L) {
@@ -406,7 +423,7 @@ static int writer_gc(lua_State *L) {
   if (!w) return 0;
   lw->w = NULL; /* mark closed first */
   lw->L = L;
-  rw_writer_free(w);
+  rw_writer_close(w); /* never waits on the network: the pool deletes the session */
   rw_ctx_unref(lw->ctx);
   lw->ctx = NULL;
   return 0;

@@ -54,6 +54,7 @@ int rw_lua_open_backoff(lua_State *L);
 int rw_lua_open_workgroup(lua_State *L);
 int rw_lua_open_ratelimit(lua_State *L);
 int rw_lua_open_util(lua_State *L);
+int rw_lua_open_log(lua_State *L);
 int rw_lua_open_fakegcs(lua_State *L);
 int rw_lua_open_writer(lua_State *L);
 int rw_lua_open_faults(lua_State *L);

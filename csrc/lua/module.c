@@ -15,6 +15,7 @@ int luaopen_reliablewriter_core(lua_State *L) {
       {"ratelimit", rw_lua_open_ratelimit}, {"util", rw_lua_open_util},
       {"fakegcs", rw_lua_open_fakegcs},     {"writer", rw_lua_open_writer},
       {"faults", rw_lua_open_faults},       {"sinks", rw_lua_open_sinks},
+      {"log", rw_lua_open_log},
   };
   lua_newtable(L);
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {

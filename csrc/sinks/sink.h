@@ -75,6 +75,10 @@ struct rw_sink {
    * query, abort as well as put); set by the writer from its config, 0 = the
    * sink's default. */
   double stall_timeout;
+  /* The upload carries a precondition (if_generation_match or
+   * if_metageneration_match): set by the sink; retry policy "conditional"
+   * retries only such uploads. */
+  bool has_precondition;
 };
 
 static inline void rw_sink_destroy(rw_sink *s) {

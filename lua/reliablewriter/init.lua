@@ -13,6 +13,7 @@ local M = {
   ratelimit = core.ratelimit,
   workgroup = workgroup,
   util = core.util,
+  log = core.log,
   waiting = waiting,
   core = core,
 }

@@ -202,14 +202,35 @@ function W.install(M, core, waiting)
     return w
   end
 
-  -- rw.resume(ctx, session, opts): continues an upload from w:session().
-  -- opts.sink must be an rw.gcs{} descriptor; the session's uri is used.
-  function M.resume(ctx, session, opts)
-    if type(session) ~= "table" or type(session.uri) ~= "string" or type(session.persisted) ~= "number" then
-      argerror(2, "resume", "session {uri=, persisted=} expected (from w:session())")
+  -- rw.resume(ctx, session, opts): continues an upload from w:session() or
+  -- w:Suspend(). opts.sink must be an rw.gcs{} descriptor; the session's uri
+  -- is used. The writer asks the server what it holds before sending: bytes
+  -- it holds beyond session.persisted are taken from the caller (hashed, not
+  -- resent), and a finalized session yields its object once they match.
+  local function check_session(session)
+    if type(session) ~= "table" then
+      argerror(2, "resume", "session table {uri=, persisted=, crc32c=} expected (from w:session()), got " .. type(session))
     end
-    if type(opts) ~= "table" or opts.sink == nil then argerror(3, "resume", "options with a sink expected") end
-    if not sinks.with_session then return nil, errors.new("rw.unsupported", "resume needs sinks.with_session") end
+    if type(session.uri) ~= "string" or session.uri == "" then
+      argerror(2, "resume", "session.uri must be the non-empty session URI from w:session() (got " .. tostring(session.uri) .. ")")
+    end
+    local p = session.persisted
+    if type(p) ~= "number" or p ~= p or p < 0 or p % 1 ~= 0 or p > 2 ^ 53 then
+      argerror(2, "resume", "session.persisted must be a whole number >= 0 (got " .. tostring(p) .. ")")
+    end
+    local c = session.crc32c
+    if c ~= nil and (type(c) ~= "string" or #c ~= 8 or not c:match("^[%w+/][%w+/][%w+/][%w+/][%w+/][AQgw]==$")) then
+      argerror(2, "resume", "session.crc32c must be the base64 CRC32C of the persisted bytes, as w:session() gives it (got " .. tostring(c) .. ")")
+    end
+  end
+
+  function M.resume(ctx, session, opts)
+    if not core.context.is_context(ctx) then argerror(1, "resume", "context expected, got " .. type(ctx)) end
+    check_session(session)
+    if type(opts) ~= "table" then argerror(3, "resume", "options table with a sink expected, got " .. type(opts)) end
+    if not sinks.is_sink(opts.sink) or opts.sink:kind() ~= "gcs" then
+      argerror(3, "resume", "option 'sink' must be an rw.gcs{...} sink: only GCS sessions can be resumed")
+    end
     local o = {}
     for k, v in pairs(opts) do o[k] = v end
     o.sink = sinks.with_session(opts.sink, session.uri)
