@@ -462,19 +462,17 @@ typedef struct clocks {
 } clocks;
 
 static rw_error *stalled(const xfer *x, const char *why, double stall) {
-  return rw_err(RW_E_STALL, "%s %s: %s for %.3g s (%llu body bytes sent)", x->req->method,
+  return rw_err(RW_E_STALL, "%s %s: %s (stall_timeout %.3g s; %llu body bytes sent)", x->req->method,
                 x->req->url, why, stall, (unsigned long long)x->res->sent);
 }
 
 /* NULL while the request may go on, else net.stall. */
 static rw_error *check_clocks(rw_http *h, const xfer *x, clocks *c, double now) {
   if (c->stall <= 0) return NULL;
-  if (c->reply_by >= 0 && now >= c->reply_by) {
-    curl_off_t connected = 0;
-    curl_easy_getinfo(h->easy, CURLINFO_CONNECT_TIME_T, &connected);
-    return stalled(x, connected ? "no complete reply after the request was sent" : "not connected", c->stall);
-  }
-  if (c->reply_by >= 0) return NULL;
+  if (c->reply_by >= 0)
+    return now >= c->reply_by ? stalled(x, "no complete reply within stall_timeout of sending the request "
+                                           "(or of starting to connect)", c->stall)
+                              : NULL;
   long queue = send_queue(h);
   if (x->moved != c->last_moved || (queue >= 0 && queue < c->last_queue)) {
     c->last_moved = x->moved;
@@ -485,7 +483,7 @@ static rw_error *check_clocks(rw_http *h, const xfer *x, clocks *c, double now) 
     c->reply_by = now + c->stall;
     return NULL;
   }
-  return now - c->last_change >= c->stall ? stalled(x, "no byte of the request moved", c->stall) : NULL;
+  return now - c->last_change >= c->stall ? stalled(x, "no byte of the request moved for stall_timeout", c->stall) : NULL;
 }
 
 /* Runs the transfer until curl finishes, the ctx ends or a clock runs out. */
@@ -518,6 +516,7 @@ rw_error *rw_http_do(rw_http *h, rw_ctx *ctx, const rw_http_request *req, rw_htt
   rw_error *e = rw_ctx_err(ctx);
   if (e) return e;
   xfer x = {.req = req, .res = res, .max_body = h->cfg.max_body};
+  h->open_errno = 0;
   char errbuf[CURL_ERROR_SIZE] = "";
   struct curl_slist *headers = make_headers(req);
   if (!headers) return rw_err(RW_E_NOMEM, "no memory for request headers");
