@@ -195,11 +195,11 @@ static hs_step hs_next_step(hs_server *s) {
 
 /* Acts on one step; false when the connection must end. */
 static bool hs_act(hs_conn *c, const hs_step *st) {
-  static char xs[65536];
+  char xs[16384];
   switch (st->mode) {
   case HS_ANSWER:
     if (!hs_send(c, st->raw, st->raw_len)) return false;
-    if (xs[0] != 'x') memset(xs, 'x', sizeof xs);
+    memset(xs, 'x', sizeof xs);
     for (size_t left = st->fill; left > 0;) {
       size_t k = left < sizeof xs ? left : sizeof xs;
       if (!hs_send(c, xs, k)) return false;
