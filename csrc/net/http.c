@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <linux/sockios.h>
 
@@ -16,6 +17,7 @@
 
 #define SLICE_MS 50
 #define DEFAULT_MAX_BODY (1u << 20)
+#define MAX_HEAD_BYTES (256u << 10) /* all header lines of one reply */
 
 struct rw_http {
   CURL *easy;
@@ -24,6 +26,7 @@ struct rw_http {
   rw_http_dialer dialer;
   bool has_dialer;
   curl_socket_t fd; /* the connection's socket, for SIOCOUTQ; CURL_SOCKET_BAD when none */
+  int open_errno;   /* errno of the last socket that could not be opened, 0 when none */
 };
 
 /* State of one request while it runs. */
@@ -33,13 +36,33 @@ typedef struct xfer {
   size_t max_body;
   int iov_i;       /* current iovec */
   size_t iov_off;  /* offset inside it */
-  uint64_t moved;  /* bytes either way: the stall clock watches it */
-  bool alloc_failed;
+  uint64_t moved;  /* body bytes handed to curl: the stall clock watches it */
+  size_t head_bytes; /* header bytes of the reply so far */
+  bool alloc_failed, too_big;
 } xfer;
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc;
 static void global_init(void) { global_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+/* Out of descriptors (or of another per-process resource) at errno. */
+static bool out_of_fds(int err) { return err == EMFILE || err == ENFILE; }
+
+static rw_error *handle_error(const char *what, int err) {
+  if (out_of_fds(err))
+    return rw_err(RW_E_RESOURCE, "cannot make %s: %s", what, strerror(err));
+  return rw_err(RW_E_NOMEM, "cannot make %s", what);
+}
+
+/* The multi handle's wakeup pair (a socketpair) is made quietly by
+ * curl_multi_init; without it a cancelled context would not wake the
+ * transfer. One wakeup now tells whether it exists (the byte it leaves only
+ * makes the first poll return at once). */
+static rw_error *check_wakeup(CURLM *multi) {
+  if (curl_multi_wakeup(multi) == CURLM_OK) return NULL;
+  return rw_err(RW_E_RESOURCE, "cannot make the curl multi handle's wakeup pair "
+                               "(out of file descriptors?)");
+}
 
 rw_http *rw_http_new(const rw_http_config *cfg, rw_error **err) {
   pthread_once(&global_once, global_init);
@@ -48,7 +71,10 @@ rw_http *rw_http_new(const rw_http_config *cfg, rw_error **err) {
     return NULL;
   }
   rw_http *h = calloc(1, sizeof *h);
-  if (!h) goto nomem;
+  if (!h) {
+    *err = handle_error("an HTTP client", errno);
+    return NULL;
+  }
   if (cfg) h->cfg = *cfg;
   if (h->cfg.connect_timeout <= 0) h->cfg.connect_timeout = 10;
   if (h->cfg.max_body == 0) h->cfg.max_body = DEFAULT_MAX_BODY;
@@ -58,23 +84,27 @@ rw_http *rw_http_new(const rw_http_config *cfg, rw_error **err) {
   }
   h->cfg.dialer = NULL;
   h->fd = CURL_SOCKET_BAD;
-  h->easy = curl_easy_init();
-  if (!h->easy) goto fail;
-  h->multi = curl_multi_init();
-  if (!h->multi) goto fail;
+  errno = 0;
+  if (!(h->easy = curl_easy_init())) {
+    *err = handle_error("a curl handle", errno);
+    goto fail;
+  }
+  errno = 0;
+  if (!(h->multi = curl_multi_init())) {
+    *err = handle_error("a curl multi handle", errno);
+    goto fail;
+  }
+  if ((*err = check_wakeup(h->multi))) goto fail;
   return h;
 fail:
-  if (h->easy) curl_easy_cleanup(h->easy);
-  free(h);
-nomem:
-  *err = rw_err(RW_E_NOMEM, "cannot make a curl handle");
+  rw_http_free(h);
   return NULL;
 }
 
 void rw_http_free(rw_http *h) {
   if (!h) return;
-  curl_easy_cleanup(h->easy);
-  curl_multi_cleanup(h->multi);
+  if (h->easy) curl_easy_cleanup(h->easy);
+  if (h->multi) curl_multi_cleanup(h->multi);
   free(h);
 }
 
@@ -113,6 +143,41 @@ char *rw_http_escape(const char *s) {
   }
   *o = 0;
   return out;
+}
+
+/* ---- origins ---- */
+
+/* One URL part from curl's parser, lower-cased; false when missing. */
+static bool url_part(CURLU *u, CURLUPart what, unsigned flags, char *out, size_t n) {
+  char *v = NULL;
+  if (curl_url_get(u, what, &v, flags) != CURLUE_OK || !v || !*v || strlen(v) >= n) {
+    curl_free(v);
+    return false;
+  }
+  size_t i = 0;
+  for (; v[i]; i++) out[i] = (char)((v[i] >= 'A' && v[i] <= 'Z') ? v[i] - 'A' + 'a' : v[i]);
+  out[i] = 0;
+  curl_free(v);
+  return true;
+}
+
+bool rw_http_origin(const char *url, char *out, size_t n) {
+  CURLU *u = url ? curl_url() : NULL;
+  char scheme[16], host[256], port[8];
+  bool ok = u && curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+            url_part(u, CURLUPART_SCHEME, 0, scheme, sizeof scheme) &&
+            (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0) &&
+            url_part(u, CURLUPART_HOST, 0, host, sizeof host) &&
+            url_part(u, CURLUPART_PORT, CURLU_DEFAULT_PORT, port, sizeof port);
+  curl_url_cleanup(u);
+  if (!ok) return false;
+  int k = snprintf(out, n, "%s://%s:%s", scheme, host, port);
+  return k > 0 && (size_t)k < n;
+}
+
+bool rw_http_same_origin(const char *url, const char *base) {
+  char a[RW_HTTP_ORIGIN_MAX], b[RW_HTTP_ORIGIN_MAX];
+  return rw_http_origin(url, a, sizeof a) && rw_http_origin(base, b, sizeof b) && strcmp(a, b) == 0;
 }
 
 /* ---- callbacks ---- */
@@ -156,24 +221,24 @@ static int seek_body(void *ud, curl_off_t offset, int origin) {
   return CURL_SEEKFUNC_OK;
 }
 
+/* A body past max_body ends the transfer (CURLE_WRITE_ERROR, then too_big):
+ * a reply we cannot keep whole is not one we may judge. */
 static size_t write_body(char *p, size_t size, size_t nmemb, void *ud) {
   xfer *x = ud;
   rw_http_response *r = x->res;
   size_t n = size * nmemb;
-  x->moved += n;
-  size_t keep = n;
-  if (r->body_len + keep > x->max_body) {
-    keep = x->max_body - r->body_len;
-    r->body_truncated = true;
+  if (n > x->max_body - r->body_len) {
+    x->too_big = true;
+    return 0;
   }
-  if (keep == 0) return n;
-  char *b = realloc(r->body, r->body_len + keep + 1);
+  if (n == 0) return 0;
+  char *b = realloc(r->body, r->body_len + n + 1);
   if (!b) {
     x->alloc_failed = true;
     return 0;
   }
-  memcpy(b + r->body_len, p, keep);
-  r->body_len += keep;
+  memcpy(b + r->body_len, p, n);
+  r->body_len += n;
   b[r->body_len] = 0;
   r->body = b;
   return n;
@@ -213,9 +278,13 @@ static bool add_header(rw_http_response *r, const char *line, size_t n) {
 static size_t read_header(char *line, size_t size, size_t nitems, void *ud) {
   xfer *x = ud;
   size_t n = size * nitems;
-  x->moved += n;
+  x->head_bytes += n;
+  if (x->head_bytes > MAX_HEAD_BYTES) {
+    x->too_big = true;
+    return 0;
+  }
   if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) {
-    drop_headers(x->res); /* a new response (after 100 Continue or a redirect) */
+    drop_headers(x->res); /* a new response (after 100 Continue) */
     return n;
   }
   if (!add_header(x->res, line, n)) {
@@ -245,6 +314,19 @@ fail:
   return NULL;
 }
 
+/* Opens the socket (the dialer's, or a plain one) and keeps the errno of a
+ * failure: curl reports it only as "could not connect", but running out of
+ * descriptors is not a refused connection. */
+static curl_socket_t open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+  rw_http *h = ud;
+  errno = 0;
+  curl_socket_t fd = h->has_dialer && h->dialer.opensocket
+                         ? h->dialer.opensocket(h->dialer.ud, purpose, a)
+                         : socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  h->open_errno = fd == CURL_SOCKET_BAD ? errno : 0;
+  return fd;
+}
+
 static int note_socket(void *ud, curl_socket_t fd, curlsocktype purpose) {
   rw_http *h = ud;
   if (purpose == CURLSOCKTYPE_IPCXN) h->fd = fd;
@@ -264,6 +346,11 @@ static void set_options(rw_http *h, xfer *x, struct curl_slist *headers, char *e
   const rw_http_request *req = x->req;
   curl_easy_reset(e);
   curl_easy_setopt(e, CURLOPT_URL, req->url);
+  /* http and https only, and no redirect is ever followed: a server cannot
+   * point us at a file, another protocol or another origin. */
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(h->cfg.connect_timeout * 1000));
@@ -284,12 +371,11 @@ static void set_options(rw_http *h, xfer *x, struct curl_slist *headers, char *e
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, read_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-  if (h->has_dialer && h->dialer.opensocket) {
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, h->dialer.opensocket);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, h->dialer.ud);
-  }
   /* Ours, chaining to the dialer's: they keep h->fd, the socket the stall
-   * clock watches (CURLINFO_ACTIVESOCKET has none while a transfer runs). */
+   * clock watches (CURLINFO_ACTIVESOCKET has none while a transfer runs),
+   * and why a socket could not be opened. */
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, h);
   curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, note_socket);
   curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, h);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, forget_socket);
@@ -335,8 +421,15 @@ const char *rw_http_code_for_curl(CURLcode rc, long os_errno) {
   }
 }
 
-static rw_error *transport_error(rw_http *h, const rw_http_request *req, CURLcode rc,
-                                 const char *errbuf) {
+static rw_error *transport_error(rw_http *h, xfer *x, CURLcode rc, const char *errbuf) {
+  const rw_http_request *req = x->req;
+  if (x->too_big)
+    return rw_err(RW_E_PROTOCOL, "%s %s: the reply is larger than we accept (headers above %u KiB or "
+                  "a body above %zu bytes = %.3g MiB)", req->method, req->url, MAX_HEAD_BYTES >> 10,
+                  x->max_body, (double)x->max_body / (1 << 20));
+  if (rc == CURLE_COULDNT_CONNECT && out_of_fds(h->open_errno))
+    return rw_err(RW_E_RESOURCE, "%s %s: cannot open a socket: %s", req->method, req->url,
+                  strerror(h->open_errno));
   long os_errno = 0;
   curl_easy_getinfo(h->easy, CURLINFO_OS_ERRNO, &os_errno);
   return rw_err(rw_http_code_for_curl(rc, os_errno), "%s %s: %s (curl %d%s%s)", req->method, req->url,
@@ -357,14 +450,46 @@ static long send_queue(rw_http *h) {
   return q;
 }
 
-/* Runs the transfer until curl finishes, the ctx ends or it stalls. The stall
- * clock restarts whenever a byte moves: through curl's callbacks, or out of
- * the kernel's send queue. */
+/* The two clocks of one request. Until the body is delivered (curl has
+ * handed all of it over and the kernel's send queue is empty), the stall
+ * clock restarts whenever body bytes go to curl or leave the send queue.
+ * From then on the whole reply must arrive within stall seconds: a fixed
+ * deadline that trickled reply bytes cannot move. */
+typedef struct clocks {
+  double stall, last_change, reply_by; /* reply_by < 0: body not delivered yet */
+  uint64_t last_moved;
+  long last_queue;
+} clocks;
+
+static rw_error *stalled(const xfer *x, const char *why, double stall) {
+  return rw_err(RW_E_STALL, "%s %s: %s (stall_timeout %.3g s; %llu body bytes sent)", x->req->method,
+                x->req->url, why, stall, (unsigned long long)x->res->sent);
+}
+
+/* NULL while the request may go on, else net.stall. */
+static rw_error *check_clocks(rw_http *h, const xfer *x, clocks *c, double now) {
+  if (c->stall <= 0) return NULL;
+  if (c->reply_by >= 0)
+    return now >= c->reply_by ? stalled(x, "no complete reply within stall_timeout of sending the request "
+                                           "(or of starting to connect)", c->stall)
+                              : NULL;
+  long queue = send_queue(h);
+  if (x->moved != c->last_moved || (queue >= 0 && queue < c->last_queue)) {
+    c->last_moved = x->moved;
+    c->last_change = now;
+  }
+  c->last_queue = queue;
+  if (x->res->sent >= x->req->len && queue <= 0) {
+    c->reply_by = now + c->stall;
+    return NULL;
+  }
+  return now - c->last_change >= c->stall ? stalled(x, "no byte of the request moved for stall_timeout", c->stall) : NULL;
+}
+
+/* Runs the transfer until curl finishes, the ctx ends or a clock runs out. */
 static rw_error *drive(rw_http *h, rw_ctx *ctx, xfer *x, CURLcode *done_rc) {
-  double stall = x->req->stall_timeout;
-  uint64_t last_moved = x->moved;
-  long last_queue = -1;
-  double last_change = rw_mono_now();
+  clocks c = {.stall = x->req->stall_timeout, .last_change = rw_mono_now(), .reply_by = -1,
+              .last_moved = x->moved, .last_queue = -1};
   for (;;) {
     int running = 0;
     CURLMcode mc = curl_multi_perform(h->multi, &running);
@@ -377,17 +502,8 @@ static rw_error *drive(rw_http *h, rw_ctx *ctx, xfer *x, CURLcode *done_rc) {
         return NULL;
       }
     rw_error *e = rw_ctx_err(ctx);
+    if (!e) e = check_clocks(h, x, &c, rw_mono_now());
     if (e) return e;
-    double now = rw_mono_now();
-    long queue = stall > 0 ? send_queue(h) : -1;
-    if (x->moved != last_moved || (queue >= 0 && queue < last_queue)) {
-      last_moved = x->moved;
-      last_change = now;
-    } else if (stall > 0 && now - last_change >= stall) {
-      return rw_err(RW_E_STALL, "%s %s: no byte moved for %.3g s (%llu body bytes sent)",
-                    x->req->method, x->req->url, stall, (unsigned long long)x->res->sent);
-    }
-    last_queue = queue;
     int ms = SLICE_MS;
     double left_s = rw_ctx_timeout(ctx);
     if (left_s >= 0 && left_s * 1000 < ms) ms = (int)(left_s * 1000) + 1;
@@ -400,6 +516,7 @@ rw_error *rw_http_do(rw_http *h, rw_ctx *ctx, const rw_http_request *req, rw_htt
   rw_error *e = rw_ctx_err(ctx);
   if (e) return e;
   xfer x = {.req = req, .res = res, .max_body = h->cfg.max_body};
+  h->open_errno = 0;
   char errbuf[CURL_ERROR_SIZE] = "";
   struct curl_slist *headers = make_headers(req);
   if (!headers) return rw_err(RW_E_NOMEM, "no memory for request headers");
@@ -419,7 +536,7 @@ rw_error *rw_http_do(rw_http *h, rw_ctx *ctx, const rw_http_request *req, rw_htt
   if (!e && rc == CURLE_OK && x.alloc_failed) e = rw_err(RW_E_NOMEM, "no memory for the response");
   if (!e && rc != CURLE_OK) {
     rw_error *ce = rw_ctx_err(ctx); /* a callback abort while cancelling */
-    e = ce ? ce : transport_error(h, req, rc, errbuf);
+    e = ce ? ce : transport_error(h, &x, rc, errbuf);
   }
   if (!e) {
     long status = 0;

@@ -9,6 +9,9 @@
  * flattened into one buffer. curl_global_init runs once, lazily, on the first
  * rw_http_new (never at module load).
  *
+ * Only http and https: curl is limited to those protocols and follows no
+ * redirect (a Location is the caller's to judge; see rw_http_same_origin).
+ *
  * A client is used by one thread at a time; only the context may be cancelled
  * from another thread. */
 #ifndef RW_HTTP_H
@@ -36,7 +39,7 @@ typedef struct rw_http_dialer {
 
 typedef struct rw_http_config {
   double connect_timeout;       /* seconds; <= 0: 10 s */
-  size_t max_body;              /* response body kept; 0: 1 MiB (the rest is dropped) */
+  size_t max_body;              /* largest reply body; 0: 1 MiB; more is gcs.protocol */
   const rw_http_dialer *dialer; /* NULL: plain sockets */
 } rw_http_config;
 
@@ -52,7 +55,12 @@ typedef struct rw_http_request {
   const struct iovec *iov;          /* body, read in place; may be NULL when len is 0 */
   int iovcnt;
   uint64_t len;                     /* body length (sum of iov lengths) */
-  double stall_timeout;             /* seconds with no byte moving either way; <= 0: none */
+  /* Seconds; <= 0: no clock. Until the body is delivered (handed to the
+   * connection and acknowledged: the kernel's send queue is empty), a stall is
+   * that long without a body byte going out or leaving the send queue; from
+   * then on the whole reply must arrive within that long (a fixed deadline:
+   * trickled reply bytes do not extend it). Both are net.stall. */
+  double stall_timeout;
   /* Called (on the calling thread) with the number of body bytes newly handed
    * to the connection. May be NULL. */
   void (*on_sent)(void *ud, uint64_t bytes);
@@ -69,14 +77,16 @@ typedef struct rw_http_response {
   size_t nheaders;
   char *body;              /* NUL-terminated; at most max_body bytes */
   size_t body_len;
-  bool body_truncated;
   uint64_t sent;           /* body bytes handed to the connection */
 } rw_http_response;
 
 /* Performs one request. Transport failures give net.* codes (net.refused,
  * net.dns, net.reset, net.broken_pipe, net.eof, net.timeout, net.tls,
- * net.tls_verify, net.stall, net.other) or the context's error; any HTTP status is a success
- * here (res->status), the caller judges it. res is cleared first; release it
+ * net.tls_verify, net.stall, net.other) or the context's error; a reply with
+ * headers above 256 KiB or a body above max_body is gcs.protocol; no socket
+ * for want of file descriptors (EMFILE, ENFILE) is rw.resource_exhausted, as
+ * is an rw_http_new that cannot get its descriptors. Any HTTP status is a
+ * success here (res->status), the caller judges it. res is cleared first; release it
  * with rw_http_response_clear (also after an error). */
 rw_error *rw_http_do(rw_http *h, rw_ctx *ctx, const rw_http_request *req, rw_http_response *res);
 void rw_http_response_clear(rw_http_response *res);
@@ -87,6 +97,14 @@ void rw_http_response_clear(rw_http_response *res);
 const char *rw_http_code_for_curl(CURLcode rc, long os_errno);
 /* Last header of that name (case-insensitive), or NULL. */
 const char *rw_http_response_header(const rw_http_response *res, const char *name);
+
+/* The origin of an absolute http or https URL, "scheme://host:port" in lower
+ * case with the default port filled in (parsed by curl_url), into out; false
+ * for any other scheme, a URL without a host, or one curl cannot parse. */
+#define RW_HTTP_ORIGIN_MAX 300
+bool rw_http_origin(const char *url, char *out, size_t n);
+/* True when both are http(s) URLs of the same origin. */
+bool rw_http_same_origin(const char *url, const char *base);
 
 /* Percent-encodes s for a query value or path segment (RFC 3986 unreserved
  * kept). Returns malloc'd text, NULL when out of memory. */

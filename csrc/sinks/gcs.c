@@ -7,16 +7,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/checksum.h"
 
 #define DEFAULT_ENDPOINT "https://storage.googleapis.com"
 #define MAX_HEADERS 32
+#define DEFAULT_STALL 30.0 /* seconds, when the writer set none */
 
 typedef struct gcs_sink {
   rw_sink base;
   rw_http *http;
   char *endpoint, *bucket, *object, *metadata_json;
+  char origin[RW_HTTP_ORIGIN_MAX]; /* the endpoint's: every request goes there */
   bool has_igm;
   int64_t igm;
   char **extra; /* "Name: value" lines */
@@ -108,6 +111,14 @@ static rw_error *check_config(const rw_gcs_config *cfg) {
   return NULL;
 }
 
+/* A session URI (from a Location or a resume) must be on the endpoint's
+ * origin: the bytes and the bearer token go nowhere else. */
+static rw_error *check_session_uri(const gcs_sink *g, const char *uri, const char *from) {
+  if (rw_http_same_origin(uri, g->endpoint)) return NULL;
+  return rw_err(RW_E_PROTOCOL, "gcs sink: the session URI '%.300s' (%s) is not http(s) on the endpoint's "
+                "origin %s; nothing is sent to it", uri, from, g->origin);
+}
+
 rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err) {
   if ((*err = check_config(cfg))) return NULL;
   gcs_sink *g = calloc(1, sizeof *g);
@@ -125,12 +136,18 @@ rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err) {
   if (cfg->token && !(g->auth = str_printf("Authorization: Bearer %s", cfg->token))) goto nomem;
   if (!g->endpoint || !g->bucket || !g->object || !g->metadata_json || !g->session) goto nomem;
   if (!copy_headers(g, cfg)) goto nomem;
-  rw_http_config hc = {.connect_timeout = cfg->connect_timeout, .dialer = cfg->dialer};
-  if (!(g->http = rw_http_new(&hc, err))) {
-    gcs_destroy(&g->base);
-    return NULL;
+  if (!rw_http_origin(g->endpoint, g->origin, sizeof g->origin)) {
+    *err = rw_err(RW_E_INVALID, "gcs sink: endpoint '%.300s' is not an http or https URL with a host",
+                  g->endpoint);
+    goto fail;
   }
+  if (g->session[0] && (*err = check_session_uri(g, g->session, "session_uri"))) goto fail;
+  rw_http_config hc = {.connect_timeout = cfg->connect_timeout, .dialer = cfg->dialer};
+  if (!(g->http = rw_http_new(&hc, err))) goto fail;
   return &g->base;
+fail:
+  gcs_destroy(&g->base);
+  return NULL;
 nomem:
   if (g) gcs_destroy(&g->base);
   *err = rw_err(RW_E_NOMEM, "gcs sink: out of memory");
@@ -177,12 +194,22 @@ typedef struct gcs_req {
   void *ud;
 } gcs_req;
 
+static double stall_for(const gcs_sink *g, const gcs_req *r) {
+  if (r->stall_timeout > 0) return r->stall_timeout;
+  return g->base.stall_timeout > 0 ? g->base.stall_timeout : DEFAULT_STALL;
+}
+
 static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_response *res) {
+  memset(res, 0, sizeof *res);
+  /* Checked again here, where the Authorization line is added: whatever the
+   * URL's history, nothing (and no token) leaves for another origin. */
+  if (!rw_http_same_origin(r->url, g->endpoint))
+    return rw_err(RW_E_PROTOCOL, "%s: not on the endpoint's origin %s; not sent", r->what, g->origin);
   const char *lines[MAX_HEADERS + 8];
   char *auth = NULL;
   build_headers(g, lines, r->own_headers, &auth);
   rw_http_request hr = {.method = r->method, .url = r->url, .headers = lines, .iov = r->iov,
-                        .iovcnt = r->iovcnt, .len = r->len, .stall_timeout = r->stall_timeout,
+                        .iovcnt = r->iovcnt, .len = r->len, .stall_timeout = stall_for(g, r),
                         .on_sent = r->on_sent, .ud = r->ud};
   rw_error *e = rw_http_do(g->http, ctx, &hr, res);
   free(auth);
@@ -191,7 +218,6 @@ static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_re
   if (strstr(rw_error_message(e), r->what))
     return rw_err_wrap(rw_error_code(e), e, "%s", rw_error_message(e));
   return rw_err_wrap(rw_error_code(e), e, "%s: %s", r->what, rw_error_message(e));
-  return NULL;
 }
 
 /* The server's own words: error.message from a JSON error, else the body. */
@@ -221,16 +247,41 @@ static char *json_text_field(json_t *o, const char *key) {
   return NULL;
 }
 
-static rw_error *parse_object(const gcs_req *r, const rw_http_response *res, rw_sink_object *obj) {
+/* Strict decimal: digits only (no sign, space or prefix), below 2^63. */
+static bool parse_u63(const char *p, size_t n, uint64_t *out) {
+  if (n == 0 || n > 19) return false;
+  uint64_t v = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (p[i] < '0' || p[i] > '9') return false;
+    v = v * 10 + (uint64_t)(p[i] - '0');
+  }
+  if (v > (uint64_t)INT64_MAX) return false;
+  *out = v;
+  return true;
+}
+
+/* The object must be the one asked for, when the sink knows it (a resumed
+ * session may not). */
+static rw_error *check_names(const gcs_sink *g, const gcs_req *r, const rw_sink_object *obj) {
+  if (!g->bucket[0] || !g->object[0]) return NULL;
+  if (obj->bucket && obj->name && strcmp(obj->bucket, g->bucket) == 0 && strcmp(obj->name, g->object) == 0)
+    return NULL;
+  return rw_err(RW_E_PROTOCOL, "%s: the server finalized gs://%.200s/%.300s, not gs://%.200s/%.300s",
+                r->what, obj->bucket ? obj->bucket : "(no bucket)", obj->name ? obj->name : "(no name)",
+                g->bucket, g->object);
+}
+
+static rw_error *parse_object(const gcs_sink *g, const gcs_req *r, const rw_http_response *res,
+                              rw_sink_object *obj) {
   json_error_t je;
   json_t *j = res->body ? json_loadb(res->body, res->body_len, 0, &je) : NULL;
   if (!json_is_object(j)) {
     json_decref(j);
     return rw_err(RW_E_PROTOCOL, "%s: HTTP %d without an object resource", r->what, res->status);
   }
-  char *size = json_text_field(j, "size"), *end = NULL;
-  unsigned long long sz = size ? strtoull(size, &end, 10) : 0;
-  bool size_ok = size && *size && end && !*end;
+  char *size = json_text_field(j, "size");
+  uint64_t sz = 0;
+  bool size_ok = size && parse_u63(size, strlen(size), &sz);
   free(size);
   if (!size_ok) {
     json_decref(j);
@@ -244,29 +295,59 @@ static rw_error *parse_object(const gcs_req *r, const rw_http_response *res, rw_
   obj->md5 = json_text_field(j, "md5Hash");
   obj->json = strndup(res->body, res->body_len);
   json_decref(j);
+  return check_names(g, r, obj);
+}
+
+static size_t count_headers(const rw_http_response *res, const char *name) {
+  size_t n = 0;
+  for (size_t i = 0; i < res->nheaders; i++) n += strcasecmp(res->headers[i].name, name) == 0;
+  return n;
+}
+
+/* Exactly "bytes=0-N" (N decimal, < 2^63) -> N+1; no header -> 0. */
+static rw_error *parse_range(const gcs_req *r, const rw_http_response *res, uint64_t *persisted) {
+  static const char prefix[] = "bytes=0-";
+  const char *range = rw_http_response_header(res, "Range");
+  *persisted = 0;
+  if (!range) return NULL;
+  uint64_t last;
+  size_t n = strlen(range), k = sizeof prefix - 1;
+  if (count_headers(res, "Range") != 1 || n <= k || memcmp(range, prefix, k) != 0 ||
+      !parse_u63(range + k, n - k, &last))
+    return rw_err(RW_E_PROTOCOL, "%s: 308 with a bad Range header '%.100s' (want one 'bytes=0-N', "
+                  "N < 2^63)", r->what, range);
+  *persisted = last + 1;
   return NULL;
 }
 
-/* "bytes=0-N" -> N+1; no header -> 0. */
-static rw_error *parse_range(const gcs_req *r, const char *range, uint64_t *persisted) {
-  if (!range) {
-    *persisted = 0;
-    return NULL;
-  }
-  unsigned long long lo, hi;
-  int used = 0;
-  if (sscanf(range, "bytes=%llu-%llu%n", &lo, &hi, &used) != 2 || range[used] || lo != 0)
-    return rw_err(RW_E_PROTOCOL, "%s: 308 with a bad Range header '%s'", r->what, range);
-  *persisted = (uint64_t)hi + 1;
-  return NULL;
+/* A 400 to a request that carried X-Goog-Hash, whose message says a CRC32C
+ * or MD5 does not match: GCS ("Provided CRC32C \"..\" doesn't match
+ * calculated CRC32C \"..\"") and our fake ("... does not match the computed
+ * ..."). */
+static bool checksum_rejected(const rw_http_response *res, const char *msg) {
+  return res->status == 400 && msg && (strcasestr(msg, "crc32c") || strcasestr(msg, "md5")) &&
+         (strcasestr(msg, "doesn't match") || strcasestr(msg, "does not match"));
+}
+
+static rw_error *put_failure(const gcs_req *r, const rw_http_response *res, bool sent_hash) {
+  char *msg = server_message(res);
+  rw_error *e;
+  if (sent_hash && checksum_rejected(res, msg))
+    e = rw_error_make(RW_E_CHECKSUM, res->status, NULL, __FILE__, __LINE__, __func__,
+                      "%s: the server rejected our checksum: HTTP %d: %s", r->what, res->status, msg);
+  else
+    e = rw_err_http(res->status, "%s: HTTP %d: %s", r->what, res->status, msg ? msg : "");
+  free(msg);
+  return e;
 }
 
 /* Judges a reply to a PUT on the session: 308, 200/201 or a failure. */
-static rw_error *judge_put(const gcs_req *r, const rw_http_response *res, rw_sink_result *out) {
+static rw_error *judge_put(const gcs_sink *g, const gcs_req *r, const rw_http_response *res,
+                           bool sent_hash, rw_sink_result *out) {
   memset(out, 0, sizeof *out);
-  if (res->status == 308) return parse_range(r, rw_http_response_header(res, "Range"), &out->persisted);
+  if (res->status == 308) return parse_range(r, res, &out->persisted);
   if (res->status == 200 || res->status == 201) {
-    rw_error *e = parse_object(r, res, &out->obj);
+    rw_error *e = parse_object(g, r, res, &out->obj);
     if (e) {
       rw_sink_result_clear(out);
       return e;
@@ -275,7 +356,7 @@ static rw_error *judge_put(const gcs_req *r, const rw_http_response *res, rw_sin
     out->persisted = out->obj.size;
     return NULL;
   }
-  return http_failure(r, res);
+  return put_failure(r, res, sent_hash);
 }
 
 /* ---- ops ---- */
@@ -312,6 +393,7 @@ static rw_error *gcs_begin(rw_sink *s, rw_ctx *ctx) {
   if (!e && res.status != 200 && res.status != 201) e = http_failure(&r, &res);
   const char *loc = e ? NULL : rw_http_response_header(&res, "Location");
   if (!e && (!loc || !*loc)) e = rw_err(RW_E_PROTOCOL, "%s: HTTP %d without a Location", what, res.status);
+  if (!e) e = check_session_uri(g, loc, "the Location of the initiating POST");
   if (!e) {
     char *session = strdup(loc);
     if (session) {
@@ -366,7 +448,7 @@ static rw_error *gcs_put(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_sink_
                .stall_timeout = p->stall_timeout, .on_sent = p->on_sent, .ud = p->ud};
   rw_http_response res;
   e = send_req(g, ctx, &r, &res);
-  if (!e) e = judge_put(&r, &res, out);
+  if (!e) e = judge_put(g, &r, &res, hash != NULL, out);
   rw_http_response_clear(&res);
 done:
   free(what);
@@ -385,7 +467,7 @@ static rw_error *gcs_query(rw_sink *s, rw_ctx *ctx, rw_sink_result *out) {
   gcs_req r = {.method = "PUT", .url = g->session, .what = what, .own_headers = own};
   rw_http_response res;
   rw_error *e = send_req(g, ctx, &r, &res);
-  if (!e) e = judge_put(&r, &res, out);
+  if (!e) e = judge_put(g, &r, &res, false, out);
   rw_http_response_clear(&res);
   free(what);
   return e;

@@ -10,8 +10,11 @@
 #include <openssl/x509.h>
 #include <poll.h>
 #include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #include "core/backoff.h"
 #include "core/clock.h"
@@ -285,6 +288,127 @@ static void test_connect_timeout(void) {
   connect_case(2, 0.3);  /* no byte moves while connecting: the stall clock may end it first */
 }
 
+/* ---- only http(s); origins ---- */
+
+static void test_origins(void) {
+  static const struct { const char *url, *origin; } ok[] = {
+      {"http://127.0.0.1:8080/a?b", "http://127.0.0.1:8080"},
+      {"HTTPS://Storage.GoogleAPIs.com/upload", "https://storage.googleapis.com:443"},
+      {"http://h", "http://h:80"},
+      {"http://h:80/x", "http://h:80"},
+      {"http://[::1]:9/", "http://[::1]:9"},
+  };
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    char o[RW_HTTP_ORIGIN_MAX] = "";
+    CHECK(rw_http_origin(ok[i].url, o, sizeof o) && strcmp(o, ok[i].origin) == 0);
+  }
+  static const char *const bad[] = {"file:///tmp/x", "ftp://h/x", "gopher://h/", "/relative",
+                                    "http://", "", "ldap://h", "javascript:alert(1)"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char o[RW_HTTP_ORIGIN_MAX];
+    CHECK(!rw_http_origin(bad[i], o, sizeof o));
+  }
+  CHECK(rw_http_same_origin("http://h:80/a", "http://H/b"));
+  CHECK(rw_http_same_origin("https://h/a", "https://h:443"));
+  CHECK(!rw_http_same_origin("http://h:443/a", "https://h"));
+  CHECK(!rw_http_same_origin("http://h:81/a", "http://h"));
+  CHECK(!rw_http_same_origin("http://g/a", "http://h"));
+  CHECK(!rw_http_same_origin("ftp://h/a", "ftp://h/b"));
+  CHECK(!rw_http_same_origin(NULL, "http://h"));
+}
+
+/* curl speaks http and https only: a PUT to a file:// URL must not write it
+ * (libcurl's file protocol would), a GET must not read it. */
+static void test_only_http(void) {
+  char path[] = "/tmp/rw_test_http_XXXXXX";
+  int fd = mkstemp(path);
+  CHECK(fd >= 0 && write(fd, "precious\n", 9) == 9);
+  close(fd);
+  char url[64];
+  snprintf(url, sizeof url, "file://%s", path);
+  rw_error *e = NULL;
+  rw_http *h = rw_http_new(NULL, &e);
+  CHECK(h != NULL);
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
+  static const char *const methods[] = {"PUT", "GET", "POST"};
+  for (int i = 0; i < 3; i++) {
+    struct iovec v = {"overwritten", 11};
+    rw_http_request rq = {.method = methods[i], .url = url, .iov = &v, .iovcnt = 1, .len = 11,
+                          .stall_timeout = 2};
+    rw_http_response res;
+    e = rw_http_do(h, ctx, &rq, &res);
+    char text[512] = "(no error)";
+    if (e) rw_error_format(e, text, sizeof text);
+    fprintf(stderr, "   %s %s: %s\n", methods[i], url, text);
+    CHECK(e && !rw_error_retryable(e));
+    CHECK(res.body == NULL);
+    rw_error_unref(e);
+    rw_http_response_clear(&res);
+  }
+  char buf[32] = "";
+  fd = open(path, O_RDONLY);
+  CHECK(fd >= 0 && read(fd, buf, sizeof buf) == 9 && memcmp(buf, "precious\n", 9) == 0);
+  close(fd);
+  unlink(path);
+  rw_ctx_unref(ctx);
+  rw_http_free(h);
+}
+
+/* ---- out of file descriptors ---- */
+
+/* Lowers RLIMIT_NOFILE and takes every descriptor left (in a forked child). */
+static void exhaust_fds(void) {
+  struct rlimit r;
+  getrlimit(RLIMIT_NOFILE, &r);
+  if (r.rlim_cur > 256) r.rlim_cur = 256;
+  setrlimit(RLIMIT_NOFILE, &r);
+  int fd = open("/dev/null", O_RDONLY);
+  while (fd >= 0 && dup(fd) >= 0) {}
+}
+
+static bool resource_error(rw_error *e, const char *what) {
+  char text[512] = "(no error)";
+  if (e) rw_error_format(e, text, sizeof text);
+  fprintf(stderr, "   %s: %s\n", what, text);
+  return e && strcmp(rw_error_code(e), RW_E_RESOURCE) == 0 && !rw_error_retryable(e) &&
+         strstr(text, "ulimit");
+}
+
+/* Child: 0 when the client could not be made for want of descriptors. */
+static int child_new(void) {
+  exhaust_fds();
+  rw_error *e = NULL;
+  rw_http *h = rw_http_new(NULL, &e);
+  return h == NULL && resource_error(e, "rw_http_new without descriptors") ? 0 : 1;
+}
+
+/* Child: 0 when a request that cannot open its socket says so. */
+static int child_request(void) {
+  rw_error *e = NULL;
+  rw_http *h = rw_http_new(NULL, &e);
+  if (!h) return 2;
+  exhaust_fds();
+  rw_http_request rq = {.method = "GET", .url = "http://127.0.0.1:1/", .stall_timeout = 2};
+  rw_http_response res;
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
+  e = rw_http_do(h, ctx, &rq, &res);
+  return resource_error(e, "GET without descriptors") ? 0 : 1;
+}
+
+static int in_child(int (*fn)(void)) {
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) _exit(fn());
+  int st = 0;
+  if (pid < 0 || waitpid(pid, &st, 0) != pid) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_out_of_fds(void) {
+  CHECK_EQ_INT(in_child(child_new), 0);
+  CHECK_EQ_INT(in_child(child_request), 0);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
   static const char *const proxies[] = {"https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
@@ -294,5 +418,8 @@ int main(void) {
   RUN(test_tls_self_signed);
   RUN(test_tls_handshake_cut);
   RUN(test_connect_timeout);
+  RUN(test_origins);
+  RUN(test_only_http);
+  RUN(test_out_of_fds);
   return ct_finish("test_http");
 }

@@ -305,6 +305,7 @@ typedef struct mini {
   int connections;
   char last_range[128], last_hash[128], last_test_id[64], last_auth[128];
   char last_method[8], last_url[512];
+  char name[256]; /* the object named by the initiating POST */
 } mini;
 
 typedef struct mini_req {
@@ -330,12 +331,12 @@ static enum MHD_Result reply(struct MHD_Connection *c, int status, const char *b
 }
 
 static enum MHD_Result reply_object(mini *m, struct MHD_Connection *c) {
-  char crc[9], body[512];
+  char crc[9], body[768];
   rw_crc32c_base64(rw_crc32c(0, m->data, m->persisted), crc);
   snprintf(body, sizeof body,
-           "{\"kind\":\"storage#object\",\"bucket\":\"bkt\",\"name\":\"obj\",\"size\":\"%llu\","
+           "{\"kind\":\"storage#object\",\"bucket\":\"bkt\",\"name\":\"%s\",\"size\":\"%llu\","
            "\"generation\":\"1700000000000001\",\"crc32c\":\"%s\"}",
-           (unsigned long long)m->persisted, crc);
+           m->name, (unsigned long long)m->persisted, crc);
   return reply(c, 200, body, "Content-Type", "application/json");
 }
 
@@ -409,6 +410,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     ret = reply(c, m->fail_status, m->fail_body, NULL, NULL);
     m->fail_status = 0;
   } else if (strcmp(method, "POST") == 0) {
+    const char *name = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "name");
+    snprintf(m->name, sizeof m->name, "%s", name ? name : "");
     char loc[128];
     snprintf(loc, sizeof loc, "%s/upload/session/abc", m->url);
     ret = reply(c, 200, "", "Location", loc);
@@ -559,8 +562,8 @@ static void test_gcs_statuses(void) {
   /* Abort: DELETE answered 499 is success. */
   CHECK(s->ops->abort(s, ctx) == NULL);
   CHECK(strcmp(m->last_method, "DELETE") == 0);
-  /* Resume by session URI: begin is a no-op, query works. */
-  rw_gcs_config rc = {.session_uri = s->ops->session(s)};
+  /* Resume by session URI (on the endpoint's origin): begin is a no-op, query works. */
+  rw_gcs_config rc = {.session_uri = s->ops->session(s), .endpoint = m->url};
   rw_sink *s2 = rw_gcs_sink_new(&rc, &e);
   CHECK(s2 && s2->ops->begin(s2, ctx) == NULL);
   CHECK(s2->ops->query(s2, ctx, &r) == NULL);
