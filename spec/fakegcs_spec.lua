@@ -250,6 +250,26 @@ describe("fakegcs", function()
       assert.are.equal("/storage/v1/b/b/o?prefix=z", log[1].path)
       assert.are.equal(200, log[1].status)
     end)
+    it("request_log = N keeps the last N requests, in order", function()
+      local s = assert(fakegcs.start { buckets = { "b" }, request_log = 5 })
+      finally(function() s:stop() end)
+      for i = 1, 8 do curl { url = s:url() .. "/storage/v1/b/b?i=" .. i } end
+      local log = s:requests()
+      assert.are.equal(5, #log)
+      for k = 1, 5 do assert.are.equal("/storage/v1/b/b?i=" .. (k + 3), log[k].path) end
+      s:clear_requests()
+      curl { url = s:url() .. "/storage/v1/b/b?i=9" }
+      log = s:requests()
+      assert.are.equal(1, #log)
+      assert.are.equal("/storage/v1/b/b?i=9", log[1].path)
+    end)
+    it("rejects a request_log that is not a whole number in 1..10,000,000", function()
+      for _, bad in ipairs { 0, -1, 1.5, "many", 10000001 } do
+        local ok, err = pcall(fakegcs.start, { request_log = bad })
+        assert.is_false(ok, tostring(bad))
+        assert.matches("request_log", tostring(err))
+      end
+    end)
     it("bucket(name) creates a bucket, idempotently", function()
       local media = url .. "/upload/storage/v1/b/nb/o?uploadType=media&name=x"
       assert.are.equal(404, curl { url = url .. "/storage/v1/b/nb" }.status)

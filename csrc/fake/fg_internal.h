@@ -13,6 +13,9 @@
 #define FG_QUANTUM (256 * 1024)
 #define FG_MAX_JSON_BODY (1 << 20)
 #define FG_MAX_MULTIPART_BODY ((size_t)512 << 20)
+/* A connection with no traffic for this long is closed (MHD's timeout;
+ * a stall fault restarts the clock when it ends). */
+#define FG_IDLE_TIMEOUT_S 60
 
 /* ---- checksums (fg_util.c) ---- */
 typedef struct fg_digest {
@@ -176,9 +179,10 @@ void fg_faults_set_random(fg_faults *f, const rw_fakegcs_faults *r);
 void fg_faults_draw(fg_faults *f, fg_fault *out);
 
 /* ---- server ---- */
+/* A ring of the last `max` requests: items[(head + i) % cap], i < n. */
 typedef struct fg_log {
   rw_fakegcs_request *items;
-  size_t n, cap;
+  size_t n, cap, head, max;
 } fg_log;
 
 struct rw_fakegcs {
@@ -246,6 +250,8 @@ const char *fg_arg(fg_req *r, const char *name);
 /* Collects a body up to r->body_max; true when done (at *n == 0). */
 bool fg_collect(fg_req *r, const char *data, size_t *n);
 bool fg_sleep_unless_stopping(rw_fakegcs *s, double seconds);
+/* A stall fault: sleeps (woken by stop), then restarts the idle clock. */
+void fg_stall(rw_fakegcs *s, fg_req *r, double seconds);
 
 /* Handlers. */
 enum MHD_Result fg_route(rw_fakegcs *s, fg_req *r);

@@ -378,7 +378,7 @@ static enum MHD_Result take_body(rw_fakegcs *s, fg_req *r, const char *data, siz
     if (pending && r->pos >= at) {
       if (r->fault.kind == FG_F_BROKEN_FINAL_AFTER) return fg_cut(s, r);
       r->fault.kind = FG_F_NONE;
-      fg_sleep_unless_stopping(s, r->fault.stall_s);
+      fg_stall(s, r, r->fault.stall_s);
       continue;
     }
     feed(s, r, data, k);
@@ -541,7 +541,7 @@ enum MHD_Result fg_h_upload_delete(rw_fakegcs *s, fg_req *r, const char *data, s
   if (r->fault.kind == FG_F_STALL_AFTER) {
     /* "stall-for-Ts-after-0K" on storage.objects.delete: a DELETE has no
      * body, so the stall comes before the answer (a server that hangs). */
-    fg_sleep_unless_stopping(s, r->fault.stall_s);
+    fg_stall(s, r, r->fault.stall_s);
     r->fault.kind = FG_F_NONE;
   }
   const char *id = fg_arg(r, "upload_id");
