@@ -799,18 +799,71 @@ describe("fakegcs", function()
       assert.is_true(tonumber(c1) - tonumber(c0) >= 0.95, "stalled " .. (tonumber(c1) - tonumber(c0)))
       assert.is_true(os.time() - t0 <= 5)
     end)
-    it("return-broken-stream-final-chunk-after-100B cuts only the final chunk", function()
+    -- storage-testbench (testbench/common.py, __get_limit_response_fn): once the
+    -- upload is complete, the reply is a 200 whose JSON body is its first Y bytes.
+    it("return-broken-stream-final-chunk-after-100B finalizes, then cuts the reply to 100 bytes", function()
       local data = random_bytes(Q + 1000)
       local id = retry_test { ["storage.objects.insert"] = { "return-broken-stream-final-chunk-after-100B" } }
       local h = { ["x-retry-test-id"] = id }
       local loc = start_session("bf", h)
       assert.are.equal(308, put(loc, ("bytes 0-%d/*"):format(Q - 1), data:sub(1, Q), h).status)
+      assert.are.equal(308, put(loc, "bytes */*", nil, h).status) -- not final yet: kept
       local r = put(loc, ("bytes %d-%d/%d"):format(Q, #data - 1, #data), data:sub(Q + 1), h)
-      assert.are.equal(0, r.status)
-      assert.are_not.equal(0, r.exit)
-      assert.are.equal("bytes=0-" .. (Q - 1), put(loc, "bytes */*").headers.range)
-      assert.are.equal(200, put(loc, ("bytes %d-%d/%d"):format(Q, #data - 1, #data), data:sub(Q + 1)).status)
+      assert.are.equal(0, r.exit)
+      assert.are.equal(200, r.status)
+      assert.matches("^application/json", r.headers["content-type"])
+      assert.are.equal(100, #r.body)
+      assert.are.equal("100", r.headers["content-length"])
+      assert.is_nil(r.body:match('"crc32c"'))
       assert.is_true(srv:object("b", "bf") == data)
+      -- the session is final: status queries answer 200 with the whole object
+      for _, q in ipairs { "bytes */*", "bytes */" .. #data } do
+        r = put(loc, q, nil, h)
+        assert.are.equal(200, r.status, q)
+        assert.are.equal(tostring(#data), field(r.body, "size"), q)
+        assert.are.equal(crc_b64(data), field(r.body, "crc32c"), q)
+      end
+      assert.matches('"completed":true', curl { url = url .. "/retry_test/" .. id }.body)
+    end)
+    it("return-broken-stream-final-chunk-after-0B gives an empty 200; a big Y the whole reply", function()
+      for _, y in ipairs { 0, 100000 } do
+        local data = random_bytes(1000)
+        local id = retry_test { ["storage.objects.insert"] = { ("return-broken-stream-final-chunk-after-%dB"):format(y) } }
+        local loc = start_session("b" .. y)
+        local r = put(loc, ("bytes 0-%d/%d"):format(#data - 1, #data), data, { ["x-retry-test-id"] = id })
+        assert.are.equal(200, r.status)
+        if y == 0 then assert.are.equal("", r.body)
+        else assert.are.equal(tostring(#data), field(r.body, "size")) end
+        assert.is_true(srv:object("b", "b" .. y) == data)
+      end
+    end)
+    it("a status query on a finalized session answers 200 with the object, whatever finalized it", function()
+      local ways = {
+        { "final chunk" },
+        { "return-broken-stream", "return-broken-stream" },
+        { "final-chunk-after-10B", "return-broken-stream-final-chunk-after-10B" },
+        { "bytes */N", nil, "query" },
+      }
+      for i, w in ipairs(ways) do
+        local name, data = "fin" .. i, random_bytes(Q)
+        local h = {}
+        if w[2] then h["x-retry-test-id"] = retry_test { ["storage.objects.insert"] = { w[2] } } end
+        local loc = start_session(name)
+        if w[3] == "query" then
+          assert.are.equal(308, put(loc, ("bytes 0-%d/*"):format(Q - 1), data).status)
+          assert.are.equal(200, put(loc, "bytes */" .. Q).status, w[1])
+        else
+          put(loc, ("bytes 0-%d/%d"):format(Q - 1, Q), data, h)
+        end
+        for _, q in ipairs { "bytes */*", "bytes */" .. Q } do
+          local r = put(loc, q)
+          assert.are.equal(200, r.status, w[1] .. ": " .. q)
+          assert.are.equal(tostring(Q), field(r.body, "size"), w[1])
+          assert.are.equal(crc_b64(data), field(r.body, "crc32c"), w[1])
+          assert.are.equal(name, field(r.body, "name"), w[1])
+        end
+        assert.is_true(srv:object("b", name) == data, w[1])
+      end
     end)
     it("return-broken-stream-after-256K on a download", function()
       local data = random_bytes(2 * Q)

@@ -217,6 +217,7 @@ struct fg_req {
   bool body_too_big;
   /* faults */
   fg_fault fault;
+  bool fault_used; /* return-broken-stream-final-chunk-after-YB acted */
   char *retry_id;
   const char *fault_method;
   /* uploads */
@@ -267,6 +268,9 @@ enum MHD_Result fg_h_upload_delete(rw_fakegcs *s, fg_req *r, const char *data, s
  * the status (200, 400, 412) and sets session->final_json. */
 int fg_finalize(rw_fakegcs *s, fg_session *ss, const char *goog_hash);
 void fg_req_release_upload(fg_req *r);
+/* At the end of a request: an instruction it took but did not use goes back
+ * to the head of its queue. */
+void fg_req_finish(rw_fakegcs *s, fg_req *r);
 /* Takes the request's fault (retry test or random) for method; replies or
  * cuts for return-X and reset. True when the request is answered. */
 bool fg_take_fault(rw_fakegcs *s, fg_req *r, const char *method, enum MHD_Result *res);

@@ -275,7 +275,10 @@ static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-  if (*con_cls) req_free(*con_cls);
+  if (*con_cls) {
+    fg_req_finish(cls, *con_cls);
+    req_free(*con_cls);
+  }
   *con_cls = NULL;
 }
 

@@ -125,7 +125,10 @@ static json_t *parse_meta_body(fg_req *r, bool *bad) {
   return j;
 }
 
-/* Instructions that act on bodies do not apply to this request: keep them. */
+/* Instructions that act on bodies do not apply to this request: keep them.
+ * (return-broken-stream-final-chunk-after-YB on a session request stays on
+ * the request: it acts on the reply if the session is final by then, and
+ * goes back to the queue otherwise, see fg_req_finish.) */
 static void keep_fault_for_later(rw_fakegcs *s, fg_req *r) {
   fg_fault_kind k = r->fault.kind;
   if (r->retry_id && (k == FG_F_RETURN_AFTER || k == FG_F_STALL_AFTER ||
@@ -190,13 +193,28 @@ static enum MHD_Result reply_text_json(rw_fakegcs *s, fg_req *r, int status, con
   return j ? fg_reply_json(s, r, status, j) : fg_reply_error(s, r, 500, "bad stored reply");
 }
 
+/* return-broken-stream-final-chunk-after-YB, as storage-testbench does it:
+ * the object is final, the reply is a 200 whose JSON body is cut to its
+ * first Y bytes (Content-Length Y). */
+static enum MHD_Result reply_cut_json(rw_fakegcs *s, fg_req *r, const char *text) {
+  size_t n = strlen(text);
+  if (r->fault.after_bytes < n) n = (size_t)r->fault.after_bytes;
+  r->fault_used = true;
+  struct MHD_Response *resp = MHD_create_response_from_buffer(n, (void *)text, MHD_RESPMEM_MUST_COPY);
+  if (resp) MHD_add_response_header(resp, "Content-Type", "application/json; charset=UTF-8");
+  return fg_queue(s, r, 200, resp);
+}
+
 /* A reply for a session that is no longer active; ss->mu held. */
 static enum MHD_Result reply_finished(rw_fakegcs *s, fg_req *r, fg_session *ss) {
   int state = ss->state, status = ss->final_status;
   char *text = fg_strdup(ss->final_json);
   pthread_mutex_unlock(&ss->mu);
   enum MHD_Result res;
-  if (state == FG_SESSION_CANCELLED)
+  bool cut = r->fault.kind == FG_F_BROKEN_FINAL_AFTER && state == FG_SESSION_DONE && text;
+  if (cut)
+    res = reply_cut_json(s, r, text);
+  else if (state == FG_SESSION_CANCELLED)
     res = fg_reply_error(s, r, 404, "upload session not found (cancelled)");
   else
     res = text ? reply_text_json(s, r, status, text) : fg_reply_error(s, r, 500, "lost reply");
@@ -308,6 +326,12 @@ static enum MHD_Result finalize_and_reply(rw_fakegcs *s, fg_req *r, fg_session *
 
 /* ---- streaming the body into the session ---- */
 
+void fg_req_finish(rw_fakegcs *s, fg_req *r) {
+  if (r->fault.kind == FG_F_BROKEN_FINAL_AFTER && !r->fault_used && r->retry_id)
+    fg_retry_test_unpop(&s->faults, r->retry_id, r->fault_method, &r->fault);
+  r->fault.kind = FG_F_NONE;
+}
+
 void fg_req_release_upload(fg_req *r) {
   if (r->wd_live) fg_digest_free(&r->wd);
   r->wd_live = false;
@@ -373,10 +397,9 @@ static enum MHD_Result take_body(rw_fakegcs *s, fg_req *r, const char *data, siz
   while (len > 0) {
     size_t k = len;
     uint64_t at = r->fault.after_bytes;
-    bool pending = r->fault.kind == FG_F_STALL_AFTER || r->fault.kind == FG_F_BROKEN_FINAL_AFTER;
+    bool pending = r->fault.kind == FG_F_STALL_AFTER;
     if (pending && r->pos < at && r->pos + k > at) k = (size_t)(at - r->pos);
     if (pending && r->pos >= at) {
-      if (r->fault.kind == FG_F_BROKEN_FINAL_AFTER) return fg_cut(s, r);
       r->fault.kind = FG_F_NONE;
       fg_stall(s, r, r->fault.stall_s);
       continue;
@@ -434,12 +457,9 @@ static const char *chunk_problem(fg_req *r, fg_session *ss, const fg_range *rg) 
 static void arm_fault(rw_fakegcs *s, fg_req *r, uint64_t start) {
   fg_fault *f = &r->fault;
   if (f->relative) f->after_bytes += start;
-  bool reached = f->kind == FG_F_BROKEN_FINAL_AFTER ? r->final : r->end >= f->after_bytes;
-  if (f->kind == FG_F_BROKEN_FINAL_AFTER && reached) f->after_bytes += r->pos;
-  if (f->kind == FG_F_RETURN_AFTER || f->kind == FG_F_STALL_AFTER ||
-      f->kind == FG_F_BROKEN_FINAL_AFTER) {
-    if (!reached) keep_fault_for_later(s, r);
-  }
+  bool reached = r->end >= f->after_bytes;
+  if ((f->kind == FG_F_RETURN_AFTER || f->kind == FG_F_STALL_AFTER) && !reached)
+    keep_fault_for_later(s, r);
 }
 
 /* Prepares the request to stream its bytes; ss->mu held. */
@@ -471,7 +491,7 @@ static enum MHD_Result chunk_begin(rw_fakegcs *s, fg_req *r, fg_session *ss) {
     return fg_reply_error(s, r, 400, "%s", bad);
   }
   if (!rg.has_bytes) {
-    keep_fault_for_later(s, r);
+    if (r->fault.kind != FG_F_BROKEN_FINAL_AFTER) keep_fault_for_later(s, r);
     if (rg.total >= 0 && (uint64_t)rg.total == ss->persisted)
       return finalize_and_reply(s, r, ss);
     uint64_t p = ss->persisted;
