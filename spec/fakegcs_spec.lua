@@ -584,6 +584,74 @@ describe("fakegcs", function()
   end)
 
   describe("bad input", function()
+    it("rejects fault instructions whose numbers overflow or are out of range", function()
+      for _, bad in ipairs {
+        "return-99999999999", "return-99", "return-600", "return-+503", "return- 503",
+        "return-503-after-99999999999999999999K", "return-503-after--1K", "return-503-after-1.5K",
+        "return-broken-stream-final-chunk-after--1B", "return-broken-stream-final-chunk-after-1e3B",
+        "return-broken-stream-after-18446744073709551615K",
+        "stall-for-1e300s-after-0K", "stall-for-infs-after-0K", "stall-for-nans-after-0K",
+        "stall-for-3601s-after-0K", "stall-for--1s-after-0K", "stall-for-1.s-after-0K",
+      } do
+        local r = curl { method = "POST", url = url .. "/retry_test",
+                         data = '{"instructions":{"storage.objects.insert":["' .. bad .. '"]}}' }
+        assert.are.equal(400, r.status, bad)
+        assert.matches("unknown instruction", r.body, 1, true)
+      end
+      for _, good in ipairs { "return-503", "stall-for-0.25s-after-512K", "stall-for-3600s-after-0K",
+                              "return-broken-stream-final-chunk-after-0B", "return-408-after-0K" } do
+        local id = retry_test { ["storage.objects.insert"] = { good } }
+        if good ~= "return-503" then -- the initiation keeps it, written as it was
+          start_session("keep", { ["x-retry-test-id"] = id, ["Content-Type"] = "application/json" })
+          assert.matches(good, curl { url = url .. "/retry_test/" .. id }.body, 1, true)
+        end
+      end
+    end)
+    it("rejects Content-Range offsets at or past 2^63 and a negative X-Upload-Content-Length", function()
+      local loc = start_session("big")
+      assert.are.equal(308, put(loc, ("bytes 0-%d/*"):format(Q - 1), random_bytes(Q)).status)
+      for _, bad in ipairs { ("bytes %d-18446744073709551615/*"):format(Q),
+                             ("bytes %d-9223372036854775807/*"):format(Q),
+                             "bytes 0-18446744073709551615/18446744073709551616" } do
+        local r = put(loc, bad)
+        assert.are.equal(400, r.status, bad)
+        assert.matches("malformed Content-Range", r.body, 1, true)
+      end
+      for _, bad in ipairs { "-1", "-9223372036854775808", "1e3", "9223372036854775808" } do
+        local r = curl { method = "POST", data = "{}",
+                         url = url .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=neg",
+                         headers = { ["X-Upload-Content-Length"] = bad } }
+        assert.are.equal(400, r.status, bad)
+        assert.matches("X-Upload-Content-Length", r.body, 1, true)
+      end
+    end)
+    it("sessions that declare 1 TiB but send nothing do not take the address space", function()
+      local function vm_kib()
+        return tonumber(slurp("/proc/self/status"):match("VmSize:%s*(%d+)"))
+      end
+      local before = vm_kib()
+      for i = 1, 48 do
+        start_session("huge" .. i, { ["X-Upload-Content-Length"] = "1099511627775" })
+      end
+      local grew = vm_kib() - before
+      assert.is_true(grew < 16 * 1024 * 1024, ("address space grew %d KiB"):format(grew))
+    end)
+    it("keeps at most 1000 retry tests; deleting one makes room", function()
+      local cmd = { "curl -s -X POST -d '{\"instructions\":{}}' -w '%{http_code}\\n'" }
+      for _ = 1, 1001 do cmd[#cmd + 1] = "-o /dev/null " .. url .. "/retry_test" end
+      local p = io.popen(table.concat(cmd, " "))
+      local codes = p:read("*a")
+      p:close()
+      local _, ok = codes:gsub("200", "")
+      assert.are.equal(1000, ok)
+      assert.matches("400\n$", codes)
+      local r = curl { method = "POST", url = url .. "/retry_test", data = '{"instructions":{}}' }
+      assert.are.equal(400, r.status)
+      assert.matches("already 1000 retry tests", r.body, 1, true)
+      local id = curl { url = url .. "/retry_tests" }.body:match('"id":"([^"]+)"')
+      assert.are.equal(200, curl { method = "DELETE", url = url .. "/retry_test/" .. id }.status)
+      assert.are.equal(200, curl { method = "POST", url = url .. "/retry_test", data = '{"instructions":{}}' }.status)
+    end)
     it("unknown upload ids, missing names, wrong methods, unknown endpoints", function()
       local r = put(url .. "/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=nope", "bytes */*")
       assert.are.equal(404, r.status)

@@ -13,6 +13,8 @@
 #define FG_QUANTUM (256 * 1024)
 #define FG_MAX_JSON_BODY (1 << 20)
 #define FG_MAX_MULTIPART_BODY ((size_t)512 << 20)
+#define FG_MAX_RESERVE ((uint64_t)64 << 20) /* up-front blob space per session */
+#define FG_MAX_RETRY_TESTS 1000
 /* A connection with no traffic for this long is closed (MHD's timeout;
  * a stall fault restarts the clock when it ends). */
 #define FG_IDLE_TIMEOUT_S 60
@@ -157,6 +159,7 @@ typedef struct fg_retry_test fg_retry_test;
 typedef struct fg_faults {
   pthread_mutex_t mu;
   fg_retry_test *tests;
+  int ntests; /* at most FG_MAX_RETRY_TESTS */
   int next_id;
   rw_fakegcs_faults random;
   uint64_t rng;

@@ -69,8 +69,9 @@ static bool read_spec(rw_fakegcs *s, fg_req *r, json_t *meta, upload_spec *u, en
     *res = fg_reply_error(s, r, 400, "object name must be 1-1024 bytes of UTF-8");
   else if (u->content_type && !valid_utf8(u->content_type))
     *res = fg_reply_error(s, r, 400, "invalid content type");
-  else if (len && !fg_parse_i64(len, &u->declared))
-    *res = fg_reply_error(s, r, 400, "invalid X-Upload-Content-Length '%s'", len);
+  else if (len && (!fg_parse_i64(len, &u->declared) || u->declared < 0))
+    *res = fg_reply_error(s, r, 400, "invalid X-Upload-Content-Length '%s': it must be a whole "
+                          "number of bytes in 0..2^63-1", len);
   else if (!parse_preconds(r, &u->pre))
     *res = fg_reply_error(s, r, 400, "invalid precondition value");
   else
@@ -101,7 +102,12 @@ static fg_session *make_session(rw_fakegcs *s, fg_req *r, const upload_spec *u,
   ss->want_md5_b64 = opt_b64(u->meta, "md5Hash");
   ss->pre = u->pre;
   ss->declared_total = u->declared;
-  ss->blob = fg_blob_new(s->store.kind, s->store.dir, u->declared > 0 ? (uint64_t)u->declared : 0);
+  /* a declared size is a hint, not a promise: reserve at most 64 MiB up
+   * front (blobs grow as bytes arrive), or sessions that never send a byte
+   * could take the address space */
+  uint64_t reserve = u->declared > 0 ? (uint64_t)u->declared : 0;
+  if (reserve > FG_MAX_RESERVE) reserve = FG_MAX_RESERVE;
+  ss->blob = fg_blob_new(s->store.kind, s->store.dir, reserve);
   /* GCS verifies an md5Hash it is given: with MD5 off (discard mode) this
    * upload computes it anyway (nothing is persisted yet). */
   bool md5_ok = !ss->want_md5_b64 || ss->digest.md5 || fg_digest_init(&ss->digest, true);
@@ -587,7 +593,8 @@ static enum MHD_Result media_begin(rw_fakegcs *s, fg_req *r) {
   enum MHD_Result res = MHD_YES;
   const char *len_s = fg_header(r, "Content-Length");
   uint64_t len = 0;
-  if (len_s && !fg_parse_u64(len_s, &len)) return fg_reply_error(s, r, 400, "bad Content-Length");
+  if (len_s && (!fg_parse_u64(len_s, &len) || len > (uint64_t)INT64_MAX))
+    return fg_reply_error(s, r, 400, "bad Content-Length");
   if (!read_spec(s, r, NULL, &u, &res)) return res;
   if (len_s) u.declared = (int64_t)len;
   keep_fault_for_later(s, r);
