@@ -250,6 +250,26 @@ describe("fakegcs", function()
       assert.are.equal("/storage/v1/b/b/o?prefix=z", log[1].path)
       assert.are.equal(200, log[1].status)
     end)
+    it("request_log = N keeps the last N requests, in order", function()
+      local s = assert(fakegcs.start { buckets = { "b" }, request_log = 5 })
+      finally(function() s:stop() end)
+      for i = 1, 8 do curl { url = s:url() .. "/storage/v1/b/b?i=" .. i } end
+      local log = s:requests()
+      assert.are.equal(5, #log)
+      for k = 1, 5 do assert.are.equal("/storage/v1/b/b?i=" .. (k + 3), log[k].path) end
+      s:clear_requests()
+      curl { url = s:url() .. "/storage/v1/b/b?i=9" }
+      log = s:requests()
+      assert.are.equal(1, #log)
+      assert.are.equal("/storage/v1/b/b?i=9", log[1].path)
+    end)
+    it("rejects a request_log that is not a whole number in 1..10,000,000", function()
+      for _, bad in ipairs { 0, -1, 1.5, "many", 10000001 } do
+        local ok, err = pcall(fakegcs.start, { request_log = bad })
+        assert.is_false(ok, tostring(bad))
+        assert.matches("request_log", tostring(err))
+      end
+    end)
     it("bucket(name) creates a bucket, idempotently", function()
       local media = url .. "/upload/storage/v1/b/nb/o?uploadType=media&name=x"
       assert.are.equal(404, curl { url = url .. "/storage/v1/b/nb" }.status)
@@ -564,6 +584,74 @@ describe("fakegcs", function()
   end)
 
   describe("bad input", function()
+    it("rejects fault instructions whose numbers overflow or are out of range", function()
+      for _, bad in ipairs {
+        "return-99999999999", "return-99", "return-600", "return-+503", "return- 503",
+        "return-503-after-99999999999999999999K", "return-503-after--1K", "return-503-after-1.5K",
+        "return-broken-stream-final-chunk-after--1B", "return-broken-stream-final-chunk-after-1e3B",
+        "return-broken-stream-after-18446744073709551615K",
+        "stall-for-1e300s-after-0K", "stall-for-infs-after-0K", "stall-for-nans-after-0K",
+        "stall-for-3601s-after-0K", "stall-for--1s-after-0K", "stall-for-1.s-after-0K",
+      } do
+        local r = curl { method = "POST", url = url .. "/retry_test",
+                         data = '{"instructions":{"storage.objects.insert":["' .. bad .. '"]}}' }
+        assert.are.equal(400, r.status, bad)
+        assert.matches("unknown instruction", r.body, 1, true)
+      end
+      for _, good in ipairs { "return-503", "stall-for-0.25s-after-512K", "stall-for-3600s-after-0K",
+                              "return-broken-stream-final-chunk-after-0B", "return-408-after-0K" } do
+        local id = retry_test { ["storage.objects.insert"] = { good } }
+        if good ~= "return-503" then -- the initiation keeps it, written as it was
+          start_session("keep", { ["x-retry-test-id"] = id, ["Content-Type"] = "application/json" })
+          assert.matches(good, curl { url = url .. "/retry_test/" .. id }.body, 1, true)
+        end
+      end
+    end)
+    it("rejects Content-Range offsets at or past 2^63 and a negative X-Upload-Content-Length", function()
+      local loc = start_session("big")
+      assert.are.equal(308, put(loc, ("bytes 0-%d/*"):format(Q - 1), random_bytes(Q)).status)
+      for _, bad in ipairs { ("bytes %d-18446744073709551615/*"):format(Q),
+                             ("bytes %d-9223372036854775807/*"):format(Q),
+                             "bytes 0-18446744073709551615/18446744073709551616" } do
+        local r = put(loc, bad)
+        assert.are.equal(400, r.status, bad)
+        assert.matches("malformed Content-Range", r.body, 1, true)
+      end
+      for _, bad in ipairs { "-1", "-9223372036854775808", "1e3", "9223372036854775808" } do
+        local r = curl { method = "POST", data = "{}",
+                         url = url .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=neg",
+                         headers = { ["X-Upload-Content-Length"] = bad } }
+        assert.are.equal(400, r.status, bad)
+        assert.matches("X-Upload-Content-Length", r.body, 1, true)
+      end
+    end)
+    it("sessions that declare 1 TiB but send nothing do not take the address space", function()
+      local function vm_kib()
+        return tonumber(slurp("/proc/self/status"):match("VmSize:%s*(%d+)"))
+      end
+      local before = vm_kib()
+      for i = 1, 48 do
+        start_session("huge" .. i, { ["X-Upload-Content-Length"] = "1099511627775" })
+      end
+      local grew = vm_kib() - before
+      assert.is_true(grew < 16 * 1024 * 1024, ("address space grew %d KiB"):format(grew))
+    end)
+    it("keeps at most 1000 retry tests; deleting one makes room", function()
+      local cmd = { "curl -s -X POST -d '{\"instructions\":{}}' -w '%{http_code}\\n'" }
+      for _ = 1, 1001 do cmd[#cmd + 1] = "-o /dev/null " .. url .. "/retry_test" end
+      local p = io.popen(table.concat(cmd, " "))
+      local codes = p:read("*a")
+      p:close()
+      local _, ok = codes:gsub("200", "")
+      assert.are.equal(1000, ok)
+      assert.matches("400\n$", codes)
+      local r = curl { method = "POST", url = url .. "/retry_test", data = '{"instructions":{}}' }
+      assert.are.equal(400, r.status)
+      assert.matches("already 1000 retry tests", r.body, 1, true)
+      local id = curl { url = url .. "/retry_tests" }.body:match('"id":"([^"]+)"')
+      assert.are.equal(200, curl { method = "DELETE", url = url .. "/retry_test/" .. id }.status)
+      assert.are.equal(200, curl { method = "POST", url = url .. "/retry_test", data = '{"instructions":{}}' }.status)
+    end)
     it("unknown upload ids, missing names, wrong methods, unknown endpoints", function()
       local r = put(url .. "/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=nope", "bytes */*")
       assert.are.equal(404, r.status)
@@ -779,18 +867,71 @@ describe("fakegcs", function()
       assert.is_true(tonumber(c1) - tonumber(c0) >= 0.95, "stalled " .. (tonumber(c1) - tonumber(c0)))
       assert.is_true(os.time() - t0 <= 5)
     end)
-    it("return-broken-stream-final-chunk-after-100B cuts only the final chunk", function()
+    -- storage-testbench (testbench/common.py, __get_limit_response_fn): once the
+    -- upload is complete, the reply is a 200 whose JSON body is its first Y bytes.
+    it("return-broken-stream-final-chunk-after-100B finalizes, then cuts the reply to 100 bytes", function()
       local data = random_bytes(Q + 1000)
       local id = retry_test { ["storage.objects.insert"] = { "return-broken-stream-final-chunk-after-100B" } }
       local h = { ["x-retry-test-id"] = id }
       local loc = start_session("bf", h)
       assert.are.equal(308, put(loc, ("bytes 0-%d/*"):format(Q - 1), data:sub(1, Q), h).status)
+      assert.are.equal(308, put(loc, "bytes */*", nil, h).status) -- not final yet: kept
       local r = put(loc, ("bytes %d-%d/%d"):format(Q, #data - 1, #data), data:sub(Q + 1), h)
-      assert.are.equal(0, r.status)
-      assert.are_not.equal(0, r.exit)
-      assert.are.equal("bytes=0-" .. (Q - 1), put(loc, "bytes */*").headers.range)
-      assert.are.equal(200, put(loc, ("bytes %d-%d/%d"):format(Q, #data - 1, #data), data:sub(Q + 1)).status)
+      assert.are.equal(0, r.exit)
+      assert.are.equal(200, r.status)
+      assert.matches("^application/json", r.headers["content-type"])
+      assert.are.equal(100, #r.body)
+      assert.are.equal("100", r.headers["content-length"])
+      assert.is_nil(r.body:match('"crc32c"'))
       assert.is_true(srv:object("b", "bf") == data)
+      -- the session is final: status queries answer 200 with the whole object
+      for _, q in ipairs { "bytes */*", "bytes */" .. #data } do
+        r = put(loc, q, nil, h)
+        assert.are.equal(200, r.status, q)
+        assert.are.equal(tostring(#data), field(r.body, "size"), q)
+        assert.are.equal(crc_b64(data), field(r.body, "crc32c"), q)
+      end
+      assert.matches('"completed":true', curl { url = url .. "/retry_test/" .. id }.body)
+    end)
+    it("return-broken-stream-final-chunk-after-0B gives an empty 200; a big Y the whole reply", function()
+      for _, y in ipairs { 0, 100000 } do
+        local data = random_bytes(1000)
+        local id = retry_test { ["storage.objects.insert"] = { ("return-broken-stream-final-chunk-after-%dB"):format(y) } }
+        local loc = start_session("b" .. y)
+        local r = put(loc, ("bytes 0-%d/%d"):format(#data - 1, #data), data, { ["x-retry-test-id"] = id })
+        assert.are.equal(200, r.status)
+        if y == 0 then assert.are.equal("", r.body)
+        else assert.are.equal(tostring(#data), field(r.body, "size")) end
+        assert.is_true(srv:object("b", "b" .. y) == data)
+      end
+    end)
+    it("a status query on a finalized session answers 200 with the object, whatever finalized it", function()
+      local ways = {
+        { "final chunk" },
+        { "return-broken-stream", "return-broken-stream" },
+        { "final-chunk-after-10B", "return-broken-stream-final-chunk-after-10B" },
+        { "bytes */N", nil, "query" },
+      }
+      for i, w in ipairs(ways) do
+        local name, data = "fin" .. i, random_bytes(Q)
+        local h = {}
+        if w[2] then h["x-retry-test-id"] = retry_test { ["storage.objects.insert"] = { w[2] } } end
+        local loc = start_session(name)
+        if w[3] == "query" then
+          assert.are.equal(308, put(loc, ("bytes 0-%d/*"):format(Q - 1), data).status)
+          assert.are.equal(200, put(loc, "bytes */" .. Q).status, w[1])
+        else
+          put(loc, ("bytes 0-%d/%d"):format(Q - 1, Q), data, h)
+        end
+        for _, q in ipairs { "bytes */*", "bytes */" .. Q } do
+          local r = put(loc, q)
+          assert.are.equal(200, r.status, w[1] .. ": " .. q)
+          assert.are.equal(tostring(Q), field(r.body, "size"), w[1])
+          assert.are.equal(crc_b64(data), field(r.body, "crc32c"), w[1])
+          assert.are.equal(name, field(r.body, "name"), w[1])
+        end
+        assert.is_true(srv:object("b", name) == data, w[1])
+      end
     end)
     it("return-broken-stream-after-256K on a download", function()
       local data = random_bytes(2 * Q)

@@ -1,77 +1,132 @@
 /* reliablewriter-fakegcs: the fake GCS as a program.
  *   reliablewriter-fakegcs [--host H] [--port N] [--store memory|discard|DIR]
- *                          [--bucket B]... [--md5|--no-md5]
+ *                          [--bucket B]... [--md5|--no-md5] [--request-log N]
  *                          [--faults seed=7,p_503=0.02,p_408=0,p_reset=0.01,p_partial=0,
  *                                    p_broken=0,p_stall=0,stall_ms=1000]
- * MD5 is on by default except with --store discard.
- * Prints its URL on the first line of stdout, then serves until SIGINT/SIGTERM. */
+ * --port 0 (the default) picks a free port. MD5 is on by default except with
+ * --store discard. The request log keeps the last N requests (10,000).
+ * The soft descriptor limit is raised to the hard one (a descriptor per
+ * connection). Prints its URL on the first line of stdout, then serves until
+ * SIGINT/SIGTERM. Bad arguments: a message naming the flag, exit 2. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
+#include "bin/args.h"
 #include "fake/fakegcs.h"
 
-static void usage(void) {
+#define MAX_BUCKETS 64
+
+static void usage(const char *why) {
+  if (why) fprintf(stderr, "reliablewriter-fakegcs: %s\n", why);
   fprintf(stderr,
-          "usage: reliablewriter-fakegcs [--host H] [--port N] "
-          "[--store memory|discard|DIR] [--bucket B]... [--md5|--no-md5]\n"
+          "usage: reliablewriter-fakegcs [--host H] [--port N (0: pick one)] "
+          "[--store memory|discard|DIR] [--bucket B]... [--md5|--no-md5] [--request-log N]\n"
           "       [--faults seed=N,p_503=P,p_408=P,p_reset=P,p_partial=P,p_broken=P,"
           "p_stall=P,stall_ms=MS]\n");
   exit(2);
 }
 
 static const char *need(int argc, char **argv, int *i) {
-  if (*i + 1 >= argc) usage();
+  if (*i + 1 >= argc) {
+    fprintf(stderr, "reliablewriter-fakegcs: %s needs a value\n", argv[*i]);
+    usage(NULL);
+  }
   return argv[++*i];
 }
 
 static void parse_store(const char *v, rw_fakegcs_config *cfg) {
+  if (!*v) arg_fail("--store", v, "memory, discard or a directory");
   if (strcmp(v, "memory") == 0) cfg->store = RW_FAKEGCS_MEMORY;
   else if (strcmp(v, "discard") == 0) cfg->store = RW_FAKEGCS_DISCARD;
   else cfg->store = RW_FAKEGCS_DIR, cfg->dir = v;
 }
 
-/* "seed=7,p_503=0.02,..." into f; exits on an unknown key. */
-static void parse_faults(char *spec, rw_fakegcs_faults *f) {
-  for (char *kv = strtok(spec, ","); kv; kv = strtok(NULL, ",")) {
-    char *eq = strchr(kv, '=');
-    if (!eq) usage();
-    *eq = 0;
-    double v = atof(eq + 1);
-    if (!strcmp(kv, "seed")) f->seed = (uint64_t)strtoull(eq + 1, NULL, 10);
-    else if (!strcmp(kv, "p_503")) f->p_503 = v;
-    else if (!strcmp(kv, "p_408")) f->p_408 = v;
-    else if (!strcmp(kv, "p_reset")) f->p_reset = v;
-    else if (!strcmp(kv, "p_partial")) f->p_partial = v;
-    else if (!strcmp(kv, "p_broken")) f->p_broken = v;
-    else if (!strcmp(kv, "p_stall")) f->p_stall = v;
-    else if (!strcmp(kv, "stall_ms")) f->stall_ms = atoi(eq + 1);
-    else usage();
+/* One "key=value" of --faults, with the rules of the Lua srv:faults{...}. */
+static void fault_item(const char *key, const char *v, rw_fakegcs_faults *f) {
+  static const char *const prob = "a number in [0, 1]";
+  char opt[64];
+  snprintf(opt, sizeof opt, "--faults %s", key);
+  if (!strcmp(key, "seed")) f->seed = (uint64_t)arg_int(opt, v, 0, INT64_MAX, "a whole number >= 0");
+  else if (!strcmp(key, "p_503")) f->p_503 = arg_num(opt, v, 0, 1, prob);
+  else if (!strcmp(key, "p_408")) f->p_408 = arg_num(opt, v, 0, 1, prob);
+  else if (!strcmp(key, "p_reset")) f->p_reset = arg_num(opt, v, 0, 1, prob);
+  else if (!strcmp(key, "p_partial")) f->p_partial = arg_num(opt, v, 0, 1, prob);
+  else if (!strcmp(key, "p_broken")) f->p_broken = arg_num(opt, v, 0, 1, prob);
+  else if (!strcmp(key, "p_stall")) f->p_stall = arg_num(opt, v, 0, 1, prob);
+  else if (!strcmp(key, "stall_ms"))
+    f->stall_ms = (int)arg_int(opt, v, 0, 600000, "a whole number of ms in 0..600000");
+  else {
+    fprintf(stderr, "%s: --faults has an unknown key '%s': the keys are seed, p_503, p_408, "
+            "p_reset, p_partial, p_broken, p_stall, stall_ms\n", arg_prog, key);
+    exit(2);
   }
 }
 
-int main(int argc, char **argv) {
-  rw_fakegcs_config cfg = {0};
-  rw_fakegcs_faults faults = {.seed = 1, .stall_ms = 1000};
+/* "seed=7,p_503=0.02,..." into f; exits 2 on anything else. */
+static void parse_faults(const char *arg, rw_fakegcs_faults *f) {
+  char *spec = strdup(arg), *save = NULL;
+  if (!spec) exit(1);
+  for (char *kv = strtok_r(spec, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+    char *eq = strchr(kv, '=');
+    if (!eq) arg_fail("--faults", kv, "key=value items separated by commas");
+    *eq = 0;
+    fault_item(kv, eq + 1, f);
+  }
+  free(spec);
+  double sum = f->p_503 + f->p_408 + f->p_reset + f->p_partial + f->p_broken + f->p_stall;
+  if (sum > 1) arg_fail("--faults", arg, "probabilities that add up to at most 1");
+}
+
+/* Each connection holds a descriptor: allow as many as the hard limit. */
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+static bool parse_args(int argc, char **argv, rw_fakegcs_config *cfg, const char **buckets,
+                       rw_fakegcs_faults *faults) {
   bool with_faults = false;
-  const char *buckets[65] = {0};
   int nb = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (!strcmp(a, "--host")) cfg.host = need(argc, argv, &i);
-    else if (!strcmp(a, "--port")) cfg.port = atoi(need(argc, argv, &i));
-    else if (!strcmp(a, "--store")) parse_store(need(argc, argv, &i), &cfg);
-    else if (!strcmp(a, "--bucket") && nb < 64) buckets[nb++] = need(argc, argv, &i);
-    else if (!strcmp(a, "--no-md5")) cfg.md5 = RW_FAKEGCS_MD5_OFF;
-    else if (!strcmp(a, "--md5")) cfg.md5 = RW_FAKEGCS_MD5_ON;
-    else if (!strcmp(a, "--faults") && i + 1 < argc) {
-      parse_faults(argv[++i], &faults);
+    if (!strcmp(a, "--host")) cfg->host = need(argc, argv, &i);
+    else if (!strcmp(a, "--port")) cfg->port = arg_port(a, need(argc, argv, &i), true);
+    else if (!strcmp(a, "--store")) parse_store(need(argc, argv, &i), cfg);
+    else if (!strcmp(a, "--bucket")) {
+      const char *b = need(argc, argv, &i);
+      if (!*b || nb == MAX_BUCKETS) arg_fail(a, b, "a non-empty name, at most 64 times");
+      buckets[nb++] = b;
+    } else if (!strcmp(a, "--no-md5")) cfg->md5 = RW_FAKEGCS_MD5_OFF;
+    else if (!strcmp(a, "--md5")) cfg->md5 = RW_FAKEGCS_MD5_ON;
+    else if (!strcmp(a, "--request-log"))
+      cfg->request_log = (size_t)arg_int(a, need(argc, argv, &i), 1, RW_FAKEGCS_REQUEST_LOG_MAX,
+                                         "a whole number in 1..10000000");
+    else if (!strcmp(a, "--faults")) {
+      parse_faults(need(argc, argv, &i), faults);
       with_faults = true;
+    } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(NULL);
+    else {
+      fprintf(stderr, "reliablewriter-fakegcs: unknown option '%s'\n", a);
+      usage(NULL);
     }
-    else usage();
   }
+  return with_faults;
+}
+
+int main(int argc, char **argv) {
+  arg_prog = "reliablewriter-fakegcs";
+  rw_fakegcs_config cfg = {0};
+  rw_fakegcs_faults faults = {.seed = 1, .stall_ms = 1000};
+  const char *buckets[MAX_BUCKETS + 1] = {0};
+  bool with_faults = parse_args(argc, argv, &cfg, buckets, &faults);
   cfg.buckets = buckets;
+  raise_nofile();
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);

@@ -1,7 +1,9 @@
 /* An in-process fake of the GCS JSON API on libmicrohttpd, with faults in
  * storage-testbench's language (POST /retry_test) and a seeded random mode.
  *
- * One server = one MHD daemon (a thread per connection) plus its store of
+ * One server = one MHD daemon (a thread per connection, poll(), so no
+ * FD_SETSIZE limit; at most 4096 connections, idle ones closed after 60 s)
+ * plus its store of
  * buckets, objects and upload sessions. Uploads are streamed into the store
  * as the body arrives; checksums are kept running. All functions are thread
  * safe; rw_fakegcs_stop joins every thread and frees everything. */
@@ -32,7 +34,13 @@ typedef struct rw_fakegcs_config {
    * default it is on, except in discard mode (benchmarks). Without it objects
    * have no md5Hash, like GCS composite objects. */
   enum { RW_FAKEGCS_MD5_DEFAULT = 0, RW_FAKEGCS_MD5_ON, RW_FAKEGCS_MD5_OFF } md5;
+  /* The request log keeps the last request_log requests (0: the default,
+   * RW_FAKEGCS_REQUEST_LOG_DEFAULT); older ones are dropped. */
+  size_t request_log;
 } rw_fakegcs_config;
+
+#define RW_FAKEGCS_REQUEST_LOG_DEFAULT 10000
+#define RW_FAKEGCS_REQUEST_LOG_MAX 10000000
 
 /* Starts a server; returns NULL and sets *err on failure. */
 rw_fakegcs *rw_fakegcs_start(const rw_fakegcs_config *cfg, rw_error **err);
@@ -68,7 +76,9 @@ typedef struct rw_fakegcs_request {
   char *goog_hash;     /* the X-Goog-Hash header as sent; NULL when absent */
 } rw_fakegcs_request;
 
-/* Copies the log; *n is its length. Free with rw_fakegcs_requests_free. */
+/* Copies the log, oldest first: the last request_log requests. *n is its
+ * length. Strings longer than 4 KiB are cut there. Free with
+ * rw_fakegcs_requests_free. */
 rw_fakegcs_request *rw_fakegcs_requests(rw_fakegcs *s, size_t *n);
 void rw_fakegcs_requests_free(rw_fakegcs_request *r, size_t n);
 void rw_fakegcs_requests_clear(rw_fakegcs *s);

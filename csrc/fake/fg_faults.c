@@ -11,41 +11,83 @@ struct fg_retry_test {
   json_t *instructions; /* {method: [strings]}, consumed from the front */
 };
 
-/* "return-503", "return-503-after-256K", "stall-for-2s-after-512K", ... */
+/* Limits that keep the arithmetic exact: Y KiB fits in 2^53 bytes, a stall
+ * is at most an hour. */
+#define FG_MAX_AFTER_KIB ((uint64_t)1 << 43)
+#define FG_MAX_STALL_S 3600.0
+
+/* Digits at *p (no sign, no space) up to max; advances *p. */
+static bool take_num(const char **p, uint64_t max, uint64_t *v) {
+  const char *s = *p;
+  uint64_t x = 0;
+  if (*s < '0' || *s > '9') return false;
+  for (; *s >= '0' && *s <= '9'; s++) {
+    x = x * 10 + (uint64_t)(*s - '0');
+    if (x > max) return false;
+  }
+  *p = s;
+  *v = x;
+  return true;
+}
+
+/* Seconds: digits with an optional fraction, at most FG_MAX_STALL_S. */
+static bool take_seconds(const char **p, double *t) {
+  uint64_t whole, frac = 0, scale = 1;
+  if (!take_num(p, (uint64_t)FG_MAX_STALL_S, &whole)) return false;
+  if (**p == '.') {
+    (*p)++;
+    const char *f = *p;
+    if (!take_num(p, 999999999, &frac)) return false;
+    for (; f < *p; f++) scale *= 10;
+  }
+  *t = (double)whole + (double)frac / (double)scale;
+  return *t <= FG_MAX_STALL_S;
+}
+
+static bool take_lit(const char **p, const char *lit) {
+  size_t n = strlen(lit);
+  if (strncmp(*p, lit, n) != 0) return false;
+  *p += n;
+  return true;
+}
+
+/* "return-X-after-YK" or "return-X" */
+static bool parse_return(const char *p, fg_fault *f) {
+  uint64_t status, y;
+  if (!take_num(&p, 999, &status) || status < 100 || status > 599) return false;
+  f->status = (int)status;
+  if (!*p) return (f->kind = FG_F_RETURN), true;
+  if (!take_lit(&p, "-after-") || !take_num(&p, FG_MAX_AFTER_KIB, &y) || strcmp(p, "K") != 0)
+    return false;
+  f->kind = FG_F_RETURN_AFTER;
+  f->after_bytes = y * 1024;
+  return true;
+}
+
+/* "return-503", "return-503-after-256K", "stall-for-2s-after-512K", ...
+ * Numbers are plain digits in range; anything else is unknown. */
 bool fg_fault_parse(const char *s, fg_fault *f) {
-  int status, used = 0;
-  unsigned long long y;
-  double t;
+  uint64_t y;
+  const char *p = s;
   memset(f, 0, sizeof *f);
   if (strcmp(s, "return-reset-connection") == 0) return (f->kind = FG_F_RESET), true;
   if (strcmp(s, "return-broken-stream") == 0) return (f->kind = FG_F_BROKEN), true;
-  if (sscanf(s, "return-broken-stream-final-chunk-after-%lluB%n", &y, &used) == 1 && !s[used]) {
-    f->kind = FG_F_BROKEN_FINAL_AFTER;
-    f->after_bytes = y;
-    return true;
+  if (take_lit(&p, "return-broken-stream-final-chunk-after-")) {
+    if (!take_num(&p, FG_MAX_AFTER_KIB * 1024, &y) || strcmp(p, "B") != 0) return false;
+    return (f->kind = FG_F_BROKEN_FINAL_AFTER), (f->after_bytes = y), true;
   }
-  if (sscanf(s, "return-broken-stream-after-%lluK%n", &y, &used) == 1 && !s[used]) {
-    f->kind = FG_F_BROKEN;
-    f->after_bytes = y * 1024;
-    return true;
+  if (take_lit(&p, "return-broken-stream-after-")) {
+    if (!take_num(&p, FG_MAX_AFTER_KIB, &y) || strcmp(p, "K") != 0) return false;
+    return (f->kind = FG_F_BROKEN), (f->after_bytes = y * 1024), true;
   }
-  if (sscanf(s, "stall-for-%lfs-after-%lluK%n", &t, &y, &used) == 2 && !s[used] && t >= 0) {
-    f->kind = FG_F_STALL_AFTER;
-    f->stall_s = t;
-    f->after_bytes = y * 1024;
-    return true;
+  if (take_lit(&p, "stall-for-")) {
+    double t;
+    if (!take_seconds(&p, &t) || !take_lit(&p, "s-after-") || !take_num(&p, FG_MAX_AFTER_KIB, &y) ||
+        strcmp(p, "K") != 0)
+      return false;
+    return (f->kind = FG_F_STALL_AFTER), (f->stall_s = t), (f->after_bytes = y * 1024), true;
   }
-  if (sscanf(s, "return-%d-after-%lluK%n", &status, &y, &used) == 2 && !s[used]) {
-    f->kind = FG_F_RETURN_AFTER;
-    f->status = status;
-    f->after_bytes = y * 1024;
-    return status >= 100 && status <= 599;
-  }
-  if (sscanf(s, "return-%d%n", &status, &used) == 1 && !s[used]) {
-    f->kind = FG_F_RETURN;
-    f->status = status;
-    return status >= 100 && status <= 599;
-  }
+  if (take_lit(&p, "return-")) return parse_return(p, f);
   return false;
 }
 
@@ -103,6 +145,15 @@ json_t *fg_retry_test_create(fg_faults *f, json_t *body, char *why, size_t whyle
   if (!t) return snprintf(why, whylen, "out of memory"), NULL;
   t->instructions = json_deep_copy(ins);
   pthread_mutex_lock(&f->mu);
+  if (f->ntests >= FG_MAX_RETRY_TESTS) {
+    pthread_mutex_unlock(&f->mu);
+    json_decref(t->instructions);
+    free(t);
+    snprintf(why, whylen, "there are already %d retry tests: delete some first",
+             FG_MAX_RETRY_TESTS);
+    return NULL;
+  }
+  f->ntests++;
   char hex[9];
   fg_random_hex(hex, 4);
   snprintf(t->id, sizeof t->id, "%d%s", ++f->next_id, hex);
@@ -138,6 +189,7 @@ bool fg_retry_test_delete(fg_faults *f, const char *id) {
       *pp = t->next;
       json_decref(t->instructions);
       free(t);
+      f->ntests--;
       found = true;
       break;
     }
@@ -165,10 +217,14 @@ static void fault_string(const fg_fault *f, char *buf, size_t len) {
       snprintf(buf, len, "return-%d-after-%lluK", f->status,
                (unsigned long long)(f->after_bytes / 1024));
       break;
-    case FG_F_STALL_AFTER:
-      snprintf(buf, len, "stall-for-%gs-after-%lluK", f->stall_s,
-               (unsigned long long)(f->after_bytes / 1024));
+    case FG_F_STALL_AFTER: {
+      char t[32]; /* as the parser reads it: digits, maybe a fraction */
+      size_t n = (size_t)snprintf(t, sizeof t, "%.6f", f->stall_s);
+      while (n > 1 && t[n - 1] == '0') t[--n] = 0;
+      if (t[n - 1] == '.') t[n - 1] = 0;
+      snprintf(buf, len, "stall-for-%ss-after-%lluK", t, (unsigned long long)(f->after_bytes / 1024));
       break;
+    }
     case FG_F_BROKEN_FINAL_AFTER:
       snprintf(buf, len, "return-broken-stream-final-chunk-after-%lluB",
                (unsigned long long)f->after_bytes);

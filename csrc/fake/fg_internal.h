@@ -13,6 +13,11 @@
 #define FG_QUANTUM (256 * 1024)
 #define FG_MAX_JSON_BODY (1 << 20)
 #define FG_MAX_MULTIPART_BODY ((size_t)512 << 20)
+#define FG_MAX_RESERVE ((uint64_t)64 << 20) /* up-front blob space per session */
+#define FG_MAX_RETRY_TESTS 1000
+/* A connection with no traffic for this long is closed (MHD's timeout;
+ * a stall fault restarts the clock when it ends). */
+#define FG_IDLE_TIMEOUT_S 60
 
 /* ---- checksums (fg_util.c) ---- */
 typedef struct fg_digest {
@@ -154,6 +159,7 @@ typedef struct fg_retry_test fg_retry_test;
 typedef struct fg_faults {
   pthread_mutex_t mu;
   fg_retry_test *tests;
+  int ntests; /* at most FG_MAX_RETRY_TESTS */
   int next_id;
   rw_fakegcs_faults random;
   uint64_t rng;
@@ -176,9 +182,10 @@ void fg_faults_set_random(fg_faults *f, const rw_fakegcs_faults *r);
 void fg_faults_draw(fg_faults *f, fg_fault *out);
 
 /* ---- server ---- */
+/* A ring of the last `max` requests: items[(head + i) % cap], i < n. */
 typedef struct fg_log {
   rw_fakegcs_request *items;
-  size_t n, cap;
+  size_t n, cap, head, max;
 } fg_log;
 
 struct rw_fakegcs {
@@ -213,6 +220,7 @@ struct fg_req {
   bool body_too_big;
   /* faults */
   fg_fault fault;
+  bool fault_used; /* return-broken-stream-final-chunk-after-YB acted */
   char *retry_id;
   const char *fault_method;
   /* uploads */
@@ -246,6 +254,8 @@ const char *fg_arg(fg_req *r, const char *name);
 /* Collects a body up to r->body_max; true when done (at *n == 0). */
 bool fg_collect(fg_req *r, const char *data, size_t *n);
 bool fg_sleep_unless_stopping(rw_fakegcs *s, double seconds);
+/* A stall fault: sleeps (woken by stop), then restarts the idle clock. */
+void fg_stall(rw_fakegcs *s, fg_req *r, double seconds);
 
 /* Handlers. */
 enum MHD_Result fg_route(rw_fakegcs *s, fg_req *r);
@@ -261,6 +271,9 @@ enum MHD_Result fg_h_upload_delete(rw_fakegcs *s, fg_req *r, const char *data, s
  * the status (200, 400, 412) and sets session->final_json. */
 int fg_finalize(rw_fakegcs *s, fg_session *ss, const char *goog_hash);
 void fg_req_release_upload(fg_req *r);
+/* At the end of a request: an instruction it took but did not use goes back
+ * to the head of its queue. */
+void fg_req_finish(rw_fakegcs *s, fg_req *r);
 /* Takes the request's fault (retry test or random) for method; replies or
  * cuts for return-X and reset. True when the request is answered. */
 bool fg_take_fault(rw_fakegcs *s, fg_req *r, const char *method, enum MHD_Result *res);

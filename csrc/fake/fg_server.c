@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -14,23 +15,50 @@
 
 /* ---- replies and the log ---- */
 
-void fg_log_add(rw_fakegcs *s, fg_req *r, int status) {
-  pthread_mutex_lock(&s->log_mu);
-  fg_log *l = &s->log;
-  if (l->n == l->cap) {
+#define FG_LOG_STRING_MAX 4096
+
+/* A copy of s cut at FG_LOG_STRING_MAX bytes; NULL stays NULL. */
+static char *log_string(const char *s) {
+  return s ? strndup(s, FG_LOG_STRING_MAX) : NULL;
+}
+
+static void log_entry_free(rw_fakegcs_request *e) {
+  free(e->path);
+  free(e->content_range);
+  free(e->goog_hash);
+  memset(e, 0, sizeof *e);
+}
+
+/* The slot for a new entry, log_mu held: grows up to max, then reuses the
+ * oldest. NULL when out of memory. */
+static rw_fakegcs_request *log_slot(fg_log *l) {
+  if (l->n == l->max) {
+    rw_fakegcs_request *e = &l->items[l->head];
+    l->head = (l->head + 1) % l->cap;
+    log_entry_free(e);
+    return e;
+  }
+  if (l->n == l->cap) { /* head is 0 until the ring is full */
     size_t cap = l->cap ? l->cap * 2 : 64;
+    if (cap > l->max) cap = l->max;
     rw_fakegcs_request *p = realloc(l->items, cap * sizeof *p);
-    if (!p) goto out;
+    if (!p) return NULL;
     l->items = p;
     l->cap = cap;
   }
-  rw_fakegcs_request *e = &l->items[l->n++];
-  snprintf(e->method, sizeof e->method, "%s", r->method);
-  e->path = fg_strdup(r->log_path);
-  e->content_range = fg_strdup(r->content_range);
-  e->goog_hash = fg_strdup(fg_header(r, "X-Goog-Hash"));
-  e->status = status;
-out:
+  return &l->items[l->n++];
+}
+
+void fg_log_add(rw_fakegcs *s, fg_req *r, int status) {
+  pthread_mutex_lock(&s->log_mu);
+  rw_fakegcs_request *e = log_slot(&s->log);
+  if (e) {
+    snprintf(e->method, sizeof e->method, "%s", r->method);
+    e->path = log_string(r->log_path);
+    e->content_range = log_string(r->content_range);
+    e->goog_hash = log_string(fg_header(r, "X-Goog-Hash"));
+    e->status = status;
+  }
   pthread_mutex_unlock(&s->log_mu);
 }
 
@@ -159,6 +187,12 @@ bool fg_collect(fg_req *r, const char *data, size_t *n) {
   return false;
 }
 
+void fg_stall(rw_fakegcs *s, fg_req *r, double seconds) {
+  fg_sleep_unless_stopping(s, seconds);
+  /* the connection was not idle: restart its timeout clock */
+  MHD_set_connection_option(r->conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)FG_IDLE_TIMEOUT_S);
+}
+
 bool fg_sleep_unless_stopping(rw_fakegcs *s, double seconds) {
   struct timespec until;
   clock_gettime(CLOCK_REALTIME, &until);
@@ -241,7 +275,10 @@ static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-  if (*con_cls) req_free(*con_cls);
+  if (*con_cls) {
+    fg_req_finish(cls, *con_cls);
+    req_free(*con_cls);
+  }
   *con_cls = NULL;
 }
 
@@ -301,18 +338,36 @@ static bool resolve(const char *host, int port, struct sockaddr_storage *sa, rw_
   return true;
 }
 
+/* Connections beyond this wait in the listen backlog. A thread each. */
+#define FG_MAX_CONNECTIONS 4096
+#define FG_THREAD_STACK ((size_t)2 << 20)
+
+/* FG_MAX_CONNECTIONS, or fewer when the descriptor limit is lower (each
+ * connection holds one; keep some for files and the listener). */
+static unsigned connection_limit(void) {
+  struct rlimit rl;
+  rlim_t max = FG_MAX_CONNECTIONS;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < max + 64)
+    max = rl.rlim_cur > 64 + 16 ? rl.rlim_cur - 64 : 16;
+  return (unsigned)max;
+}
+
 static bool start_daemon(rw_fakegcs *s, const char *host, int port, rw_error **err) {
   struct sockaddr_storage sa;
   memset(&sa, 0, sizeof sa);
   if (!resolve(host, port, &sa, err)) return false;
-  unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_TURBO;
+  /* poll(), not select(): descriptors past FD_SETSIZE (1024) still work. */
+  unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_TURBO;
   if (sa.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
   s->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s,
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1024 * 1024),
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                             MHD_OPTION_LISTEN_BACKLOG_SIZE, 256,
-                            MHD_OPTION_CONNECTION_TIMEOUT, 600u, MHD_OPTION_END);
+                            MHD_OPTION_CONNECTION_LIMIT, connection_limit(),
+                            MHD_OPTION_THREAD_STACK_SIZE, FG_THREAD_STACK,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)FG_IDLE_TIMEOUT_S,
+                            MHD_OPTION_END);
   if (!s->mhd) {
     *err = rw_err(RW_E_IO, "fakegcs: cannot listen on %s:%d (%s)", host, port, strerror(errno));
     return false;
@@ -328,6 +383,9 @@ static bool start_daemon(rw_fakegcs *s, const char *host, int port, rw_error **e
 
 rw_fakegcs *rw_fakegcs_start(const rw_fakegcs_config *cfg, rw_error **err) {
   *err = NULL;
+  if (cfg->request_log > RW_FAKEGCS_REQUEST_LOG_MAX)
+    return *err = rw_err(RW_E_INVALID, "fakegcs: request_log must be at most %d (got %zu)",
+                         RW_FAKEGCS_REQUEST_LOG_MAX, cfg->request_log), NULL;
   rw_fakegcs *s = calloc(1, sizeof *s);
   if (!s) return *err = rw_err(RW_E_NOMEM, "fakegcs: out of memory"), NULL;
   if (!fg_store_init(&s->store, cfg)) {
@@ -336,6 +394,7 @@ rw_fakegcs *rw_fakegcs_start(const rw_fakegcs_config *cfg, rw_error **err) {
     return NULL;
   }
   fg_faults_init(&s->faults);
+  s->log.max = cfg->request_log ? cfg->request_log : RW_FAKEGCS_REQUEST_LOG_DEFAULT;
   pthread_mutex_init(&s->log_mu, NULL);
   pthread_mutex_init(&s->stop_mu, NULL);
   pthread_cond_init(&s->stop_cv, NULL);
@@ -384,13 +443,15 @@ void rw_fakegcs_set_faults(rw_fakegcs *s, const rw_fakegcs_faults *f) {
 
 rw_fakegcs_request *rw_fakegcs_requests(rw_fakegcs *s, size_t *n) {
   pthread_mutex_lock(&s->log_mu);
-  size_t count = s->log.n;
+  const fg_log *l = &s->log;
+  size_t count = l->n;
   rw_fakegcs_request *out = calloc(count ? count : 1, sizeof *out);
   for (size_t i = 0; out && i < count; i++) {
-    out[i] = s->log.items[i];
-    out[i].path = fg_strdup(s->log.items[i].path);
-    out[i].content_range = fg_strdup(s->log.items[i].content_range);
-    out[i].goog_hash = fg_strdup(s->log.items[i].goog_hash);
+    const rw_fakegcs_request *e = &l->items[(l->head + i) % l->cap];
+    out[i] = *e;
+    out[i].path = fg_strdup(e->path);
+    out[i].content_range = fg_strdup(e->content_range);
+    out[i].goog_hash = fg_strdup(e->goog_hash);
   }
   pthread_mutex_unlock(&s->log_mu);
   *n = out ? count : 0;
@@ -398,22 +459,16 @@ rw_fakegcs_request *rw_fakegcs_requests(rw_fakegcs *s, size_t *n) {
 }
 
 void rw_fakegcs_requests_free(rw_fakegcs_request *r, size_t n) {
-  for (size_t i = 0; r && i < n; i++) {
-    free(r[i].path);
-    free(r[i].content_range);
-    free(r[i].goog_hash);
-  }
+  for (size_t i = 0; r && i < n; i++) log_entry_free(&r[i]);
   free(r);
 }
 
 void rw_fakegcs_requests_clear(rw_fakegcs *s) {
   pthread_mutex_lock(&s->log_mu);
-  for (size_t i = 0; i < s->log.n; i++) {
-    free(s->log.items[i].path);
-    free(s->log.items[i].content_range);
-    free(s->log.items[i].goog_hash);
-  }
-  s->log.n = 0;
+  fg_log *l = &s->log;
+  for (size_t i = 0; i < l->n; i++) log_entry_free(&l->items[(l->head + i) % l->cap]);
+  l->n = 0;
+  l->head = 0;
   pthread_mutex_unlock(&s->log_mu);
 }
 

@@ -69,8 +69,9 @@ static bool read_spec(rw_fakegcs *s, fg_req *r, json_t *meta, upload_spec *u, en
     *res = fg_reply_error(s, r, 400, "object name must be 1-1024 bytes of UTF-8");
   else if (u->content_type && !valid_utf8(u->content_type))
     *res = fg_reply_error(s, r, 400, "invalid content type");
-  else if (len && !fg_parse_i64(len, &u->declared))
-    *res = fg_reply_error(s, r, 400, "invalid X-Upload-Content-Length '%s'", len);
+  else if (len && (!fg_parse_i64(len, &u->declared) || u->declared < 0))
+    *res = fg_reply_error(s, r, 400, "invalid X-Upload-Content-Length '%s': it must be a whole "
+                          "number of bytes in 0..2^63-1", len);
   else if (!parse_preconds(r, &u->pre))
     *res = fg_reply_error(s, r, 400, "invalid precondition value");
   else
@@ -101,7 +102,12 @@ static fg_session *make_session(rw_fakegcs *s, fg_req *r, const upload_spec *u,
   ss->want_md5_b64 = opt_b64(u->meta, "md5Hash");
   ss->pre = u->pre;
   ss->declared_total = u->declared;
-  ss->blob = fg_blob_new(s->store.kind, s->store.dir, u->declared > 0 ? (uint64_t)u->declared : 0);
+  /* a declared size is a hint, not a promise: reserve at most 64 MiB up
+   * front (blobs grow as bytes arrive), or sessions that never send a byte
+   * could take the address space */
+  uint64_t reserve = u->declared > 0 ? (uint64_t)u->declared : 0;
+  if (reserve > FG_MAX_RESERVE) reserve = FG_MAX_RESERVE;
+  ss->blob = fg_blob_new(s->store.kind, s->store.dir, reserve);
   /* GCS verifies an md5Hash it is given: with MD5 off (discard mode) this
    * upload computes it anyway (nothing is persisted yet). */
   bool md5_ok = !ss->want_md5_b64 || ss->digest.md5 || fg_digest_init(&ss->digest, true);
@@ -125,7 +131,10 @@ static json_t *parse_meta_body(fg_req *r, bool *bad) {
   return j;
 }
 
-/* Instructions that act on bodies do not apply to this request: keep them. */
+/* Instructions that act on bodies do not apply to this request: keep them.
+ * (return-broken-stream-final-chunk-after-YB on a session request stays on
+ * the request: it acts on the reply if the session is final by then, and
+ * goes back to the queue otherwise, see fg_req_finish.) */
 static void keep_fault_for_later(rw_fakegcs *s, fg_req *r) {
   fg_fault_kind k = r->fault.kind;
   if (r->retry_id && (k == FG_F_RETURN_AFTER || k == FG_F_STALL_AFTER ||
@@ -190,13 +199,28 @@ static enum MHD_Result reply_text_json(rw_fakegcs *s, fg_req *r, int status, con
   return j ? fg_reply_json(s, r, status, j) : fg_reply_error(s, r, 500, "bad stored reply");
 }
 
+/* return-broken-stream-final-chunk-after-YB, as storage-testbench does it:
+ * the object is final, the reply is a 200 whose JSON body is cut to its
+ * first Y bytes (Content-Length Y). */
+static enum MHD_Result reply_cut_json(rw_fakegcs *s, fg_req *r, const char *text) {
+  size_t n = strlen(text);
+  if (r->fault.after_bytes < n) n = (size_t)r->fault.after_bytes;
+  r->fault_used = true;
+  struct MHD_Response *resp = MHD_create_response_from_buffer(n, (void *)text, MHD_RESPMEM_MUST_COPY);
+  if (resp) MHD_add_response_header(resp, "Content-Type", "application/json; charset=UTF-8");
+  return fg_queue(s, r, 200, resp);
+}
+
 /* A reply for a session that is no longer active; ss->mu held. */
 static enum MHD_Result reply_finished(rw_fakegcs *s, fg_req *r, fg_session *ss) {
   int state = ss->state, status = ss->final_status;
   char *text = fg_strdup(ss->final_json);
   pthread_mutex_unlock(&ss->mu);
   enum MHD_Result res;
-  if (state == FG_SESSION_CANCELLED)
+  bool cut = r->fault.kind == FG_F_BROKEN_FINAL_AFTER && state == FG_SESSION_DONE && text;
+  if (cut)
+    res = reply_cut_json(s, r, text);
+  else if (state == FG_SESSION_CANCELLED)
     res = fg_reply_error(s, r, 404, "upload session not found (cancelled)");
   else
     res = text ? reply_text_json(s, r, status, text) : fg_reply_error(s, r, 500, "lost reply");
@@ -308,6 +332,12 @@ static enum MHD_Result finalize_and_reply(rw_fakegcs *s, fg_req *r, fg_session *
 
 /* ---- streaming the body into the session ---- */
 
+void fg_req_finish(rw_fakegcs *s, fg_req *r) {
+  if (r->fault.kind == FG_F_BROKEN_FINAL_AFTER && !r->fault_used && r->retry_id)
+    fg_retry_test_unpop(&s->faults, r->retry_id, r->fault_method, &r->fault);
+  r->fault.kind = FG_F_NONE;
+}
+
 void fg_req_release_upload(fg_req *r) {
   if (r->wd_live) fg_digest_free(&r->wd);
   r->wd_live = false;
@@ -373,12 +403,11 @@ static enum MHD_Result take_body(rw_fakegcs *s, fg_req *r, const char *data, siz
   while (len > 0) {
     size_t k = len;
     uint64_t at = r->fault.after_bytes;
-    bool pending = r->fault.kind == FG_F_STALL_AFTER || r->fault.kind == FG_F_BROKEN_FINAL_AFTER;
+    bool pending = r->fault.kind == FG_F_STALL_AFTER;
     if (pending && r->pos < at && r->pos + k > at) k = (size_t)(at - r->pos);
     if (pending && r->pos >= at) {
-      if (r->fault.kind == FG_F_BROKEN_FINAL_AFTER) return fg_cut(s, r);
       r->fault.kind = FG_F_NONE;
-      fg_sleep_unless_stopping(s, r->fault.stall_s);
+      fg_stall(s, r, r->fault.stall_s);
       continue;
     }
     feed(s, r, data, k);
@@ -434,12 +463,9 @@ static const char *chunk_problem(fg_req *r, fg_session *ss, const fg_range *rg) 
 static void arm_fault(rw_fakegcs *s, fg_req *r, uint64_t start) {
   fg_fault *f = &r->fault;
   if (f->relative) f->after_bytes += start;
-  bool reached = f->kind == FG_F_BROKEN_FINAL_AFTER ? r->final : r->end >= f->after_bytes;
-  if (f->kind == FG_F_BROKEN_FINAL_AFTER && reached) f->after_bytes += r->pos;
-  if (f->kind == FG_F_RETURN_AFTER || f->kind == FG_F_STALL_AFTER ||
-      f->kind == FG_F_BROKEN_FINAL_AFTER) {
-    if (!reached) keep_fault_for_later(s, r);
-  }
+  bool reached = r->end >= f->after_bytes;
+  if ((f->kind == FG_F_RETURN_AFTER || f->kind == FG_F_STALL_AFTER) && !reached)
+    keep_fault_for_later(s, r);
 }
 
 /* Prepares the request to stream its bytes; ss->mu held. */
@@ -471,7 +497,7 @@ static enum MHD_Result chunk_begin(rw_fakegcs *s, fg_req *r, fg_session *ss) {
     return fg_reply_error(s, r, 400, "%s", bad);
   }
   if (!rg.has_bytes) {
-    keep_fault_for_later(s, r);
+    if (r->fault.kind != FG_F_BROKEN_FINAL_AFTER) keep_fault_for_later(s, r);
     if (rg.total >= 0 && (uint64_t)rg.total == ss->persisted)
       return finalize_and_reply(s, r, ss);
     uint64_t p = ss->persisted;
@@ -541,7 +567,7 @@ enum MHD_Result fg_h_upload_delete(rw_fakegcs *s, fg_req *r, const char *data, s
   if (r->fault.kind == FG_F_STALL_AFTER) {
     /* "stall-for-Ts-after-0K" on storage.objects.delete: a DELETE has no
      * body, so the stall comes before the answer (a server that hangs). */
-    fg_sleep_unless_stopping(s, r->fault.stall_s);
+    fg_stall(s, r, r->fault.stall_s);
     r->fault.kind = FG_F_NONE;
   }
   const char *id = fg_arg(r, "upload_id");
@@ -567,7 +593,8 @@ static enum MHD_Result media_begin(rw_fakegcs *s, fg_req *r) {
   enum MHD_Result res = MHD_YES;
   const char *len_s = fg_header(r, "Content-Length");
   uint64_t len = 0;
-  if (len_s && !fg_parse_u64(len_s, &len)) return fg_reply_error(s, r, 400, "bad Content-Length");
+  if (len_s && (!fg_parse_u64(len_s, &len) || len > (uint64_t)INT64_MAX))
+    return fg_reply_error(s, r, 400, "bad Content-Length");
   if (!read_spec(s, r, NULL, &u, &res)) return res;
   if (len_s) u.declared = (int64_t)len;
   keep_fault_for_later(s, r);

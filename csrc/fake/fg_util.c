@@ -178,6 +178,7 @@ bool fg_parse_content_range(const char *s, fg_range *r) {
     if (!take_u64(&p, '-', &r->first)) return false;
     p++;
     if (!take_u64(&p, '/', &r->last) || r->last < r->first) return false;
+    if (r->last >= (uint64_t)INT64_MAX) return false; /* offsets are below 2^63 */
     r->has_bytes = true;
   }
   p++; /* '/' */

@@ -1,8 +1,10 @@
 /* Lua binding of the fake GCS:
  *   local srv = fakegcs.start{ port = 0, host = "127.0.0.1",
  *                              store = "memory" | "discard" | {dir = path},
- *                              buckets = {"b"}, md5 = true|false }
- *   (md5 defaults to true, except with store = "discard")
+ *                              buckets = {"b"}, md5 = true|false,
+ *                              request_log = N }
+ *   (md5 defaults to true, except with store = "discard"; the request log
+ *   keeps the last request_log requests, 10,000 by default)
  *   srv:url(), srv:port(), srv:object(bucket, name) -> data|false, meta | nil
  *   srv:requests() -> { {method, path, content_range, goog_hash, status}, ... }
  *   srv:clear_requests(), srv:bucket(name) (creates it; idempotent)
@@ -29,7 +31,8 @@ static rw_fakegcs *check_srv(lua_State *L) {
 
 /* ---- start ---- */
 
-static const char *const start_options[] = {"port", "host", "store", "buckets", "md5", NULL};
+static const char *const start_options[] = {"port",    "host", "store", "buckets",
+                                            "md5",     "request_log", NULL};
 
 static void read_store(lua_State *L, rw_fakegcs_config *cfg) {
   lua_getfield(L, 1, "store");
@@ -78,6 +81,9 @@ static int l_start(lua_State *L) {
   rw_lua_check_options(L, 1, 1, start_options);
   rw_fakegcs_config cfg = {0};
   cfg.port = (int)rw_lua_opt_integer(L, 1, 1, "port", 0, 0, 65535);
+  cfg.request_log = (size_t)rw_lua_opt_integer(L, 1, 1, "request_log",
+                                               RW_FAKEGCS_REQUEST_LOG_DEFAULT, 1,
+                                               RW_FAKEGCS_REQUEST_LOG_MAX);
   lua_getfield(L, 1, "host");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
     luaL_argerror(L, 1, "option 'host' must be a string");

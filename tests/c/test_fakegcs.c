@@ -1,8 +1,12 @@
 /* The fake GCS under sanitizers: concurrent resumable uploads with libcurl,
  * stop while requests stall, the C API for objects and the request log. */
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 
 #include "ctest.h"
 #include "fake/fakegcs.h"
@@ -161,6 +165,133 @@ static void test_stop_while_stalled(void) {
   pthread_join(t, NULL);
 }
 
+
+/* Opens n idle TCP connections to s; returns how many opened. */
+static int open_idle(rw_fakegcs *s, int *fds, int n) {
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rw_fakegcs_port(s))};
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  int i = 0;
+  for (; i < n; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&sa, sizeof sa) != 0) {
+      if (fds[i] >= 0) close(fds[i]);
+      break;
+    }
+  }
+  return i;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* 1,100 idle connections (past select()'s FD_SETSIZE and MHD's default
+ * limit of FD_SETSIZE - 4) must not lock another client out. */
+static void test_idle_connections(void) {
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_cur < 2 * 1100 + 100) {
+    fprintf(stderr, "test_idle_connections: skipped, RLIMIT_NOFILE hard limit %llu\n",
+            (unsigned long long)rl.rlim_max);
+    return;
+  }
+  rw_error *err = NULL;
+  rw_fakegcs_config cfg = {0};
+  rw_fakegcs *s = rw_fakegcs_start(&cfg, &err);
+  CHECK(s != NULL);
+  if (!s) return;
+  enum { N = 1100 };
+  int *fds = calloc(N, sizeof *fds);
+  int opened = open_idle(s, fds, N);
+  CHECK_EQ_INT(opened, N);
+  usleep(200000); /* let the server accept them */
+  char url[256];
+  snprintf(url, sizeof url, "%s/storage/v1/b", rw_fakegcs_url(s));
+  double t0 = now_s();
+  reply r = request("GET", url, NULL, NULL, 0, 5000);
+  double took = now_s() - t0;
+  CHECK_EQ_INT(r.status, 200);
+  CHECK(took < 2.0);
+  fprintf(stderr, "  a request with %d idle connections open took %.3f s\n", opened, took);
+  for (int i = 0; i < opened; i++) close(fds[i]);
+  free(fds);
+  rw_fakegcs_stop(s);
+}
+
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages = 0, res = 0;
+  if (f && fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
+  if (f) fclose(f);
+  return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* GETs n times over one connection, each with a long query (~1 KiB). */
+static int many_gets(rw_fakegcs *s, int from, int n) {
+  CURL *c = curl_easy_init();
+  char url[1400], pad[1025];
+  memset(pad, 'p', 1024);
+  pad[1024] = 0;
+  int ok = 0;
+  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 5000L);
+  for (int i = from; i < from + n; i++) {
+    snprintf(url, sizeof url, "%s/storage/v1/b/b?i=%d&pad=%s", rw_fakegcs_url(s), i, pad);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    long status = 0;
+    if (curl_easy_perform(c) == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    ok += status == 200;
+  }
+  curl_easy_cleanup(c);
+  return ok;
+}
+
+/* The request log keeps the last request_log requests, in order; memory
+ * does not grow with the number of requests past that. */
+static void test_request_log_bounded(void) {
+  rw_error *err = NULL;
+  const char *buckets[] = {"b", NULL};
+  rw_fakegcs_config cfg = {.buckets = buckets, .request_log = 500};
+  rw_fakegcs *s = rw_fakegcs_start(&cfg, &err);
+  CHECK(s != NULL);
+  if (!s) return;
+  CHECK_EQ_INT(many_gets(s, 0, 1200), 1200);
+  size_t n = 0;
+  rw_fakegcs_request *log = rw_fakegcs_requests(s, &n);
+  CHECK_EQ_INT(n, 500);
+  int in_order = 1;
+  for (size_t i = 0; log && i < n; i++) {
+    char want[32];
+    snprintf(want, sizeof want, "?i=%zu&", 700 + i);
+    if (!log[i].path || !strstr(log[i].path, want)) in_order = 0;
+  }
+  CHECK(in_order);
+  rw_fakegcs_requests_free(log, n);
+  long before = rss_kib();
+  CHECK_EQ_INT(many_gets(s, 1200, 10000), 10000);
+  long grew = rss_kib() - before;
+  fprintf(stderr, "  RSS grew %ld KiB over 10,000 more requests (log of 500)\n", grew);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  (void)grew; /* the sanitizers' allocators hold freed memory (ASan's quarantine) */
+#else
+  CHECK(grew < 4096); /* an unbounded log grows ~11 MiB here */
+#endif
+  log = rw_fakegcs_requests(s, &n);
+  CHECK_EQ_INT(n, 500);
+  CHECK(log && n == 500 && strstr(log[n - 1].path, "?i=11199&") != NULL);
+  rw_fakegcs_requests_free(log, n);
+  rw_fakegcs_requests_clear(s);
+  log = rw_fakegcs_requests(s, &n);
+  CHECK_EQ_INT(n, 0);
+  rw_fakegcs_requests_free(log, n);
+  rw_fakegcs_stop(s);
+}
+
 static void test_bad_start(void) {
   rw_error *err = NULL;
   rw_fakegcs_config cfg = {.host = "no.such.host.invalid"};
@@ -183,6 +314,8 @@ int main(void) {
   }
   RUN(test_stop_while_stalled);
   RUN(test_bad_start);
+  RUN(test_idle_connections);
+  RUN(test_request_log_bounded);
   curl_global_cleanup();
   return ct_finish("test_fakegcs");
 }

@@ -100,7 +100,14 @@ ok "ifGenerationMatch=0 on existing 412" eq "$CODE" 412
 
 start h; put "bytes 0-9/10" "$work/dg" -H "X-Goog-Hash: crc32c=AAAAAA=="
 ok "crc32c mismatch 400" eq "$CODE" 400
+ok "...a JSON error about the CRC32C not matching" \
+  eq "$(grep -c '"error":{"code":400.*"message":"Provided CRC32C does not match' <<<"$BODY")" 1
 req GET "$U/storage/v1/b/b/o/h"; ok "no object after mismatch" eq "$CODE" 404
+start h5; put "bytes 0-9/10" "$work/dg" -H "X-Goog-Hash: md5=AAAAAAAAAAAAAAAAAAAAAA=="
+ok "md5 mismatch 400, a JSON error about the MD5 not matching" \
+  eq "$CODE/$(grep -c '"error":{"code":400.*"message":"Provided MD5 hash does not match' <<<"$BODY")" "400/1"
+req GET "$U/storage/v1/b/b/o/h5"; ok "no object after md5 mismatch" eq "$CODE" 404
+put "bytes */*"; ok "...the failed session repeats its 400" eq "$CODE" 400
 
 start c; req DELETE "$LOC"; ok "cancel 499" eq "$CODE" 499
 put "bytes */*"; ok "then 404" eq "$CODE" 404
@@ -177,9 +184,17 @@ ok "...then answers" eq "$CODE" 308
 retry_test '{"storage.objects.insert":["return-broken-stream-final-chunk-after-100B"]}'
 start f4 "" -H "$(H)"
 put "bytes 0-$((Q - 1))/*" "$work/d4" -H "$(H)"; ok "final-chunk fault skips non-final" eq "$CODE" 308
+put "bytes */*" "" -H "$(H)"; ok "final-chunk fault skips a status query before the end" eq "$CODE" 308
 rand d4b 1000; put "bytes $Q-$((Q + 999))/$((Q + 1000))" "$work/d4b" -H "$(H)"
-ok "return-broken-stream-final-chunk-after-100B cuts" test "$EXIT" -ne 0
-put "bytes */*"; ok "...final chunk not persisted" eq "$CODE/$RANGE" "308/bytes=0-$((Q - 1))"
+# storage-testbench: the upload completes, the reply is a 200 with the first 100 bytes of its JSON
+ok "return-broken-stream-final-chunk-after-100B: 200 with a 100-byte body" \
+  eq "$CODE/$EXIT/$(stat -c %s "$work/b")" "200/0/100"
+cat "$work/d4" "$work/d4b" >"$work/f4"; ok "...the object is final" same f4 f4
+for q in "bytes */*" "bytes */$((Q + 1000))"; do
+  put "$q"; ok "...status query '$q' answers 200 with the object" \
+    eq "$CODE/$(grep -o '"size":"[0-9]*"' <<<"$BODY")" "200/\"size\":\"$((Q + 1000))\""
+done
+req GET "$U/retry_test/$RT"; ok "...instruction used once" eq "$(grep -c '"completed":true' <<<"$BODY")" 1
 
 retry_test '{"storage.objects.get":["return-broken-stream-after-256K"]}'
 req GET "$U/storage/v1/b/b/o/f1?alt=media" -H "$(H)"
