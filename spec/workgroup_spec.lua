@@ -254,6 +254,33 @@ describe("workgroup at scale", function()
     assert.equal(fd0, settle_fds())
   end)
 
+  it("a task waiting on an fd that another task closes still wakes (within the 1 s recheck)", function()
+    local wg = workgroup.new {}
+    local c = rw.context.background()
+    local ready, woke_after = false, nil
+    local w = { ready = function() return ready end, fds = { c:pollfd() },
+      timeout = function() return nil end, block = function() end }
+    local watchdog = rw.context.background():with_cancel()
+    wg:go(function()
+      local t0 = H.now()
+      assert.equal("ready", rw.waiting.wait_for(w, wg:context(), nil))
+      woke_after = H.now() - t0
+      watchdog:cancel()
+    end)
+    wg:go(function() -- bounds the test when the wake is lost
+      if not watchdog:wait(3) then return nil, rw.errors.new("rw.internal", "the waiting task never woke") end
+    end)
+    wg:go(function()
+      rw.waiting.sleep(nil, 0.05)
+      ready = true
+      c, w.fds = nil, {}
+      collectgarbage() -- closes the context's eventfd: it leaves the wait set unsignalled
+      collectgarbage()
+    end)
+    assert.is_true(wg:wait())
+    assert.is_true(woke_after < 2, "woke after " .. tostring(woke_after))
+  end)
+
   it("a task's error cancels thousands of waiting tasks and their writers", function()
     local wg = workgroup.new {}
     local N, ended = 3000, {}

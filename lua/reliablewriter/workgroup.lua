@@ -63,8 +63,11 @@ local unpack = table.unpack or unpack
 local monotime = util.monotime
 
 -- A task that waits with neither an fd nor a timeout (a custom waitable with
--- nothing to poll) is looked at again after this long.
-local RECHECK = 0.1
+-- nothing to poll) is looked at again after RECHECK. One that waits on fds
+-- (and maybe a context), after RECHECK_FDS: an fd closed while waited on (a writer closed by
+-- another task) leaves the wait set silently and its number may be reused.
+-- Contexts need no such net: the set holds a reference to each.
+local RECHECK, RECHECK_FDS = 0.1, 1
 
 local function start_pending(self, S)
   local pending = self.pending
@@ -223,7 +226,9 @@ local function park(self, S, co, st, w, ctx, t)
     watch_ctx(S, co, ctx)
     st.ctx = ctx
   end
-  if not t and #st.fds == 0 and not ctx then t = RECHECK end
+  if not t then
+    if #st.fds > 0 then t = RECHECK_FDS elseif not ctx then t = RECHECK end
+  end
   if t then heap_push(S.heap, { t = monotime() + t, co = co, seq = st.seq }) end
 end
 
