@@ -34,7 +34,7 @@ function cm.wait(ctx, timeout)
   end
   local w = {
     ready = function() return ctx:done() end,
-    fds = { ctx:pollfd() },
+    fds = {}, -- ctx itself is watched (a workgroup needs no eventfd for it)
     timeout = function() return ctx:timeout() end,
     block = function(t) ctx:wait_blocking(t) end,
   }

@@ -15,6 +15,10 @@ M.schedulers = schedulers
 
 local YIELD_TAG = {} -- marks our yields apart from a task's own
 M.YIELD_TAG = YIELD_TAG
+-- The scheduler resumes a waiting task with (ABORT_TAG, err) when it has
+-- failed itself: the wait raises err, so the task ends.
+local ABORT_TAG = {}
+M.ABORT_TAG = ABORT_TAG
 
 local ngx_yieldable = {
   rewrite = true, access = true, content = true, timer = true,
@@ -60,7 +64,10 @@ function M.wait_for(w, ctx, seconds)
     end
     if left and (not t or left < t) then t = left end
     if policy == "yield" then
-      coroutine.yield(YIELD_TAG, w, ctx, t)
+      -- the scheduler watches w.fds and ctx (a cancelled ctx wakes it without
+      -- an fd) and wakes us after t seconds; then we look again
+      local sig, err = coroutine.yield(YIELD_TAG, w, ctx, t)
+      if sig == ABORT_TAG then error(err, 0) end
     elseif policy == "ngx" then
       local s = step
       if t and t < s then s = t end
@@ -76,10 +83,9 @@ end
 -- Returns true, or nil, ctx's error.
 function M.sleep(ctx, seconds)
   local until_t = util.monotime() + seconds
-  local fds = ctx and { ctx:pollfd() } or {}
   local w = {
     ready = function() return util.monotime() >= until_t end,
-    fds = fds,
+    fds = {}, -- ctx is watched by whoever waits (no eventfd made for it)
     timeout = function() return math.max(0, until_t - util.monotime()) end,
     block = function(t)
       t = t or math.max(0, until_t - util.monotime())
