@@ -363,7 +363,7 @@ typedef struct poller {
   const unsigned char *a, *b; /* old and new contents */
   size_t na, nb;
   atomic_bool stop;
-  int reads, partial;
+  atomic_int reads, partial;
 } poller;
 
 /* Reads the target again and again: every read must be old or new whole. */
@@ -432,6 +432,8 @@ static void test_file_sink_atomic(void) {
   /* completed, while a thread reads the target all along */
   poller pl = {.path = path, .a = old, .b = data, .na = na, .nb = nb};
   atomic_init(&pl.stop, false);
+  atomic_init(&pl.reads, 0);
+  atomic_init(&pl.partial, 0);
   pthread_t th;
   CHECK(pthread_create(&th, NULL, poll_target, &pl) == 0);
   s = rw_file_sink_new(path, &e);
@@ -443,12 +445,12 @@ static void test_file_sink_atomic(void) {
   CHECK(r.finalized && r.obj.size == nb);
   rw_sink_result_clear(&r);
   rw_sink_destroy(s);
-  for (int i = 0; i < 1000 && pl.reads < 20; i++) usleep(1000);
+  for (int i = 0; i < 1000 && atomic_load(&pl.reads) < 20; i++) usleep(1000);
   atomic_store(&pl.stop, true);
   pthread_join(th, NULL);
-  fprintf(stderr, "reader: %d reads, %d partial\n", pl.reads, pl.partial);
-  CHECK(pl.reads > 0);
-  CHECK_EQ_INT(pl.partial, 0);
+  fprintf(stderr, "reader: %d reads, %d partial\n", atomic_load(&pl.reads), atomic_load(&pl.partial));
+  CHECK(atomic_load(&pl.reads) > 0);
+  CHECK_EQ_INT(atomic_load(&pl.partial), 0);
   CHECK(file_equals(path, data, nb));
   struct stat st;
   CHECK(stat(path, &st) == 0 && (st.st_mode & 07777) == 0640); /* the target's mode is kept */
