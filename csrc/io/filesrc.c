@@ -4,7 +4,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -24,10 +27,29 @@
 #define FUSECTL_MAGIC 0x65735543
 #endif
 
+#define POOL_IDLE 2
+
+/* Recycled buffers: shared by the source and its buffers (refs), freed with
+ * the last of them. */
+typedef struct pool {
+  pthread_mutex_t mu;
+  int refs;
+  bool closed;
+  int nidle;
+  struct piece *idle[POOL_IDLE];
+} pool;
+
+typedef struct piece {
+  pool *owner;
+  size_t cap;
+  max_align_t bytes[]; /* cap bytes */
+} piece;
+
 struct rw_filesrc {
   int fd;
   char *path;
   struct stat seen; /* at open */
+  pool *pool;
 };
 
 /* File systems whose regular files are made up on each read: their size says
@@ -103,11 +125,16 @@ rw_filesrc *rw_filesrc_open(const char *path, rw_error **err) {
     return NULL;
   }
   rw_filesrc *s = calloc(1, sizeof *s);
-  if (!s || !(s->path = strdup(path))) {
+  pool *p = calloc(1, sizeof *p);
+  if (!s || !p || !(s->path = strdup(path))) {
     free(s);
+    free(p);
     *err = rw_err(RW_E_NOMEM, "write_file: out of memory");
     return NULL;
   }
+  pthread_mutex_init(&p->mu, NULL);
+  p->refs = 1;
+  s->pool = p;
   s->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (s->fd < 0) *err = open_errno(errno, "open", path);
   else *err = check_opened(s, &before);
@@ -175,9 +202,73 @@ rw_error *rw_filesrc_read(rw_filesrc *s, uint64_t off, void *buf, size_t len) {
   return check_unchanged(s, off);
 }
 
+/* Drops one reference to p (mu not held). */
+static void pool_unref(pool *p) {
+  pthread_mutex_lock(&p->mu);
+  bool last = --p->refs == 0;
+  pthread_mutex_unlock(&p->mu);
+  if (!last) return;
+  pthread_mutex_destroy(&p->mu);
+  free(p);
+}
+
 void rw_filesrc_close(rw_filesrc *s) {
   if (!s) return;
   if (s->fd >= 0) close(s->fd);
+  pool *p = s->pool;
+  pthread_mutex_lock(&p->mu);
+  p->closed = true;
+  piece *idle[POOL_IDLE];
+  int n = p->nidle;
+  memcpy(idle, p->idle, sizeof idle);
+  p->nidle = 0;
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 0; i < n; i++) free(idle[i]);
+  pool_unref(p);
   free(s->path);
   free(s);
+}
+
+/* An idle piece that holds len bytes without wasting more than a quarter. */
+static piece *take_idle(pool *p, size_t len) {
+  for (int i = 0; i < p->nidle; i++) {
+    piece *pc = p->idle[i];
+    if (pc->cap >= len && pc->cap - len <= pc->cap / 4) {
+      p->idle[i] = p->idle[--p->nidle];
+      return pc;
+    }
+  }
+  return NULL;
+}
+
+void *rw_filesrc_buffer(rw_filesrc *s, size_t len) {
+  pool *p = s->pool;
+  pthread_mutex_lock(&p->mu);
+  piece *pc = take_idle(p, len);
+  if (pc) p->refs++;
+  pthread_mutex_unlock(&p->mu);
+  if (!pc) {
+    if (len > SIZE_MAX - sizeof *pc || !(pc = malloc(sizeof *pc + (len ? len : 1)))) return NULL;
+    pc->owner = p;
+    pc->cap = len;
+    pthread_mutex_lock(&p->mu);
+    p->refs++;
+    pthread_mutex_unlock(&p->mu);
+  }
+  return pc->bytes;
+}
+
+void rw_filesrc_buffer_release(void *buf) {
+  if (!buf) return;
+  piece *pc = (piece *)((char *)buf - offsetof(piece, bytes));
+  pool *p = pc->owner;
+  pthread_mutex_lock(&p->mu);
+  piece *drop = pc;
+  if (!p->closed && p->nidle < POOL_IDLE) {
+    p->idle[p->nidle++] = pc;
+    drop = NULL;
+  }
+  pthread_mutex_unlock(&p->mu);
+  free(drop);
+  pool_unref(p);
 }

@@ -33,7 +33,16 @@ const char *rw_filesrc_path(const rw_filesrc *s);
 /* Reads exactly len bytes at off into buf, then checks the file did not
  * change. off + len must be <= the size seen at open. */
 rw_error *rw_filesrc_read(rw_filesrc *s, uint64_t off, void *buf, size_t len);
-/* Closes the file and frees s (NULL is fine). */
+/* Closes the file and frees s (NULL is fine). Buffers still out stay valid. */
 void rw_filesrc_close(rw_filesrc *s);
+
+/* Buffers to read pieces into, recycled while the source is open: a fresh
+ * buffer faults in (and the kernel zeroes) every page, which cost write_file
+ * a quarter of its speed. A released buffer is kept (at most a few) for the
+ * next piece of about its size; once the source is closed, released buffers
+ * are freed, so nothing is kept after the call. Released from any thread
+ * (it may outlive the source). NULL when out of memory. */
+void *rw_filesrc_buffer(rw_filesrc *s, size_t len);
+void rw_filesrc_buffer_release(void *buf);
 
 #endif

@@ -210,7 +210,7 @@ static int writer_file_size(lua_State *L) {
   return 2;
 }
 
-static void release_buffer(void *ud) { free(ud); }
+static void release_buffer(void *ud) { rw_filesrc_buffer_release(ud); }
 
 /* _write_file_some(off, source, file_off, len): reads up to 8 MiB of the file
  * that fits in the cache now into a buffer and hands it to the writer; the
@@ -228,14 +228,14 @@ static int writer_write_file_some(lua_State *L) {
     lua_pushinteger(L, 0);
     return 1;
   }
-  char *buf = malloc((size_t)n);
+  char *buf = rw_filesrc_buffer(src, (size_t)n);
   if (!buf) return rw_lua_fail(L, rw_err(RW_E_NOMEM, "write_file: out of memory for %llu bytes",
                                          (unsigned long long)n));
   rw_error *e = rw_filesrc_read(src, foff, buf, (size_t)n);
   size_t accepted = 0;
   if (!e) e = rw_writer_write_some(lw->w, off, buf, (size_t)n, release_buffer, buf, &accepted);
   if (e) {
-    free(buf);
+    rw_filesrc_buffer_release(buf);
     return rw_lua_fail(L, e);
   }
   lua_pushinteger(L, (lua_Integer)accepted);

@@ -120,12 +120,40 @@ static void test_reads_and_changes(void) {
   free(p);
 }
 
+/* Buffers are recycled while the source is open, and may outlive it. */
+static void test_buffers(void) {
+  char *p = strdup(in_dir("buf"));
+  unsigned char *data = random_bytes(4096);
+  put_file(p, data, 4096);
+  rw_error *e = NULL;
+  rw_filesrc *s = rw_filesrc_open(p, &e);
+  CHECK(s != NULL);
+  void *a = rw_filesrc_buffer(s, 1 << 20), *b = rw_filesrc_buffer(s, 1 << 20);
+  CHECK(a && b && a != b);
+  memset(a, 1, 1 << 20);
+  memset(b, 2, 1 << 20);
+  rw_filesrc_buffer_release(a);
+  CHECK(rw_filesrc_buffer(s, (1 << 20) - 1000) == a); /* about the same size: reused */
+  void *c = rw_filesrc_buffer(s, 100);                 /* much smaller: a new one */
+  CHECK(c && c != a && c != b);
+  rw_filesrc_buffer_release(c);
+  CHECK(rw_filesrc_read(s, 0, a, 4096) == NULL && memcmp(a, data, 4096) == 0);
+  rw_filesrc_close(s); /* a and b are still out: they stay valid */
+  CHECK(((unsigned char *)b)[12345] == 2);
+  rw_filesrc_buffer_release(a);
+  rw_filesrc_buffer_release(b); /* the last reference frees the pool (ASan: no leak) */
+  rw_filesrc_buffer_release(NULL);
+  free(data);
+  free(p);
+}
+
 int main(void) {
   rng_state = ct_seed();
   snprintf(dir, sizeof dir, "/tmp/rw_test_filesrc_XXXXXX");
   if (!mkdtemp(dir)) return 2;
   RUN(test_refuses);
   RUN(test_reads_and_changes);
+  RUN(test_buffers);
   char cmd[128];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
