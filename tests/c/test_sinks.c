@@ -514,6 +514,7 @@ static void run_faulty(uint64_t seed, const char *path, const unsigned char *dat
   unsigned saved = rng_state; /* the split points must not change the faults */
   e = upload_with_retries(s, ctx, data, n, 1024, &failures, &r);
   rng_state = saved;
+  if (e) fprintf(stderr, "faulty upload: %s (%s)\n", rw_error_message(e), rw_error_code(e));
   CHECK(e == NULL);
   rw_error_unref(e);
   CHECK(r.finalized && r.obj.size == n);
