@@ -77,3 +77,168 @@ describe("sinks", function()
     assert.equal("file", f:inner():kind())
   end)
 end)
+
+-- The file sink never destroys what it did not create: a temp file beside the
+-- target, renamed over it on Complete; only the temp file is ever removed.
+describe("file sink safety", function()
+  local rw = H.rw()
+  local KiB = 1024
+  local dir
+
+  local function ran(cmd)
+    local ok = os.execute(cmd)
+    return ok == true or ok == 0 -- Lua 5.4 / LuaJIT
+  end
+  local function write(path, data) local f = assert(io.open(path, "wb")); f:write(data); f:close() end
+  local function read(path)
+    local f = io.open(path, "rb"); if not f then return nil end
+    local s = f:read("a"); f:close(); return s
+  end
+  local function tmp_files()
+    local p = io.popen("ls -A '" .. dir .. "'")
+    local n = 0
+    for name in p:lines() do if name:match("%.rwtmp$") then n = n + 1 end end
+    p:close()
+    return n
+  end
+  local function kind(path)
+    local p = io.popen("stat -c %F '" .. path .. "' 2>/dev/null")
+    local k = p:read("l"); p:close(); return k
+  end
+  local function eventually(fn, secs)
+    local t0 = H.now()
+    while H.now() - t0 < secs do
+      if fn() then return true end
+      rw.util.sleep(0.01)
+    end
+    return fn()
+  end
+  local function same(got, want, what)
+    assert(got, what .. ": missing")
+    assert.equal(#want, #got, what .. ": size (seed " .. H.seed .. ")")
+    assert(got == want, what .. ": content differs (seed " .. H.seed .. ")")
+  end
+  local function new(path, opts)
+    local o = { sink = rw.file { path = path }, max_cache_size = 256 * KiB, max_chunk_size = 256 * KiB,
+                retry = { min_wait = 0.005, max_wait = 0.01, total_wait = 5 } }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return rw.new(rw.context.background(), o)
+  end
+
+  before_each(function()
+    local p = io.popen("mktemp -d /tmp/rw_sinks_spec_XXXXXX"); dir = p:read("l"); p:close()
+    assert(dir and #dir > 0)
+  end)
+  after_each(function() assert(ran("rm -rf '" .. dir .. "'")) end)
+
+  it("rw.new refuses a target that is not a regular file, naming it, and leaves it alone", function()
+    local cases = { { dir .. "/fifo", "mkfifo '%s'", "FIFO", "fifo" },
+                    { dir .. "/sub", "mkdir '%s'", "directory", "directory" },
+                    { dir .. "/sock", "python3 -c \"import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])\" '%s'",
+                      "socket", "socket" } }
+    if ran(("mknod '%s' c 1 3 2>/dev/null"):format(dir .. "/dev")) then
+      cases[#cases + 1] = { dir .. "/dev", nil, "character device", "character special file" }
+    else
+      io.stderr:write("(mknod not permitted here: the FIFO case stands for devices)\n")
+    end
+    for _, c in ipairs(cases) do
+      local path, make, what, stat_kind = c[1], c[2], c[3], c[4]
+      if make then assert(ran(make:format(path))) end
+      local w, err = new(path)
+      assert.is_nil(w, path)
+      assert.equal("rw.invalid_argument", err.code, tostring(err))
+      assert.truthy(err.message:find(path, 1, true), err.message)
+      assert.truthy(err.message:find(what, 1, true), err.message)
+      assert.truthy(kind(path):find(stat_kind, 1, true), path .. " is now " .. tostring(kind(path)))
+    end
+    assert.equal(0, tmp_files())
+  end)
+
+  it("a symlink target: the file it names is replaced and the link kept; a dangling link is refused", function()
+    local old, data = H.random_bytes(10 * KiB), H.random_bytes(700 * KiB + 3)
+    write(dir .. "/real.bin", old)
+    assert(ran(("ln -s real.bin '%s/link.bin'"):format(dir)))
+    local w = assert(new(dir .. "/link.bin"))
+    assert(w:WriteAt(0, data))
+    assert(w:Complete())
+    w:close()
+    assert.equal("symbolic link", kind(dir .. "/link.bin"))
+    same(read(dir .. "/real.bin"), data, "the file the link names")
+    assert(ran(("ln -s missing.bin '%s/dangling'"):format(dir)))
+    local w2, err = new(dir .. "/dangling")
+    assert.is_nil(w2)
+    assert.equal("rw.invalid_argument", err.code)
+    assert.truthy(err.message:find("symbolic link", 1, true), err.message)
+    assert.equal(0, tmp_files())
+  end)
+
+  it("an aborted or collected upload leaves an existing target byte-identical and no temp file", function()
+    local old, data = H.random_bytes(100 * KiB + 1), H.random_bytes(1024 * KiB)
+    write(dir .. "/t.bin", old)
+    for _, how in ipairs { "abort", "close", "gc" } do
+      local w = assert(new(dir .. "/t.bin"))
+      assert(w:WriteAt(0, data:sub(1, 600 * KiB)))
+      assert.is_true(eventually(function() return w:stats().persisted >= 512 * KiB end, 5), how)
+      same(read(dir .. "/t.bin"), old, how .. ": target during the upload (not truncated)")
+      assert.equal(1, tmp_files(), how)
+      if how == "abort" then w:Abort() elseif how == "close" then w:close() end
+      w = nil
+      collectgarbage(); collectgarbage()
+      assert.is_true(eventually(function() return tmp_files() == 0 end, 5), how .. ": a temp file was left")
+      same(read(dir .. "/t.bin"), old, how .. ": target after")
+    end
+  end)
+
+  it("a failed upload leaves the target byte-identical; close removes the temp file", function()
+    -- in a child process: the writer logs the failure at error level, and
+    -- the log is captured here and checked
+    local old = H.random_bytes(50 * KiB)
+    write(dir .. "/t.bin", old)
+    local lua = jit and "luajit" or "lua5.4"
+    local cpath = jit and "build/luajit/?.so" or "build/lua5.4/?.so"
+    local script = ([[
+      local rw = require "reliablewriter"
+      local function count() local p = io.popen("ls -A '%s'"); local n = 0
+        for l in p:lines() do if l:match("%%.rwtmp$") then n = n + 1 end end; p:close(); return n end
+      local sink = rw.faulty(rw.file { path = "%s/t.bin" }, { seed = 1, p_error = 1, codes = { "http.400" } })
+      local w = assert(rw.new(rw.context.background(), { sink = sink }))
+      assert(w:WriteAt(0, ("x"):rep(300000)))
+      local obj, err = w:Complete()
+      print("complete", obj, err and err.code, "tmp", count())
+      w:close()
+      print("closed", "tmp", count())
+    ]]):format(dir, dir)
+    write(dir .. "/child.lua", script)
+    local p = io.popen(("cd '%s' && LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s;;' %s '%s/child.lua' 2>&1")
+      :format(os.getenv("PWD") or ".", cpath, lua, dir))
+    local out = p:read("a"); p:close()
+    assert.truthy(out:find("complete\tnil\thttp.400\ttmp\t1", 1, true), out)
+    assert.truthy(out:find("closed\ttmp\t0", 1, true), out)
+    assert.truthy(out:find("reliablewriter error: upload failed", 1, true), out)
+    same(read(dir .. "/t.bin"), old, "target")
+  end)
+
+  it("a completed upload replaces the target atomically: a reader sees old or new, whole", function()
+    local old, data = H.random_bytes(300 * KiB + 5), H.random_bytes(3 * 1024 * KiB + 11)
+    write(dir .. "/t.bin", old)
+    local reads, bad = 0, {}
+    local function look()
+      local got = read(dir .. "/t.bin")
+      reads = reads + 1
+      if got ~= old and got ~= data then bad[#bad + 1] = got and #got or "missing" end
+    end
+    local w = assert(new(dir .. "/t.bin", { on_progress = look }))
+    for off = 0, #data - 1, 64 * KiB do
+      assert(w:WriteAt(off, data:sub(off + 1, off + 64 * KiB)))
+      look()
+    end
+    local obj, err = w:Complete()
+    assert(obj, tostring(err))
+    look()
+    w:close()
+    assert.equal(0, #bad, "partial reads of sizes " .. table.concat(bad, ", "))
+    assert.is_true(reads > 10)
+    same(read(dir .. "/t.bin"), data, "target")
+    assert.equal(0, tmp_files())
+  end)
+end)

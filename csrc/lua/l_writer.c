@@ -10,11 +10,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/checksum.h"
+#include "io/filesrc.h"
 #include "io/writer.h"
 #include "lrw.h"
 #include "sinks/sink.h"
@@ -48,12 +48,6 @@ static void release_string(void *ud) {
   luaL_unref(r->lw->L, LUA_REGISTRYINDEX, r->ref);
   r->lw->released += r->len;
   free(r);
-}
-
-static void release_map(void *ud) {
-  size_t *m = ud; /* {base, len} */
-  munmap((void *)m[0], m[1]);
-  free(m);
 }
 
 static uint64_t check_offset(lua_State *L, int arg) {
@@ -172,22 +166,63 @@ static int writer_write_some(lua_State *L) {
   return 1;
 }
 
-/* _file_size(path) -> bytes, or nil, err */
-static int writer_file_size(lua_State *L) {
-  const char *path = luaL_checkstring(L, 2);
-  struct stat st;
-  if (stat(path, &st) != 0)
-    return rw_lua_fail(L, rw_err(RW_E_IO, "cannot stat '%s': %s", path, strerror(errno)));
-  lua_pushinteger(L, (lua_Integer)st.st_size);
-  return 1;
+/* ---- write_file: the file is read (pread) into buffers the writer owns ---- */
+
+#define FILESRC_MT "reliablewriter.FileSource"
+
+static rw_filesrc **check_src(lua_State *L, int idx) {
+  rw_filesrc **p = luaL_checkudata(L, idx, FILESRC_MT);
+  if (!*p) rw_lua_closed_error(L, "file source");
+  return p;
 }
 
-/* _write_file_some(off, path, file_off, len): maps up to 8 MiB of the file that
- * fits in the cache now and hands the mapping to the writer. -> accepted */
+static int filesrc_close(lua_State *L) {
+  rw_filesrc **p = luaL_checkudata(L, 1, FILESRC_MT);
+  rw_filesrc *s = *p;
+  *p = NULL; /* mark closed first */
+  rw_filesrc_close(s);
+  return 0;
+}
+
+static void filesrc_metatable(lua_State *L) {
+  if (luaL_newmetatable(L, FILESRC_MT)) {
+    lua_pushcfunction(L, filesrc_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, filesrc_close);
+    lua_setfield(L, -2, "__close");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, filesrc_close);
+    lua_setfield(L, -2, "close");
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
+/* _file_size(path) -> bytes, source (close it when done), or nil, err.
+ * Regular files on a real file system only (see io/filesrc.h). */
+static int writer_file_size(lua_State *L) {
+  const char *path = luaL_checkstring(L, 2);
+  rw_filesrc **p = lua_newuserdata(L, sizeof *p);
+  *p = NULL;
+  filesrc_metatable(L);
+  luaL_setmetatable(L, FILESRC_MT);
+  rw_error *e = NULL;
+  if (!(*p = rw_filesrc_open(path, &e))) return rw_lua_fail(L, e);
+  lua_pushinteger(L, (lua_Integer)rw_filesrc_size(*p));
+  lua_insert(L, -2);
+  return 2;
+}
+
+static void release_buffer(void *ud) { rw_filesrc_buffer_release(ud); }
+
+/* _write_file_some(off, source, file_off, len): reads up to 8 MiB of the file
+ * that fits in the cache now into a buffer and hands it to the writer; the
+ * checksum is then computed over exactly the bytes that are sent.
+ * -> accepted, or nil, err (rw.source_changed when the file changed). */
 static int writer_write_file_some(lua_State *L) {
   lwriter *lw = check_lw(L);
   uint64_t off = check_offset(L, 2);
-  const char *path = luaL_checkstring(L, 3);
+  rw_filesrc *src = *check_src(L, 3);
   uint64_t foff = check_offset(L, 4), len = check_offset(L, 5);
   uint64_t room = rw_writer_room(lw->w, off);
   uint64_t n = len < room ? len : room;
@@ -196,31 +231,14 @@ static int writer_write_file_some(lua_State *L) {
     lua_pushinteger(L, 0);
     return 1;
   }
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return rw_lua_fail(L, rw_err(RW_E_IO, "cannot open '%s': %s", path, strerror(errno)));
-  long page = sysconf(_SC_PAGESIZE);
-  uint64_t map_off = foff - foff % (uint64_t)page, delta = foff - map_off;
-  /* MAP_POPULATE: read the pages now, not while the checksum or the
-   * transfer touches them */
-  void *base = mmap(NULL, (size_t)(n + delta), PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd,
-                    (off_t)map_off);
-  int saved = errno;
-  close(fd);
-  if (base == MAP_FAILED)
-    return rw_lua_fail(L, rw_err(RW_E_IO, "cannot map '%s' at %llu: %s", path,
-                                 (unsigned long long)foff, strerror(saved)));
-  size_t *m = malloc(2 * sizeof *m);
-  if (!m) {
-    munmap(base, (size_t)(n + delta));
-    return luaL_error(L, "out of memory");
-  }
-  m[0] = (size_t)base;
-  m[1] = (size_t)(n + delta);
+  char *buf = rw_filesrc_buffer(src, (size_t)n);
+  if (!buf) return rw_lua_fail(L, rw_err(RW_E_NOMEM, "write_file: out of memory for %llu bytes",
+                                         (unsigned long long)n));
+  rw_error *e = rw_filesrc_read(src, foff, buf, (size_t)n);
   size_t accepted = 0;
-  rw_error *e = rw_writer_write_some(lw->w, off, (char *)base + delta, (size_t)n, release_map, m,
-                                     &accepted);
+  if (!e) e = rw_writer_write_some(lw->w, off, buf, (size_t)n, release_buffer, buf, &accepted);
   if (e) {
-    release_map(m);
+    rw_filesrc_buffer_release(buf);
     return rw_lua_fail(L, e);
   }
   lua_pushinteger(L, (lua_Integer)accepted);

@@ -177,7 +177,7 @@ static rw_error *faulty_put(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_si
   double kind = uniform(f);
   if (kind < f->p_partial) {
     uint64_t keep = p->len > f->align ? (next_rand(f) % (p->len / f->align)) * f->align : 0;
-    if (keep == p->len) keep -= f->align;
+    if (keep == p->len && keep >= f->align) keep -= f->align; /* len 0: keep 0, not -align */
     COUNT(f, partial);
     rw_error *e = keep ? put_prefix(f, ctx, p, keep) : NULL;
     return e ? e : injected(f, "put", "after a partial send");

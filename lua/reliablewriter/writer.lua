@@ -78,35 +78,49 @@ function W.install(M, core, waiting)
     return true
   end
 
-  -- write_file(offset, path [, file_offset [, length]]): feeds a file straight
-  -- into the cache (mapped by C, never through Lua strings).
+  -- write_file(offset, path [, file_offset [, length]]): feeds a regular file
+  -- into the cache, read by C into buffers the writer owns (never through Lua
+  -- strings, never mapped). A FIFO, device, socket, directory or /proc-like
+  -- file is nil, rw.invalid_argument (the writer is untouched); a file that
+  -- changes while it is read is nil, rw.source_changed, and the upload is
+  -- aborted (started here, finished by the pool) so that no object is ever
+  -- made from a file read partly before and partly after a change.
   function methods.write_file(w, offset, path, file_offset, length, ctx)
     if w:_is_closed() then error("attempt to use a closed writer", 2) end
     check_offset(offset, 1, "write_file")
     if type(path) ~= "string" then argerror(2, "write_file", "path must be a string") end
     file_offset = file_offset or 0
     check_offset(file_offset, 3, "write_file")
-    local size, err = w:_file_size(path)
-    if not size then return nil, err end
-    if file_offset > size then argerror(3, "write_file", ("file_offset %d is past the end of '%s' (%d bytes)"):format(file_offset, path, size)) end
+    if length ~= nil then check_offset(length, 4, "write_file") end
+    check_ctx(ctx, 5, "write_file")
+    local size, src = w:_file_size(path)
+    if not size then return nil, src end
+    if file_offset > size then
+      src:close()
+      argerror(3, "write_file", ("file_offset %d is past the end of '%s' (%d bytes)"):format(file_offset, path, size))
+    end
     length = length or (size - file_offset)
-    check_offset(length, 4, "write_file")
     if file_offset + length > size then
+      src:close()
       argerror(4, "write_file", ("length %d from %d is past the end of '%s' (%d bytes)"):format(length, file_offset, path, size))
     end
-    check_ctx(ctx, 5, "write_file")
     ctx = ctx or w:_ctx()
     local done = 0
     pump(w)
     while done < length do
-      local n, e = w:_write_file_some(offset + done, path, file_offset + done, length - done)
-      if not n then return nil, e end
+      local n, e = w:_write_file_some(offset + done, src, file_offset + done, length - done)
+      if not n then
+        src:close()
+        if e.code == "rw.source_changed" then w:_abort_start() end
+        return nil, e
+      end
       done = done + n
       if done < length then
         local ok, e2 = wait_room(w, offset + done, ctx)
-        if not ok then return nil, e2 end
+        if not ok then src:close(); return nil, e2 end
       end
     end
+    src:close()
     return true
   end
 

@@ -8,7 +8,11 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <dirent.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
 
 #include "core/checksum.h"
 #include "core/clock.h"
@@ -86,9 +90,66 @@ static rw_error *upload_plain(rw_sink *s, rw_ctx *ctx, const unsigned char *data
 
 static void sent_counter(void *ud, uint64_t n) { *(uint64_t *)ud += n; }
 
+/* A fresh temp folder for file-sink cases (never a system path). */
+static char *tmp_dir(void) {
+  char *d = malloc(64);
+  snprintf(d, 64, "/tmp/rw_test_sinks_XXXXXX");
+  if (!mkdtemp(d)) abort();
+  return d;
+}
+
+static char *in_dir(const char *dir, const char *name) {
+  char *p = malloc(strlen(dir) + strlen(name) + 2);
+  sprintf(p, "%s/%s", dir, name);
+  return p;
+}
+
+static void write_file(const char *path, const unsigned char *data, size_t n) {
+  FILE *f = fopen(path, "wb");
+  if (!f || fwrite(data, 1, n, f) != n) abort();
+  fclose(f);
+}
+
+/* Entries of dir whose names end in ".rwtmp" (the sink's temporary files). */
+static int count_tmp(const char *dir) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  for (struct dirent *e; d && (e = readdir(d));) {
+    size_t l = strlen(e->d_name);
+    if (l > 6 && strcmp(e->d_name + l - 6, ".rwtmp") == 0) n++;
+  }
+  if (d) closedir(d);
+  return n;
+}
+
+/* Removes dir and what is in it (one level: the tests make no subfolders
+ * but the "directory target" one, which is empty). */
+static void remove_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  for (struct dirent *e; d && (e = readdir(d));) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    char *p = in_dir(dir, e->d_name);
+    if (unlink(p) != 0) rmdir(p);
+    free(p);
+  }
+  if (d) closedir(d);
+  rmdir(dir);
+}
+
+static rw_sink_sums sums_of(const unsigned char *data, size_t n) {
+  rw_sink_sums sums = {.has_crc32c = true, .crc32c = rw_crc32c(0, data, n), .has_md5 = true};
+  rw_md5 m;
+  rw_md5_init(&m);
+  rw_md5_update(&m, data, n);
+  rw_md5_final(&m, sums.md5);
+  rw_md5_free(&m);
+  return sums;
+}
+
 static void test_file_sink(void) {
   rw_ctx *ctx = rw_ctx_background();
-  char *path = tmp_path("file");
+  char *dir = tmp_dir();
+  char *path = in_dir(dir, "file.bin");
   size_t n = 300000 + rnd() % 100000;
   unsigned char *data = random_bytes(n);
   rw_error *e = NULL;
@@ -97,11 +158,8 @@ static void test_file_sink(void) {
   CHECK(strcmp(s->ops->kind, "file") == 0);
   CHECK(strcmp(s->ops->session(s), path) == 0);
   CHECK(s->ops->begin(s, ctx) == NULL);
-  rw_sink_sums sums = {.has_crc32c = true, .crc32c = rw_crc32c(0, data, n), .has_md5 = true};
-  rw_md5 m;
-  rw_md5_init(&m);
-  rw_md5_update(&m, data, n);
-  rw_md5_final(&m, sums.md5);
+  CHECK_EQ_INT(count_tmp(dir), 1);
+  rw_sink_sums sums = sums_of(data, n);
   rw_sink_result r = {0};
   e = upload_plain(s, ctx, data, n, &sums, 4096 * (1 + rnd() % 8), &r);
   CHECK(e == NULL);
@@ -115,25 +173,38 @@ static void test_file_sink(void) {
   CHECK(r.obj.md5 && strcmp(r.obj.md5, md5) == 0);
   rw_sink_result_clear(&r);
   CHECK(file_equals(path, data, n));
+  CHECK_EQ_INT(count_tmp(dir), 0);
+  /* after the rename a query (or the final put again) gives the object */
   CHECK(s->ops->query(s, ctx, &r) == NULL);
+  CHECK(r.finalized && r.obj.size == n && strcmp(r.obj.crc32c, crc) == 0);
   CHECK_EQ_INT(r.persisted, n);
+  rw_sink_result_clear(&r);
   CHECK(s->ops->abort(s, ctx) == NULL); /* finished: abort keeps the file */
   CHECK(file_equals(path, data, n));
   rw_sink_destroy(s);
+  CHECK(file_equals(path, data, n));
 
-  /* Resume: a new sink on the same path, no begin; query says the size. */
+  /* No resume: a new sink on the same path, no begin, says so. */
   s = rw_file_sink_new(path, &e);
-  CHECK(s->ops->query(s, ctx, &r) == NULL);
-  CHECK_EQ_INT(r.persisted, n);
-  /* A put past the persisted size is a gap. */
+  e = s->ops->query(s, ctx, &r);
+  CHECK(e && rw_error_is(e, "rw.unsupported"));
+  rw_error_unref(e);
   struct iovec v = {data, 10};
+  rw_sink_put ten = {.offset = 0, .iov = &v, .iovcnt = 1, .len = 10};
+  e = s->ops->put(s, ctx, &ten, &r);
+  CHECK(e && rw_error_is(e, "rw.unsupported"));
+  rw_error_unref(e);
+  /* A put past the persisted size is a gap. */
+  CHECK(s->ops->begin(s, ctx) == NULL);
   rw_sink_put gap = {.offset = n + 5, .iov = &v, .iovcnt = 1, .len = 10};
   e = s->ops->put(s, ctx, &gap, &r);
   CHECK(e && rw_error_is(e, RW_E_GAP));
   rw_error_unref(e);
-  rw_sink_destroy(s);
+  rw_sink_destroy(s); /* destroy without abort removes the temp file too */
+  CHECK_EQ_INT(count_tmp(dir), 0);
+  CHECK(file_equals(path, data, n));
 
-  /* Begin truncates; a partial upload then abort removes the file. */
+  /* Begin does not truncate; a partial upload then abort leaves the target. */
   s = rw_file_sink_new(path, &e);
   CHECK(s->ops->begin(s, ctx) == NULL);
   uint64_t sent = 0;
@@ -141,9 +212,10 @@ static void test_file_sink(void) {
   CHECK(s->ops->put(s, ctx, &half, &r) == NULL);
   CHECK_EQ_INT(r.persisted, 10);
   CHECK_EQ_INT(sent, 10);
+  CHECK(file_equals(path, data, n));
   CHECK(s->ops->abort(s, ctx) == NULL);
-  struct stat st;
-  CHECK(stat(path, &st) != 0 && errno == ENOENT);
+  CHECK(file_equals(path, data, n));
+  CHECK_EQ_INT(count_tmp(dir), 0);
   rw_sink_destroy(s);
 
   /* Empty object. */
@@ -153,37 +225,239 @@ static void test_file_sink(void) {
   CHECK(s->ops->put(s, ctx, &empty, &r) == NULL);
   CHECK(r.finalized && r.obj.size == 0 && r.obj.crc32c && strcmp(r.obj.crc32c, "AAAAAA==") == 0);
   rw_sink_result_clear(&r);
+  CHECK(file_equals(path, data, 0));
   rw_sink_destroy(s);
-  unlink(path);
 
-  /* Errors: ENOSPC is transient, a directory is not. */
-  s = rw_file_sink_new("/dev/full", &e);
-  CHECK(s->ops->begin(s, ctx) == NULL);
-  e = s->ops->put(s, ctx, &half, &r);
-  CHECK(e && rw_error_is(e, "io.transient") && rw_error_retryable(e));
+  /* Errors: a folder, an empty path, a missing folder. */
+  e = NULL;
+  CHECK(rw_file_sink_new(dir, &e) == NULL && e && rw_error_is(e, RW_E_INVALID));
+  CHECK(e && strstr(rw_error_message(e), dir) && strstr(rw_error_message(e), "a directory"));
   rw_error_unref(e);
-  rw_sink_destroy(s);
-  s = rw_file_sink_new("/tmp", &e);
-  e = s->ops->begin(s, ctx);
-  CHECK(e && rw_error_is(e, "io.error") && !rw_error_retryable(e));
-  rw_error_unref(e);
-  rw_sink_destroy(s);
   CHECK(rw_file_sink_new("", &e) == NULL && e);
   rw_error_unref(e);
+  char *missing = in_dir(dir, "no/such/file");
+  CHECK(rw_file_sink_new(missing, &e) == NULL && e && rw_error_is(e, RW_E_INVALID));
+  rw_error_unref(e);
+  free(missing);
 
   /* A cancelled context stops a put before it writes. */
   rw_ctx *c2 = rw_ctx_with_cancel(ctx);
   rw_ctx_cancel(c2, NULL);
   s = rw_file_sink_new(path, &e);
+  CHECK(s->ops->begin(s, ctx) == NULL);
   e = s->ops->put(s, c2, &half, &r);
   CHECK(e && rw_error_is(e, RW_E_CANCELED));
   rw_error_unref(e);
   rw_sink_destroy(s);
   rw_ctx_unref(c2);
-  unlink(path);
+  CHECK_EQ_INT(count_tmp(dir), 0);
+  remove_dir(dir);
+  free(dir);
   free(path);
   free(data);
   rw_ctx_unref(ctx);
+}
+
+/* rw_file_sink_new(path) must fail with rw.invalid_argument naming path, and
+ * leave the node as it was. */
+static void check_refused(const char *path, const char *kind, mode_t type) {
+  rw_error *e = NULL;
+  rw_sink *s = rw_file_sink_new(path, &e);
+  CHECK(s == NULL && e && rw_error_is(e, RW_E_INVALID));
+  bool named = e && strstr(rw_error_message(e), path) && strstr(rw_error_message(e), kind);
+  if (e && !named) fprintf(stderr, "message: %s\n", rw_error_message(e));
+  CHECK(named);
+  rw_error_unref(e);
+  rw_sink_destroy(s);
+  struct stat st;
+  CHECK(lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == type);
+}
+
+static void test_file_sink_refuses_non_files(void) {
+  char *dir = tmp_dir();
+  char *fifo = in_dir(dir, "fifo"), *sock = in_dir(dir, "sock"), *sub = in_dir(dir, "sub");
+  char *dev = in_dir(dir, "dev"), *file = in_dir(dir, "file"), *link = in_dir(dir, "link");
+  CHECK(mkfifo(fifo, 0600) == 0);
+  check_refused(fifo, "FIFO", S_IFIFO);
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock);
+  CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+  close(fd);
+  check_refused(sock, "socket", S_IFSOCK);
+  CHECK(mkdir(sub, 0700) == 0);
+  check_refused(sub, "directory", S_IFDIR);
+  /* a character device node in the temp folder (needs root; a FIFO stands in
+   * for it otherwise, already covered above) */
+  if (mknod(dev, S_IFCHR | 0600, makedev(1, 3)) == 0) check_refused(dev, "character device", S_IFCHR);
+  else fprintf(stderr, "(mknod: %s; the device case is covered by the FIFO)\n", strerror(errno));
+  /* symlinks: to a FIFO refused; dangling refused */
+  CHECK(symlink(fifo, link) == 0);
+  check_refused(link, "FIFO", S_IFLNK);
+  unlink(link);
+  CHECK(symlink(file, link) == 0); /* file does not exist */
+  check_refused(link, "symbolic link", S_IFLNK);
+
+  /* A FIFO made at the target after rw_file_sink_new: begin refuses, and the
+   * final put refuses to rename over one made after begin. */
+  rw_ctx *ctx = rw_ctx_background();
+  rw_error *e = NULL;
+  rw_sink *s = rw_file_sink_new(file, &e);
+  CHECK(s != NULL);
+  CHECK(mkfifo(file, 0600) == 0);
+  e = s->ops->begin(s, ctx);
+  CHECK(e && rw_error_is(e, RW_E_INVALID));
+  rw_error_unref(e);
+  unlink(file);
+  CHECK(s->ops->begin(s, ctx) == NULL);
+  CHECK(mkfifo(file, 0600) == 0);
+  unsigned char bytes[100] = {1, 2, 3};
+  struct iovec v = {bytes, sizeof bytes};
+  rw_sink_put fin = {.offset = 0, .iov = &v, .iovcnt = 1, .len = sizeof bytes, .final = true};
+  rw_sink_result r = {0};
+  e = s->ops->put(s, ctx, &fin, &r);
+  CHECK(e && rw_error_is(e, RW_E_INVALID));
+  rw_error_unref(e);
+  struct stat st;
+  CHECK(lstat(file, &st) == 0 && S_ISFIFO(st.st_mode));
+  CHECK_EQ_INT(count_tmp(dir), 1);
+  CHECK(s->ops->abort(s, ctx) == NULL);
+  CHECK_EQ_INT(count_tmp(dir), 0);
+  CHECK(lstat(file, &st) == 0 && S_ISFIFO(st.st_mode));
+  rw_sink_destroy(s);
+  rw_ctx_unref(ctx);
+  remove_dir(dir);
+  free(dir), free(fifo), free(sock), free(sub), free(dev), free(file), free(link);
+}
+
+/* A symlink target: the file it points to is replaced, the link stays. */
+static void test_file_sink_symlink(void) {
+  char *dir = tmp_dir();
+  char *real = in_dir(dir, "real.bin"), *link = in_dir(dir, "link.bin");
+  unsigned char *old = random_bytes(1000), *data = random_bytes(5000);
+  write_file(real, old, 1000);
+  CHECK(symlink("real.bin", link) == 0); /* relative, as users make them */
+  rw_ctx *ctx = rw_ctx_background();
+  rw_error *e = NULL;
+  rw_sink *s = rw_file_sink_new(link, &e);
+  CHECK(s && !e);
+  CHECK(s->ops->begin(s, ctx) == NULL);
+  rw_sink_sums sums = sums_of(data, 5000);
+  rw_sink_result r = {0};
+  CHECK(upload_plain(s, ctx, data, 5000, &sums, 1024, &r) == NULL);
+  CHECK(r.finalized && r.obj.name && strcmp(r.obj.name, link) == 0);
+  rw_sink_result_clear(&r);
+  rw_sink_destroy(s);
+  struct stat st;
+  CHECK(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+  CHECK(file_equals(real, data, 5000));
+  CHECK(file_equals(link, data, 5000));
+  CHECK_EQ_INT(count_tmp(dir), 0);
+  rw_ctx_unref(ctx);
+  remove_dir(dir);
+  free(dir), free(real), free(link), free(old), free(data);
+}
+
+typedef struct poller {
+  const char *path;
+  const unsigned char *a, *b; /* old and new contents */
+  size_t na, nb;
+  atomic_bool stop;
+  atomic_int reads, partial;
+} poller;
+
+/* Reads the target again and again: every read must be old or new whole. */
+static void *poll_target(void *arg) {
+  poller *p = arg;
+  size_t cap = (p->na > p->nb ? p->na : p->nb) + 1;
+  unsigned char *buf = malloc(cap);
+  while (!atomic_load(&p->stop)) {
+    FILE *f = fopen(p->path, "rb");
+    if (!f) {
+      p->partial++; /* the target must never be missing */
+      continue;
+    }
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    bool old = n == p->na && memcmp(buf, p->a, n) == 0, now = n == p->nb && memcmp(buf, p->b, n) == 0;
+    if (!old && !now) p->partial++;
+    p->reads++;
+  }
+  free(buf);
+  return NULL;
+}
+
+/* An existing target: not truncated at the first chunk, intact after a
+ * failed, aborted or dropped upload, replaced whole by a completed one. */
+static void test_file_sink_atomic(void) {
+  char *dir = tmp_dir();
+  char *path = in_dir(dir, "target.bin");
+  size_t na = 200000 + rnd() % 1000, nb = 3000000 + rnd() % 100000;
+  unsigned char *old = random_bytes(na), *data = random_bytes(nb);
+  write_file(path, old, na);
+  CHECK(chmod(path, 0640) == 0);
+  rw_ctx *ctx = rw_ctx_background();
+  rw_error *e = NULL;
+  struct iovec v[8];
+  rw_sink_result r = {0};
+
+  /* aborted after two chunks; then dropped (destroy, as __gc does) */
+  for (int how = 0; how < 2; how++) {
+    rw_sink *s = rw_file_sink_new(path, &e);
+    CHECK(s->ops->begin(s, ctx) == NULL);
+    for (uint64_t at = 0; at < 2 * 65536; at += 65536) {
+      rw_sink_put p = {.offset = at, .iov = v, .len = 65536};
+      p.iovcnt = split_iov(data, at, 65536, v);
+      CHECK(s->ops->put(s, ctx, &p, &r) == NULL);
+      CHECK(file_equals(path, old, na)); /* not truncated at the first chunk */
+    }
+    if (how == 0) CHECK(s->ops->abort(s, ctx) == NULL);
+    rw_sink_destroy(s);
+    CHECK(file_equals(path, old, na));
+    CHECK_EQ_INT(count_tmp(dir), 0);
+  }
+
+  /* a final put whose bytes do not match the sums: the target stays */
+  rw_sink *s = rw_file_sink_new(path, &e);
+  CHECK(s->ops->begin(s, ctx) == NULL);
+  rw_sink_sums bad = sums_of(data, nb);
+  bad.crc32c ^= 1;
+  e = upload_plain(s, ctx, data, nb, &bad, 262144, &r);
+  CHECK(e && rw_error_is(e, RW_E_CHECKSUM));
+  rw_error_unref(e);
+  CHECK(file_equals(path, old, na));
+  rw_sink_destroy(s);
+  CHECK_EQ_INT(count_tmp(dir), 0);
+
+  /* completed, while a thread reads the target all along */
+  poller pl = {.path = path, .a = old, .b = data, .na = na, .nb = nb};
+  atomic_init(&pl.stop, false);
+  atomic_init(&pl.reads, 0);
+  atomic_init(&pl.partial, 0);
+  pthread_t th;
+  CHECK(pthread_create(&th, NULL, poll_target, &pl) == 0);
+  s = rw_file_sink_new(path, &e);
+  CHECK(s->ops->begin(s, ctx) == NULL);
+  rw_sink_sums sums = sums_of(data, nb);
+  e = upload_plain(s, ctx, data, nb, &sums, 65536, &r);
+  CHECK(e == NULL);
+  rw_error_unref(e);
+  CHECK(r.finalized && r.obj.size == nb);
+  rw_sink_result_clear(&r);
+  rw_sink_destroy(s);
+  for (int i = 0; i < 1000 && atomic_load(&pl.reads) < 20; i++) usleep(1000);
+  atomic_store(&pl.stop, true);
+  pthread_join(th, NULL);
+  fprintf(stderr, "reader: %d reads, %d partial\n", atomic_load(&pl.reads), atomic_load(&pl.partial));
+  CHECK(atomic_load(&pl.reads) > 0);
+  CHECK_EQ_INT(atomic_load(&pl.partial), 0);
+  CHECK(file_equals(path, data, nb));
+  struct stat st;
+  CHECK(stat(path, &st) == 0 && (st.st_mode & 07777) == 0640); /* the target's mode is kept */
+  CHECK_EQ_INT(count_tmp(dir), 0);
+  rw_ctx_unref(ctx);
+  remove_dir(dir);
+  free(dir), free(path), free(old), free(data);
 }
 
 /* ---------------- faulty sink ---------------- */
@@ -240,6 +514,7 @@ static void run_faulty(uint64_t seed, const char *path, const unsigned char *dat
   unsigned saved = rng_state; /* the split points must not change the faults */
   e = upload_with_retries(s, ctx, data, n, 1024, &failures, &r);
   rng_state = saved;
+  if (e) fprintf(stderr, "faulty upload: %s (%s)\n", rw_error_message(e), rw_error_code(e));
   CHECK(e == NULL);
   rw_error_unref(e);
   CHECK(r.finalized && r.obj.size == n);
@@ -843,6 +1118,9 @@ static void test_endpoint_resolve(void) {
 int main(void) {
   rng_state = ct_seed();
   RUN(test_file_sink);
+  RUN(test_file_sink_refuses_non_files);
+  RUN(test_file_sink_symlink);
+  RUN(test_file_sink_atomic);
   RUN(test_faulty_sink);
   RUN(test_endpoint_resolve);
   RUN(test_gcs_upload);
