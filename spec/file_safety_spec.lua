@@ -149,15 +149,17 @@ describe("write_file of a file that changes while its bytes are cached", functio
 
   local function expect_changed(w, name, fired)
     local src = dir .. "/src"
-    local ok, err = w:write_file(0, src)
+    local lines, ok, err = H.capture_log(w.write_file, w, 0, src)
     assert.is_true(fired(), "the change never ran")
     assert.is_nil(ok, "write_file took a file that changed under it")
     assert.equal("rw.source_changed", err.code, tostring(err))
     assert.truthy(err.message:find(src, 1, true), err.message)
     assert.truthy(err.message:find("offset %d+"), err.message)
+    -- the writer failed with the same error: its log line names the error's id
+    assert.is_true(H.has_line(lines, "upload failed.*" .. err.id:gsub("%-", "%%-")), table.concat(lines, "\n"))
     local obj, cerr = w:Complete()
     assert.is_nil(obj, "an object was made from a file that changed")
-    assert.truthy(cerr)
+    assert.equal("rw.source_changed", cerr.code, tostring(cerr))
     w:close()
     if name then assert.is_nil((srv:object("b", name))) end
   end

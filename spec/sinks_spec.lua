@@ -19,7 +19,7 @@ describe("sinks", function()
   end)
 
   it("resumes a gcs session with session_uri alone", function()
-    local d = sinks.gcs { session_uri = "http://127.0.0.1:1/upload/x" }
+    local d = sinks.gcs { session_uri = "http://127.0.0.1:1/upload/x", endpoint = "http://127.0.0.1:1" }
     assert.equal("gcs", d:kind())
   end)
 

@@ -43,7 +43,9 @@ static const rw_code_info registry[] = {
     {"rw.source_changed", false,
      "the file being uploaded was truncated or rewritten while its bytes were still needed; upload a "
      "file that does not change (a snapshot or a copy)"},
-    {"net.stall", true, "no byte moved for stall_timeout; the connection was dropped and retried"},
+    {"net.stall", true,
+     "no byte moved for stall_timeout, or the reply did not arrive within stall_timeout of the "
+     "request's end; the connection was dropped and retried"},
     {"net.reset", true, "the connection was reset by the peer"},
     {"net.refused", true, "nothing listens at the address; check the endpoint"},
     {"net.timeout", true, "the connection timed out"},

@@ -944,6 +944,12 @@ out:
   return e;
 }
 
+void rw_writer_fail(rw_writer *w, rw_error *e) {
+  pthread_mutex_lock(&w->mu);
+  fail_locked(w, e);
+  pthread_mutex_unlock(&w->mu);
+}
+
 rw_error *rw_writer_complete_start(rw_writer *w, uint64_t total) {
   pthread_mutex_lock(&w->mu);
   rw_error *e = NULL;

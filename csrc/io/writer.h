@@ -98,6 +98,11 @@ rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, siz
 /* Bytes that may be inserted at off right now (0 = wait). */
 uint64_t rw_writer_room(rw_writer *w, uint64_t off);
 
+/* Fails the writer with e (taken): the caller's source went wrong (e.g. a
+ * file changed while it was read). No object is made from what was written;
+ * the session is kept until Abort or close, as after any failure. */
+void rw_writer_fail(rw_writer *w, rw_error *e);
+
 /* Starts completion (idempotent). Fails with rw.gap naming the first missing
  * range (the writer stays open then). total: the object size, or UINT64_MAX
  * to take the end of the highest byte written. */

@@ -30,8 +30,8 @@ typedef struct desc {
   int kind;
   /* gcs */
   char *bucket, *object, *endpoint, *metadata_json, *token, *session_uri;
-  bool has_igm;
-  int64_t igm;
+  bool has_igm, has_imgm;
+  int64_t igm, imgm;
   rw_gcs_header *headers; /* names and values malloc'd */
   size_t nheaders;
   double connect_timeout;
@@ -257,7 +257,8 @@ static void headers_option(lua_State *L, int idx, int arg, desc *d) {
 static rw_gcs_config gcs_config(const desc *d) {
   rw_gcs_config c = {.bucket = d->bucket, .object = d->object, .endpoint = d->endpoint,
                      .metadata_json = d->metadata_json, .has_if_generation_match = d->has_igm,
-                     .if_generation_match = d->igm, .headers = d->headers,
+                     .if_generation_match = d->igm, .has_if_metageneration_match = d->has_imgm,
+                     .if_metageneration_match = d->imgm, .headers = d->headers,
                      .nheaders = d->nheaders, .connect_timeout = d->connect_timeout,
                      .session_uri = d->session_uri, .token = d->token};
   return c;
@@ -329,7 +330,8 @@ static rw_sink *gcs_with_faults(rw_gcs_config *c, rw_faults *f, rw_error **err) 
 
 static int sinks_gcs(lua_State *L) {
   static const char *const known[] = {"bucket", "object", "endpoint", "metadata",
-                                      "if_generation_match", "headers", "connect_timeout",
+                                      "if_generation_match", "if_metageneration_match",
+                                      "headers", "connect_timeout",
                                       "faults", "token", "session_uri", NULL};
   rw_lua_check_options(L, 1, 1, known);
   desc *d = push_desc(L, DESC_GCS);
@@ -347,6 +349,10 @@ static int sinks_gcs(lua_State *L) {
   d->has_igm = !lua_isnil(L, -1);
   lua_pop(L, 1);
   d->igm = rw_lua_opt_integer(L, 1, 1, "if_generation_match", 0, 0, INT64_C(9007199254740992));
+  lua_getfield(L, 1, "if_metageneration_match");
+  d->has_imgm = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  d->imgm = rw_lua_opt_integer(L, 1, 1, "if_metageneration_match", 0, 0, INT64_C(9007199254740992));
   d->connect_timeout = rw_lua_opt_number(L, 1, 1, "connect_timeout", 10, 0.001, 3600);
   headers_option(L, 1, 1, d);
   faults_option(L, self);
@@ -544,6 +550,8 @@ static int sinks_derive(lua_State *L) {
   d->session_uri = uri ? uri : dup_opt(L, src->session_uri);
   d->has_igm = src->has_igm;
   d->igm = src->igm;
+  d->has_imgm = src->has_imgm;
+  d->imgm = src->imgm;
   d->connect_timeout = ct;
   if (src->nheaders) {
     d->headers = calloc(src->nheaders, sizeof *d->headers);

@@ -239,6 +239,9 @@ static int writer_write_file_some(lua_State *L) {
   if (!e) e = rw_writer_write_some(lw->w, off, buf, (size_t)n, release_buffer, buf, &accepted);
   if (e) {
     rw_filesrc_buffer_release(buf);
+    /* No object may be made from a file read partly before a change: the
+     * writer fails with the same error (Complete then reports it). */
+    if (rw_error_is(e, RW_E_SOURCE_CHANGED)) rw_writer_fail(lw->w, rw_error_ref(e));
     return rw_lua_fail(L, e);
   }
   lua_pushinteger(L, (lua_Integer)accepted);

@@ -20,8 +20,8 @@ typedef struct gcs_sink {
   rw_http *http;
   char *endpoint, *bucket, *object, *metadata_json;
   char origin[RW_HTTP_ORIGIN_MAX]; /* the endpoint's: every request goes there */
-  bool has_igm;
-  int64_t igm;
+  bool has_igm, has_imgm;
+  int64_t igm, imgm;
   char **extra; /* "Name: value" lines */
   size_t nextra;
   double abort_timeout;
@@ -127,6 +127,9 @@ rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err) {
   pthread_mutex_init(&g->token_mu, NULL);
   g->has_igm = cfg->has_if_generation_match;
   g->igm = cfg->if_generation_match;
+  g->has_imgm = cfg->has_if_metageneration_match;
+  g->imgm = cfg->if_metageneration_match;
+  g->base.has_precondition = g->has_igm || g->has_imgm;
   g->abort_timeout = cfg->abort_timeout > 0 ? cfg->abort_timeout : 2.0;
   g->endpoint = rw_gcs_endpoint_resolve(cfg->endpoint);
   g->bucket = dup_or_null(cfg->bucket ? cfg->bucket : "");
@@ -363,13 +366,12 @@ static rw_error *judge_put(const gcs_sink *g, const gcs_req *r, const rw_http_re
 
 static char *initiate_url(gcs_sink *g) {
   char *b = rw_http_escape(g->bucket), *o = rw_http_escape(g->object), *url = NULL;
-  if (b && o) {
-    if (g->has_igm)
-      url = str_printf("%s/upload/storage/v1/b/%s/o?uploadType=resumable&name=%s&ifGenerationMatch=%" PRId64,
-                       g->endpoint, b, o, g->igm);
-    else
-      url = str_printf("%s/upload/storage/v1/b/%s/o?uploadType=resumable&name=%s", g->endpoint, b, o);
-  }
+  char igm[48] = "", imgm[48] = "";
+  if (g->has_igm) snprintf(igm, sizeof igm, "&ifGenerationMatch=%" PRId64, g->igm);
+  if (g->has_imgm) snprintf(imgm, sizeof imgm, "&ifMetagenerationMatch=%" PRId64, g->imgm);
+  if (b && o)
+    url = str_printf("%s/upload/storage/v1/b/%s/o?uploadType=resumable&name=%s%s%s", g->endpoint, b, o, igm,
+                     imgm);
   free(b);
   free(o);
   return url;

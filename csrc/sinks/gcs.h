@@ -34,6 +34,8 @@ typedef struct rw_gcs_config {
   const char *metadata_json;     /* object resource for the POST body; NULL: "{}" */
   bool has_if_generation_match;
   int64_t if_generation_match;   /* ifGenerationMatch=N on the POST (0 = must not exist) */
+  bool has_if_metageneration_match;
+  int64_t if_metageneration_match; /* ifMetagenerationMatch=N on the POST */
   const rw_gcs_header *headers;  /* extra headers on every request (x-retry-test-id) */
   size_t nheaders;
   double connect_timeout;        /* seconds; <= 0: 10 */

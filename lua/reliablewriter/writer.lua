@@ -82,9 +82,9 @@ function W.install(M, core, waiting)
   -- into the cache, read by C into buffers the writer owns (never through Lua
   -- strings, never mapped). A FIFO, device, socket, directory or /proc-like
   -- file is nil, rw.invalid_argument (the writer is untouched); a file that
-  -- changes while it is read is nil, rw.source_changed, and the upload is
-  -- aborted (started here, finished by the pool) so that no object is ever
-  -- made from a file read partly before and partly after a change.
+  -- changes while it is read is nil, rw.source_changed, and the writer fails
+  -- with that error, so that no object is ever made from a file read partly
+  -- before and partly after a change (Complete returns it too).
   function methods.write_file(w, offset, path, file_offset, length, ctx)
     if w:_is_closed() then error("attempt to use a closed writer", 2) end
     check_offset(offset, 1, "write_file")
@@ -111,7 +111,6 @@ function W.install(M, core, waiting)
       local n, e = w:_write_file_some(offset + done, src, file_offset + done, length - done)
       if not n then
         src:close()
-        if e.code == "rw.source_changed" then w:_abort_start() end
         return nil, e
       end
       done = done + n
