@@ -193,6 +193,12 @@ typedef struct lie_case {
   uint64_t want_retries, want_persisted, want_chunks;
 } lie_case;
 
+/* Set by a case that succeeds after retries: the code stats must count for
+ * each of them (and no other). */
+static const char *want_counted;
+/* Set by a case for checksum = "md5": no crc32c is computed or asked for. */
+static bool md5_only;
+
 static rw_writer_config lie_config(void) {
   rw_writer_config c = rw_writer_defaults();
   c.max_cache_size = 2u << 20;
@@ -287,6 +293,12 @@ static void check_done(const lie_case *lc, rw_writer *w, script_sink *s) {
   pthread_mutex_lock(&log_mu);
   CHECK_EQ_INT(failed_lines, 0);
   pthread_mutex_unlock(&log_mu);
+  if (want_counted) {
+    struct code_count cc = {want_counted, 0, 0};
+    rw_writer_each_error(w, count_codes, &cc);
+    CHECK_EQ_INT(cc.want_n, lc->want_retries);
+    CHECK_EQ_INT(cc.other, 0);
+  }
 }
 
 /* Writes the object in one go (the cache holds it all), completes it and
@@ -306,6 +318,7 @@ static void run_case(const lie_case *lc, call *calls, size_t *ncalls) {
 
   rw_writer_config c = lie_config();
   c.md5 = lc->md5;
+  c.crc32c = !md5_only;
   c.start_offset = lc->start;
   c.has_start_crc = lc->start > 0;
   c.start_crc = rw_crc32c(0, data, lc->start);
@@ -476,6 +489,70 @@ static void test_persisted_past_sent(void) {
   run_case(&lc, calls, &n);
 }
 
+/* A final reply must carry the checksum we sent (issue 8 #7): an object
+ * without it is gcs.protocol, never a success. The writer asks the session
+ * once (the reply may have been cut short), gets the same object, fails. */
+static void test_final_checksum_missing(void) {
+  static const step crc[] = {
+      {"put", NULL, PUT_END, true, TOTAL, SUM_NONE, SUM_NONE},
+      {"query", NULL, 0, true, TOTAL, SUM_NONE, SUM_NONE},
+  };
+  lie_case lc = {"final object without crc32c (checksum = crc32c)", crc, 2, small_size(), 0, false,
+                 RW_E_PROTOCOL, "no crc32c", 0, 0, 0};
+  call calls[32];
+  size_t n;
+  run_case(&lc, calls, &n);
+  CHECK(n == 2 && calls[0].final && strcmp(calls[1].op, "query") == 0);
+  static const step md5[] = {
+      {"put", NULL, PUT_END, true, TOTAL, SUM_NONE, SUM_NONE},
+      {"query", NULL, 0, true, TOTAL, SUM_NONE, SUM_NONE},
+  };
+  md5_only = true;
+  lc = (lie_case){"final object without md5Hash (checksum = md5)", md5, 2, small_size(), 0, true,
+                  RW_E_PROTOCOL, "no md5Hash", 0, 0, 0};
+  run_case(&lc, calls, &n);
+  md5_only = false;
+  /* checksum = both: the crc32c alone is not enough */
+  static const step both[] = {
+      {"put", NULL, PUT_END, true, TOTAL, SUM_GOOD, SUM_NONE},
+      {"query", NULL, 0, true, TOTAL, SUM_GOOD, SUM_NONE},
+  };
+  lc = (lie_case){"final object without md5Hash (checksum = both)", both, 2, small_size(), 0, true,
+                  RW_E_PROTOCOL, "no md5Hash", 0, 0, 0};
+  run_case(&lc, calls, &n);
+}
+
+/* A 308 that persisted nothing of the chunk (issue 8 #8) is retried after a
+ * status query and counted as gcs.no_progress, not re-wrapped as
+ * net.timeout. */
+static void test_no_progress(void) {
+  static const step script[] = {
+      {"put", NULL, 0, false, 0, 0, 0},
+      {"query", NULL, 0, false, 0, 0, 0},
+      {"put", NULL, PUT_END, true, TOTAL, SUM_GOOD, SUM_NONE},
+  };
+  lie_case lc = {"308 with no progress on the final chunk", script, 3, small_size(), 0, false, NULL, NULL,
+                 1, 0, 1};
+  want_counted = RW_E_NO_PROGRESS;
+  call calls[32];
+  size_t n;
+  run_case(&lc, calls, &n);
+  CHECK(n == 3 && calls[0].final && calls[2].final && calls[2].off == 0 && calls[2].len == lc.n);
+  /* on a middle chunk: only that chunk is sent again */
+  static const step middle[] = {
+      {"put", NULL, PUT_END, false, 0, 0, 0},
+      {"put", NULL, 512 * KiB, false, 0, 0, 0},
+      {"query", NULL, 512 * KiB, false, 0, 0, 0},
+      {"put", NULL, PUT_END, false, 0, 0, 0},
+      {"put", NULL, PUT_END, true, TOTAL, SUM_GOOD, SUM_NONE},
+  };
+  lc = (lie_case){"308 with no progress on a middle chunk", middle, 5, three_chunks(), 0, false, NULL, NULL,
+                  1, 0, 3};
+  run_case(&lc, calls, &n);
+  want_counted = NULL;
+  CHECK(n == 5 && calls[3].off == 512 * KiB && calls[3].len == 512 * KiB && !calls[3].final);
+}
+
 int main(void) {
   rng = ct_seed();
   RUN(test_honest_server);
@@ -484,5 +561,7 @@ int main(void) {
   RUN(test_finalized_early);
   RUN(test_persisted_backwards);
   RUN(test_persisted_past_sent);
+  RUN(test_final_checksum_missing);
+  RUN(test_no_progress);
   return ct_finish("test_writer_lies");
 }
