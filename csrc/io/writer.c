@@ -51,6 +51,8 @@ struct rw_writer {
    * finalized. unsure: what became of the last request is unknown. */
   uint64_t server_end;
   bool server_final, unsure, need_sync;
+  bool final_rejected; /* the server finalized an object we did not take */
+  uint64_t final_size; /* its size */
   rw_sink_object server_obj;
   char *session; /* our copy of the sink's handle; NULL while none */
 
@@ -240,11 +242,17 @@ static void fail_locked(rw_writer *w, rw_error *e) {
   w->state = w->aborting ? RW_WRITER_ABORTED : RW_WRITER_FAILED;
   char what[256];
   uint64_t held = w->server_end > w->persisted ? w->server_end : w->persisted;
-  snprintf(what, sizeof what,
-           "upload failed (the server holds %sbytes [0, %" PRIu64 ")%s; w:Suspend() keeps the session "
-           "for rw.resume, Abort or close deletes it):",
-           w->unsure ? "at least " : "", held,
-           w->unsure ? ", what became of the last request is unknown" : "");
+  if (w->final_rejected)
+    snprintf(what, sizeof what,
+             "upload failed (the server finalized an object of %" PRIu64 " bytes that failed our "
+             "checks; it was not taken):",
+             w->final_size);
+  else
+    snprintf(what, sizeof what,
+             "upload failed (the server holds %sbytes [0, %" PRIu64 ")%s; w:Suspend() keeps the session "
+             "for rw.resume, Abort or close deletes it):",
+             w->unsure ? "at least " : "", held,
+             w->unsure ? ", what became of the last request is unknown" : "");
   rw_error_log(RW_LOG_ERROR, e, what);
   notify_locked(w);
 }
@@ -445,6 +453,8 @@ static rw_error *apply_locked(rw_writer *w, rw_sink_result *res, const chunk *c,
                               bool *progressed) {
   *done = *progressed = false;
   if (res->finalized) {
+    w->final_rejected = true; /* until the object is taken below */
+    w->final_size = res->obj.size;
     if (!c->final)
       return rw_err(RW_E_SESSION_CONFLICT,
                     "the server finalized the object (size %" PRIu64 ") on a non-final chunk "
@@ -453,6 +463,7 @@ static rw_error *apply_locked(rw_writer *w, rw_sink_result *res, const chunk *c,
     w->unsure = false;
     rw_error *e = verify_object_locked(w, &res->obj);
     if (e) return e;
+    w->final_rejected = false;
     advance_persisted_locked(w, w->total);
     object_clear(&w->obj);
     w->obj = res->obj;
@@ -489,6 +500,8 @@ static rw_error *apply_locked(rw_writer *w, rw_sink_result *res, const chunk *c,
 static void finish_from_server_locked(rw_writer *w) {
   rw_error *e = verify_object_locked(w, &w->server_obj);
   if (e) {
+    w->final_rejected = true;
+    w->final_size = w->server_obj.size;
     fail_locked(w, e);
     return;
   }
@@ -575,7 +588,10 @@ static rw_error *prepare_locked(rw_writer *w, const chunk *c, attempt *a) {
   return NULL;
 }
 
-static rw_error *put_once(rw_writer *w, const chunk *c, bool *done, bool *progressed) {
+/* *verdict: the error is our judgement of a usable answer (apply_locked),
+ * not a failure to get one. */
+static rw_error *put_once(rw_writer *w, const chunk *c, bool *done, bool *progressed, bool *verdict) {
+  *verdict = false;
   attempt a;
   pthread_mutex_lock(&w->mu);
   rw_error *e = prepare_locked(w, c, &a);
@@ -590,6 +606,7 @@ static rw_error *put_once(rw_writer *w, const chunk *c, bool *done, bool *progre
     pthread_mutex_lock(&w->mu);
     e = apply_locked(w, &res, c, done, progressed);
     pthread_mutex_unlock(&w->mu);
+    *verdict = e != NULL;
   }
   rw_sink_result_clear(&res);
   return e;
@@ -752,14 +769,14 @@ static rw_error *send_chunk(rw_writer *w, const chunk *c) {
     if (e) return e;
   }
   for (;;) {
-    bool done = false, progressed = false;
+    bool done = false, progressed = false, verdict = false;
     if (rest_misaligned(w, c)) return NULL;
-    rw_error *e = put_once(w, c, &done, &progressed);
+    rw_error *e = put_once(w, c, &done, &progressed, &verdict);
     if (!e && done) return NULL;
     if (!e && progressed) continue; /* partial 308: send the rest at once */
     if (!e) e = rw_err(RW_E_NO_PROGRESS, "the server took none of chunk [%" PRIu64 ", %" PRIu64 ")",
                        c->off, c->off + c->len);
-    if (rw_error_is(e, RW_E_SESSION_CONFLICT) || rw_error_is(e, RW_E_CHECKSUM)) return e;
+    if (verdict || rw_error_is(e, RW_E_SESSION_CONFLICT) || rw_error_is(e, RW_E_CHECKSUM)) return e;
     if (ambiguous_final(c, e)) {
       set_unsure(w, true);
       if (!rw_error_retryable(e)) {
