@@ -32,8 +32,8 @@ skip() {
 }
 
 # Installs missing Debian packages (nginx, the lua module, ...) when possible.
-if [[ -x scripts/deps.sh ]] && grep -q 'peers)' scripts/deps.sh; then
-  bash scripts/deps.sh peers || echo "note: scripts/deps.sh peers failed; going on with what is installed" >&2
+if [[ -f scripts/deps.sh ]] && grep -q 'openresty)' scripts/deps.sh; then
+  bash scripts/deps.sh openresty || echo "note: scripts/deps.sh openresty failed; going on with what is installed" >&2
 fi
 
 nginx_bin=$(command -v nginx || true)
