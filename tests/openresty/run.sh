@@ -140,7 +140,7 @@ fi
 base=http://127.0.0.1:$port
 for _ in $(seq 100); do curl -fs "$base/ping" >/dev/null && break; sleep 0.05; done
 curl -fs "$base/ping" >/dev/null || { cat "$tmp/logs/error.log"; echo "nginx does not answer on $base"; exit 1; }
-echo "nginx $("$nginx_bin" -v 2>&1 | sed 's#.*/##') on $base (prefix $tmp${user_line:+, worker as ${user_line%;}})"
+echo "nginx $("$nginx_bin" -v 2>&1 | sed 's#.*/##') on $base (prefix $tmp${user_line:+, worker runs as $(id -un):$(id -gn)})"
 
 seed=${RW_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 echo "seed $seed"
