@@ -32,8 +32,8 @@ skip() {
 }
 
 # Installs missing Debian packages (nginx, the lua module, ...) when possible.
-if [[ -x scripts/deps.sh ]] && grep -q 'peers)' scripts/deps.sh; then
-  bash scripts/deps.sh peers || echo "note: scripts/deps.sh peers failed; going on with what is installed" >&2
+if [[ -f scripts/deps.sh ]] && grep -q 'openresty)' scripts/deps.sh; then
+  bash scripts/deps.sh openresty || echo "note: scripts/deps.sh openresty failed; going on with what is installed" >&2
 fi
 
 nginx_bin=$(command -v nginx || true)
@@ -113,13 +113,21 @@ test_locations() { # $1 = prefix, $2 = endpoint, $3 = mode
 CONF
 }
 { test_locations /t/ "$gcs" ""; test_locations /slow/ "$slow" ""; test_locations /blocking/ "$slow" block; } >"$tmp/extra.conf"
+# The worker must read the checkout (lua/, build/, this folder) wherever it is:
+# under a master started as root, nginx would run it as "nobody", who cannot
+# enter /root, so it runs as the invoking user (a non-root master keeps its own
+# user and ignores the directive, so it is only added for root).
+user_line=""
+(( $(id -u) == 0 )) && user_line="user $(id -un) $(id -gn);"
 sed -e "s#/path/to/reliablewriter#$root#g" \
+    -e "s#^worker_processes .*#&\n$user_line#" \
     -e "s#listen 127.0.0.1:8080;#listen 127.0.0.1:$port;#" \
     -e "s#set \$rw_endpoint http://127.0.0.1:4443;#set \$rw_endpoint $gcs;#" \
     -e "s#lua_package_path \"#lua_package_path \"$root/tests/openresty/?.lua;#" \
     -e "s#^\( *\)location = /ping .*#&\n\1include $tmp/extra.conf;#" \
     examples/openresty/nginx.conf >"$tmp/nginx.conf"
 grep -q "include $tmp/extra.conf" "$tmp/nginx.conf" || { echo "could not adapt examples/openresty/nginx.conf"; exit 1; }
+[[ -z "$user_line" ]] || grep -qx "$user_line" "$tmp/nginx.conf" || { echo "could not add '$user_line' to the configuration"; exit 1; }
 
 if ! "$nginx_bin" -p "$tmp" -c "$tmp/nginx.conf" -e "$tmp/logs/error.log" -t >"$tmp/t.out" 2>&1; then
   if grep -qi 'ngx_http_lua_module\|ndk_http_module\|load_module\|unknown directive "lua\|content_by_lua' "$tmp/t.out"; then
@@ -132,7 +140,7 @@ fi
 base=http://127.0.0.1:$port
 for _ in $(seq 100); do curl -fs "$base/ping" >/dev/null && break; sleep 0.05; done
 curl -fs "$base/ping" >/dev/null || { cat "$tmp/logs/error.log"; echo "nginx does not answer on $base"; exit 1; }
-echo "nginx $("$nginx_bin" -v 2>&1 | sed 's#.*/##') on $base (prefix $tmp)"
+echo "nginx $("$nginx_bin" -v 2>&1 | sed 's#.*/##') on $base (prefix $tmp${user_line:+, worker runs as $(id -un):$(id -gn)})"
 
 seed=${RW_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 echo "seed $seed"
