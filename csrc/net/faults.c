@@ -506,6 +506,8 @@ static bool relay_read(rw_faults_conn *c, relay_state *s, int d, double now) {
   relay_dir *r = &s->dir[d];
   size_t cap = read_cap(c, r, d);
   if (!ring_reserve(&r->r, cap, (size_t)c->f->cfg.window)) return out_of_memory(c);
+  size_t room = r->r.cap - (size_t)(r->r.tail - r->r.head); /* >= cap: the window bounds both */
+  if (cap > room) cap = room;
   struct iovec iov[2];
   struct msghdr m = {.msg_iov = iov};
   m.msg_iovlen = (size_t)ring_iov(&r->r, r->r.tail, cap, iov);

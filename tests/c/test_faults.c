@@ -1,6 +1,7 @@
 /* net/faults and net/chaos: schedules, relays through the chaos proxy to an
  * echo server (no faults, reset, close, truncate, stall, latency, bandwidth,
- * refuse), and the libcurl dialer against the fake GCS (upload, refused,
+ * refuse), the delay line (throughput, window, round trip, a reset's byte)
+ * into a counting sink, and the libcurl dialer against the fake GCS (upload, refused,
  * cancel while blackholed). Run under ASan and TSan by make check-*. */
 #include <arpa/inet.h>
 #include <errno.h>
