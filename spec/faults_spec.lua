@@ -526,3 +526,204 @@ for ((k = 0; k < 300; k++)); do [[ -e $out.release ]] && break; sleep 0.1; done
     assert.truthy(usage:find("unknown option '--bogus'", 1, true))
   end)
 end)
+
+-- Issue 9: latency is a delay line (each byte leaves `latency` after it
+-- arrived, per direction), bandwidth a token bucket per connection, and
+-- `window` bounds the bytes in flight per direction: one connection moves
+-- about min(bandwidth, window / (2 x latency)). Measured with curl against
+-- the fake GCS in discard mode (a plain loopback sink), not with the writer.
+describe("latency that behaves like a network", function()
+  local srv
+  before_each(function() srv = rw.fakegcs.start { store = "discard", buckets = { "b" } } end)
+  after_each(function() srv:stop(); collectgarbage() end)
+
+  local files = {}
+  -- A file of n MiB (MiB i is mib(i)), made once per size.
+  local function data_file(n)
+    if files[n] then return files[n] end
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    for i = 0, n - 1 do f:write(mib(i)) end
+    f:close()
+    files[n] = path
+    return path
+  end
+  teardown(function() for _, path in pairs(files) do os.remove(path) end end)
+
+  -- The curl command that uploads `path` as object `name` through `url`
+  -- (no "Expect: 100-continue" wait) and prints code, size and seconds.
+  local function curl_upload(url, path, name)
+    return ("curl -s -o /dev/null -H 'Expect:' -H 'Content-Type: application/octet-stream' "
+      .. "-w '%%{http_code} %%{size_upload} %%{time_total}\\n' --data-binary @%s "
+      .. "'%s/upload/storage/v1/b/b/o?uploadType=media&name=%s'"):format(path, url, name)
+  end
+
+  -- Uploads n MiB through url; checks the object against a direct upload of
+  -- the same bytes (size and CRC32C) and returns MiB/s.
+  local function rate_of(line, n, name)
+    local code, size, secs = line:match("^(%d+) (%d+) ([%d.]+)")
+    assert.are.equal("200", code, name .. ": " .. tostring(line))
+    assert.are.equal(n * MiB, tonumber(size))
+    local _, meta = srv:object("b", name)
+    assert.are.equal(tostring(n * MiB), tostring(meta.size))
+    return n / tonumber(secs), meta.crc32c
+  end
+
+  local function upload_rate(url, n, name)
+    local pipe = io.popen(curl_upload(url, data_file(n), name))
+    local line = pipe:read("*l")
+    pipe:close()
+    return rate_of(line, n, name)
+  end
+
+  local function reference_crc(n)
+    local _, crc = upload_rate(srv:url(), n, "ref-" .. n)
+    return crc
+  end
+
+  -- Seconds from a request's last byte to the reply's first, for k small GETs.
+  local function ping_times(url, k)
+    local t = {}
+    for i = 1, k do
+      local pipe = io.popen(("curl -s -o /dev/null -w '%%{time_pretransfer} %%{time_starttransfer}' '%s/storage/v1/b/b'")
+        :format(url))
+      local a, b = pipe:read("*a"):match("([%d.]+) ([%d.]+)")
+      pipe:close()
+      t[i] = tonumber(b) - tonumber(a)
+    end
+    table.sort(t)
+    return t
+  end
+
+  it("checks the window option: a whole number of bytes in [1024, 2^30]", function()
+    for _, bad in ipairs { 1.5, 100, 2 ^ 31, "4M", -1 } do
+      local msg = H.raised(rw.faults.profile, { window = bad })
+      assert.truthy(msg:find("window", 1, true), msg)
+    end
+    assert.is_not_nil(rw.faults.profile { window = 64 * 1024, latency = 0.01 })
+    assert.are.equal(0, rw.faults.profile():stats().in_flight_max)
+  end)
+
+  it("one connection at 20 ms and 50 MiB/s moves >= 40 MiB/s (64 MiB); four at once each get their own cap", function()
+    local p = rw.faults.profile { seed = H.seed, latency = 0.02, bandwidth = 50 * MiB }
+    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local want_crc = reference_crc(64)
+    local rate, crc = upload_rate(px:url(), 64, "one")
+    io.stderr:write(("[faults] delay line: 64 MiB at 20 ms, 50 MiB/s cap, 4 MiB window: %.1f MiB/s\n"):format(rate))
+    assert.are.equal(want_crc, crc)
+    assert.truthy(rate >= 40, ("%.1f MiB/s"):format(rate))
+    assert.truthy(rate <= 50 * 1.05, ("%.1f MiB/s"):format(rate))
+    assert.truthy(p:stats().in_flight_max <= 4 * MiB)
+    px:stop()
+
+    -- 10 MiB/s each: a cap shared by the profile would give each 2.5 MiB/s.
+    p = rw.faults.profile { seed = H.seed, latency = 0.02, bandwidth = 10 * MiB }
+    px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    want_crc = reference_crc(16)
+    local out = os.tmpname()
+    local cmds = {}
+    for i = 1, 4 do cmds[i] = curl_upload(px:url(), data_file(16), "four-" .. i) .. (" > %s.%d &"):format(out, i) end
+    os.execute(table.concat(cmds, "\n") .. "\nwait")
+    local rates = {}
+    for i = 1, 4 do
+      local f = assert(io.open(out .. "." .. i))
+      local line = f:read("*l")
+      f:close()
+      os.remove(out .. "." .. i)
+      rates[i], crc = rate_of(line, 16, "four-" .. i)
+      assert.are.equal(want_crc, crc)
+    end
+    os.remove(out)
+    io.stderr:write(("[faults] delay line: 4 connections x 16 MiB at 20 ms, 10 MiB/s cap each: %.1f %.1f %.1f %.1f MiB/s\n")
+      :format(rates[1], rates[2], rates[3], rates[4]))
+    for i = 1, 4 do
+      assert.truthy(rates[i] >= 10 * 0.7, ("connection %d: %.1f MiB/s"):format(i, rates[i]))
+      assert.truthy(rates[i] <= 10 * 1.05, ("connection %d: %.1f MiB/s"):format(i, rates[i]))
+    end
+    assert.are.equal(4, p:stats().connections)
+    px:stop()
+  end)
+
+  it("a window of 256 KiB at 25 ms moves one window per round trip and never has more in flight", function()
+    local p = rw.faults.profile { seed = H.seed, latency = 0.025, window = 256 * 1024 }
+    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local expect = 0.25 / (2 * 0.025)
+    local rate = upload_rate(px:url(), 8, "window")
+    local most = p:stats().in_flight_max
+    io.stderr:write(("[faults] delay line: 8 MiB at 25 ms, 256 KiB window: %.2f MiB/s (window / RTT %.2f), most in flight %d\n")
+      :format(rate, expect, most))
+    assert.truthy(rate <= expect * 1.1, ("%.2f MiB/s"):format(rate))
+    assert.truthy(rate >= expect * 0.6, ("%.2f MiB/s"):format(rate))
+    assert.truthy(most <= 256 * 1024 and most >= 128 * 1024, "in flight " .. most)
+    px:stop()
+  end)
+
+  it("a request and its reply take 2 x latency, not more than that and some slack", function()
+    local p = rw.faults.profile { seed = H.seed, latency = 0.02, bandwidth = 50 * MiB }
+    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local t = ping_times(px:url(), 7)
+    io.stderr:write(("[faults] delay line: request/reply at 20 ms: min %.1f ms, median %.1f ms, max %.1f ms\n")
+      :format(t[1] * 1e3, t[4] * 1e3, t[7] * 1e3))
+    assert.truthy(t[1] >= 0.04 - 0.001, t[1]) -- curl rounds its times to microseconds
+    assert.truthy(t[4] <= 0.04 + 0.025, t[4])
+    px:stop()
+  end)
+
+  it("a reset still lands on its scheduled byte, run after run with the same seed", function()
+    local seed = seed_resetting(0.5, 4 * MiB)
+    local opts = { seed = seed, reset_per_mib = 0.5, latency = 0.005, bandwidth = 32 * MiB, window = 128 * 1024 }
+    local at = rw.faults.profile(opts):plan(0).reset_at
+    for run = 1, 2 do
+      local p = rw.faults.profile(opts)
+      local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+      local pipe = io.popen(curl_upload(px:url(), data_file(8), "reset"))
+      pipe:read("*a")
+      pipe:close()
+      px:stop()
+      local ev = p:events()
+      io.stderr:write(("[faults] delay line: run %d: reset at byte %s (planned %d)\n")
+        :format(run, ev[1] and ev[1].pos or "none", at))
+      assert.are.equal(1, #ev)
+      assert.are.equal("reset", ev[1].kind)
+      assert.are.equal(at, ev[1].pos)
+    end
+  end)
+
+  it("bin/reliablewriter-chaos takes --latency, --bandwidth and --window", function()
+    local bin = "bin/reliablewriter-chaos"
+    if not io.open(bin) then
+      io.stderr:write("[faults] bin/reliablewriter-chaos missing (make bins): skipped\n")
+      return
+    end
+    for _, bad in ipairs { "12.5", "100", "2000000000", "x" } do
+      local f = io.popen(bin .. " --upstream " .. srv:url() .. " --window " .. bad .. " 2>&1; echo rc=$?")
+      local s = f:read("*a")
+      f:close()
+      assert.truthy(s:find("--window must be a whole number of bytes", 1, true), s)
+      assert.truthy(s:find("rc=2", 1, true), s)
+    end
+    local out = os.tmpname()
+    os.execute(("%s --upstream %s --latency 0.02 --bandwidth %d --window %d > %s 2>&1 & echo $! > %s.pid")
+      :format(bin, srv:url(), 50 * MiB, 4 * MiB, out, out))
+    local url
+    assert.truthy(settle(function()
+      local f = io.open(out); url = f and f:read("*l"); if f then f:close() end
+      return url and url:match("^http://") ~= nil
+    end, 5))
+    local pidf = io.open(out .. ".pid"); local pid = pidf:read("*l"); pidf:close()
+    local want_crc = reference_crc(64)
+    local rate, crc = upload_rate(url, 64, "bin")
+    local t = ping_times(url, 5)
+    os.execute("kill -TERM " .. pid)
+    settle(function()
+      local f = io.open(out); local s = f:read("*a"); f:close()
+      return s:find("connections", 1, true) ~= nil
+    end, 5)
+    os.remove(out); os.remove(out .. ".pid")
+    io.stderr:write(("[faults] reliablewriter-chaos --latency 0.02 --bandwidth 50 MiB/s: 64 MiB at %.1f MiB/s, "
+      .. "request/reply median %.1f ms\n"):format(rate, t[3] * 1e3))
+    assert.are.equal(want_crc, crc)
+    assert.truthy(rate >= 40, ("%.1f MiB/s"):format(rate))
+    assert.truthy(t[1] >= 0.04 - 0.001 and t[3] <= 0.04 + 0.025, ("%.1f ms"):format(t[3] * 1e3))
+  end)
+end)

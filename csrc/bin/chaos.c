@@ -2,8 +2,10 @@
  *   reliablewriter-chaos --upstream URL|HOST:PORT [--listen HOST:PORT] [--seed N]
  *       [--refuse P] [--reset-per-mib X] [--close-per-mib X] [--stall-per-mib X]
  *       [--stall-for S|forever] [--truncate-per-mib X] [--latency S]
- *       [--bandwidth BYTES_PER_S] [--max-connections N]
- * Prints its URL on the first line of stdout, serves until SIGINT/SIGTERM,
+ *       [--bandwidth BYTES_PER_S] [--window BYTES] [--max-connections N]
+ * --latency delays each byte that long per direction, --bandwidth caps each
+ * connection per direction, --window bounds the bytes in flight per
+ * direction (default 4 MiB): see net/faults.h. Prints its URL on the first line of stdout, serves until SIGINT/SIGTERM,
  * then prints what it injected on stderr. Ports are whole numbers in
  * 1..65535 (--listen also takes 0: pick a free port, the default); bad
  * arguments: a message naming the flag, exit 2. */
@@ -22,7 +24,7 @@ static void usage(const char *why) {
           "usage: reliablewriter-chaos --upstream URL|HOST:PORT [--listen HOST:PORT] [--seed N]\n"
           "         [--refuse P] [--reset-per-mib X] [--close-per-mib X] [--stall-per-mib X]\n"
           "         [--stall-for S|forever] [--truncate-per-mib X] [--latency S]\n"
-          "         [--bandwidth BYTES_PER_S] [--max-connections N]\n");
+          "         [--bandwidth BYTES_PER_S] [--window BYTES] [--max-connections N]\n");
   exit(2);
 }
 
@@ -80,6 +82,8 @@ static void parse_args(int argc, char **argv, rw_faults_config *fc, rw_chaos_con
     else if (!strcmp(a, "--truncate-per-mib")) fc->truncate_per_mib = rate(a, need(argc, argv, &i));
     else if (!strcmp(a, "--latency")) fc->latency = arg_num(a, need(argc, argv, &i), 0, 60, "seconds in [0, 60]");
     else if (!strcmp(a, "--bandwidth")) fc->bandwidth = bandwidth(a, need(argc, argv, &i));
+    else if (!strcmp(a, "--window"))
+      fc->window = (uint64_t)arg_int(a, need(argc, argv, &i), 1024, 1LL << 30, "a whole number of bytes in [1024, 1073741824]");
     else if (!strcmp(a, "--max-connections"))
       fc->max_connections = (int)arg_int(a, need(argc, argv, &i), 1, 65536, "a whole number in 1..65536");
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(NULL);

@@ -2,9 +2,12 @@
  *   local p = faults.profile{ seed = 7, refuse = 0.1, reset_per_mib = 0.05,
  *       close_per_mib = 0, stall_per_mib = 0.01, stall_for = 5 | "forever",
  *       truncate_per_mib = 0, latency = 0.02, bandwidth = 50 * MiB,
- *       max_connections = 256 }
+ *       window = 4 * MiB, max_connections = 256 }
+ *     (latency: a delay line per direction; bandwidth: a token bucket per
+ *     connection and direction; window: bytes in flight per direction, a
+ *     whole number in [1024, 2^30]; see net/faults.h)
  *   p:stats()  -> { connections, refused, resets, closes, stalls, truncates,
- *                   active, bytes_up, bytes_down }
+ *                   active, bytes_up, bytes_down, in_flight_max }
  *   p:events() -> { {conn = 0, kind = "reset", pos = 123, t = seconds}, ...,
  *                   stalls also: held = seconds, ended = "timer"|"closed"|"holding" }
  *   p:plan(i)  -> { refused = bool, reset_at =, close_at =, stall_at =, truncate_at = }
@@ -65,7 +68,7 @@ static double stall_for_option(lua_State *L) {
 int rw_lua_faults_profile(lua_State *L) {
   static const char *const known[] = {"seed", "refuse", "reset_per_mib", "close_per_mib",
                                       "stall_per_mib", "stall_for", "truncate_per_mib", "latency",
-                                      "bandwidth", "max_connections", NULL};
+                                      "bandwidth", "window", "max_connections", NULL};
   if (lua_isnoneornil(L, 1)) {
     lua_settop(L, 0);
     lua_newtable(L);
@@ -80,6 +83,7 @@ int rw_lua_faults_profile(lua_State *L) {
   c.truncate_per_mib = rw_lua_opt_number(L, 1, 1, "truncate_per_mib", 0, 0, 1e6);
   c.latency = rw_lua_opt_number(L, 1, 1, "latency", 0, 0, 60);
   c.bandwidth = rw_lua_opt_number(L, 1, 1, "bandwidth", 0, 0, 1e12);
+  c.window = (uint64_t)rw_lua_opt_integer(L, 1, 1, "window", 4 * 1048576, 1024, INT64_C(1) << 30);
   c.max_connections = (int)rw_lua_opt_integer(L, 1, 1, "max_connections", 256, 1, 65536);
   c.stall_for = stall_for_option(L);
   profile_ud *u = lua_newuserdata(L, sizeof *u);
@@ -115,7 +119,7 @@ static void set_pos(lua_State *L, const char *k, uint64_t v) {
 static int push_stats(lua_State *L, rw_faults *f) {
   rw_faults_stats st;
   rw_faults_stats_read(f, &st);
-  lua_createtable(L, 0, 9);
+  lua_createtable(L, 0, 10);
   set_count(L, "connections", st.connections);
   set_count(L, "refused", st.refused);
   set_count(L, "resets", st.resets);
@@ -125,6 +129,7 @@ static int push_stats(lua_State *L, rw_faults *f) {
   set_count(L, "active", st.active);
   set_count(L, "bytes_up", st.bytes_up);
   set_count(L, "bytes_down", st.bytes_down);
+  set_count(L, "in_flight_max", st.in_flight_max);
   return 1;
 }
 

@@ -1,6 +1,7 @@
 /* Fault-injecting relays, the profile that schedules them, and the libcurl
  * dialer (see faults.h). One thread per relay, polling both sockets and an
- * eventfd that wakes it to stop. */
+ * eventfd that wakes it to stop; each direction of a relay is a delay line
+ * (relay_dir). */
 #include "net/faults.h"
 
 #include <errno.h>
@@ -15,13 +16,17 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "core/backoff.h"
 #include "core/clock.h"
 
 #define MIB 1048576.0
-#define RELAY_BUF (256 * 1024)
+#define READ_MAX (256 * 1024) /* per recv */
+#define TOKEN_QUANTUM 16384.0
+#define DEFAULT_WINDOW (4 * 1024 * 1024)
+#define MAX_WINDOW (UINT64_C(1) << 30)
 #define MAX_EVENTS 65536
 #define CONNECT_TIMEOUT_MS 10000
 
@@ -31,6 +36,7 @@ struct rw_faults {
   double born;
   atomic_uint_fast64_t next_index;
   atomic_uint_fast64_t connections, refused, resets, closes, stalls, truncates, bytes_up, bytes_down;
+  atomic_uint_fast64_t in_flight_max;
   atomic_int active;
   pthread_mutex_t mu; /* events and the dialer's list */
   rw_fault_event *events;
@@ -38,39 +44,121 @@ struct rw_faults {
   rw_faults_conn *dialed; /* relays handed to libcurl, by curl fd */
 };
 
-/* One direction: a byte FIFO buf[head, tail) cut into segments, one per read,
- * each released at its own time (read time + latency), so several chunks are
- * in flight at once; ready_at paces sends under a bandwidth cap. */
-#define MAX_SEGS 64
-typedef struct relay_seg {
-  size_t end;
-  double due;
-} relay_seg;
+/* The delay line of one direction (see relay_dir below) keeps two queues of
+ * marks (end, at): the stream bytes before `end` are released at time `at`.
+ * Times are rounded up to the next millisecond and marks with the same time
+ * merge, so a queue holds about one mark per millisecond of latency. */
+typedef struct mark {
+  uint64_t end;
+  double at;
+} mark;
 
-typedef struct relay_dir {
-  unsigned char *buf;
-  size_t head, tail;
-  relay_seg seg[MAX_SEGS];
-  int nseg;
-  double ready_at;
-  bool eof, shut;
-} relay_dir;
+typedef struct marks {
+  mark *v;
+  size_t cap, head, n;
+} marks;
 
-static bool dir_empty(const relay_dir *r) { return r->head == r->tail; }
-static bool dir_can_read(const relay_dir *r) { return r->tail < RELAY_BUF && r->nseg < MAX_SEGS; }
+static bool marks_push(marks *q, uint64_t end, double at) {
+  if (q->n && q->v[(q->head + q->n - 1) % q->cap].at >= at) {
+    q->v[(q->head + q->n - 1) % q->cap].end = end; /* leaves with the earlier bytes, never sooner */
+    return true;
+  }
+  if (q->n == q->cap) {
+    size_t cap = q->cap ? q->cap * 2 : 64;
+    mark *v = malloc(cap * sizeof *v);
+    if (!v) return false;
+    for (size_t i = 0; i < q->n; i++) v[i] = q->v[(q->head + i) % q->cap];
+    free(q->v);
+    q->v = v;
+    q->cap = cap;
+    q->head = 0;
+  }
+  q->v[(q->head + q->n++) % q->cap] = (mark){end, at};
+  return true;
+}
 
-/* End of the bytes due by now. */
-static size_t dir_due_end(const relay_dir *r, double now) {
-  size_t end = r->head;
-  for (int i = 0; i < r->nseg && r->seg[i].due <= now; i++) end = r->seg[i].end;
+/* Pops the marks due by now; returns the end of the last one (or `end`). */
+static uint64_t marks_pop_due(marks *q, double now, uint64_t end) {
+  for (; q->n && q->v[q->head].at <= now; q->n--) {
+    end = q->v[q->head].end;
+    q->head = (q->head + 1) % q->cap;
+  }
   return end;
 }
 
-/* When the next bytes come due (INFINITY when none are waiting). */
-static double dir_next_due(const relay_dir *r, double now) {
-  for (int i = 0; i < r->nseg; i++)
-    if (r->seg[i].due > now) return r->seg[i].due;
-  return INFINITY;
+static double marks_next(const marks *q) { return q->n ? q->v[q->head].at : INFINITY; }
+
+/* A byte ring indexed by stream offset: holds [head, tail), grows up to the
+ * window on demand (a quiet connection costs no window). */
+typedef struct ring {
+  unsigned char *buf;
+  size_t cap;
+  uint64_t head, tail;
+} ring;
+
+/* The up-to-two pieces of the ring from stream offset off, len bytes. */
+static int ring_iov(const ring *r, uint64_t off, size_t len, struct iovec iov[2]) {
+  size_t at = (size_t)(off % r->cap), first = r->cap - at < len ? r->cap - at : len;
+  iov[0] = (struct iovec){r->buf + at, first};
+  iov[1] = (struct iovec){r->buf, len - first};
+  return len > first ? 2 : 1;
+}
+
+/* Makes room for want more bytes, up to max in all; false when out of memory. */
+static bool ring_reserve(ring *r, size_t want, size_t max) {
+  size_t used = (size_t)(r->tail - r->head);
+  if (r->cap - used >= want || r->cap >= max) return true;
+  size_t cap = r->cap ? r->cap : 64 * 1024;
+  while (cap < used + want) cap *= 2;
+  if (cap > max) cap = max;
+  unsigned char *buf = malloc(cap);
+  if (!buf) return false;
+  if (used) {
+    struct iovec iov[2];
+    int n = ring_iov(r, r->head, used, iov);
+    size_t at = (size_t)(r->head % cap);
+    for (int i = 0; i < n; i++) { /* into the new ring at the same stream offsets */
+      size_t a = cap - at < iov[i].iov_len ? cap - at : iov[i].iov_len;
+      memcpy(buf + at, iov[i].iov_base, a);
+      memcpy(buf, (unsigned char *)iov[i].iov_base + a, iov[i].iov_len - a);
+      at = (at + iov[i].iov_len) % cap;
+    }
+  }
+  free(r->buf);
+  r->buf = buf;
+  r->cap = cap;
+  return true;
+}
+
+/* One direction, a delay line: each byte read from the source at t may be
+ * written out from t + latency (`due`); the window it took is given back a
+ * latency after it was written (`ack`: the receiver's acknowledgement on its
+ * way back), so at most `window` bytes are in flight per round trip, as with
+ * TCP. Reading stops while the window is full, and a token bucket meters the
+ * reads under a bandwidth cap, so a slow link's backlog waits in the
+ * sender's socket. */
+typedef struct relay_dir {
+  ring r;
+  marks due, ack;
+  uint64_t sendable; /* stream offset: bytes before it are due */
+  uint64_t acked;    /* stream offset: the window is [acked, acked + window) */
+  double tokens, refilled;
+  double eof_at; /* when the source's EOF may be passed on */
+  bool eof, shut;
+} relay_dir;
+
+static bool dir_empty(const relay_dir *r) { return r->r.head == r->r.tail; }
+static uint64_t dir_in_flight(const relay_dir *r) { return r->r.tail - r->acked; }
+
+static void dir_free(relay_dir *r) {
+  free(r->r.buf);
+  free(r->due.v);
+  free(r->ack.v);
+}
+
+/* When bytes handled at t are released (rounded up to a millisecond). */
+static double release_at(double t, double latency) {
+  return latency > 0 ? ceil((t + latency) * 1000.0) / 1000.0 : 0;
 }
 
 enum { END_NONE = 0, END_CLOSE, END_TRUNCATE };
@@ -109,6 +197,9 @@ rw_error *rw_faults_config_check(const rw_faults_config *c) {
   if (c->bandwidth > 0 && c->bandwidth < 1024)
     return rw_err(RW_E_INVALID, "fault profile: bandwidth must be 0 (none) or >= 1024 bytes/s (got %g)",
                   c->bandwidth);
+  if (c->window && (c->window < 1024 || c->window > MAX_WINDOW))
+    return rw_err(RW_E_INVALID, "fault profile: window must be 0 (the default, 4 MiB) or bytes in [1024, %llu] (got %llu)",
+                  (unsigned long long)MAX_WINDOW, (unsigned long long)c->window);
   if (c->max_connections > 65536)
     return rw_err(RW_E_INVALID, "fault profile: max_connections must be <= 65536 (got %d)", c->max_connections);
   return NULL;
@@ -125,6 +216,7 @@ rw_faults *rw_faults_new(const rw_faults_config *c, rw_error **err) {
   f->cfg = *c;
   f->born = rw_mono_now();
   if (f->cfg.max_connections <= 0) f->cfg.max_connections = 256;
+  if (f->cfg.window == 0) f->cfg.window = DEFAULT_WINDOW;
   atomic_init(&f->refs, 1);
   pthread_mutex_init(&f->mu, NULL);
   return f;
@@ -154,6 +246,7 @@ void rw_faults_stats_read(rw_faults *f, rw_faults_stats *st) {
   st->active = (uint64_t)atomic_load(&f->active);
   st->bytes_up = atomic_load(&f->bytes_up);
   st->bytes_down = atomic_load(&f->bytes_down);
+  st->in_flight_max = atomic_load(&f->in_flight_max);
 }
 
 const char *rw_fault_kind_name(rw_fault_kind k) {
@@ -281,19 +374,6 @@ static uint64_t min3(uint64_t a, uint64_t b, uint64_t c) {
   return m < c ? m : c;
 }
 
-/* How much to read from direction d now: up to the next fault position, and
- * in slices of ~20 ms under a bandwidth cap. */
-static size_t read_cap(const rw_faults_conn *c, int d) {
-  uint64_t cap = RELAY_BUF;
-  uint64_t next = min3(c->next_reset, c->next_close, c->next_stall);
-  if (next > c->pos && next - c->pos < cap) cap = next - c->pos;
-  if (d == 1 && c->next_trunc > c->down_pos && c->next_trunc - c->down_pos < cap)
-    cap = c->next_trunc - c->down_pos;
-  double bw = c->f->cfg.bandwidth;
-  if (bw > 0 && bw / 50 < (double)cap) cap = (uint64_t)(bw / 50) + 1;
-  return cap ? (size_t)cap : 1;
-}
-
 typedef struct relay_state {
   relay_dir dir[2];
   bool stalled;
@@ -302,6 +382,71 @@ typedef struct relay_state {
   size_t stall_slot;
   int end_after_flush[2];
 } relay_state;
+
+/* Under a bandwidth cap the bucket holds 20 ms of it, and a read waits for at
+ * least a quantum of tokens (or the whole bucket when that is smaller). */
+static double bucket_size(double bw) { return fmax(bw / 50, 1); }
+static double read_quantum(double bw) { return fmin(bucket_size(bw), TOKEN_QUANTUM); }
+
+/* Releases what is due by now and refills the bucket. */
+static void dir_refresh(relay_dir *r, double bw, double now) {
+  r->sendable = marks_pop_due(&r->due, now, r->sendable);
+  r->acked = marks_pop_due(&r->ack, now, r->acked);
+  if (bw <= 0) return;
+  r->tokens = fmin(bucket_size(bw), r->tokens + (now - r->refilled) * bw);
+  r->refilled = now;
+}
+
+static bool dir_can_read(const rw_faults_conn *c, const relay_state *s, int d) {
+  const relay_dir *r = &s->dir[d];
+  double bw = c->f->cfg.bandwidth;
+  return !r->eof && !s->end_after_flush[d] && dir_in_flight(r) < c->f->cfg.window &&
+         (bw <= 0 || r->tokens >= read_quantum(bw));
+}
+
+static bool dir_can_write(const relay_dir *r) { return r->sendable > r->r.head; }
+
+/* When direction d can do something no socket will announce: bytes come due,
+ * the window opens, the bucket refills, an EOF may be passed on. */
+static double dir_wake_at(const rw_faults_conn *c, const relay_state *s, int d) {
+  const relay_dir *r = &s->dir[d];
+  double bw = c->f->cfg.bandwidth, at = INFINITY;
+  if (!dir_empty(r) && !dir_can_write(r)) at = marks_next(&r->due);
+  if (r->eof && !r->shut && dir_empty(r)) at = fmin(at, r->eof_at);
+  if (r->eof || s->end_after_flush[d]) return at;
+  if (dir_in_flight(r) >= c->f->cfg.window) return fmin(at, marks_next(&r->ack));
+  if (bw > 0 && r->tokens < read_quantum(bw)) at = fmin(at, r->refilled + (read_quantum(bw) - r->tokens) / bw);
+  return at;
+}
+
+/* How much to read from direction d now: what the window and the bucket
+ * allow, and no further than the next fault position. */
+static size_t read_cap(const rw_faults_conn *c, const relay_dir *r, int d) {
+  uint64_t cap = READ_MAX, room = c->f->cfg.window - dir_in_flight(r);
+  if (room < cap) cap = room;
+  double bw = c->f->cfg.bandwidth;
+  if (bw > 0 && r->tokens < (double)cap) cap = (uint64_t)r->tokens;
+  uint64_t next = min3(c->next_reset, c->next_close, c->next_stall);
+  if (next > c->pos && next - c->pos < cap) cap = next - c->pos;
+  if (d == 1 && c->next_trunc > c->down_pos && c->next_trunc - c->down_pos < cap)
+    cap = c->next_trunc - c->down_pos;
+  return cap ? (size_t)cap : 1;
+}
+
+static void note_in_flight(rw_faults *f, const relay_dir *r) {
+  uint64_t v = dir_in_flight(r), m = atomic_load(&f->in_flight_max);
+  while (v > m && !atomic_compare_exchange_weak(&f->in_flight_max, &m, v)) {
+  }
+}
+
+/* The delay line cannot keep time without memory: the connection is reset. */
+static bool out_of_memory(rw_faults_conn *c) {
+  rw_log(RW_LOG_WARN, "faults: connection %llu: out of memory for the delay line, reset",
+         (unsigned long long)c->index);
+  close_reset(&c->fd[0]);
+  close_reset(&c->fd[1]);
+  return false;
+}
 
 /* Applies the faults due at the current position after a read on d.
  * Returns false when the connection has been reset. */
@@ -336,28 +481,19 @@ static bool faults_due(rw_faults_conn *c, relay_state *s, int d, double now) {
 /* Sends what direction d has due. Returns false when the relay must end. */
 static bool relay_write(rw_faults_conn *c, relay_state *s, int d, double now) {
   relay_dir *r = &s->dir[d];
-  size_t end = dir_due_end(r, now);
-  if (end <= r->head) return true;
-  ssize_t n = send(c->fd[1 - d], r->buf + r->head, end - r->head, MSG_NOSIGNAL);
+  struct iovec iov[2];
+  struct msghdr m = {.msg_iov = iov};
+  m.msg_iovlen = (size_t)ring_iov(&r->r, r->r.head, (size_t)(r->sendable - r->r.head), iov);
+  ssize_t n = sendmsg(c->fd[1 - d], &m, MSG_NOSIGNAL | MSG_DONTWAIT);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
     close_reset(&c->fd[d]); /* the peer is gone: pass the failure on */
     return false;
   }
-  r->head += (size_t)n;
+  r->r.head += (uint64_t)n;
   atomic_fetch_add(d == 0 ? &c->f->bytes_up : &c->f->bytes_down, (uint64_t)n);
-  double bw = c->f->cfg.bandwidth;
-  if (bw > 0) r->ready_at = (r->ready_at > now ? r->ready_at : now) + (double)n / bw;
-  int done = 0;
-  while (done < r->nseg && r->seg[done].end <= r->head) done++;
-  if (done) {
-    memmove(r->seg, r->seg + done, (size_t)(r->nseg - done) * sizeof r->seg[0]);
-    r->nseg -= done;
-  }
-  if (!dir_empty(r)) return true;
-  r->head = r->tail = 0;
-  r->nseg = 0;
-  if (s->end_after_flush[d]) {
+  if (!marks_push(&r->ack, r->r.head, release_at(now, c->f->cfg.latency))) return out_of_memory(c);
+  if (dir_empty(r) && s->end_after_flush[d]) {
     shutdown(c->fd[0], SHUT_RDWR);
     shutdown(c->fd[1], SHUT_RDWR);
     return false;
@@ -365,12 +501,17 @@ static bool relay_write(rw_faults_conn *c, relay_state *s, int d, double now) {
   return true;
 }
 
-/* Reads into direction d's free space. Returns false when the relay must end. */
+/* Reads into direction d's delay line. Returns false when the relay must end. */
 static bool relay_read(rw_faults_conn *c, relay_state *s, int d, double now) {
   relay_dir *r = &s->dir[d];
-  size_t cap = read_cap(c, d);
-  if (cap > RELAY_BUF - r->tail) cap = RELAY_BUF - r->tail;
-  ssize_t n = recv(c->fd[d], r->buf + r->tail, cap, 0);
+  size_t cap = read_cap(c, r, d);
+  if (!ring_reserve(&r->r, cap, (size_t)c->f->cfg.window)) return out_of_memory(c);
+  size_t room = r->r.cap - (size_t)(r->r.tail - r->r.head); /* >= cap: the window bounds both */
+  if (cap > room) cap = room;
+  struct iovec iov[2];
+  struct msghdr m = {.msg_iov = iov};
+  m.msg_iovlen = (size_t)ring_iov(&r->r, r->r.tail, cap, iov);
+  ssize_t n = recvmsg(c->fd[d], &m, MSG_DONTWAIT);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
     close_reset(&c->fd[1 - d]);
@@ -378,13 +519,38 @@ static bool relay_read(rw_faults_conn *c, relay_state *s, int d, double now) {
   }
   if (n == 0) {
     r->eof = true;
+    r->eof_at = release_at(now, c->f->cfg.latency);
     return true;
   }
-  r->tail += (size_t)n;
-  r->seg[r->nseg++] = (relay_seg){r->tail, now + c->f->cfg.latency};
+  r->r.tail += (uint64_t)n;
+  if (!marks_push(&r->due, r->r.tail, release_at(now, c->f->cfg.latency))) return out_of_memory(c);
+  r->tokens -= (double)n;
+  note_in_flight(c->f, r);
   c->pos += (uint64_t)n;
   if (d == 1) c->down_pos += (uint64_t)n;
   return faults_due(c, s, d, now);
+}
+
+/* Sets what to wait for on each socket and the timeout; false once both
+ * directions have been passed on to their end. */
+static bool relay_arm(rw_faults_conn *c, relay_state *s, struct pollfd p[3], int *timeout, double now) {
+  for (int d = 0; d < 2; d++) {
+    relay_dir *r = &s->dir[d];
+    dir_refresh(r, c->f->cfg.bandwidth, now);
+    if (r->eof && !r->shut && dir_empty(r) && now >= r->eof_at) {
+      shutdown(c->fd[1 - d], SHUT_WR);
+      r->shut = true;
+    }
+    if (dir_can_read(c, s, d)) p[1 + d].events |= POLLIN;
+    if (dir_can_write(r)) p[2 - d].events |= POLLOUT;
+    double at = dir_wake_at(c, s, d);
+    if (at < INFINITY) *timeout = min_timeout(*timeout, ms_until(at, now));
+  }
+  /* A socket with nothing to do is left out: a peer's hangup would
+   * otherwise wake the loop again and again while the window is shut. */
+  p[1].fd = p[1].events ? c->fd[0] : -1;
+  p[2].fd = p[2].events ? c->fd[1] : -1;
+  return !(s->dir[0].shut && s->dir[1].shut);
 }
 
 static void relay_loop(rw_faults_conn *c, relay_state *s) {
@@ -403,22 +569,8 @@ static void relay_loop(rw_faults_conn *c, relay_state *s) {
       if (s->stall_until >= 0) timeout = ms_until(s->stall_until, now);
       p[1] = (struct pollfd){c->fd[0], POLLRDHUP, 0};
       p[2] = (struct pollfd){c->fd[1], POLLRDHUP, 0};
-    } else {
-      for (int d = 0; d < 2; d++) {
-        relay_dir *r = &s->dir[d];
-        if (dir_empty(r) && r->eof && !r->shut) {
-          shutdown(c->fd[1 - d], SHUT_WR);
-          r->shut = true;
-        }
-        if (!r->eof && dir_can_read(r)) p[1 + d].events |= POLLIN;
-        if (dir_empty(r)) continue;
-        double at = dir_due_end(r, now) > r->head ? r->ready_at : fmax(r->ready_at, dir_next_due(r, now));
-        if (at <= now) p[2 - d].events |= POLLOUT;
-        else timeout = min_timeout(timeout, ms_until(at, now));
-      }
-      if (s->dir[0].shut && s->dir[1].shut) return;
-      p[1].fd = c->fd[0];
-      p[2].fd = c->fd[1];
+    } else if (!relay_arm(c, s, p, &timeout, now)) {
+      return;
     }
     int rc = poll(p, 3, timeout);
     if (rc < 0 && errno != EINTR) return;
@@ -432,9 +584,9 @@ static void relay_loop(rw_faults_conn *c, relay_state *s) {
     now = rw_mono_now();
     for (int d = 0; d < 2; d++) {
       relay_dir *r = &s->dir[d];
-      if (!dir_empty(r) && (p[2 - d].revents & (POLLOUT | POLLERR | POLLHUP)) && now >= r->ready_at)
+      if (dir_can_write(r) && (p[2 - d].revents & (POLLOUT | POLLERR | POLLHUP)))
         if (!relay_write(c, s, d, now)) return;
-      if (!r->eof && dir_can_read(r) && (p[1 + d].revents & (POLLIN | POLLERR | POLLHUP)))
+      if (dir_can_read(c, s, d) && (p[1 + d].revents & (POLLIN | POLLERR | POLLHUP)))
         if (!relay_read(c, s, d, now)) return;
       if (s->stalled) break;
     }
@@ -461,12 +613,15 @@ static void *relay_main(void *arg) {
   }
   relay_state s;
   memset(&s, 0, sizeof s);
-  s.dir[0].buf = malloc(RELAY_BUF);
-  s.dir[1].buf = malloc(RELAY_BUF);
-  if (s.dir[0].buf && s.dir[1].buf) relay_loop(c, &s);
+  double now = rw_mono_now();
+  for (int d = 0; d < 2; d++) {
+    s.dir[d].tokens = bucket_size(c->f->cfg.bandwidth);
+    s.dir[d].refilled = now;
+  }
+  relay_loop(c, &s);
   if (s.stalled) stall_ended(c->f, s.stall_slot, rw_mono_now() - s.stall_t0, false);
-  free(s.dir[0].buf);
-  free(s.dir[1].buf);
+  dir_free(&s.dir[0]);
+  dir_free(&s.dir[1]);
   /* The fds stay open until stop (a closed fd number could be reused). */
   atomic_store(&c->done, true);
   return NULL;

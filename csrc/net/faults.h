@@ -14,10 +14,18 @@
  *                      stall_for seconds (< 0: until the connection is closed)
  *   truncate_per_mib   truncations per MiB of response (server to client):
  *                      the response is cut there and the connection closed
- *   latency            seconds added to every chunk read (up to 256 KiB), each
- *                      direction; one chunk is in flight per direction, so
- *                      it also caps throughput at 256 KiB / latency
- *   bandwidth          bytes/s cap per direction (0: none)
+ *   latency            seconds each byte is delayed, per direction: the relay
+ *                      is a delay line, a byte read at t is written from
+ *                      t + latency on (to the millisecond), many in flight
+ *   bandwidth          bytes/s cap per connection and direction (0: none): a
+ *                      token bucket (20 ms of it) meters the relay's reads, so
+ *                      a backlog waits unread in the sender's socket
+ *   window             bytes in flight per direction (0: 4 MiB), like a TCP
+ *                      window: read bytes count until a latency after they
+ *                      were written out (the acknowledgement's way back), and
+ *                      the relay reads no more while the window is full. One
+ *                      connection moves about
+ *                      min(bandwidth, window / (2 x latency)).
  * The distance to the next fault of each kind is exponential with the given
  * rate, so "0.25 per MiB" is one fault every 4 MiB on average.
  *
@@ -51,7 +59,8 @@ typedef struct rw_faults_config {
   double stall_for;        /* seconds; < 0: until closed (blackhole) */
   double truncate_per_mib; /* >= 0, per MiB of response */
   double latency;          /* seconds, [0, 60] */
-  double bandwidth;        /* bytes/s, 0: no cap */
+  double bandwidth;        /* bytes/s, 0: no cap; else >= 1024 */
+  uint64_t window;         /* bytes in flight per direction; 0: 4 MiB; else [1024, 1 GiB] */
   int max_connections;     /* open relays at once; <= 0: 256. More are refused. */
 } rw_faults_config;
 
@@ -61,6 +70,7 @@ typedef struct rw_faults_stats {
   uint64_t resets, closes, stalls, truncates;
   uint64_t active;      /* relays running or not yet joined */
   uint64_t bytes_up, bytes_down; /* relayed client->server, server->client */
+  uint64_t in_flight_max;        /* most bytes in flight in one direction of one relay */
 } rw_faults_stats;
 
 typedef enum {
@@ -95,6 +105,7 @@ typedef struct rw_faults rw_faults;
 
 /* NULL when valid, else rw.invalid_argument naming the field and the rule. */
 rw_error *rw_faults_config_check(const rw_faults_config *c);
+/* The profile's config has the defaults filled in (window, max_connections). */
 rw_faults *rw_faults_new(const rw_faults_config *c, rw_error **err);
 rw_faults *rw_faults_ref(rw_faults *f);
 void rw_faults_unref(rw_faults *f); /* NULL is fine; the last one frees */

@@ -1,6 +1,7 @@
 /* net/faults and net/chaos: schedules, relays through the chaos proxy to an
  * echo server (no faults, reset, close, truncate, stall, latency, bandwidth,
- * refuse), and the libcurl dialer against the fake GCS (upload, refused,
+ * refuse), the delay line (throughput, window, round trip, a reset's byte)
+ * into a counting sink, and the libcurl dialer against the fake GCS (upload, refused,
  * cancel while blackholed). Run under ASan and TSan by make check-*. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <sys/socket.h>
 
 #include "core/backoff.h"
+#include "core/checksum.h"
 #include "core/clock.h"
 #include "ctest.h"
 #include "fake/fakegcs.h"
@@ -149,7 +151,8 @@ static void test_config_check(void) {
       {{.refuse = 1.5}, "refuse"},           {{.reset_per_mib = -1}, "reset_per_mib"},
       {{.stall_per_mib = NAN}, "stall_per_mib"}, {{.latency = 61}, "latency"},
       {{.bandwidth = 10}, "bandwidth"},      {{.stall_for = 1e9}, "stall_for"},
-      {{.truncate_per_mib = INFINITY}, "truncate_per_mib"}};
+      {{.truncate_per_mib = INFINITY}, "truncate_per_mib"}, {{.window = 1000}, "window"},
+      {{.window = (UINT64_C(1) << 30) + 1}, "window"}};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     rw_error *e = NULL;
     rw_faults *f = rw_faults_new(&bad[i].c, &e);
@@ -342,6 +345,265 @@ static void test_proxy_blackhole_stop(void) {
   echo_stop(&up);
 }
 
+/* ---- the delay line: a counting sink and senders that time themselves ----
+ * The sink reads each connection to EOF, then answers 12 bytes: the count and
+ * the CRC32C of what it read. A sender's time runs from its first byte to
+ * that answer (one latency more than the transfer). */
+
+#define SINK_MAX 8
+
+typedef struct sink {
+  int lfd, port, nconn;
+  atomic_bool stop;
+  pthread_t th, conn[SINK_MAX];
+} sink;
+
+static void *sink_conn(void *arg) {
+  int fd = (int)(intptr_t)arg;
+  struct timeval tv = {30, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  size_t cap = 256 * 1024;
+  unsigned char *buf = malloc(cap), reply[12];
+  uint64_t n = 0;
+  uint32_t crc = 0;
+  for (ssize_t r; (r = recv(fd, buf, cap, 0)) > 0; n += (uint64_t)r) crc = rw_crc32c(crc, buf, (size_t)r);
+  memcpy(reply, &n, 8);
+  memcpy(reply + 8, &crc, 4);
+  if (send(fd, reply, sizeof reply, MSG_NOSIGNAL) < 0) { /* the sender sees a short answer */ }
+  close(fd);
+  free(buf);
+  return NULL;
+}
+
+static void *sink_main(void *arg) {
+  sink *k = arg;
+  while (!atomic_load(&k->stop)) {
+    struct pollfd p = {k->lfd, POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0) continue;
+    int fd = accept(k->lfd, NULL, NULL);
+    if (fd < 0) continue;
+    if (k->nconn == SINK_MAX || pthread_create(&k->conn[k->nconn], NULL, sink_conn, (void *)(intptr_t)fd)) close(fd);
+    else k->nconn++;
+  }
+  for (int i = 0; i < k->nconn; i++) pthread_join(k->conn[i], NULL);
+  return NULL;
+}
+
+static void sink_start(sink *k, echo *as_upstream) {
+  memset(k, 0, sizeof *k);
+  k->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  bind(k->lfd, (struct sockaddr *)&a, sizeof a);
+  listen(k->lfd, 16);
+  getsockname(k->lfd, (struct sockaddr *)&a, &len);
+  memset(as_upstream, 0, sizeof *as_upstream); /* only its address, for proxy() */
+  snprintf(as_upstream->addr, sizeof as_upstream->addr, "127.0.0.1:%d", ntohs(a.sin_port));
+  pthread_create(&k->th, NULL, sink_main, k);
+}
+
+static void sink_stop(sink *k) {
+  atomic_store(&k->stop, true);
+  pthread_join(k->th, NULL);
+  close(k->lfd);
+}
+
+typedef struct push {
+  const rw_chaos *p;
+  const unsigned char *data;
+  size_t n;
+  double secs;
+  uint64_t got;
+  uint32_t crc;
+  bool answered;
+} push;
+
+static void *push_main(void *arg) {
+  push *u = arg;
+  int fd = dial(u->p);
+  if (fd < 0) return NULL;
+  struct timeval tv = {30, 0};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  double t0 = rw_mono_now();
+  size_t off = 0;
+  for (ssize_t w = 1; off < u->n && w > 0; off += w > 0 ? (size_t)w : 0)
+    w = send(fd, u->data + off, u->n - off < 262144 ? u->n - off : 262144, MSG_NOSIGNAL);
+  shutdown(fd, SHUT_WR);
+  unsigned char reply[12];
+  size_t got = 0;
+  for (ssize_t r = 1; got < sizeof reply && r > 0; got += r > 0 ? (size_t)r : 0)
+    r = recv(fd, reply + got, sizeof reply - got, 0);
+  u->secs = rw_mono_now() - t0;
+  close(fd);
+  if (off < u->n || got < sizeof reply) return NULL;
+  memcpy(&u->got, reply, 8);
+  memcpy(&u->crc, reply + 8, 4);
+  u->answered = true;
+  return NULL;
+}
+
+/* Pushes n bytes over k connections at once (all the same data); returns the
+ * slowest one's MiB/s, each one's in rates[]; every byte checked. */
+static double push_all(const rw_chaos *p, const unsigned char *data, size_t n, int k, double *rates) {
+  push u[4];
+  pthread_t th[4];
+  for (int i = 0; i < k; i++) {
+    u[i] = (push){.p = p, .data = data, .n = n};
+    pthread_create(&th[i], NULL, push_main, &u[i]);
+  }
+  uint32_t crc = rw_crc32c(0, data, n);
+  double slowest = INFINITY;
+  for (int i = 0; i < k; i++) {
+    pthread_join(th[i], NULL);
+    CHECK(u[i].answered && u[i].got == n && u[i].crc == crc);
+    rates[i] = u[i].answered ? (double)n / 1048576.0 / u[i].secs : 0;
+    slowest = fmin(slowest, rates[i]);
+  }
+  return slowest;
+}
+
+static unsigned char *random_fast(size_t n, uint64_t *rng) {
+  unsigned char *b = malloc(n);
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t v = rw_rand_next(rng);
+    memcpy(b + i, &v, n - i < 8 ? n - i : 8);
+  }
+  return b;
+}
+
+/* Issue 9: one connection at 20 ms and 50 MiB/s moves >= 40 MiB/s (the
+ * relay used to hold one 256 KiB buffer per latency: ~11 MiB/s). */
+static void test_delay_line_throughput(void) {
+  echo up;
+  sink k;
+  sink_start(&k, &up);
+  rw_faults *f = profile((rw_faults_config){.seed = seed, .latency = 0.02, .bandwidth = 50 * 1048576.0});
+  CHECK_EQ_INT(rw_faults_config_of(f)->window, 4 * 1048576); /* the default */
+  rw_chaos *p = proxy(&up, f);
+  uint64_t rng = seed;
+  size_t n = 64 * 1048576;
+  unsigned char *data = random_fast(n, &rng);
+  double rate;
+  push_all(p, data, n, 1, &rate);
+  fprintf(stderr, "delay line: 64 MiB, 20 ms, 50 MiB/s cap, 4 MiB window: %.1f MiB/s\n", rate);
+  CHECK(rate >= 40);
+  CHECK(rate <= 50 * 1.05);
+  rw_chaos_stop(p);
+  rw_faults_stats st;
+  rw_faults_stats_read(f, &st);
+  CHECK(st.in_flight_max <= 4 * 1048576);
+  rw_faults_unref(f);
+
+  /* Four connections at once: each its own cap (10 MiB/s), not a share. */
+  f = profile((rw_faults_config){.seed = seed, .latency = 0.02, .bandwidth = 10 * 1048576.0});
+  p = proxy(&up, f);
+  n = 16 * 1048576;
+  double rates[4];
+  double slowest = push_all(p, data, n, 4, rates);
+  fprintf(stderr, "delay line: 4 connections x 16 MiB, 20 ms, 10 MiB/s cap each: %.1f %.1f %.1f %.1f MiB/s\n",
+          rates[0], rates[1], rates[2], rates[3]);
+  CHECK(slowest >= 10 * 0.7);
+  for (int i = 0; i < 4; i++) CHECK(rates[i] <= 10 * 1.05);
+  rw_chaos_stop(p);
+  rw_faults_unref(f);
+  free(data);
+  sink_stop(&k);
+}
+
+/* A 256 KiB window at 25 ms: one window per round trip, 5 MiB/s, and never
+ * more than the window in flight. */
+static void test_delay_line_window(void) {
+  echo up;
+  sink k;
+  sink_start(&k, &up);
+  double lat = 0.025, win = 256 * 1024;
+  rw_faults *f = profile((rw_faults_config){.seed = seed, .latency = lat, .window = (uint64_t)win});
+  rw_chaos *p = proxy(&up, f);
+  uint64_t rng = seed;
+  size_t n = 8 * 1048576;
+  unsigned char *data = random_fast(n, &rng);
+  double rate, expect = win / (2 * lat) / 1048576.0;
+  push_all(p, data, n, 1, &rate);
+  rw_chaos_stop(p);
+  rw_faults_stats st;
+  rw_faults_stats_read(f, &st);
+  fprintf(stderr, "delay line: 8 MiB, 25 ms, 256 KiB window: %.2f MiB/s (window / RTT: %.2f), most in flight %llu\n",
+          rate, expect, (unsigned long long)st.in_flight_max);
+  CHECK(rate <= expect * 1.1);
+  CHECK(rate >= expect * 0.6);
+  CHECK(st.in_flight_max <= (uint64_t)win);
+  CHECK(st.in_flight_max >= (uint64_t)win / 2);
+  rw_faults_unref(f);
+  free(data);
+  sink_stop(&k);
+}
+
+/* A 1-byte ping-pong sees 2 x latency, not more than that and some slack. */
+static void test_delay_line_rtt(void) {
+  echo up;
+  echo_start(&up);
+  double lat = 0.02;
+  rw_faults *f = profile((rw_faults_config){.seed = seed, .latency = lat, .bandwidth = 50 * 1048576.0});
+  rw_chaos *p = proxy(&up, f);
+  int fd = dial(p), err;
+  double rtt[15];
+  for (int i = 0; i < 15; i++) {
+    unsigned char b = (unsigned char)i, back = 0;
+    double t0 = rw_mono_now();
+    CHECK_EQ_INT(echo_roundtrip(fd, &b, 1, &back, &err, 5), 1);
+    rtt[i] = rw_mono_now() - t0;
+    CHECK(back == b);
+  }
+  close(fd);
+  for (int i = 1; i < 15; i++) /* sort */
+    for (int j = i; j > 0 && rtt[j] < rtt[j - 1]; j--) {
+      double t = rtt[j];
+      rtt[j] = rtt[j - 1];
+      rtt[j - 1] = t;
+    }
+  fprintf(stderr, "delay line: 1-byte ping-pong at 20 ms: min %.1f ms, median %.1f ms, max %.1f ms\n",
+          rtt[0] * 1e3, rtt[7] * 1e3, rtt[14] * 1e3);
+  CHECK(rtt[0] >= 2 * lat);
+  CHECK(rtt[7] <= 2 * lat + 0.015);
+  rw_chaos_stop(p);
+  rw_faults_unref(f);
+  echo_stop(&up);
+}
+
+/* A reset lands on its scheduled byte through the delay line, run after run. */
+static void test_delay_line_reset_same_byte(void) {
+  echo up;
+  echo_start(&up);
+  uint64_t rng = seed ^ 7;
+  size_t n = 4 * 1048576;
+  unsigned char *data = random_fast(n, &rng), *back = malloc(n);
+  rw_faults_config c = {.seed = seed, .reset_per_mib = 2, .latency = 0.005, .bandwidth = 32 * 1048576.0,
+                        .window = 128 * 1024};
+  rw_faults_plan plan;
+  rw_faults_plan_of(&c, 0, &plan);
+  for (int run = 0; run < 2 && plan.reset_at < n; run++) {
+    rw_faults *f = profile(c);
+    rw_chaos *p = proxy(&up, f);
+    int fd = dial(p), err;
+    size_t got = echo_roundtrip(fd, data, n, back, &err, 10);
+    close(fd);
+    rw_chaos_stop(p);
+    rw_fault_event ev[4];
+    size_t nev = rw_faults_events(f, ev, 4);
+    CHECK(got < n && memcmp(data, back, got) == 0);
+    CHECK_EQ_INT(err, ECONNRESET);
+    CHECK_EQ_INT(nev, 1);
+    CHECK(nev == 1 && ev[0].kind == RW_FAULT_RESET && ev[0].pos == plan.reset_at);
+    fprintf(stderr, "delay line: run %d: reset at byte %llu (planned %llu)\n", run,
+            nev ? (unsigned long long)ev[0].pos : 0ULL, (unsigned long long)plan.reset_at);
+    rw_faults_unref(f);
+  }
+  free(data);
+  free(back);
+  echo_stop(&up);
+}
+
 /* ---- the dialer under libcurl, against the fake GCS ---- */
 
 typedef struct cancel_arg {
@@ -481,6 +743,10 @@ int main(void) {
   RUN(test_proxy_breaks);
   RUN(test_proxy_refuse_and_pace);
   RUN(test_proxy_blackhole_stop);
+  RUN(test_delay_line_throughput);
+  RUN(test_delay_line_window);
+  RUN(test_delay_line_rtt);
+  RUN(test_delay_line_reset_same_byte);
   RUN(test_dialer);
   RUN(test_chaos_errors);
   return ct_finish("test_faults");
