@@ -109,7 +109,7 @@ describe("kill -9 / resume soak", function()
     local ok, err = pcall(function()
       local deadline = H.now() + 30
       if mode == "early" then
-        rw.util.sleep(r(0, 150) / 1000)
+        rw.util.sleep(r(0, 60) / 1000) -- the child saves its first state ~50 ms in
       elseif mode == "final" then
         wait_for(dir .. "/completing", dir, deadline)
         while not srv:object("b", name) and not exists(dir .. "/done") and H.now() < deadline do
