@@ -524,6 +524,37 @@ static void absorb_locked(rw_writer *w) {
     finish_from_server_locked(w);
 }
 
+/* Bytes past the end of a session found finalized can never be sent (and
+ * no room would ever open for them): the caller's stream is not the one the
+ * object was made from. */
+static rw_error *past_final(rw_writer *w, uint64_t end) {
+  return rw_err(RW_E_SESSION_CONFLICT,
+                "the session was already finalized with %" PRIu64 " bytes, but bytes up to %" PRIu64
+                " were written: the object is not what is being written",
+                w->server_end, end);
+}
+
+/* After a resume, the caller's stream must fit what the server holds: no
+ * byte past a finalized object, and a total that is the finalized size, or
+ * no less than what a live session holds (nothing could send or finish it:
+ * Complete would wait forever). Whichever comes first, Complete or the
+ * server's answer, calls this. mu held. */
+static rw_error *server_conflict_locked(rw_writer *w) {
+  uint64_t end = w->cache ? rw_sgbuf_end(w->cache) : 0;
+  if (w->server_final && end > w->server_end) return past_final(w, end);
+  if (!w->closing) return NULL;
+  if (w->server_final && w->total != w->server_end)
+    return rw_err(RW_E_SESSION_CONFLICT,
+                  "the session was already finalized with %" PRIu64 " bytes; Complete asked for %" PRIu64,
+                  w->server_end, w->total);
+  if (w->total < w->server_end)
+    return rw_err(RW_E_SESSION_CONFLICT,
+                  "the server holds %" PRIu64 " bytes of this session, more than the %" PRIu64
+                  " Complete asked for",
+                  w->server_end, w->total);
+  return NULL;
+}
+
 /* What a resumed session's server holds decides where the upload goes on:
  * more than the saved state (the normal case after a crash) is taken from
  * the caller's bytes; a finalized session yields its object once the bytes
@@ -545,6 +576,8 @@ static rw_error *sync_apply_locked(rw_writer *w, rw_sink_result *res) {
                   "the server holds %" PRIu64 " bytes of this session%s, fewer than the %" PRIu64
                   " the saved state says were persisted: the state is not this session's",
                   w->server_end, w->server_final ? " (finalized)" : "", w->persisted);
+  rw_error *e = server_conflict_locked(w);
+  if (e) return e;
   if (w->server_end > w->max_sent) w->max_sent = w->server_end;
   absorb_locked(w);
   notify_locked(w);
@@ -916,6 +949,11 @@ rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, siz
   pthread_mutex_lock(&w->mu);
   rw_error *e = usable_locked(w);
   if (e) goto out;
+  if (w->server_final && off + len > w->server_end) {
+    e = past_final(w, off + len);
+    fail_locked(w, rw_error_ref(e));
+    goto out;
+  }
   uint64_t skip = w->persisted > off ? w->persisted - off : 0;
   if (skip > len) skip = len;
   if (skip && (e = check_persisted_locked(w, off, data, skip))) goto out;
@@ -999,10 +1037,8 @@ rw_error *rw_writer_complete_start(rw_writer *w, uint64_t total) {
     rw_md5_final(&w->md5, w->md5_digest);
     w->md5_live = false;
   }
-  if (w->server_final && total != w->server_end)
-    fail_locked(w, rw_err(RW_E_SESSION_CONFLICT,
-                          "the session was already finalized with %" PRIu64 " bytes; Complete asked for %" PRIu64,
-                          w->server_end, total));
+  rw_error *conflict = server_conflict_locked(w);
+  if (conflict) fail_locked(w, conflict);
   absorb_locked(w);
   kick_locked(w);
   notify_locked(w);
