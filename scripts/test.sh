@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds both flavours,
 # and runs every suite. Prints "N passed, N failed" (suites) at the end.
+# A suite whose output holds a "reliablewriter error:" line fails (log_clean).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export GCE_METADATA_HOST=127.0.0.1:1 GCE_METADATA_IP=127.0.0.1:1 NO_GCE_CHECK=True
