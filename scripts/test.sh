@@ -3,17 +3,46 @@
 # and runs every suite. Always prints "suites: N passed, N failed" at the end:
 # a failed install is a failed step, and a peer (rclone, Node) that cannot be
 # installed fails its own suite (tests/fake/peers.sh installs it), not the run.
+# A suite whose output holds a "reliablewriter error:" line fails (log_clean).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export GCE_METADATA_HOST=127.0.0.1:1 GCE_METADATA_IP=127.0.0.1:1 NO_GCE_CHECK=True
 unset STORAGE_EMULATOR_HOST CLOUD_STORAGE_EMULATOR_ENDPOINT
 
 passed=0; failed=0; failures=()
+out_dir=$(mktemp -d /tmp/rw-test.XXXXXX)
+trap 'rm -rf "$out_dir"' EXIT
+
+# A passing suite prints no library error lines: tests that expect a failure
+# capture the log (rw.log.capture, H.capture_log, rw_log_set_hook) and assert
+# on it, and captured lines stay in memory. So any "reliablewriter error:" in a
+# suite's output (stdout and stderr, its children's too), wherever it is on a
+# line, fails the suite, even when the suite itself passed: an unexpected
+# failure, or an expected one nobody asserts on. There is no exception to
+# match: a line quoted in an assertion message is only printed when that
+# assertion fails. Warnings are counted, not failed.
+log_clean() {
+  local name=$1 out=$2 n w
+  n=$(grep -c 'reliablewriter error:' "$out")
+  w=$(grep -c 'reliablewriter warn:' "$out")
+  [[ $w -gt 0 ]] && echo "=== $name: note: $w library warning line(s) in its output"
+  [[ $n -eq 0 ]] && return 0
+  echo "=== $name: $n library error line(s) in its output; the test that expects the failure must"
+  echo "    capture the log and assert on it (spec/helpers.lua H.capture_log), or this is a real failure"
+  echo "    (busted -o gtest FILE shows which test printed it; the id and object name help too):"
+  grep -n 'reliablewriter error:' "$out" | head -20 | cut -c1-400 | sed 's/^/    /'
+  return 1
+}
+
 step() {
   local name=$1; shift
   echo "=== $name"
-  local t0=$SECONDS
-  if "$@"; then passed=$((passed + 1)); echo "=== $name: ok ($((SECONDS - t0)) s)"
+  local t0=$SECONDS out rc
+  out="$out_dir/step$((passed + failed)).log"
+  "$@" 2>&1 | tee "$out"
+  rc=${PIPESTATUS[0]}
+  log_clean "$name" "$out" || { [[ $rc -eq 0 ]] && rc=1 && echo "=== $name: its tests passed, but it printed library errors"; }
+  if [[ $rc -eq 0 ]]; then passed=$((passed + 1)); echo "=== $name: ok ($((SECONDS - t0)) s)"
   else failed=$((failed + 1)); failures+=("$name"); echo "=== $name: FAILED ($((SECONDS - t0)) s)"; fi
 }
 

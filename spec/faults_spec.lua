@@ -8,6 +8,25 @@ local rw = H.rw()
 local core = require "reliablewriter.core"
 local MiB = 1024 * 1024
 
+-- Lua pattern that matches s literally.
+local function lit(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
+
+-- Asserts that the captured log (H.capture_log) holds the line the writer's
+-- failure made: at error level, "upload failed", naming err's id and code.
+local function assert_failure_logged(lines, err)
+  assert.is_true(H.has_line(lines, "reliablewriter error: upload failed .* id=" .. lit(err.id) .. " code=" .. lit(err.code)),
+    "no log line for " .. tostring(err) .. " among:\n" .. table.concat(lines, "\n"))
+end
+
+-- Writes with w, then Completes, with the log captured: lines, ok, err.
+local function write_complete_captured(w, off, data)
+  return H.capture_log(function()
+    local ok, err = w:WriteAt(off, data)
+    if ok then ok, err = w:Complete() end
+    return ok, err
+  end)
+end
+
 local function start_fake()
   return rw.fakegcs.start { store = "memory", buckets = { "b" } }
 end
@@ -261,9 +280,9 @@ describe("uploads through a fault-injecting dialer", function()
     assert(a:WriteAt(0, mib(0) .. mib(1)))
     assert.truthy(settle(function() return p:stats().active == 1 end, 5))
     local b = w("b", 0.3)
-    local ok, err = b:WriteAt(0, mib(2) .. mib(3))
-    if ok then ok, err = b:Complete() end
+    local lines, ok, err = write_complete_captured(b, 0, mib(2) .. mib(3))
     assert.is_nil(ok)
+    assert_failure_logged(lines, err)
     local ps = p:stats()
     assert.truthy((b:stats().errors["net.refused"] or 0) >= 2, tostring(err))
     assert.truthy(ps.refused >= 2)
@@ -283,9 +302,9 @@ describe("uploads through a fault-injecting dialer", function()
     local w = assert(rw.new(rw.context.background(), {
       sink = rw.gcs { bucket = "b", object = "dns", endpoint = "http://" .. UNRESOLVABLE .. ":80", faults = p },
       retry = { min_wait = 0.01, max_wait = 0.05, total_wait = 0.3, seed = 1 }, stall_timeout = 2 }))
-    local ok, err = w:WriteAt(0, mib(0))
-    if ok then ok, err = w:Complete() end
+    local lines, ok, err = write_complete_captured(w, 0, mib(0))
     assert.is_nil(ok)
+    assert_failure_logged(lines, err)
     local st = w:stats()
     assert.truthy((st.errors["net.dns"] or 0) >= 2, "net.dns retried")
     assert.truthy(st.backoff_ms > 0)
@@ -303,10 +322,10 @@ describe("uploads through a fault-injecting dialer", function()
     assert.is_string(id)
     local p = rw.faults.profile { seed = H.seed, refuse = 0.3, latency = 0.001 }
     local w = writer(srv, "bad", { faults = p, headers = { ["x-retry-test-id"] = id } })
-    local ok, err = w:WriteAt(0, mib(0))
-    if ok then ok, err = w:Complete() end
+    local lines, ok, err = write_complete_captured(w, 0, mib(0))
     assert.is_nil(ok)
     assert.are.equal("http.400", err.code)
+    assert_failure_logged(lines, err)
     assert.is_false(err.retryable)
     local posts = 0
     for _, r in ipairs(srv:requests()) do

@@ -77,6 +77,16 @@ local function assert_same_bytes(got, want, what)
   assert(got == want, what .. ": content differs (seed " .. H.seed .. ")")
 end
 
+-- Lua pattern that matches s literally.
+local function lit(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
+
+-- Asserts that the captured log (H.capture_log) holds the line the writer's
+-- failure made: at error level, "upload failed", naming err's id and code.
+local function assert_failure_logged(lines, err)
+  assert.is_true(H.has_line(lines, "reliablewriter error: upload failed .* id=" .. lit(err.id) .. " code=" .. lit(err.code)),
+    "no log line for " .. tostring(err) .. " among:\n" .. table.concat(lines, "\n"))
+end
+
 describe("writer on the fake GCS", function()
   local srv
   setup(function() srv = start_server() end)
@@ -226,14 +236,24 @@ describe("writer on the fake GCS", function()
     assert(w:WriteAt(0, H.random_bytes(256 * KiB)))
     rw.util.sleep(0.2) -- the chunk is stalled on the server now
     local t0 = H.now()
-    parent:cancel("shutting down")
-    local ok, err = w:WriteAt(256 * KiB, "more") -- waits for room: wakes on the cancel
+    local lines, ok, err, obj, err2, took = H.capture_log(function()
+      parent:cancel("shutting down")
+      local ok, err = w:WriteAt(256 * KiB, "more") -- waits for room: wakes on the cancel
+      local obj, err2 = w:Complete()
+      local took = H.now() - t0
+      -- Complete returns on the cancel at once; the writer itself fails (and logs it) on
+      -- its pool thread when the stalled request is cut: wait for that, well before the stall ends.
+      local deadline = H.now() + 2
+      while w:stats().state ~= "failed" and H.now() < deadline do rw.util.sleep(0.01) end
+      return ok, err, obj, err2, took
+    end)
     assert.is_nil(ok)
     assert.is_true(err:is("rw.canceled") or err.message == "shutting down", tostring(err))
-    local obj, err2 = w:Complete()
     assert.is_nil(obj)
     assert.is_truthy(err2)
-    assert.is_true(H.now() - t0 < 0.5, "took " .. (H.now() - t0))
+    assert.is_true(took < 0.5, "took " .. took)
+    assert.equal("failed", w:stats().state)
+    assert_failure_logged(lines, err2)
   end)
 
   it("offers poll, wait and a pollfd for event loops", function()
@@ -282,9 +302,10 @@ describe("writer on the fake GCS", function()
     assert(w:Complete())
     w = assert(gcs_writer(srv, "exists", {}, { if_generation_match = 0 }))
     assert(w:WriteAt(0, "second"))
-    local obj, err = w:Complete()
+    local lines, obj, err = H.capture_log(w.Complete, w)
     assert.is_nil(obj)
     assert.equal("gcs.precondition_failed", err.code)
+    assert_failure_logged(lines, err)
     assert.equal(0, w:stats().retries)
     assert.equal("first", srv:object("b", "exists"))
   end)
@@ -344,10 +365,10 @@ describe("writer on the fake GCS", function()
       retry = fast_retry(), max_chunk_size = 256 * KiB, max_cache_size = 1 * MiB }))
     local other = H.random_bytes(2 * MiB)
     for off = 0, 2 * MiB - 1, 512 * KiB do assert(b:WriteAt(off, other:sub(off + 1, off + 512 * KiB))) end
-    local obj, err
-    H.capture_log(function() obj, err = b:Complete() end)
+    local lines, obj, err = H.capture_log(b.Complete, b)
     assert.is_nil(obj)
     assert.equal("gcs.checksum_mismatch", err.code, tostring(err))
+    assert_failure_logged(lines, err)
     assert.is_nil(srv:object("b", "two-hosts"))
     b:close()
   end)
@@ -367,10 +388,11 @@ describe("writer on the fake GCS", function()
     w = assert(rw.new(rw.context.background(), { sink = dead, connect_timeout = 0.5,
       retry = { min_wait = 0.01, max_wait = 0.02, total_wait = 0.1 } }))
     assert(w:WriteAt(0, "abc"))
-    local obj, err = w:Complete()
+    local lines, obj, err = H.capture_log(w.Complete, w)
     assert.is_nil(obj)
     assert.equal("rw.retry_budget_exhausted", err.code)
     assert.is_true(err:is("net.refused"))
+    assert_failure_logged(lines, err)
   end)
 
   it("rejects bad options and arguments clearly", function()
@@ -543,9 +565,10 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
       crc32c = session.crc32c == "AAAAAA==" and "AAAAAQ==" or "AAAAAA==" }
     local w2 = assert(rw.resume(rw.context.background(), bad, { sink = sink, retry = fast_retry() }))
     assert(w2:WriteAt(session.persisted, data:sub(session.persisted + 1)))
-    local obj, err = w2:Complete()
+    local lines, obj, err = H.capture_log(w2.Complete, w2)
     assert.is_nil(obj)
     assert.is_truthy(err:is("http.400") or err:is("gcs.checksum_mismatch"), tostring(err))
+    assert_failure_logged(lines, err)
     assert.is_nil(srv:object("b", "crc-carried"))
     w2:Abort()
   end)
@@ -558,9 +581,14 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
     local uri = session_uri(w)
     assert.is_true(eventually(function() return w:stats().persisted >= 256 * KiB end))
     local t0 = H.now()
-    assert.is_true(w:Abort())
+    local lines, aborted = H.capture_log(w.Abort, w)
+    assert.is_true(aborted)
     local took = H.now() - t0
     assert.is_true(took < 0.15 + 0.2, "Abort took " .. took .. " s")
+    -- the DELETE that ran out of abort_timeout is a warning, not an error
+    assert.is_true(H.has_line(lines, "reliablewriter warn: abort: deleting the session failed .* code=rw%.deadline_exceeded"),
+      table.concat(lines, "\n"))
+    assert.is_false(H.has_line(lines, "reliablewriter error:"), table.concat(lines, "\n"))
     assert.is_true((retry_test_done(srv, id)), "the DELETE never reached the server")
     assert.equal("aborted", w:stats().state)
     -- the stalled DELETE still lands at the server after its stall
@@ -598,6 +626,13 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
       H.raised(rw.resume, ctx, { uri = u, persisted = 0 }, { sink = rw.file { path = os.tmpname() } }))
     -- a valid state is accepted (a whole number as a float too)
     local w = assert(rw.resume(ctx, { uri = u, persisted = 0.0, crc32c = "AAAAAA==" }, { sink = sink, retry = fast_retry() }))
+    -- There is no such session: deleting it fails, which is a warning naming it. An
+    -- explicit Abort waits for that DELETE (close would leave it to the pool, racing
+    -- the server's teardown and printing the warning after the test).
+    local lines = H.capture_log(w.Abort, w)
+    for _, l in ipairs(lines) do
+      assert.matches("reliablewriter warn: abort: deleting the session failed .*DELETE " .. lit(u), l)
+    end
     w:close()
   end)
 end)
@@ -636,9 +671,10 @@ describe("retry conformance (Google's resumable cases: 9 MiB, 2 MiB chunks, if_g
       local w = assert(gcs_writer(srv, "fatal-" .. status, { max_chunk_size = 2 * MiB }, { headers = { ["x-retry-test-id"] = id } }))
       assert(w:WriteAt(0, H.random_bytes(100 * KiB)))
       local t0 = H.now()
-      local obj, err = w:Complete()
+      local lines, obj, err = H.capture_log(w.Complete, w)
       assert.is_nil(obj)
       assert.equal("http." .. status, err.code)
+      assert_failure_logged(lines, err)
       assert.equal(status, err.status)
       assert.is_false(err.retryable)
       assert.equal(0, w:stats().retries)
@@ -817,10 +853,11 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
     local w = assert(gcs_writer(srv, "outage", { retry = { min_wait = 0.01, max_wait = 0.05, total_wait = 0.5 } }))
     assert(w:WriteAt(0, H.random_bytes(10 * KiB)))
     local t0 = H.now()
-    local obj, err = w:Complete()
+    local lines, obj, err = H.capture_log(w.Complete, w)
     srv:faults()
     assert.is_nil(obj)
     assert.equal("rw.retry_budget_exhausted", err.code)
+    assert_failure_logged(lines, err)
     assert.is_true(err:is("http.503"))
     assert.is_true(H.now() - t0 < 3)
     assert.is_true(w:stats().retries > 3)
@@ -891,9 +928,10 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
       { headers = { ["x-retry-test-id"] = id } }))
     assert(w:WriteAt(0, H.random_bytes(300 * KiB)))
     local t0 = H.now()
-    local obj, err = w:Complete()
+    local lines, obj, err = H.capture_log(w.Complete, w)
     assert.is_nil(obj)
     assert.equal("rw.retry_budget_exhausted", err.code)
+    assert_failure_logged(lines, err)
     assert.is_true(err:is("http.503"))
     assert.is_true(H.now() - t0 < 3, "took " .. (H.now() - t0))
     local puts, queries = 0, 0
@@ -960,10 +998,11 @@ describe("writer on the file and faulty sinks", function()
     local faulty = rw.faulty(rw.file { path = path }, { seed = 1, p_error = 1, codes = { "http.400" } })
     local w = assert(rw.new(rw.context.background(), { sink = faulty, retry = fast_retry() }))
     assert(w:WriteAt(0, "abc"))
-    local obj, err = w:Complete()
+    local lines, obj, err = H.capture_log(w.Complete, w)
     assert.is_nil(obj)
     assert.equal("http.400", err.code)
     assert.equal(0, w:stats().retries)
+    assert_failure_logged(lines, err)
   end)
 
   it("write_file feeds a file straight into the cache", function()
