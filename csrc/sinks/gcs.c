@@ -485,7 +485,10 @@ static rw_error *gcs_abort(rw_sink *s, rw_ctx *ctx) {
   gcs_req r = {.method = "DELETE", .url = g->session, .what = what ? what : "DELETE"};
   rw_http_response res;
   rw_error *e = send_req(g, dctx, &r, &res);
-  if (!e && res.status != 499 && res.status != 200 && res.status != 204) e = http_failure(&r, &res);
+  /* 499: cancelled now; 404/410: already gone (expired, finalized or never
+   * made): either way there is no session left to delete. */
+  bool gone = res.status == 499 || res.status == 404 || res.status == 410;
+  if (!e && !gone && res.status != 200 && res.status != 204) e = http_failure(&r, &res);
   rw_http_response_clear(&res);
   free(what);
   rw_ctx_unref(dctx);

@@ -174,6 +174,34 @@ static void test_location_same_origin(void) {
   server_free(h);
 }
 
+/* The DELETE's answers: 499 (cancelled now), 404 and 410 (already gone) all
+ * mean no session is left: success. Anything else is the server's failure. */
+static void test_abort_statuses(void) {
+  static const struct {
+    int status;
+    bool ok;
+  } cases[] = {{499, true}, {404, true}, {410, true}, {204, true}, {200, true}, {403, false}, {503, false}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    hs_server *h = server_new();
+    if (!h) return;
+    rw_ctx *ctx = rw_ctx_with_timeout(NULL, 4);
+    rw_sink *s = sink_for(h);
+    hs_answer(h, "HTTP/1.1 200 OK\r\nLocation: http://127.0.0.1:%d/upload/s?upload_id=a\r\nContent-Length: 0\r\n\r\n",
+              h->port);
+    CHECK(s->ops->begin(s, ctx) == NULL);
+    hs_answer(h, "HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n", cases[i].status);
+    rw_error *e = s->ops->abort(s, ctx);
+    if (cases[i].ok != (e == NULL)) fprintf(stderr, "   DELETE answered %d: %s\n", cases[i].status, e ? rw_error_message(e) : "ok");
+    CHECK(cases[i].ok == (e == NULL));
+    CHECK_EQ_INT(hs_nreqs(h), 2);
+    if (hs_nreqs(h) == 2) CHECK(strcmp(hs_req(h, 1).method, "DELETE") == 0);
+    rw_error_unref(e);
+    rw_sink_destroy(s);
+    rw_ctx_unref(ctx);
+    server_free(h);
+  }
+}
+
 /* A resumed session URI is checked like a Location: before anything is sent. */
 static void resume_case(hs_server *h, hs_server *other, const char *session_uri) {
   rw_ctx *ctx = rw_ctx_with_timeout(NULL, 4);
@@ -474,6 +502,7 @@ int main(void) {
   rng_state = ct_seed();
   RUN(test_location_off_origin);
   RUN(test_location_same_origin);
+  RUN(test_abort_statuses);
   RUN(test_resume_foreign_session);
   RUN(test_blackholed_requests);
   RUN(test_trickled_headers);
