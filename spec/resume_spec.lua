@@ -314,8 +314,10 @@ describe("rw.resume asks the server first", function()
     w:close()
     srv:clear_requests()
     local forged = { uri = state.uri, persisted = 1 * MiB }
-    local w2 = assert(resume(srv, "behind", forged))
+    local w2
+    -- the writer asks the server as soon as it is made, and fails then: capture from there
     local lines, obj, err = H.capture_log(function()
+      w2 = assert(resume(srv, "behind", forged))
       local ok, e = write_from(w2, data, forged.persisted)
       if not ok then return nil, e end
       return w2:Complete()
@@ -393,10 +395,12 @@ describe("rw.resume asks the server first", function()
   it("a dead session (404): not retried, a clear error", function()
     local u = srv:url() .. "/upload/storage/v1/b/b/o?uploadType=resumable&name=dead&upload_id=nosuch" .. H.seed
     srv:clear_requests()
-    local w = assert(resume(srv, "dead", { uri = u, persisted = 0 },
-      { retry = { min_wait = 0.2, max_wait = 0.5, total_wait = 10 } }))
+    local w
     local t0 = H.now()
+    -- the writer asks the server as soon as it is made, and fails then: capture from there
     local lines, obj, err = H.capture_log(function()
+      w = assert(resume(srv, "dead", { uri = u, persisted = 0 },
+        { retry = { min_wait = 0.2, max_wait = 0.5, total_wait = 10 } }))
       local ok, e = w:WriteAt(0, H.random_bytes(300 * KiB))
       if not ok then return nil, e end
       return w:Complete()
