@@ -304,7 +304,7 @@ static void dec_fields(rcur *c, uint8_t op, rwp_msg *m) {
     break;
   case RWP_STATUS: case RWP_ABORT: m->u.session_op.session = dec_session(c); break;
   case RWP_COMPLETE: dec_complete(c, &m->u.complete); break;
-  case RWP_REPLY: break; /* rwp_decode_reply, once the request is known */
+  case RWP_REPLY: c->off = c->len; break; /* rwp_decode_reply, once the request is known */
   case RWP_ERROR: dec_error(c, &m->u.error); break;
   default: r_check(c, false, "opcode");
   }

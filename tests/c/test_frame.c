@@ -246,10 +246,282 @@ static void test_ops_limits(void) {
   CHECK(rwp_decode_ops(RWP_STATUS, pad4, 4, &m) == NULL && m.u.session_op.session.len == 2);
 }
 
+/* ---- connections: a client and a server side, handshaken ---- */
+
+typedef struct conn {
+  uint64_t client_id;
+  rwp_writer cw, sw;     /* client writes c->s, server writes s->c */
+  rwp_reader *sr, *cr;   /* server reads c->s, client reads s->c */
+  uint8_t k_c2s[32], k_s2c[32];
+  uint8_t hello[RWP_HDR + RWP_MAX_OP], auth[RWP_HDR + RWP_MAX_OP];
+  size_t hello_len, auth_len;
+  uint8_t body_buf[RWP_MIN_FRAME]; /* for the body callback test */
+  int body_calls;
+} conn;
+
+static uint8_t secret_a[32], secret_b[40];
+
+static rw_error *body_to_buf(void *ud, const rwp_frame *f, uint8_t **buf) {
+  conn *c = ud;
+  c->body_calls++;
+  if (f->msg.op == RWP_WRITE_AT && f->body_len <= sizeof c->body_buf) *buf = c->body_buf;
+  return NULL;
+}
+
+static void conn_init(conn *c) {
+  memset(c, 0, sizeof *c);
+  c->client_id = rnd64() | 1;
+  rwp_writer_init(&c->cw), rwp_writer_init(&c->sw);
+  CHECK(rwp_reader_new(RWP_SIDE_SERVER, body_to_buf, c, &c->sr) == NULL);
+  CHECK(rwp_reader_new(RWP_SIDE_CLIENT, NULL, NULL, &c->cr) == NULL);
+}
+static void conn_free(conn *c) {
+  rwp_reader_free(c->sr), rwp_reader_free(c->cr);
+  rwp_writer_wipe(&c->cw), rwp_writer_wipe(&c->sw);
+}
+
+/* Feeds one whole encoded frame in one go and expects exactly it back. */
+static rw_error *feed_one(rwp_reader *r, const uint8_t *buf, size_t len, rwp_frame *f) {
+  size_t used = 0;
+  bool got = false;
+  rw_error *err = rwp_reader_feed(r, buf, len, &used, f, &got);
+  if (!err && (!got || used != len)) {
+    fprintf(stderr, "  feed_one: got=%d used=%zu of %zu\n", got, used, len);
+    return rw_err(RW_E_INTERNAL, "test: not one whole frame");
+  }
+  return err;
+}
+static size_t enc(rwp_writer *w, const rwp_msg *m, const void *body, size_t blen, uint8_t *out, size_t cap) {
+  static rwp_encoded e;
+  rw_error *err = rwp_encode(w, m, body, blen, &e);
+  CHECK(err == NULL);
+  rw_error_unref(err);
+  return err ? 0 : rwp_encoded_copy(&e, out, cap);
+}
+
+static uint8_t fb[2][RWP_MAX_FRAME / 64 + 8192]; /* scratch frames */
+
+/* The handshake of section 4.4 between c's two sides. replay_auth: bytes fed
+ * to the server instead of the client's AUTH. impostor: the server does not
+ * check the proof. Returns 0 when both sides accept, else the side that
+ * refused: 1 the server (proof), 2 the client (WELCOME's MAC or proof). */
+static int handshake(conn *c, const void *cs, size_t cs_len, const void *ss, size_t ss_len,
+                     const uint8_t *replay_auth, size_t replay_len, bool impostor) {
+  rwp_msg m = {.op = RWP_HELLO, .client_id = c->client_id};
+  m.u.hello = (rwp_hello){.min_version = 1, .max_version = 1, .max_frame = 1u << 20, .max_inflight = 8,
+                          .key_id = rwp_cstr("k1")};
+  CHECK(rwp_random(m.u.hello.client_nonce, 32) == NULL);
+  uint8_t cnonce[32], snonce[32], th_c[32], th_s[32], proof[32], want[32], ks_c2s[32], ks_s2c[32];
+  memcpy(cnonce, m.u.hello.client_nonce, 32);
+  c->hello_len = enc(&c->cw, &m, NULL, 0, c->hello, sizeof c->hello);
+  rwp_frame f;
+  CHECK(feed_one(c->sr, c->hello, c->hello_len, &f) == NULL && f.msg.op == RWP_HELLO);
+  uint8_t hello_rx[RWP_HDR + RWP_MAX_OP];
+  size_t hello_rx_len = f.hdr_len;
+  memcpy(hello_rx, f.raw, f.hdr_len);
+  uint32_t max_frame = f.msg.u.hello.max_frame < (1u << 20) ? f.msg.u.hello.max_frame : 1u << 20;
+  /* server: CHALLENGE */
+  m = (rwp_msg){.op = RWP_CHALLENGE};
+  m.u.challenge = (rwp_challenge){.version = 1, .max_frame = max_frame, .max_inflight = 8,
+                                  .ping_interval_ms = 5000};
+  CHECK(rwp_random(m.u.challenge.server_nonce, 32) == NULL);
+  memcpy(snonce, m.u.challenge.server_nonce, 32);
+  size_t chal_len = enc(&c->sw, &m, NULL, 0, fb[1], sizeof fb[1]);
+  CHECK(rwp_transcript_hash(hello_rx, hello_rx_len, fb[1], chal_len, th_s) == NULL);
+  CHECK(feed_one(c->cr, fb[1], chal_len, &f) == NULL && f.msg.op == RWP_CHALLENGE);
+  CHECK(rwp_transcript_hash(c->hello, c->hello_len, f.raw, f.hdr_len, th_c) == NULL);
+  CHECK(memcmp(th_c, th_s, 32) == 0);
+  /* client: AUTH, then its keys */
+  CHECK(rwp_client_proof(cs, cs_len, th_c, proof) == NULL);
+  m = (rwp_msg){.op = RWP_AUTH, .client_id = c->client_id};
+  memcpy(m.u.auth.proof, proof, 32);
+  c->auth_len = enc(&c->cw, &m, NULL, 0, c->auth, sizeof c->auth);
+  CHECK(rwp_derive_keys(cs, cs_len, cnonce, f.msg.u.challenge.server_nonce, c->client_id, c->k_c2s,
+                        c->k_s2c) == NULL);
+  rwp_writer_set_key(&c->cw, c->k_c2s), rwp_reader_set_key(c->cr, c->k_s2c);
+  c->cw.max_frame = max_frame;
+  CHECK(rwp_reader_set_max_frame(c->cr, max_frame) == NULL);
+  /* server: check AUTH, keys, WELCOME */
+  const uint8_t *ab = replay_auth ? replay_auth : c->auth;
+  CHECK(feed_one(c->sr, ab, replay_auth ? replay_len : c->auth_len, &f) == NULL && f.msg.op == RWP_AUTH);
+  CHECK(rwp_client_proof(ss, ss_len, th_s, want) == NULL);
+  if (!impostor && !rwp_proof_equal(want, f.msg.u.auth.proof)) return 1;
+  CHECK(rwp_derive_keys(ss, ss_len, cnonce, snonce, c->client_id, ks_c2s, ks_s2c) == NULL);
+  rwp_reader_set_key(c->sr, ks_c2s), rwp_writer_set_key(&c->sw, ks_s2c);
+  CHECK(rwp_reader_set_max_frame(c->sr, max_frame) == NULL);
+  c->sw.max_frame = max_frame;
+  m = (rwp_msg){.op = RWP_WELCOME, .client_id = c->client_id};
+  CHECK(rwp_server_proof(ss, ss_len, th_s, m.u.welcome.proof) == NULL);
+  m.u.welcome.table_ttl_s = 600;
+  size_t wl = enc(&c->sw, &m, NULL, 0, fb[1], sizeof fb[1]);
+  rwp_wipe(ks_c2s, 32), rwp_wipe(ks_s2c, 32);
+  /* client: WELCOME's MAC, then the server's proof */
+  rw_error *err = feed_one(c->cr, fb[1], wl, &f);
+  if (err) return is(err, RW_E_PROTO_BAD_MAC) ? 2 : 3;
+  CHECK(rwp_server_proof(cs, cs_len, th_c, want) == NULL);
+  if (!rwp_proof_equal(want, f.msg.u.welcome.proof)) return 2;
+  CHECK(rwp_reader_authed(c->cr) && rwp_reader_authed(c->sr));
+  return 0;
+}
+
+static int shake(conn *c) { return handshake(c, secret_a, 32, secret_a, 32, NULL, 0, false); }
+
+static void test_handshake(void) {
+  conn c, d;
+  conn_init(&c);
+  CHECK_EQ_INT(shake(&c), 0);
+  /* the keys work both ways */
+  rwp_msg m = {.op = RWP_PING, .client_id = c.client_id, .u.ping.nonce = 7};
+  rwp_frame f;
+  size_t n = enc(&c.cw, &m, NULL, 0, fb[0], sizeof fb[0]);
+  CHECK(feed_one(c.sr, fb[0], n, &f) == NULL && f.msg.u.ping.nonce == 7);
+  m.op = RWP_PONG;
+  n = enc(&c.sw, &m, NULL, 0, fb[0], sizeof fb[0]);
+  CHECK(feed_one(c.cr, fb[0], n, &f) == NULL && f.msg.op == RWP_PONG);
+  /* a replayed AUTH (same HELLO, old AUTH) on a new connection: new server nonce */
+  conn_init(&d);
+  d.client_id = c.client_id;
+  CHECK_EQ_INT(handshake(&d, secret_a, 32, secret_a, 32, c.auth, c.auth_len, false), 1);
+  conn_free(&d);
+  conn_free(&c);
+  /* wrong secret on the client: the server refuses the proof */
+  conn_init(&c);
+  CHECK_EQ_INT(handshake(&c, secret_b, sizeof secret_b, secret_a, 32, NULL, 0, false), 1);
+  conn_free(&c);
+  /* a server without the secret that accepts anything: WELCOME fails its MAC */
+  conn_init(&c);
+  CHECK_EQ_INT(handshake(&c, secret_a, 32, secret_b, sizeof secret_b, NULL, 0, true), 2);
+  conn_free(&c);
+  /* a short secret is refused */
+  uint8_t th[32] = {0}, out[32];
+  CHECK(is(rwp_client_proof(secret_a, 31, th, out), RW_E_INVALID));
+}
+
+/* ---- the reader in every slicing ---- */
+
+#define NFRAMES 120
+typedef struct sent {
+  size_t off, len;    /* in the stream */
+  uint8_t op;
+  uint64_t seq;
+  size_t hdr_len, body_len;
+} sent;
+
+/* Reads stream (the handshake's frames then NFRAMES more) with a fresh reader
+ * of `side`, in slices: mode 0 all at once, 1 one byte at a time, 2 random.
+ * Each frame must be exactly the bytes that were sent. */
+static void read_stream(rwp_side side, const uint8_t *st, size_t len, const sent *fr, size_t nfr,
+                        const uint8_t key[32], int mode) {
+  rwp_reader *r;
+  CHECK(rwp_reader_new(side, NULL, NULL, &r) == NULL);
+  size_t off = 0, k = 0, bad = 0;
+  while (off < len && k < nfr) {
+    size_t want = mode == 0 ? len - off : mode == 1 ? 1 : 1 + rnd() % (rnd() % 4 ? 64 : 70000);
+    if (want > len - off) want = len - off;
+    size_t used = 0;
+    bool got = false;
+    rwp_frame f;
+    rw_error *err = rwp_reader_feed(r, st + off, want, &used, &f, &got);
+    if (err) {
+      fprintf(stderr, "  mode %d frame %zu: %s\n", mode, k, rw_error_message(err));
+      rw_error_unref(err);
+      bad++;
+      break;
+    }
+    off += used;
+    if (!got) continue;
+    const sent *e = &fr[k];
+    bool same = f.msg.op == e->op && f.msg.seq == e->seq && f.hdr_len == e->hdr_len &&
+                f.body_len == e->body_len && memcmp(f.raw, st + e->off, e->hdr_len) == 0 &&
+                (e->body_len == 0 || memcmp(f.body, st + e->off + e->hdr_len, e->body_len) == 0);
+    if (!same) bad++;
+    rwp_frame_clear(&f);
+    k++;
+    /* after the handshake frame the other side's keys apply */
+    if (k == 2 && side == RWP_SIDE_SERVER) rwp_reader_set_key(r, key);
+    if (k == 1 && side == RWP_SIDE_CLIENT) rwp_reader_set_key(r, key);
+    if (k == 2) CHECK(rwp_reader_set_max_frame(r, 1u << 20) == NULL);
+  }
+  CHECK_EQ_INT(bad, 0);
+  CHECK_EQ_INT(k, nfr);
+  CHECK_EQ_INT(off, len);
+  CHECK(rwp_reader_idle(r));
+  rwp_reader_free(r);
+}
+
+static const uint8_t c2s_ops[] = {RWP_PING, RWP_PONG, RWP_GOODBYE, RWP_CREATE, RWP_WRITE_AT,
+                                  RWP_STATUS, RWP_COMPLETE, RWP_ABORT, RWP_ERROR};
+static const uint8_t s2c_ops[] = {RWP_PING, RWP_PONG, RWP_GOODBYE, RWP_REPLY, RWP_ERROR};
+
+/* Appends a frame encoded by w to the stream. */
+static void append(uint8_t *st, size_t *len, size_t cap, sent *fr, size_t *nfr, rwp_writer *w,
+                   const rwp_msg *m, const uint8_t *body, size_t blen) {
+  static rwp_encoded e;
+  rw_error *err = rwp_encode(w, m, body, blen, &e);
+  CHECK(err == NULL);
+  if (err) { rw_error_unref(err); return; }
+  size_t n = rwp_encoded_copy(&e, st + *len, cap - *len);
+  CHECK(n > 0);
+  fr[(*nfr)++] = (sent){*len, n, m->op, m->seq, e.head_len, blen};
+  *len += n;
+}
+
+static void stream_dir(rwp_side reader_side) {
+  size_t cap = 24u << 20, len = 0, nfr = 0;
+  uint8_t *st = malloc(cap), *body = malloc(1u << 20);
+  sent *fr = calloc(NFRAMES + 2, sizeof *fr);
+  rnd_bytes(body, 1u << 20);
+  conn c;
+  conn_init(&c);
+  CHECK_EQ_INT(shake(&c), 0);
+  bool srv = reader_side == RWP_SIDE_SERVER;
+  /* the handshake frames as the reader saw them: re-encode with fresh unkeyed writers */
+  rwp_writer w0;
+  rwp_writer_init(&w0);
+  if (srv) {
+    memcpy(st, c.hello, c.hello_len), memcpy(st + c.hello_len, c.auth, c.auth_len);
+    fr[0] = (sent){0, c.hello_len, RWP_HELLO, 0, c.hello_len, 0};
+    fr[1] = (sent){c.hello_len, c.auth_len, RWP_AUTH, 0, c.auth_len, 0};
+    len = c.hello_len + c.auth_len, nfr = 2;
+  } else {
+    rwp_msg m;
+    rnd_msg(RWP_CHALLENGE, &m), m.client_id = 0, m.ack = 0;
+    append(st, &len, cap, fr, &nfr, &w0, &m, NULL, 0);
+    rwp_writer_set_key(&w0, c.k_s2c);
+    rnd_msg(RWP_WELCOME, &m), m.ack = 0;
+    append(st, &len, cap, fr, &nfr, &w0, &m, NULL, 0);
+  }
+  rwp_writer *w = srv ? &c.cw : &w0;
+  w->max_frame = 1u << 20;
+  for (int i = 0; i < NFRAMES; i++) {
+    rwp_msg m;
+    uint8_t op = srv ? c2s_ops[rnd() % sizeof c2s_ops] : s2c_ops[rnd() % sizeof s2c_ops];
+    rnd_msg(op, &m);
+    if (!srv) m.ack = 0;
+    size_t blen = op == RWP_WRITE_AT ? 1 + rnd() % (rnd() % 8 ? 5000 : 1u << 20)
+                  : op == RWP_CREATE ? rnd() % 3000 : op == RWP_REPLY ? rnd() % 200 : 0;
+    append(st, &len, cap, fr, &nfr, w, &m, body + rnd() % 1000, blen > (1u << 20) - 1000 ? 1000 : blen);
+  }
+  fprintf(stderr, "  %s reads %zu frames, %zu bytes\n", srv ? "server" : "client", nfr, len);
+  for (int mode = 0; mode < 3; mode++)
+    read_stream(reader_side, st, len, fr, nfr, srv ? c.k_c2s : c.k_s2c, mode);
+  rwp_writer_wipe(&w0);
+  conn_free(&c);
+  free(st), free(body), free(fr);
+}
+
+static void test_stream_slicing(void) {
+  stream_dir(RWP_SIDE_SERVER);
+  stream_dir(RWP_SIDE_CLIENT);
+}
+
 int main(void) {
   rng_state = ct_seed();
+  rnd_bytes(secret_a, sizeof secret_a), rnd_bytes(secret_b, sizeof secret_b);
   RUN(test_kat);
   RUN(test_ops_round_trip);
   RUN(test_ops_limits);
+  RUN(test_handshake);
+  RUN(test_stream_slicing);
   return ct_finish("test_frame");
 }
