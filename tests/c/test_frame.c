@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #include "ctest.h"
+#include "core/checksum.h"
 #include "proxy/frame.h"
 
 static unsigned rng_state;
@@ -515,6 +516,285 @@ static void test_stream_slicing(void) {
   stream_dir(RWP_SIDE_CLIENT);
 }
 
+/* ---- frames out of the rules, built by hand ---- */
+
+typedef struct rawf {
+  const char *magic;  /* NULL: "RWPF" */
+  uint8_t version;    /* 0: 1 */
+  uint8_t op;
+  uint16_t flags, reserved;
+  int hdr_len;        /* 0: 48 + ops_len */
+  int64_t body_len;   /* 0: blen */
+  uint32_t reserved2;
+  uint64_t client_id, seq, ack;
+  const uint8_t *ops, *body;
+  size_t ops_len, blen;
+  const uint8_t *key; /* MAC under key with counter n */
+  uint64_t n;
+  bool bad_crc;
+} rawf;
+
+static void be(uint8_t *p, uint64_t v, int n) {
+  for (int i = n - 1; i >= 0; i--, v >>= 8) p[i] = (uint8_t)v;
+}
+
+static size_t build(const rawf *x, uint8_t *out) {
+  size_t hl = x->hdr_len ? (size_t)x->hdr_len : RWP_HDR + x->ops_len;
+  memcpy(out, x->magic ? x->magic : "RWPF", 4);
+  out[4] = x->version ? x->version : 1, out[5] = x->op;
+  be(out + 6, x->flags, 2), be(out + 8, hl, 2), be(out + 10, x->reserved, 2);
+  be(out + 12, x->body_len ? (uint64_t)x->body_len : x->blen, 4);
+  be(out + 16, x->client_id, 8), be(out + 24, x->seq, 8), be(out + 32, x->ack, 8);
+  be(out + 40, x->reserved2, 4);
+  if (x->ops_len) memcpy(out + RWP_HDR, x->ops, x->ops_len);
+  uint32_t crc = rw_crc32c(rw_crc32c(0, out, 44), out + RWP_HDR, x->ops_len);
+  be(out + 44, x->bad_crc ? crc ^ 1 : crc, 4);
+  size_t len = RWP_HDR + x->ops_len;
+  if (x->blen) memcpy(out + len, x->body, x->blen);
+  len += x->blen;
+  if (x->key) {
+    uint8_t nb[8];
+    be(nb, x->n, 8);
+    const void *parts[] = {nb, out};
+    size_t lens[] = {8, len};
+    CHECK(rwp_hmac(x->key, 32, parts, lens, 2, out + len) == NULL);
+    len += 32;
+  }
+  return len;
+}
+
+static uint8_t sess_ops[] = {0x00, 0x02, 's', '1'}; /* STATUS/ABORT: session "s1" */
+
+/* A fresh handshaken connection; x is fed to its server reader (MAC'd under
+ * the client's key and next counter unless nomac). Returns the error. */
+static rw_error *feed_server(rawf x, bool nomac, size_t *used_out) {
+  conn c;
+  conn_init(&c);
+  CHECK_EQ_INT(shake(&c), 0);
+  if (!nomac) x.key = c.k_c2s, x.n = c.cw.n;
+  if (!x.client_id) x.client_id = c.client_id;
+  size_t len = build(&x, fb[0]), used = 0;
+  bool got = false;
+  rwp_frame f;
+  rw_error *err = rwp_reader_feed(c.sr, fb[0], len, &used, &f, &got);
+  if (got) rwp_frame_clear(&f);
+  if (used_out) *used_out = used;
+  if (err && strcmp(rw_error_code(err), RW_E_PROTO_UNKNOWN_OP) != 0) {
+    /* dead: even a good frame is refused now */
+    rwp_msg m = {.op = RWP_PING, .client_id = c.client_id};
+    size_t n = enc(&c.cw, &m, NULL, 0, fb[1], sizeof fb[1]);
+    CHECK(is(feed_one(c.sr, fb[1], n, &f), RW_E_PROTO_BAD_FRAME));
+  }
+  conn_free(&c);
+  return err;
+}
+
+static void test_bounds(void) {
+  uint8_t body[16] = "0123456789abcdef";
+  rawf ok = {.op = RWP_STATUS, .seq = 5, .ops = sess_ops, .ops_len = 4};
+  CHECK(feed_server(ok, false, NULL) == NULL); /* the builder makes good frames */
+  rawf x = ok;
+  size_t used;
+  x.hdr_len = 54; /* not a multiple of 4 */
+  CHECK(is(feed_server(x, false, &used), RW_E_PROTO_BAD_FRAME));
+  CHECK_EQ_INT(used, RWP_HDR); /* refused from the fixed header alone */
+  x = ok, x.hdr_len = RWP_HDR + RWP_MAX_OP + 4;
+  CHECK(is(feed_server(x, false, &used), RW_E_PROTO_BAD_FRAME));
+  CHECK_EQ_INT(used, RWP_HDR);
+  x = ok, x.hdr_len = 44;
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.op = RWP_WRITE_AT, x.body_len = (1 << 20) + 1; /* over the negotiated max_frame */
+  uint8_t wa[] = {0x00, 0x02, 's', '1', 0, 0, 0, 0, 0, 0, 0, 0};
+  x.ops = wa, x.ops_len = sizeof wa;
+  CHECK(is(feed_server(x, false, &used), RW_E_PROTO_BAD_FRAME));
+  CHECK_EQ_INT(used, RWP_HDR);
+  x = ok, x.ops = (const uint8_t *)"\x00\x64" "abcdef", x.ops_len = 8; /* str16 past the fields */
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  static uint8_t lim[2052] = {0x08, 0x01}; /* session of 2049 bytes */
+  memset(lim + 2, 's', 2049);
+  x = ok, x.ops = lim, x.ops_len = sizeof lim;
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.magic = "RWPG";
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.version = 2;
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.reserved = 1;
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.reserved2 = 0x80000000u;
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.bad_crc = true;
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.flags = 2; /* a flag STATUS does not define */
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.flags = RWP_FLAG_RETRY;
+  CHECK(feed_server(x, false, NULL) == NULL);
+  x = ok, x.op = RWP_PING, x.seq = 0, x.flags = RWP_FLAG_RETRY, x.ops = wa + 4, x.ops_len = 8;
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.op = RWP_PING, x.seq = 0, x.ops = wa + 4, x.ops_len = 8, x.body = body, x.blen = 4;
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME)); /* a body on PING */
+  x = ok, x.seq = 0; /* a request without a seq */
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.op = RWP_REPLY; /* a server's opcode from the client */
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.op = RWP_HELLO; /* a handshake frame after the handshake */
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.op = RWP_WRITE_AT, x.ops = wa, x.ops_len = sizeof wa; /* WRITE_AT without bytes */
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.ops = sess_ops, x.ops_len = 4, x.hdr_len = 0;
+  x.body = body, x.blen = 16, x.op = RWP_WRITE_AT; /* WRITE_AT fields too short */
+  CHECK(is(feed_server(x, false, NULL), RW_E_PROTO_BAD_FRAME));
+  x = ok, x.op = RWP_WRITE_AT, x.ops = wa, x.ops_len = sizeof wa, x.body = body, x.blen = 16;
+  CHECK(feed_server(x, false, NULL) == NULL);
+  x.key = secret_a; /* a MAC under some other key */
+  CHECK(is(feed_server(x, true, NULL), RW_E_PROTO_BAD_MAC));
+  x.key = NULL; /* no MAC at all: the next frame's bytes are taken as the MAC */
+  CHECK(feed_server(x, true, NULL) == NULL); /* (a partial frame: nothing yet) */
+}
+
+/* Frames a man in the middle replays, swaps or moves: each fails its MAC. */
+static void test_mac(void) {
+  conn c, d;
+  conn_init(&c), conn_init(&d);
+  CHECK_EQ_INT(shake(&c), 0);
+  CHECK_EQ_INT(shake(&d), 0);
+  uint8_t body[100];
+  rnd_bytes(body, sizeof body);
+  rwp_msg m = {.op = RWP_WRITE_AT, .client_id = c.client_id, .seq = 1};
+  m.u.write_at.session = rwp_cstr("sess"), m.u.write_at.offset = 0;
+  size_t n1 = enc(&c.cw, &m, body, 60, fb[0], sizeof fb[0]);
+  m.seq = 2, m.u.write_at.offset = 60;
+  size_t n2 = enc(&c.cw, &m, body + 60, 40, fb[1], sizeof fb[1]);
+  rwp_frame f;
+  /* the body lands in the caller's buffer */
+  CHECK(feed_one(c.sr, fb[0], n1, &f) == NULL);
+  CHECK(f.body == c.body_buf && !f.body_owned && memcmp(c.body_buf, body, 60) == 0);
+  CHECK_EQ_INT(c.body_calls, 1);
+  /* replayed: same bytes again */
+  CHECK(is(feed_one(c.sr, fb[0], n1, &f), RW_E_PROTO_BAD_MAC));
+  conn_free(&c);
+  /* swapped: the second frame first */
+  conn_init(&c);
+  CHECK_EQ_INT(shake(&c), 0);
+  m.seq = 1, m.client_id = c.client_id, m.u.write_at.offset = 0;
+  n1 = enc(&c.cw, &m, body, 60, fb[0], sizeof fb[0]);
+  m.seq = 2, m.u.write_at.offset = 60;
+  n2 = enc(&c.cw, &m, body + 60, 40, fb[1], sizeof fb[1]);
+  CHECK(is(feed_one(c.sr, fb[1], n2, &f), RW_E_PROTO_BAD_MAC));
+  /* moved to another connection (same client id, other keys) */
+  CHECK(is(feed_one(d.sr, fb[0], n1, &f), RW_E_PROTO_BAD_MAC));
+  conn_free(&c), conn_free(&d);
+  /* altered: one bit of the body (hcrc does not cover it, the MAC does) */
+  conn_init(&c);
+  CHECK_EQ_INT(shake(&c), 0);
+  n1 = enc(&c.cw, &m, body, 60, fb[0], sizeof fb[0]);
+  fb[0][n1 - 40] ^= 0x10;
+  CHECK(is(feed_one(c.sr, fb[0], n1, &f), RW_E_PROTO_BAD_MAC));
+  conn_free(&c);
+}
+
+/* An opcode of a later version: read whole, MAC checked, refused, and the
+ * reader goes on with the next frame (whose counter follows it). */
+static void test_unknown_op(void) {
+  conn c;
+  conn_init(&c);
+  CHECK_EQ_INT(shake(&c), 0);
+  uint8_t ops[8] = {1, 2, 3, 4, 5, 6, 7, 8}, body[300];
+  rnd_bytes(body, sizeof body);
+  rawf x = {.op = 0x30, .flags = 0x8000, .seq = 77, .client_id = c.client_id, .ops = ops, .ops_len = 8,
+            .body = body, .blen = sizeof body, .key = c.k_c2s, .n = c.cw.n};
+  size_t len = build(&x, fb[0]);
+  c.cw.n++; /* a later-version writer counted it */
+  rwp_msg m = {.op = RWP_STATUS, .client_id = c.client_id, .seq = 78};
+  m.u.session_op.session = rwp_cstr("s");
+  size_t n2 = enc(&c.cw, &m, NULL, 0, fb[0] + len, sizeof fb[0] - len);
+  for (int round = 0; round < 2; round++) { /* whole, then 1 byte at a time */
+    rwp_reader *r;
+    CHECK(rwp_reader_new(RWP_SIDE_SERVER, NULL, NULL, &r) == NULL);
+    rwp_frame f;
+    CHECK(feed_one(r, c.hello, c.hello_len, &f) == NULL);
+    CHECK(feed_one(r, c.auth, c.auth_len, &f) == NULL);
+    rwp_reader_set_key(r, c.k_c2s);
+    size_t off = 0, used;
+    bool got = false;
+    int unknown = 0, good = 0;
+    while (off < len + n2) {
+      rw_error *err = rwp_reader_feed(r, fb[0] + off, round ? 1 : len + n2 - off, &used, &f, &got);
+      off += used;
+      if (err && (unknown++ || !used)) {
+        CHECK(!"a second error, or no progress");
+        rw_error_unref(err);
+        break;
+      }
+      if (err) {
+        CHECK(f.msg.op == 0x30 && f.msg.seq == 77 && off == len);
+        CHECK(is(err, RW_E_PROTO_UNKNOWN_OP));
+      }
+      if (got) {
+        good++;
+        CHECK(f.msg.op == RWP_STATUS && f.msg.seq == 78);
+      }
+    }
+    CHECK(unknown == 1 && good == 1 && rwp_reader_idle(r));
+    rwp_reader_free(r);
+  }
+  /* its MAC is still checked */
+  x.n = c.cw.n + 5;
+  len = build(&x, fb[0]);
+  rwp_frame f;
+  CHECK(is(feed_one(c.sr, fb[0], len, &f), RW_E_PROTO_BAD_MAC));
+  conn_free(&c);
+}
+
+/* Before AUTH: only the next handshake frame, no body, and the version. */
+static void test_before_auth(void) {
+  rwp_reader *r;
+  uint8_t hello[48] = {0};
+  hello[0] = 1, hello[1] = 1, hello[37] = 1, hello[41] = 1; /* versions, max_frame 64 KiB, inflight 1 */
+  rawf ok = {.op = RWP_HELLO, .client_id = 9, .ops = hello, .ops_len = 44};
+  rawf cases[] = {ok, ok, ok, ok, ok};
+  cases[1].version = 2;
+  cases[2].op = RWP_AUTH;
+  cases[3].op = RWP_STATUS, cases[3].seq = 1, cases[3].ops = sess_ops, cases[3].ops_len = 4;
+  uint8_t b = 0;
+  cases[4].body = &b, cases[4].blen = 1;
+  const char *want[] = {NULL, RW_E_PROTO_VERSION, RW_E_PROTO_BAD_FRAME, RW_E_PROTO_BAD_FRAME,
+                        RW_E_PROTO_BAD_FRAME};
+  for (int i = 0; i < 5; i++) {
+    CHECK(rwp_reader_new(RWP_SIDE_SERVER, NULL, NULL, &r) == NULL);
+    size_t len = build(&cases[i], fb[0]);
+    rwp_frame f;
+    rw_error *err = feed_one(r, fb[0], len, &f);
+    if (want[i]) CHECK(is(err, want[i]));
+    else CHECK(err == NULL && f.msg.op == RWP_HELLO && !rwp_reader_authed(r));
+    rwp_reader_free(r);
+  }
+  /* a body over 64 KiB before negotiation */
+  CHECK(rwp_reader_new(RWP_SIDE_SERVER, NULL, NULL, &r) == NULL);
+  rawf big = ok;
+  big.body_len = RWP_MIN_FRAME + 1;
+  size_t used = 0;
+  bool got;
+  rwp_frame f;
+  build(&big, fb[0]);
+  CHECK(is(rwp_reader_feed(r, fb[0], RWP_HDR, &used, &f, &got), RW_E_PROTO_BAD_FRAME));
+  rwp_reader_free(r);
+  /* a truncated frame is no frame */
+  CHECK(rwp_reader_new(RWP_SIDE_SERVER, NULL, NULL, &r) == NULL);
+  size_t len = build(&ok, fb[0]);
+  CHECK(rwp_reader_feed(r, fb[0], len - 1, &used, &f, &got) == NULL && !got && used == len - 1);
+  CHECK(!rwp_reader_idle(r));
+  CHECK(rwp_reader_feed(r, fb[0] + len - 1, 1, &used, &f, &got) == NULL && got);
+  /* the client's reader: a CHALLENGE must carry client_id 0 and ack 0 */
+  rwp_reader_free(r);
+  conn c;
+  conn_init(&c);
+  rwp_msg m;
+  rnd_msg(RWP_CHALLENGE, &m), m.client_id = 0, m.ack = 3;
+  len = enc(&c.sw, &m, NULL, 0, fb[0], sizeof fb[0]);
+  CHECK(is(feed_one(c.cr, fb[0], len, &f), RW_E_PROTO_BAD_FRAME));
+  conn_free(&c);
+}
+
 int main(void) {
   rng_state = ct_seed();
   rnd_bytes(secret_a, sizeof secret_a), rnd_bytes(secret_b, sizeof secret_b);
@@ -523,5 +803,9 @@ int main(void) {
   RUN(test_ops_limits);
   RUN(test_handshake);
   RUN(test_stream_slicing);
+  RUN(test_bounds);
+  RUN(test_mac);
+  RUN(test_unknown_op);
+  RUN(test_before_auth);
   return ct_finish("test_frame");
 }
