@@ -795,9 +795,27 @@ static void test_before_auth(void) {
   conn_free(&c);
 }
 
+/* Every proto.* code the codec makes is in the registry, retryable exactly
+ * where PROTOCOL.md 6.1 says so. */
+static void test_codes_registered(void) {
+  static const struct {
+    const char *code;
+    bool retryable;
+  } codes[] = {{RW_E_PROTO_BAD_FRAME, false},   {RW_E_PROTO_BAD_MAC, false},  {RW_E_PROTO_UNKNOWN_OP, false},
+               {RW_E_PROTO_VERSION, false},     {RW_E_PROTO_AUTH_FAILED, false},
+               {RW_E_PROTO_AUTH_TIMEOUT, false}, {RW_E_PROTO_TOO_MANY, false}, {RW_E_PROTO_EXPIRED, false},
+               {RW_E_PROTO_RATE_LIMITED, true}, {RW_E_PROTO_BUSY, true},      {RW_E_PROTO_SHUTDOWN, true}};
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+    const rw_code_info *ci = rw_code_lookup(codes[i].code);
+    CHECK(ci != NULL);
+    if (ci) CHECK(ci->retryable == codes[i].retryable && ci->hint && *ci->hint);
+  }
+}
+
 int main(void) {
   rng_state = ct_seed();
   rnd_bytes(secret_a, sizeof secret_a), rnd_bytes(secret_b, sizeof secret_b);
+  RUN(test_codes_registered);
   RUN(test_kat);
   RUN(test_ops_round_trip);
   RUN(test_ops_limits);
