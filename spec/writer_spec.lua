@@ -1,5 +1,6 @@
 -- ReliableWriter against the in-process fake GCS (and the file / faulty sinks).
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local KiB, MiB = 1024, 1024 * 1024
 
@@ -7,7 +8,7 @@ local function start_server(opts)
   opts = opts or {}
   opts.buckets = opts.buckets or { "b" }
   opts.store = opts.store or "memory"
-  return rw.fakegcs.start(opts)
+  return testbed.fakegcs.start(opts)
 end
 
 -- POST /retry_test with the instructions; returns the id.
@@ -690,7 +691,7 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
   it("#1 100 concurrent writers stay within their cache bounds and a bounded pool", function()
     local ctx = rw.context.background()
     local ws = {}
-    local before = rw.util.thread_count()
+    local before = testbed.probes.thread_count()
     local peak_cache = {}
     for i = 1, 100 do
       peak_cache[i] = 0
@@ -705,7 +706,7 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
       assert(ws[i]:WriteAt(0, datas[i]))
       peak_cache[i] = math.max(peak_cache[i], ws[i]:stats().in_cache)
     end
-    local peak_threads = rw.util.thread_count()
+    local peak_threads = testbed.probes.thread_count()
     for i = 1, 100 do
       assert(ws[i]:Complete())
       assert.is_true(peak_cache[i] > 0)
@@ -759,14 +760,14 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
 
   it("#1 1,000 open writers do not mean 1,000 threads", function()
     local ctx = rw.context.background()
-    local before = rw.util.thread_count()
+    local before = testbed.probes.thread_count()
     local ws = {}
     for i = 1, 1000 do
       ws[i] = assert(rw.new(ctx, { sink = rw.gcs { bucket = "b", object = "k-" .. i, endpoint = srv:url() },
         max_cache_size = 256 * KiB, max_chunk_size = 256 * KiB }))
       assert(ws[i]:WriteAt(0, "abc"))
     end
-    local during = rw.util.thread_count()
+    local during = testbed.probes.thread_count()
     assert.is_true(during - before <= 32, ("%d writers, %d more threads"):format(#ws, during - before))
     for i = 1, 1000 do ws[i]:Abort(); ws[i]:close() end
   end)
@@ -775,7 +776,7 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
     -- 503s on 40% of requests (a fixed seed, so the schedule is the same every
     -- run): over the upload they add up to more than total_wait, per chunk not
     local path = os.tmpname()
-    local faulty = rw.faulty(rw.file { path = path }, { seed = 4243, p_error = 0.3, codes = { "http.503" } })
+    local faulty = testbed.faulty(rw.file { path = path }, { seed = 4243, p_error = 0.3, codes = { "http.503" } })
     local data = H.random_bytes(8 * MiB)
     local w = assert(rw.new(rw.context.background(), { sink = faulty, max_chunk_size = 256 * KiB,
       max_cache_size = 1 * MiB, retry = { min_wait = 0.05, max_wait = 0.05, total_wait = 0.4, jitter = "none" } }))
@@ -789,8 +790,8 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
 
   it("#2 a slow link is not a stall: a chunk may take longer than stall_timeout while bytes move", function()
     for _, path in ipairs { "dialer", "chaos proxy" } do
-      local profile = rw.faults.profile { seed = H.seed % 1000 + 1, bandwidth = 2 * MiB }
-      local proxy = path == "chaos proxy" and rw.faults.proxy { upstream = srv:url(), profile = profile }
+      local profile = testbed.faults.profile { seed = H.seed % 1000 + 1, bandwidth = 2 * MiB }
+      local proxy = path == "chaos proxy" and testbed.faults.proxy { upstream = srv:url(), profile = profile }
       local name = "slow-link-" .. (proxy and "proxy" or "dialer")
       local data = H.random_bytes(2 * MiB + 100 * KiB)
       local so = proxy and { endpoint = proxy:url() } or { faults = profile }
@@ -817,9 +818,9 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
     collectgarbage()
     local w = assert(gcs_writer(srv, "zero-copy", { max_cache_size = 64 * MiB, max_chunk_size = 16 * MiB,
       stall_timeout = 10 }, { headers = { ["x-retry-test-id"] = id } }))
-    local before = rw.util.rss_kib()
+    local before = testbed.probes.rss_kib()
     assert(w:WriteAt(0, data))
-    local grew = rw.util.rss_kib() - before
+    local grew = testbed.probes.rss_kib() - before
     assert.is_true(w:stats().in_cache >= 32 * MiB, "in cache: " .. w:stats().in_cache)
     assert.is_true(grew < 16 * 1024, ("RSS grew %d KiB while the cache holds %d bytes"):format(grew, w:stats().in_cache))
     assert(w:Complete())
@@ -980,7 +981,7 @@ describe("writer on the file and faulty sinks", function()
     -- 13+ puts at p = 0.5: a run without any fault is 1 in 8,000 (at 3 MiB
     -- and p = 0.3 it was 1 in 12, and CI met it)
     local data = H.random_bytes(6 * MiB + 17)
-    local faulty = rw.faulty(rw.file { path = path }, { seed = H.seed % 100000 + 1, p_error = 0.5,
+    local faulty = testbed.faulty(rw.file { path = path }, { seed = H.seed % 100000 + 1, p_error = 0.5,
       codes = { "net.reset", "http.503" } })
     local w = assert(rw.new(rw.context.background(), { sink = faulty, retry = fast_retry(),
       max_chunk_size = 512 * KiB, max_cache_size = 1 * MiB }))
@@ -993,7 +994,7 @@ describe("writer on the file and faulty sinks", function()
   end)
 
   it("does not retry a non-retryable sink error", function()
-    local faulty = rw.faulty(rw.file { path = path }, { seed = 1, p_error = 1, codes = { "http.400" } })
+    local faulty = testbed.faulty(rw.file { path = path }, { seed = 1, p_error = 1, codes = { "http.400" } })
     local w = assert(rw.new(rw.context.background(), { sink = faulty, retry = fast_retry() }))
     assert(w:WriteAt(0, "abc"))
     local lines, obj, err = H.capture_log(w.Complete, w)

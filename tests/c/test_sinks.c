@@ -17,8 +17,8 @@
 #include "core/checksum.h"
 #include "core/clock.h"
 #include "ctest.h"
-#include "fake/fakegcs.h"
-#include "sinks/faulty.h"
+#include "testbed/fakegcs.h"
+#include "testbed/faulty.h"
 #include "sinks/file.h"
 #include "sinks/gcs.h"
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fake/fg_internal.h"
+#include "testbed/fg_internal.h"
 
 #define Q ((uint64_t)FG_QUANTUM)
 

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "fake/fakegcs.h"
+#include "testbed/fakegcs.h"
 
 #define FG_QUANTUM (256 * 1024)
 #define FG_MAX_JSON_BODY (1 << 20)

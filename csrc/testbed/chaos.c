@@ -1,5 +1,5 @@
-/* The chaos proxy: an accept thread and the relays of net/faults.c. */
-#include "net/chaos.h"
+/* The chaos proxy: an accept thread and the relays of testbed/faults.c. */
+#include "testbed/chaos.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fake/fg_internal.h"
+#include "testbed/fg_internal.h"
 
 uint32_t fg_crc32c(uint32_t crc, const void *p, size_t n) {
   return crc32_iscsi((unsigned char *)p, (int)n, crc ^ 0xFFFFFFFFu) ^ 0xFFFFFFFFu;

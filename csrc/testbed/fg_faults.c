@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fake/fg_internal.h"
+#include "testbed/fg_internal.h"
 
 struct fg_retry_test {
   struct fg_retry_test *next;

@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fake/fg_internal.h"
+#include "testbed/fg_internal.h"
 
 /* Memory blobs start on the heap; past 2 MiB they move to an anonymous
  * mapping with transparent huge pages that grows with mremap (no copies, and

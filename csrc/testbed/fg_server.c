@@ -11,7 +11,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "fake/fg_internal.h"
+#include "testbed/fg_internal.h"
 
 /* ---- replies and the log ---- */
 

@@ -2,7 +2,7 @@
  * dialer (see faults.h). One thread per relay, polling both sockets and an
  * eventfd that wakes it to stop; each direction of a relay is a delay line
  * (relay_dir). */
-#include "net/faults.h"
+#include "testbed/faults.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -814,7 +814,10 @@ static int dial_close(void *ud, curl_socket_t fd) {
   return close(fd);
 }
 
+static void dial_release(void *owner) { rw_faults_unref(owner); }
+
 rw_http_dialer rw_faults_dialer(rw_faults *f) {
-  rw_http_dialer d = {.opensocket = dial_open, .sockopt = NULL, .closesocket = dial_close, .ud = f};
+  rw_http_dialer d = {.opensocket = dial_open, .sockopt = NULL, .closesocket = dial_close, .ud = f,
+                      .owner = rw_faults_ref(f), .release = dial_release};
   return d;
 }

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fake/fg_internal.h"
+#include "testbed/fg_internal.h"
 
 static bool is(const fg_req *r, const char *method) {
   return strcmp(r->method, method) == 0;
