@@ -362,6 +362,24 @@ describe("uploads through a fault-injecting dialer", function()
     io.stderr:write(("[faults] same seed: %d and %d events, first %d identical\n"):format(#a, #b, common))
     assert.truthy(common >= 1)
   end)
+
+  it("logs the relay's lines through the core's log (testbed.so's copy forwards them)", function()
+    -- The relay (in testbed.so) logs each injected fault at debug level; the
+    -- lines reach rw.log's capture in core.so, so levels and hooks are one.
+    local seed = seed_resetting(0.5, 4 * MiB)
+    local p = testbed.faults.profile { seed = seed, reset_per_mib = 0.5 }
+    rw.log.capture("debug")
+    local ok, e = pcall(function()
+      local w = writer(srv, "logged", { faults = p })
+      upload(w, 8)
+    end)
+    local lines = rw.log.stop()
+    assert(ok, e)
+    check_object(srv, "logged", 8)
+    assert.truthy(p:stats().resets > 0)
+    assert.is_true(H.has_line(lines, "reliablewriter debug: faults: connection %d+: reset at byte"),
+      "no relay line among " .. #lines .. " captured (seed " .. seed .. ")")
+  end)
 end)
 
 describe("testbed.faults.proxy", function()
