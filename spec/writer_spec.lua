@@ -384,6 +384,13 @@ describe("writer on the fake GCS", function()
     local w = assert(rw.new(rw.context.background(), { sink = sink, connect_timeout = 2 }))
     assert(w:WriteAt(0, "abc"))
     assert.equal(3, assert(w:Complete()).size)
+    -- a test bed descriptor (faulty) comes back unchanged, and rw.new takes it
+    local f = testbed.faulty(rw.gcs { bucket = "b", object = "ct-faulty", endpoint = srv:url() }, { p_error = 0 })
+    assert.equal(f, rw.core.sinks.derive(f, { connect_timeout = 2 }))
+    local wf = assert(rw.new(rw.context.background(), { sink = f, connect_timeout = 2 }))
+    assert(wf:WriteAt(0, "abcd"))
+    assert.equal(4, assert(wf:Complete()).size)
+    assert.equal("abcd", srv:object("b", "ct-faulty"))
     -- nothing listens here: refused at once, retried until the budget ends
     local dead = rw.gcs { bucket = "b", object = "ct", endpoint = "http://127.0.0.1:1" }
     w = assert(rw.new(rw.context.background(), { sink = dead, connect_timeout = 0.5,

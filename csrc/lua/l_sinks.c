@@ -385,15 +385,16 @@ static int sinks_is_sink(lua_State *L) {
 
 /* derive(desc, {session_uri=, connect_timeout=}): a copy of a gcs descriptor
  * with those set (rw.resume and the writer's connect_timeout use it). Other
- * kinds come back unchanged. */
+ * kinds (file, the test bed's faulty) come back unchanged. */
 static char *dup_opt(lua_State *L, const char *s) { return s ? dup_or_raise(L, s) : NULL; }
 
 static int sinks_derive(lua_State *L) {
-  desc *src = check_desc(L, 1);
+  if (!rw_lua_is_sink(L, 1)) check_desc(L, 1); /* raises */
+  desc *src = luaL_testudata(L, 1, DESC_MT);   /* NULL: the test bed's (faulty) */
   luaL_checktype(L, 2, LUA_TTABLE);
   static const char *const known[] = {"session_uri", "connect_timeout", NULL};
   rw_lua_check_options(L, 2, 2, known);
-  if (src->kind != DESC_GCS) {
+  if (!src || src->kind != DESC_GCS) {
     lua_pushvalue(L, 1);
     return 1;
   }
