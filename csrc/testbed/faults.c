@@ -346,12 +346,15 @@ static void set_nonblock(int fd) {
   if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-/* Closes fd so that the peer sees a reset (TCP: RST). */
+void rw_faults_reset_close(int fd) {
+  struct linger l = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  close(fd);
+}
+
 static void close_reset(int *fd) {
   if (*fd < 0) return;
-  struct linger l = {1, 0};
-  setsockopt(*fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-  close(*fd);
+  rw_faults_reset_close(*fd);
   *fd = -1;
 }
 

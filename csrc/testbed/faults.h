@@ -129,6 +129,8 @@ typedef struct rw_faults_conn rw_faults_conn;
 /* Takes the next connection index; false (counted, logged) when that
  * connection is to be refused or too many relays are open. */
 bool rw_faults_admit(rw_faults *f, uint64_t *index);
+/* Closes fd so that the peer sees a reset (TCP: RST, SO_LINGER 0). */
+void rw_faults_reset_close(int fd);
 /* Starts a relay thread between a (the client side) and b (the server side);
  * takes both fds (closed on failure too). */
 rw_faults_conn *rw_faults_conn_start(rw_faults *f, uint64_t index, int a, int b, rw_error **err);

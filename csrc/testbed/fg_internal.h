@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/checksum.h" /* CRC32C, base64 of hashes: the core's */
 #include "testbed/fakegcs.h"
 
 #define FG_QUANTUM (256 * 1024)
@@ -29,10 +30,6 @@ void fg_digest_update(fg_digest *d, const void *p, size_t n);
 bool fg_digest_copy(fg_digest *dst, const fg_digest *src); /* dst initialised */
 void fg_digest_finish(fg_digest *d, unsigned char md5[16]); /* frees md5 ctx */
 void fg_digest_free(fg_digest *d);
-uint32_t fg_crc32c(uint32_t crc, const void *p, size_t n);
-void fg_base64(const unsigned char *in, size_t n, char *out); /* out >= 4*((n+2)/3)+1 */
-bool fg_unbase64(const char *in, unsigned char *out, size_t want);
-void fg_crc_b64(uint32_t crc, char out[9]);
 void fg_random_hex(char *out, size_t nbytes); /* out gets 2*nbytes + NUL */
 char *fg_strdup(const char *s);
 char *fg_url_encode(const char *s);
