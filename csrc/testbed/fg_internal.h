@@ -238,7 +238,7 @@ struct fg_req {
   bool deferred; /* an error waits for the end of the body */
 };
 
-/* Replies (fg_http.c). */
+/* Replies and request helpers (fg_http.c); the request log (fg_server.c). */
 enum MHD_Result fg_reply_json(rw_fakegcs *s, fg_req *r, int status, json_t *j); /* steals j */
 enum MHD_Result fg_reply_error(rw_fakegcs *s, fg_req *r, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
