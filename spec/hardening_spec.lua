@@ -461,6 +461,7 @@ describe("hardening (issue 8), writer side", function()
     local f = assert(io.open(script, "w"))
     f:write([[
 local rw = require "reliablewriter"
+local testbed = require "reliablewriter.testbed"
 local srv = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
 local ctx = rw.context.background()
 local sink = rw.gcs { bucket = "b", object = "o", endpoint = srv:url() }
