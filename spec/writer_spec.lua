@@ -88,6 +88,21 @@ local function assert_failure_logged(lines, err)
     "no log line for " .. tostring(err) .. " among:\n" .. table.concat(lines, "\n"))
 end
 
+describe("the module", function()
+  it("fails at require when one of its Lua files fails (never a module whose rw.new is nil)", function()
+    local names = { "reliablewriter", "reliablewriter.writer" }
+    local saved = {}
+    for _, k in ipairs(names) do saved[k] = package.loaded[k]; package.loaded[k] = nil end
+    package.preload["reliablewriter.writer"] = function() error("broken writer.lua", 0) end
+    local ok, err = pcall(require, "reliablewriter")
+    package.preload["reliablewriter.writer"] = nil
+    for _, k in ipairs(names) do package.loaded[k] = saved[k] end
+    assert.is_false(ok)
+    assert.matches("broken writer.lua", tostring(err))
+    assert.equal(rw, require "reliablewriter")
+  end)
+end)
+
 describe("writer on the fake GCS", function()
   local srv
   setup(function() srv = start_server() end)
