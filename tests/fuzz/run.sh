@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 secs=${1:-60}
 mkdir -p build/fuzz/corpus
-srcs=(csrc/testbed/fg_*.c csrc/core/error.c csrc/core/checksum.c csrc/core/backoff.c)
+srcs=(csrc/testbed/fg_*.c csrc/core/*.c)
 clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   -Icsrc $(pkg-config --cflags libmicrohttpd jansson libisal openssl) \
   -o build/fuzz/fuzz_http tests/fuzz/fuzz_http.c "${srcs[@]}" \
