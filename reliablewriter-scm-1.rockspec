@@ -1,19 +1,21 @@
 rockspec_format = "3.0"
 package = "reliablewriter"
 version = "scm-1"
-source = { url = "git+file:///work/main" }
+-- Built from a checkout: `luarocks make` in the clone (source.url is the
+-- clone itself, relative, for `luarocks pack <rockspec>` run there).
+source = { url = "git+file://." }
 description = {
   summary = "Reliable uploads of large streams to Google Cloud Storage, from Lua",
   detailed = [[
 A C core (contexts, backoff, workgroup, rate limiter, scatter-gather cache,
-ReliableWriter over GCS resumable uploads) exposed to Lua 5.4 and LuaJIT.]],
+ReliableWriter over GCS resumable uploads) exposed to Lua 5.4 and LuaJIT.
+The test bed (fake GCS, fault injection) is the rock reliablewriter-testbed.]],
   license = "MIT",
 }
 dependencies = { "lua >= 5.1" }
 external_dependencies = {
   -- libraries, not headers: Debian keeps some headers in multiarch folders
   CURL = { library = "curl" },
-  MICROHTTPD = { library = "microhttpd" },
   JANSSON = { library = "jansson" },
   ISAL = { library = "isal" },
   CRYPTO = { library = "crypto" },
@@ -23,6 +25,7 @@ build = {
   build_target = "module",
   build_variables = {
     LUA_INCDIR = "$(LUA_INCDIR)",
+    CFLAGS = "$(CFLAGS)",
   },
   install_target = "install",
   install_variables = {

@@ -2,6 +2,7 @@
 -- misbehaves, and check that not one byte is lost.
 --   make demo            (or: lua5.4 examples/demo.lua [MiB] [seed])
 local rw = require "reliablewriter"
+local testbed = require "reliablewriter.testbed"
 local MiB = 1024 * 1024
 
 local size_mib = tonumber(arg[1]) or 64
@@ -11,11 +12,11 @@ print(("reliablewriter %s demo: %d MiB, seed %d"):format(rw.version, size_mib, s
 
 -- 1. A fake GCS in this process, with seeded random faults: 503s, resets,
 --    partial persists and broken replies on upload requests.
-local srv <close> = rw.fakegcs.start { store = "memory", buckets = { "demo" } }
+local srv <close> = testbed.fakegcs.start { store = "memory", buckets = { "demo" } }
 srv:faults { seed = seed, p_503 = 0.08, p_reset = 0.05, p_partial = 0.08, p_broken = 0.05 }
 print("fake GCS at " .. srv:url() .. " (HTTP faults on)")
 -- and connection faults on our side: a reset every ~8 MiB, 5 ms of latency
-local net = rw.faults.profile { seed = seed, reset_per_mib = 1 / 8, latency = 0.005 }
+local net = testbed.faults.profile { seed = seed, reset_per_mib = 1 / 8, latency = 0.005 }
 
 -- 2. A writer: 16 MiB of cache, 2 MiB chunks, CRC32C and MD5.
 local ctx = rw.context.background():with_timeout(300)

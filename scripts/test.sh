@@ -52,7 +52,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 step "build lua5.4" make -j"$jobs"
 step "build luajit" make -j"$jobs" LUA=luajit
 step "build programs" make -j"$jobs" bins
-step "rockspec (luarocks make, both flavours)" bash scripts/rock-check.sh
+step "modules (exports, links, what require loads)" bash scripts/module-check.sh
+step "rockspecs (luarocks make, both rocks, both flavours)" bash scripts/rock-check.sh
 step "busted lua5.4" busted
 step "busted luajit" busted --run=luajit
 step "C tests ASan+UBSan" make -j"$jobs" check-asan

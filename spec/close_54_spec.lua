@@ -1,5 +1,6 @@
 -- Lua 5.4 only: to-be-closed variables (LuaJIT cannot parse this file).
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 
 -- curl's exit code for a GET of url (7: could not connect).
@@ -23,14 +24,14 @@ describe("<close> (Lua 5.4)", function()
   it("stops a fake GCS at scope exit, also when the scope raises", function()
     local url, kept
     do
-      local s <close> = rw.fakegcs.start { buckets = { "b" } }
+      local s <close> = testbed.fakegcs.start { buckets = { "b" } }
       url, kept = s:url(), s
       assert.are.equal(0, curl_exit(url .. "/storage/v1/b/b"))
     end
     assert.are.equal(7, curl_exit(url .. "/storage/v1/b/b"))
     assert.truthy(H.raised(kept.url, kept):find("attempt to use a closed fakegcs", 1, true))
     local ok, err = pcall(function()
-      local s <close> = rw.fakegcs.start {}
+      local s <close> = testbed.fakegcs.start {}
       url = s:url()
       error("boom")
     end)
@@ -40,11 +41,11 @@ describe("<close> (Lua 5.4)", function()
   end)
 
   it("stops a chaos proxy at scope exit", function()
-    local srv <close> = rw.fakegcs.start { buckets = { "b" } }
-    local p = rw.faults.profile { seed = H.seed }
+    local srv <close> = testbed.fakegcs.start { buckets = { "b" } }
+    local p = testbed.faults.profile { seed = H.seed }
     local url
     do
-      local px <close> = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+      local px <close> = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
       url = px:url()
       assert.are.equal(0, curl_exit(url .. "/storage/v1/b/b"))
     end

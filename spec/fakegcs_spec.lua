@@ -6,7 +6,8 @@ if not package.cpath:find("build/", 1, true) then
   package.cpath = "build/lua5.4/?.so;" .. package.cpath
 end
 local core = require "reliablewriter.core"
-local fakegcs = core.fakegcs
+local testbed = require "reliablewriter.testbed"
+local fakegcs = testbed.fakegcs
 
 local seed = tonumber(os.getenv("RW_TEST_SEED") or "") or (os.time() % 1000000 * 1000 + math.floor(os.clock() * 1e6) % 1000)
 print(("fakegcs_spec: seed=%d (set RW_TEST_SEED to repeat)"):format(seed))
@@ -210,22 +211,22 @@ describe("fakegcs", function()
     local function assert_stopped(u, threads0)
       local r = curl { url = u .. "/storage/v1/b", max_time = 5 }
       assert.are.equal(7, r.exit, "curl exit " .. tostring(r.exit) .. ", HTTP " .. r.status)
-      assert.are.equal(threads0, core.util.thread_count())
+      assert.are.equal(threads0, testbed.probes.thread_count())
     end
     it("stops on __gc: once collected, its port refuses connections", function()
       collectgarbage(); collectgarbage()
-      local threads0 = core.util.thread_count()
+      local threads0 = testbed.probes.thread_count()
       local s = fakegcs.start { buckets = { "g" } }
       local u = s:url()
       assert.are.equal(200, curl { url = u .. "/storage/v1/b/g" }.status)
-      assert.truthy(core.util.thread_count() > threads0)
+      assert.truthy(testbed.probes.thread_count() > threads0)
       s = nil
       collectgarbage(); collectgarbage()
       assert_stopped(u, threads0)
     end)
     it("stops on __close (also after stop: safe twice)", function()
       collectgarbage(); collectgarbage()
-      local threads0 = core.util.thread_count()
+      local threads0 = testbed.probes.thread_count()
       local s = fakegcs.start { buckets = { "g" } }
       local u = s:url()
       assert.are.equal(200, curl { url = u .. "/storage/v1/b/g" }.status)

@@ -1,9 +1,10 @@
--- Connection-level faults (issue 5): rw.faults.profile, rw.gcs{faults=},
--- rw.faults.proxy, and uploads that must survive them byte for byte.
+-- Connection-level faults (issue 5): testbed.faults.profile, rw.gcs{faults=},
+-- testbed.faults.proxy, and uploads that must survive them byte for byte.
 -- The 256 MiB upload takes ~35 s (measured: 25 s of upload, ~110 resets, 7
 -- stalls); it is tagged #slow (busted --exclude-tags=slow skips it) and a
 -- 32 MiB variant of the same schedule runs too.
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local core = require "reliablewriter.core"
 local MiB = 1024 * 1024
@@ -28,7 +29,7 @@ local function write_complete_captured(w, off, data)
 end
 
 local function start_fake()
-  return rw.fakegcs.start { store = "memory", buckets = { "b" } }
+  return testbed.fakegcs.start { store = "memory", buckets = { "b" } }
 end
 
 -- A random 1 MiB block; MiB number i is the block with "%08d" of i first, so
@@ -80,7 +81,7 @@ end
 -- `rate` per MiB (so a test that counts resets cannot be unlucky).
 local function seed_resetting(rate, limit)
   local s = H.seed
-  while rw.faults.profile({ seed = s, reset_per_mib = rate }):plan(0).reset_at >= limit do s = s + 1 end
+  while testbed.faults.profile({ seed = s, reset_per_mib = rate }):plan(0).reset_at >= limit do s = s + 1 end
   return s
 end
 
@@ -89,7 +90,7 @@ end
 -- and a stall for certain (the search is bounded).
 local function seed_resetting_and_stalling(reset_rate, stall_rate, limit)
   for s = H.seed, H.seed + 100000 do
-    local p = rw.faults.profile { seed = s, reset_per_mib = reset_rate, stall_per_mib = stall_rate }
+    local p = testbed.faults.profile { seed = s, reset_per_mib = reset_rate, stall_per_mib = stall_rate }
     local p0, p1 = p:plan(0), p:plan(1)
     if p0.reset_at < limit and p1.stall_at < 4 * MiB and p1.stall_at < p1.reset_at then return s end
   end
@@ -105,16 +106,16 @@ local function settle(cond, timeout)
   return cond()
 end
 
-describe("rw.faults.profile", function()
+describe("testbed.faults.profile", function()
   it("checks its options strictly, naming them", function()
-    assert.truthy(H.raised(rw.faults.profile, { seed = 1, resets = 1 }):find("resets", 1, true))
-    assert.truthy(H.raised(rw.faults.profile, { refuse = 2 }):find("refuse", 1, true))
-    assert.truthy(H.raised(rw.faults.profile, { reset_per_mib = -1 }):find("reset_per_mib", 1, true))
-    assert.truthy(H.raised(rw.faults.profile, { stall_for = "long" }):find("stall_for", 1, true))
-    assert.truthy(H.raised(rw.faults.profile, { bandwidth = 10 }):find("bandwidth", 1, true))
-    assert.truthy(H.raised(rw.faults.profile, { latency = 100 }):find("latency", 1, true))
-    assert.truthy(H.raised(rw.faults.profile, { max_connections = 0 }):find("max_connections", 1, true))
-    local p = rw.faults.profile { seed = 7, reset_per_mib = 0.05, stall_per_mib = 0.01, stall_for = "forever",
+    assert.truthy(H.raised(testbed.faults.profile, { seed = 1, resets = 1 }):find("resets", 1, true))
+    assert.truthy(H.raised(testbed.faults.profile, { refuse = 2 }):find("refuse", 1, true))
+    assert.truthy(H.raised(testbed.faults.profile, { reset_per_mib = -1 }):find("reset_per_mib", 1, true))
+    assert.truthy(H.raised(testbed.faults.profile, { stall_for = "long" }):find("stall_for", 1, true))
+    assert.truthy(H.raised(testbed.faults.profile, { bandwidth = 10 }):find("bandwidth", 1, true))
+    assert.truthy(H.raised(testbed.faults.profile, { latency = 100 }):find("latency", 1, true))
+    assert.truthy(H.raised(testbed.faults.profile, { max_connections = 0 }):find("max_connections", 1, true))
+    local p = testbed.faults.profile { seed = 7, reset_per_mib = 0.05, stall_per_mib = 0.01, stall_for = "forever",
                                   latency = 0.02, bandwidth = 50 * MiB, refuse = 0.1, close_per_mib = 0.01,
                                   truncate_per_mib = 0.01 }
     assert.truthy(tostring(p):find("seed 7", 1, true))
@@ -124,13 +125,13 @@ describe("rw.faults.profile", function()
       assert.are.equal(0, st[k], k)
     end
     assert.are.same({}, p:events())
-    assert.is_not_nil(rw.faults.profile())
+    assert.is_not_nil(testbed.faults.profile())
   end)
 
   it("draws the same schedule from the same seed", function()
-    local a = rw.faults.profile { seed = H.seed, reset_per_mib = 0.25, stall_per_mib = 1 / 32, refuse = 0.2 }
-    local b = rw.faults.profile { seed = H.seed, reset_per_mib = 0.25, stall_per_mib = 1 / 32, refuse = 0.2 }
-    local c = rw.faults.profile { seed = H.seed + 1, reset_per_mib = 0.25, stall_per_mib = 1 / 32, refuse = 0.2 }
+    local a = testbed.faults.profile { seed = H.seed, reset_per_mib = 0.25, stall_per_mib = 1 / 32, refuse = 0.2 }
+    local b = testbed.faults.profile { seed = H.seed, reset_per_mib = 0.25, stall_per_mib = 1 / 32, refuse = 0.2 }
+    local c = testbed.faults.profile { seed = H.seed + 1, reset_per_mib = 0.25, stall_per_mib = 1 / 32, refuse = 0.2 }
     local differ = 0
     for i = 0, 99 do
       assert.are.same(a:plan(i), b:plan(i))
@@ -142,7 +143,7 @@ describe("rw.faults.profile", function()
   end)
 
   it("is accepted by rw.gcs{faults=} (a profile or its options)", function()
-    local p = rw.faults.profile { seed = 3 }
+    local p = testbed.faults.profile { seed = 3 }
     local d = rw.gcs { bucket = "b", object = "o", endpoint = "http://127.0.0.1:1", faults = p }
     assert.are.equal(p, d:faults())
     local d2 = rw.gcs { bucket = "b", object = "o", endpoint = "http://127.0.0.1:1", faults = { seed = 9 } }
@@ -166,7 +167,7 @@ describe("uploads through a fault-injecting dialer", function()
   local function resets_and_stalls(n, must_stall)
     -- A reset every 4 MiB on average, a 3 s stall every 32 MiB, 8 MiB chunks.
     local seed = must_stall and seed_resetting_and_stalling(0.25, 1 / 32, 8 * MiB) or seed_resetting(0.25, 8 * MiB)
-    local p = rw.faults.profile { seed = seed, reset_per_mib = 0.25,
+    local p = testbed.faults.profile { seed = seed, reset_per_mib = 0.25,
                                   stall_per_mib = 1 / 32, stall_for = 3 }
     local w = writer(srv, "big", { faults = p })
     local dt = upload(w, n)
@@ -208,14 +209,14 @@ describe("uploads through a fault-injecting dialer", function()
     -- DELETE of Abort) do not stall in their first 64 KiB.
     local seed = H.seed
     local function fits(s)
-      local p = rw.faults.profile { seed = s, stall_per_mib = 4, stall_for = "forever" }
+      local p = testbed.faults.profile { seed = s, stall_per_mib = 4, stall_for = "forever" }
       local a = p:plan(0).stall_at
       return a > 4096 and a < MiB and p:plan(1).stall_at > 65536 and p:plan(2).stall_at > 65536
     end
     while not fits(seed) do seed = seed + 1 end
     collectgarbage(); collectgarbage()
-    local fds0, threads0 = core.util.fd_count(), core.util.thread_count() - core.util.pool_threads()
-    local p = rw.faults.profile { seed = seed, stall_per_mib = 4, stall_for = "forever" }
+    local fds0, threads0 = testbed.probes.fd_count(), testbed.probes.thread_count() - core.util.pool_threads()
+    local p = testbed.faults.profile { seed = seed, stall_per_mib = 4, stall_for = "forever" }
     local w = writer(srv, "hole", { faults = p }, { stall_timeout = 60 })
     for i = 0, 3 do assert(w:WriteAt(i * MiB, mib(i))) end
     assert.truthy(settle(function() return p:stats().stalls == 1 end, 5))
@@ -227,11 +228,11 @@ describe("uploads through a fault-injecting dialer", function()
     assert.truthy(dt < 0.2, ("Abort took %.3f s"):format(dt))
     w = nil
     assert.truthy(settle(function() return p:stats().active == 0 end))
-    assert.truthy(settle(function() return core.util.fd_count() <= fds0 end),
-      ("fds %d, before %d"):format(core.util.fd_count(), fds0))
+    assert.truthy(settle(function() return testbed.probes.fd_count() <= fds0 end),
+      ("fds %d, before %d"):format(testbed.probes.fd_count(), fds0))
     assert.truthy(settle(function()
-      return core.util.thread_count() - core.util.pool_threads() <= threads0
-    end), ("threads %d (pool %d), before %d"):format(core.util.thread_count(), core.util.pool_threads(), threads0))
+      return testbed.probes.thread_count() - core.util.pool_threads() <= threads0
+    end), ("threads %d (pool %d), before %d"):format(testbed.probes.thread_count(), core.util.pool_threads(), threads0))
     local ev = p:events()
     assert.are.equal("stall", ev[1].kind)
     assert.are.equal("closed", ev[1].ended)
@@ -242,14 +243,14 @@ describe("uploads through a fault-injecting dialer", function()
     -- refusals (the test cannot pass without any).
     local seed = H.seed
     local function fits(sd)
-      local p = rw.faults.profile { seed = sd, refuse = 0.4, reset_per_mib = 0.5 }
+      local p = testbed.faults.profile { seed = sd, refuse = 0.4, reset_per_mib = 0.5 }
       return p:plan(0).refused and p:plan(1).refused and not p:plan(2).refused
     end
     while not fits(seed) do
       seed = seed + 1
       assert(seed < H.seed + 10000, "no seed refuses the first two connections")
     end
-    local p = rw.faults.profile { seed = seed, refuse = 0.4, reset_per_mib = 0.5 }
+    local p = testbed.faults.profile { seed = seed, refuse = 0.4, reset_per_mib = 0.5 }
     local w = writer(srv, "refused", { faults = p })
     upload(w, 8)
     check_object(srv, "refused", 8)
@@ -269,7 +270,7 @@ describe("uploads through a fault-injecting dialer", function()
     -- Writer a keeps its connection open between chunks; with a bound of 1,
     -- writer b's connections through the same profile are refused until a
     -- completes, and b then gives up on its (short) retry budget.
-    local p = rw.faults.profile { seed = H.seed, max_connections = 1 }
+    local p = testbed.faults.profile { seed = H.seed, max_connections = 1 }
     local function w(name, total_wait)
       return assert(rw.new(rw.context.background(), {
         sink = rw.gcs { bucket = "b", object = name, endpoint = srv:url(), faults = p, if_generation_match = 0 },
@@ -298,7 +299,7 @@ describe("uploads through a fault-injecting dialer", function()
   end)
 
   it("retries DNS-style failures with backoff until the budget ends", function()
-    local p = rw.faults.profile { seed = H.seed, refuse = 0.5 }
+    local p = testbed.faults.profile { seed = H.seed, refuse = 0.5 }
     local w = assert(rw.new(rw.context.background(), {
       sink = rw.gcs { bucket = "b", object = "dns", endpoint = "http://" .. UNRESOLVABLE .. ":80", faults = p },
       retry = { min_wait = 0.01, max_wait = 0.05, total_wait = 0.3, seed = 1 }, stall_timeout = 2 }))
@@ -320,7 +321,7 @@ describe("uploads through a fault-injecting dialer", function()
     local id = pipe:read("*a"):match('"id"%s*:%s*"([^"]+)"')
     pipe:close()
     assert.is_string(id)
-    local p = rw.faults.profile { seed = H.seed, refuse = 0.3, latency = 0.001 }
+    local p = testbed.faults.profile { seed = H.seed, refuse = 0.3, latency = 0.001 }
     local w = writer(srv, "bad", { faults = p, headers = { ["x-retry-test-id"] = id } })
     local lines, ok, err = write_complete_captured(w, 0, mib(0))
     assert.is_nil(ok)
@@ -342,7 +343,7 @@ describe("uploads through a fault-injecting dialer", function()
     -- which can shift the tail).
     local seed = seed_resetting(0.5, 4 * MiB)
     local function run(name)
-      local p = rw.faults.profile { seed = seed, reset_per_mib = 0.5 }
+      local p = testbed.faults.profile { seed = seed, reset_per_mib = 0.5 }
       local w = writer(srv, name, { faults = p })
       upload(w, 8)
       check_object(srv, name, 8)
@@ -361,25 +362,43 @@ describe("uploads through a fault-injecting dialer", function()
     io.stderr:write(("[faults] same seed: %d and %d events, first %d identical\n"):format(#a, #b, common))
     assert.truthy(common >= 1)
   end)
+
+  it("logs the relay's lines through the core's log (testbed.so's copy forwards them)", function()
+    -- The relay (in testbed.so) logs each injected fault at debug level; the
+    -- lines reach rw.log's capture in core.so, so levels and hooks are one.
+    local seed = seed_resetting(0.5, 4 * MiB)
+    local p = testbed.faults.profile { seed = seed, reset_per_mib = 0.5 }
+    rw.log.capture("debug")
+    local ok, e = pcall(function()
+      local w = writer(srv, "logged", { faults = p })
+      upload(w, 8)
+    end)
+    local lines = rw.log.stop()
+    assert(ok, e)
+    check_object(srv, "logged", 8)
+    assert.truthy(p:stats().resets > 0)
+    assert.is_true(H.has_line(lines, "reliablewriter debug: faults: connection %d+: reset at byte"),
+      "no relay line among " .. #lines .. " captured (seed " .. seed .. ")")
+  end)
 end)
 
-describe("rw.faults.proxy", function()
+describe("testbed.faults.proxy", function()
   local srv
   before_each(function() srv = start_fake() end)
   after_each(function() srv:stop(); collectgarbage() end)
 
   it("checks its options", function()
-    assert.truthy(H.raised(rw.faults.proxy, { upstream = srv:url(), nope = 1 }):find("nope", 1, true))
-    assert.truthy(H.raised(rw.faults.proxy, {}):find("upstream", 1, true))
-    assert.truthy(H.raised(rw.faults.proxy, { upstream = srv:url(), profile = {} }):find("profile", 1, true))
-    local px, err = rw.faults.proxy { upstream = UNRESOLVABLE .. ":80" }
+    assert.truthy(H.raised(testbed.faults.proxy, { upstream = srv:url(), nope = 1 }):find("nope", 1, true))
+    assert.truthy(H.raised(testbed.faults.proxy, {}):find("upstream", 1, true))
+    assert.truthy(H.raised(testbed.faults.proxy, { upstream = srv:url(), profile = {} }):find("profile", 1, true))
+    local px, err = testbed.faults.proxy { upstream = UNRESOLVABLE .. ":80" }
     assert.is_nil(px)
     assert.are.equal("net.dns", err.code)
   end)
 
   it("relays curl uploads and downloads, and stops", function()
-    local p = rw.faults.profile { seed = H.seed, latency = 0.001 }
-    local px = assert(rw.faults.proxy { listen = "127.0.0.1:0", upstream = srv:url(), profile = p })
+    local p = testbed.faults.profile { seed = H.seed, latency = 0.001 }
+    local px = assert(testbed.faults.proxy { listen = "127.0.0.1:0", upstream = srv:url(), profile = p })
     assert.truthy(px:url():match("^http://127%.0%.0%.1:%d+$"))
     assert.are.equal(px:url(), "http://" .. px:addr())
     assert.are.equal(tonumber(px:addr():match(":(%d+)$")), px:port())
@@ -404,17 +423,17 @@ describe("rw.faults.proxy", function()
   end)
 
   it("is closed by __close and __gc", function()
-    local p = rw.faults.profile { seed = H.seed }
-    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local p = testbed.faults.profile { seed = H.seed }
+    local px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
     getmetatable(px).__close(px)
     assert.truthy(tostring(px):find("stopped", 1, true))
     assert.truthy(H.raised(px.addr, px):find("closed chaos proxy", 1, true))
-    local threads = core.util.thread_count()
-    px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
-    assert.are.equal(threads + 1, core.util.thread_count()) -- the accept thread
+    local threads = testbed.probes.thread_count()
+    px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
+    assert.are.equal(threads + 1, testbed.probes.thread_count()) -- the accept thread
     px = nil
     collectgarbage(); collectgarbage()
-    assert.are.equal(threads, core.util.thread_count())
+    assert.are.equal(threads, testbed.probes.thread_count())
   end)
 
   it("refuses connections past max_connections; relay threads stay bounded", function()
@@ -434,8 +453,8 @@ describe("rw.faults.proxy", function()
     end
     collectgarbage(); collectgarbage()
     local threads0 = tasks()
-    local p = rw.faults.profile { seed = H.seed, max_connections = bound }
-    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local p = testbed.faults.profile { seed = H.seed, max_connections = bound }
+    local px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
     local out = os.tmpname()
     local script = out .. ".sh"
     local f = assert(io.open(script, "w"))
@@ -494,8 +513,8 @@ for ((k = 0; k < 300; k++)); do [[ -e $out.release ]] && break; sleep 0.1; done
     local so = io.popen(("curl -s -o /dev/null -X POST --data-binary @- -H 'Content-Type: application/octet-stream' "
       .. "'%s/upload/storage/v1/b/b/o?uploadType=media&name=t'"):format(srv:url()), "w")
     so:write(mib(0), mib(1), mib(2), mib(3)); so:close()
-    local p = rw.faults.profile { seed = H.seed, truncate_per_mib = 2 }
-    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local p = testbed.faults.profile { seed = H.seed, truncate_per_mib = 2 }
+    local px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
     local pipe = io.popen(("curl -s '%s/storage/v1/b/b/o/t?alt=media'"):format(px:url()))
     local body = pipe:read("*a")
     pipe:close()
@@ -506,8 +525,8 @@ for ((k = 0; k < 300; k++)); do [[ -e $out.release ]] && break; sleep 0.1; done
   end)
 
   it("puts the writer through the same schedule", function()
-    local p = rw.faults.profile { seed = seed_resetting(0.5, 4 * MiB), reset_per_mib = 0.5, refuse = 0.2 }
-    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local p = testbed.faults.profile { seed = seed_resetting(0.5, 4 * MiB), reset_per_mib = 0.5, refuse = 0.2 }
+    local px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
     local w = assert(rw.new(rw.context.background(), {
       sink = rw.gcs { bucket = "b", object = "px", endpoint = px:url(), if_generation_match = 0 },
       min_chunk_size = 256 * 1024, max_chunk_size = 8 * MiB, retry = retry(), stall_timeout = 2 }))
@@ -553,7 +572,7 @@ end)
 -- the fake GCS in discard mode (a plain loopback sink), not with the writer.
 describe("latency that behaves like a network", function()
   local srv
-  before_each(function() srv = rw.fakegcs.start { store = "discard", buckets = { "b" } } end)
+  before_each(function() srv = testbed.fakegcs.start { store = "discard", buckets = { "b" } } end)
   after_each(function() srv:stop(); collectgarbage() end)
 
   local files = {}
@@ -616,16 +635,16 @@ describe("latency that behaves like a network", function()
 
   it("checks the window option: a whole number of bytes in [1024, 2^30]", function()
     for _, bad in ipairs { 1.5, 100, 2 ^ 31, "4M", -1 } do
-      local msg = H.raised(rw.faults.profile, { window = bad })
+      local msg = H.raised(testbed.faults.profile, { window = bad })
       assert.truthy(msg:find("window", 1, true), msg)
     end
-    assert.is_not_nil(rw.faults.profile { window = 64 * 1024, latency = 0.01 })
-    assert.are.equal(0, rw.faults.profile():stats().in_flight_max)
+    assert.is_not_nil(testbed.faults.profile { window = 64 * 1024, latency = 0.01 })
+    assert.are.equal(0, testbed.faults.profile():stats().in_flight_max)
   end)
 
   it("one connection at 20 ms and 50 MiB/s moves >= 40 MiB/s (64 MiB); four at once each get their own cap", function()
-    local p = rw.faults.profile { seed = H.seed, latency = 0.02, bandwidth = 50 * MiB }
-    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local p = testbed.faults.profile { seed = H.seed, latency = 0.02, bandwidth = 50 * MiB }
+    local px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
     local want_crc = reference_crc(64)
     local rate, crc = upload_rate(px:url(), 64, "one")
     io.stderr:write(("[faults] delay line: 64 MiB at 20 ms, 50 MiB/s cap, 4 MiB window: %.1f MiB/s\n"):format(rate))
@@ -636,8 +655,8 @@ describe("latency that behaves like a network", function()
     px:stop()
 
     -- 10 MiB/s each: a cap shared by the profile would give each 2.5 MiB/s.
-    p = rw.faults.profile { seed = H.seed, latency = 0.02, bandwidth = 10 * MiB }
-    px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    p = testbed.faults.profile { seed = H.seed, latency = 0.02, bandwidth = 10 * MiB }
+    px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
     want_crc = reference_crc(16)
     local out = os.tmpname()
     local cmds = {}
@@ -664,8 +683,8 @@ describe("latency that behaves like a network", function()
   end)
 
   it("a window of 256 KiB at 25 ms moves one window per round trip and never has more in flight", function()
-    local p = rw.faults.profile { seed = H.seed, latency = 0.025, window = 256 * 1024 }
-    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local p = testbed.faults.profile { seed = H.seed, latency = 0.025, window = 256 * 1024 }
+    local px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
     local expect = 0.25 / (2 * 0.025)
     local rate = upload_rate(px:url(), 8, "window")
     local most = p:stats().in_flight_max
@@ -678,8 +697,8 @@ describe("latency that behaves like a network", function()
   end)
 
   it("a request and its reply take 2 x latency, not more than that and some slack", function()
-    local p = rw.faults.profile { seed = H.seed, latency = 0.02, bandwidth = 50 * MiB }
-    local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+    local p = testbed.faults.profile { seed = H.seed, latency = 0.02, bandwidth = 50 * MiB }
+    local px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
     local t = ping_times(px:url(), 7)
     io.stderr:write(("[faults] delay line: request/reply at 20 ms: min %.1f ms, median %.1f ms, max %.1f ms\n")
       :format(t[1] * 1e3, t[4] * 1e3, t[7] * 1e3))
@@ -691,10 +710,10 @@ describe("latency that behaves like a network", function()
   it("a reset still lands on its scheduled byte, run after run with the same seed", function()
     local seed = seed_resetting(0.5, 4 * MiB)
     local opts = { seed = seed, reset_per_mib = 0.5, latency = 0.005, bandwidth = 32 * MiB, window = 128 * 1024 }
-    local at = rw.faults.profile(opts):plan(0).reset_at
+    local at = testbed.faults.profile(opts):plan(0).reset_at
     for run = 1, 2 do
-      local p = rw.faults.profile(opts)
-      local px = assert(rw.faults.proxy { upstream = srv:url(), profile = p })
+      local p = testbed.faults.profile(opts)
+      local px = assert(testbed.faults.proxy { upstream = srv:url(), profile = p })
       local pipe = io.popen(curl_upload(px:url(), data_file(8), "reset"))
       pipe:read("*a")
       pipe:close()

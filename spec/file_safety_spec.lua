@@ -3,6 +3,7 @@
 -- fails the call with rw.source_changed (never SIGBUS), and no object or
 -- target with mixed bytes exists.
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local KiB, MiB = 1024, 1024 * 1024
 
@@ -123,7 +124,7 @@ describe("write_file of a file that changes while its bytes are cached", functio
   setup(function()
     io.stderr:write(("[file_safety] 32 MiB random source, seed %d\n"):format(H.seed))
     data = H.random_bytes(N)
-    srv = rw.fakegcs.start { store = "memory", buckets = { "b" } }
+    srv = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
   end)
   teardown(function() srv:stop() end)
   before_each(function()
@@ -137,7 +138,7 @@ describe("write_file of a file that changes while its bytes are cached", functio
   -- thread, inside the call), after 4 MiB are persisted.
   local function slow_writer(name, change, sink)
     local fired = false
-    local profile = rw.faults.profile { seed = H.seed % 1000 + 1, bandwidth = 16 * MiB }
+    local profile = testbed.faults.profile { seed = H.seed % 1000 + 1, bandwidth = 16 * MiB }
     return assert(rw.new(rw.context.background(), {
       sink = sink or rw.gcs { bucket = "b", object = name, endpoint = srv:url(), faults = profile },
       max_cache_size = 8 * MiB, max_chunk_size = 2 * MiB, retry = fast_retry(), stall_timeout = 5,
@@ -193,7 +194,7 @@ describe("write_file of a file that changes while its bytes are cached", functio
     local target = dir .. "/target.bin"
     local old = H.random_bytes(300 * KiB)
     write(target, old)
-    local sink = rw.faulty(rw.file { path = target }, { seed = 1, p_error = 0 })
+    local sink = testbed.faulty(rw.file { path = target }, { seed = 1, p_error = 0 })
     local w, fired = slow_writer(nil, function()
       write(dir .. "/src", data:sub(1, math.floor(N / 2)))
     end, sink)

@@ -3,11 +3,12 @@
 -- policy, out-of-window writes, the memory budget, finalizers that must not
 -- wait on the network, out of descriptors).
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local KiB, MiB = 1024, 1024 * 1024
 
 local function start_server()
-  return rw.fakegcs.start { store = "memory", buckets = { "b" } }
+  return testbed.fakegcs.start { store = "memory", buckets = { "b" } }
 end
 
 -- POST /retry_test with the instructions; returns the id.
@@ -369,7 +370,7 @@ describe("hardening (issue 8), writer side", function()
       collectgarbage()
       collectgarbage()
       eventually(function() return rw.util.pool_threads() == 0 end, 5)
-      threads0 = rw.util.thread_count()
+      threads0 = testbed.probes.thread_count()
     end)
 
     -- An unfinished writer with a session whose DELETE the server holds 2 s.
@@ -447,8 +448,8 @@ describe("hardening (issue 8), writer side", function()
       collectgarbage()
       assert.is_true(eventually(function() return rw.util.pool_threads() == 0 end, 5),
         "pool threads left: " .. rw.util.pool_threads())
-      assert.is_true(eventually(function() return rw.util.thread_count() <= threads0 end, 5),
-        ("threads: %d, %d before"):format(rw.util.thread_count(), threads0))
+      assert.is_true(eventually(function() return testbed.probes.thread_count() <= threads0 end, 5),
+        ("threads: %d, %d before"):format(testbed.probes.thread_count(), threads0))
     end)
   end)
 
@@ -460,7 +461,8 @@ describe("hardening (issue 8), writer side", function()
     local f = assert(io.open(script, "w"))
     f:write([[
 local rw = require "reliablewriter"
-local srv = rw.fakegcs.start { store = "memory", buckets = { "b" } }
+local testbed = require "reliablewriter.testbed"
+local srv = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
 local ctx = rw.context.background()
 local sink = rw.gcs { bucket = "b", object = "o", endpoint = srv:url() }
 local files = {}

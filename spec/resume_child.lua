@@ -69,13 +69,14 @@ local function main(url, object, seed, size, chunk, cache, bandwidth, latency, d
   pidf:close()
   io.stdout:flush()
   local rw = require "reliablewriter"
+  local testbed = require "reliablewriter.testbed"
   seed, size, chunk, cache = tonumber(seed), tonumber(size), tonumber(chunk), tonumber(cache)
   bandwidth, latency = tonumber(bandwidth), tonumber(latency)
   local data = C.data(seed, size)
   local w
   w = assert(rw.new(rw.context.background(), {
     sink = rw.gcs { bucket = "b", object = object, endpoint = url,
-                    faults = rw.faults.profile { seed = seed, bandwidth = bandwidth, latency = latency } },
+                    faults = testbed.faults.profile { seed = seed, bandwidth = bandwidth, latency = latency } },
     min_chunk_size = 256 * 1024, max_chunk_size = chunk, max_cache_size = cache,
     retry = { min_wait = 0.005, max_wait = 0.05, total_wait = 20, seed = seed },
     on_progress = function()

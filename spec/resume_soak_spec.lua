@@ -5,6 +5,7 @@
 -- (or starts over when there is none) and finishes: the object must be
 -- byte-identical every time. RW_SOAK_TRIALS changes the number of trials.
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local C = require "resume_child"
 local KiB, MiB = 1024, 1024 * 1024
@@ -79,7 +80,7 @@ end
 describe("kill -9 / resume soak", function()
   local srv, tmp
   setup(function()
-    srv = rw.fakegcs.start { store = "memory", buckets = { "b" } }
+    srv = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
     tmp = os.tmpname()
     os.remove(tmp)
     assert(os.execute("mkdir -p " .. shq(tmp)))

@@ -2,6 +2,7 @@
 -- a server ahead of the saved state, a finalized session, a server behind
 -- the state, sessions that do not exist yet, bad states and dead sessions.
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local KiB, MiB = 1024, 1024 * 1024
 
@@ -107,7 +108,7 @@ end
 
 describe("rw.resume asks the server first", function()
   local srv
-  setup(function() srv = rw.fakegcs.start { store = "memory", buckets = { "b" } } end)
+  setup(function() srv = testbed.fakegcs.start { store = "memory", buckets = { "b" } } end)
   teardown(function() srv:stop() end)
 
   it("a server ahead of the saved state: bytes it holds are taken from the caller, not resent", function()

@@ -1,5 +1,6 @@
 -- Sink descriptors: configs checked strictly, live sinks made per writer in C.
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local core = require "reliablewriter.core"
 local sinks = core.sinks
 
@@ -15,7 +16,8 @@ describe("sinks", function()
     assert.equal("gcs", d:kind())
     assert.equal("sink gcs gs://b/dir/o", tostring(d))
     assert.equal(7, d:faults().seed)
-    assert.is_nil(d:inner())
+    assert.is_nil(d.inner) -- inner() and stats() are the test bed's faulty descriptors' own
+    assert.is_nil(d.stats)
   end)
 
   it("resumes a gcs session with session_uri alone", function()
@@ -28,7 +30,7 @@ describe("sinks", function()
     assert.truthy(msg:find("unknown option 'buckett'", 1, true), msg)
     msg = H.raised(sinks.file, { path = "/tmp/x", mode = "w" })
     assert.truthy(msg:find("unknown option 'mode'", 1, true), msg)
-    msg = H.raised(sinks.faulty, sinks.file { path = "/tmp/x" }, { p_err = 1 })
+    msg = H.raised(testbed.faulty, sinks.file { path = "/tmp/x" }, { p_err = 1 })
     assert.truthy(msg:find("unknown option 'p_err'", 1, true), msg)
   end)
 
@@ -53,26 +55,26 @@ describe("sinks", function()
 
   it("wraps a descriptor in a faulty one with strict codes", function()
     local inner = sinks.file { path = "/tmp/never-written" }
-    local f = sinks.faulty(inner, { seed = 42, p_error = 0.5, codes = { "net.reset", "http.503" },
+    local f = testbed.faulty(inner, { seed = 42, p_error = 0.5, codes = { "net.reset", "http.503" },
                                     p_partial = 0.25, p_after = 0.25 })
     assert.equal("faulty", f:kind())
     assert.equal(inner, f:inner())
     local st = f:stats()
     assert.same({ puts = 0, queries = 0, injected = 0, partial = 0, after = 0 }, st)
-    local msg = H.raised(sinks.faulty, inner, { codes = { "net.nope" } })
+    local msg = H.raised(testbed.faulty, inner, { codes = { "net.nope" } })
     assert.truthy(msg:find("not a known error code", 1, true), msg)
-    msg = H.raised(sinks.faulty, inner, { p_error = 1.5 })
+    msg = H.raised(testbed.faulty, inner, { p_error = 1.5 })
     assert.truthy(msg:find("p_error", 1, true), msg)
-    msg = H.raised(sinks.faulty, inner, { p_partial = 0.7, p_after = 0.7 })
+    msg = H.raised(testbed.faulty, inner, { p_partial = 0.7, p_after = 0.7 })
     assert.truthy(msg:find("p_partial", 1, true), msg)
-    assert.truthy(H.raised(sinks.faulty, {}, {}):find("bad argument #1", 1, true))
-    assert.truthy(H.raised(inner.stats, inner):find("faulty", 1, true))
+    assert.truthy(H.raised(testbed.faulty, {}, {}):find("bad argument #1", 1, true))
+    assert.is_nil(inner.stats) -- stats() is the faulty descriptor's own
     -- nested faulty descriptors are fine
-    assert.equal("faulty", sinks.faulty(f, { p_error = 0 }):kind())
+    assert.equal("faulty", testbed.faulty(f, { p_error = 0 }):kind())
   end)
 
   it("descriptors survive collection of their inner references", function()
-    local f = sinks.faulty(sinks.file { path = "/tmp/x" })
+    local f = testbed.faulty(sinks.file { path = "/tmp/x" })
     collectgarbage() collectgarbage()
     assert.equal("file", f:inner():kind())
   end)
@@ -198,9 +200,10 @@ describe("file sink safety", function()
     local cpath = jit and "build/luajit/?.so" or "build/lua5.4/?.so"
     local script = ([[
       local rw = require "reliablewriter"
+      local testbed = require "reliablewriter.testbed"
       local function count() local p = io.popen("ls -A '%s'"); local n = 0
         for l in p:lines() do if l:match("%%.rwtmp$") then n = n + 1 end end; p:close(); return n end
-      local sink = rw.faulty(rw.file { path = "%s/t.bin" }, { seed = 1, p_error = 1, codes = { "http.400" } })
+      local sink = testbed.faulty(rw.file { path = "%s/t.bin" }, { seed = 1, p_error = 1, codes = { "http.400" } })
       local w = assert(rw.new(rw.context.background(), { sink = sink }))
       assert(w:WriteAt(0, ("x"):rep(300000)))
       local obj, err = w:Complete()

@@ -1,12 +1,13 @@
 -- A 256 MiB upload through seeded random server faults ends byte-identical.
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local MiB = 1024 * 1024
 
 describe("soak", function()
   it("256 MiB with random 503s, resets, partial persists and broken replies", function()
     local total_mib = tonumber(os.getenv("RW_SOAK_MIB") or "") or 256
-    local srv = rw.fakegcs.start { store = "memory", buckets = { "b" }, md5 = false }
+    local srv = testbed.fakegcs.start { store = "memory", buckets = { "b" }, md5 = false }
     local fault_seed = H.seed % 1000000 + 1
     srv:faults { seed = fault_seed, p_503 = 0.05, p_reset = 0.05, p_partial = 0.08, p_broken = 0.05 }
     local block = H.random_bytes(MiB)

@@ -1,4 +1,5 @@
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local workgroup = rw.workgroup
 
@@ -103,7 +104,7 @@ describe("workgroup at scale", function()
   local function settle_fds()
     collectgarbage()
     collectgarbage()
-    return util.fd_count()
+    return testbed.probes.fd_count()
   end
 
   local function rand(a, b) return a + (b - a) * math.random() end
@@ -147,7 +148,7 @@ describe("workgroup at scale", function()
     end
     wg:go(function() -- cancels the K contexts from another task, once everyone waits
       rw.waiting.sleep(nil, 0.1)
-      fd_mid = util.fd_count()
+      fd_mid = testbed.probes.fd_count()
       for k = 1, K do cs[k]:cancel() end
     end)
     local t0 = H.now()

@@ -1,5 +1,6 @@
 -- ReliableWriter against the in-process fake GCS (and the file / faulty sinks).
 local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local KiB, MiB = 1024, 1024 * 1024
 
@@ -7,7 +8,7 @@ local function start_server(opts)
   opts = opts or {}
   opts.buckets = opts.buckets or { "b" }
   opts.store = opts.store or "memory"
-  return rw.fakegcs.start(opts)
+  return testbed.fakegcs.start(opts)
 end
 
 -- POST /retry_test with the instructions; returns the id.
@@ -86,6 +87,21 @@ local function assert_failure_logged(lines, err)
   assert.is_true(H.has_line(lines, "reliablewriter error: upload failed .* id=" .. lit(err.id) .. " code=" .. lit(err.code)),
     "no log line for " .. tostring(err) .. " among:\n" .. table.concat(lines, "\n"))
 end
+
+describe("the module", function()
+  it("fails at require when one of its Lua files fails (never a module whose rw.new is nil)", function()
+    local names = { "reliablewriter", "reliablewriter.writer" }
+    local saved = {}
+    for _, k in ipairs(names) do saved[k] = package.loaded[k]; package.loaded[k] = nil end
+    package.preload["reliablewriter.writer"] = function() error("broken writer.lua", 0) end
+    local ok, err = pcall(require, "reliablewriter")
+    package.preload["reliablewriter.writer"] = nil
+    for _, k in ipairs(names) do package.loaded[k] = saved[k] end
+    assert.is_false(ok)
+    assert.matches("broken writer.lua", tostring(err))
+    assert.equal(rw, require "reliablewriter")
+  end)
+end)
 
 describe("writer on the fake GCS", function()
   local srv
@@ -387,6 +403,13 @@ describe("writer on the fake GCS", function()
     local w = assert(rw.new(rw.context.background(), { sink = sink, connect_timeout = 2 }))
     assert(w:WriteAt(0, "abc"))
     assert.equal(3, assert(w:Complete()).size)
+    -- a test bed descriptor (faulty) comes back unchanged, and rw.new takes it
+    local f = testbed.faulty(rw.gcs { bucket = "b", object = "ct-faulty", endpoint = srv:url() }, { p_error = 0 })
+    assert.equal(f, rw.core.sinks.derive(f, { connect_timeout = 2 }))
+    local wf = assert(rw.new(rw.context.background(), { sink = f, connect_timeout = 2 }))
+    assert(wf:WriteAt(0, "abcd"))
+    assert.equal(4, assert(wf:Complete()).size)
+    assert.equal("abcd", srv:object("b", "ct-faulty"))
     -- nothing listens here: refused at once, retried until the budget ends
     local dead = rw.gcs { bucket = "b", object = "ct", endpoint = "http://127.0.0.1:1" }
     w = assert(rw.new(rw.context.background(), { sink = dead, connect_timeout = 0.5,
@@ -694,7 +717,7 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
   it("#1 100 concurrent writers stay within their cache bounds and a bounded pool", function()
     local ctx = rw.context.background()
     local ws = {}
-    local before = rw.util.thread_count()
+    local before = testbed.probes.thread_count()
     local peak_cache = {}
     for i = 1, 100 do
       peak_cache[i] = 0
@@ -709,7 +732,7 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
       assert(ws[i]:WriteAt(0, datas[i]))
       peak_cache[i] = math.max(peak_cache[i], ws[i]:stats().in_cache)
     end
-    local peak_threads = rw.util.thread_count()
+    local peak_threads = testbed.probes.thread_count()
     for i = 1, 100 do
       assert(ws[i]:Complete())
       assert.is_true(peak_cache[i] > 0)
@@ -763,14 +786,14 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
 
   it("#1 1,000 open writers do not mean 1,000 threads", function()
     local ctx = rw.context.background()
-    local before = rw.util.thread_count()
+    local before = testbed.probes.thread_count()
     local ws = {}
     for i = 1, 1000 do
       ws[i] = assert(rw.new(ctx, { sink = rw.gcs { bucket = "b", object = "k-" .. i, endpoint = srv:url() },
         max_cache_size = 256 * KiB, max_chunk_size = 256 * KiB }))
       assert(ws[i]:WriteAt(0, "abc"))
     end
-    local during = rw.util.thread_count()
+    local during = testbed.probes.thread_count()
     assert.is_true(during - before <= 32, ("%d writers, %d more threads"):format(#ws, during - before))
     for i = 1, 1000 do ws[i]:Abort(); ws[i]:close() end
   end)
@@ -779,7 +802,7 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
     -- 503s on 40% of requests (a fixed seed, so the schedule is the same every
     -- run): over the upload they add up to more than total_wait, per chunk not
     local path = os.tmpname()
-    local faulty = rw.faulty(rw.file { path = path }, { seed = 4243, p_error = 0.3, codes = { "http.503" } })
+    local faulty = testbed.faulty(rw.file { path = path }, { seed = 4243, p_error = 0.3, codes = { "http.503" } })
     local data = H.random_bytes(8 * MiB)
     local w = assert(rw.new(rw.context.background(), { sink = faulty, max_chunk_size = 256 * KiB,
       max_cache_size = 1 * MiB, retry = { min_wait = 0.05, max_wait = 0.05, total_wait = 0.4, jitter = "none" } }))
@@ -793,8 +816,8 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
 
   it("#2 a slow link is not a stall: a chunk may take longer than stall_timeout while bytes move", function()
     for _, path in ipairs { "dialer", "chaos proxy" } do
-      local profile = rw.faults.profile { seed = H.seed % 1000 + 1, bandwidth = 2 * MiB }
-      local proxy = path == "chaos proxy" and rw.faults.proxy { upstream = srv:url(), profile = profile }
+      local profile = testbed.faults.profile { seed = H.seed % 1000 + 1, bandwidth = 2 * MiB }
+      local proxy = path == "chaos proxy" and testbed.faults.proxy { upstream = srv:url(), profile = profile }
       local name = "slow-link-" .. (proxy and "proxy" or "dialer")
       local data = H.random_bytes(2 * MiB + 100 * KiB)
       local so = proxy and { endpoint = proxy:url() } or { faults = profile }
@@ -821,9 +844,9 @@ describe("bugs other clients' users hit (COMPARISON.md)", function()
     collectgarbage()
     local w = assert(gcs_writer(srv, "zero-copy", { max_cache_size = 64 * MiB, max_chunk_size = 16 * MiB,
       stall_timeout = 10 }, { headers = { ["x-retry-test-id"] = id } }))
-    local before = rw.util.rss_kib()
+    local before = testbed.probes.rss_kib()
     assert(w:WriteAt(0, data))
-    local grew = rw.util.rss_kib() - before
+    local grew = testbed.probes.rss_kib() - before
     assert.is_true(w:stats().in_cache >= 32 * MiB, "in cache: " .. w:stats().in_cache)
     assert.is_true(grew < 16 * 1024, ("RSS grew %d KiB while the cache holds %d bytes"):format(grew, w:stats().in_cache))
     assert(w:Complete())
@@ -984,7 +1007,7 @@ describe("writer on the file and faulty sinks", function()
     -- 13+ puts at p = 0.5: a run without any fault is 1 in 8,000 (at 3 MiB
     -- and p = 0.3 it was 1 in 12, and CI met it)
     local data = H.random_bytes(6 * MiB + 17)
-    local faulty = rw.faulty(rw.file { path = path }, { seed = H.seed % 100000 + 1, p_error = 0.5,
+    local faulty = testbed.faulty(rw.file { path = path }, { seed = H.seed % 100000 + 1, p_error = 0.5,
       codes = { "net.reset", "http.503" } })
     local w = assert(rw.new(rw.context.background(), { sink = faulty, retry = fast_retry(),
       max_chunk_size = 512 * KiB, max_cache_size = 1 * MiB }))
@@ -997,7 +1020,7 @@ describe("writer on the file and faulty sinks", function()
   end)
 
   it("does not retry a non-retryable sink error", function()
-    local faulty = rw.faulty(rw.file { path = path }, { seed = 1, p_error = 1, codes = { "http.400" } })
+    local faulty = testbed.faulty(rw.file { path = path }, { seed = 1, p_error = 1, codes = { "http.400" } })
     local w = assert(rw.new(rw.context.background(), { sink = faulty, retry = fast_retry() }))
     assert(w:WriteAt(0, "abc"))
     local lines, obj, err = H.capture_log(w.Complete, w)

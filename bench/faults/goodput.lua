@@ -7,6 +7,7 @@
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 package.cpath = (os.getenv("RW_CPATH") or "build/lua5.4/?.so") .. ";" .. package.cpath
 local rw = require "reliablewriter"
+local testbed = require "reliablewriter.testbed"
 local core = require "reliablewriter.core"
 local MiB = 1024 * 1024
 local n = tonumber(arg[1]) or 256
@@ -53,7 +54,7 @@ end
 -- Each configuration runs `reps` times, alternating, and the best time is
 -- kept: the machine is shared and noisy, the schedule is the same each time.
 local reps = tonumber(arg[4]) or 2
-local srv = rw.fakegcs.start { store = "memory", buckets = { "b" } }
+local srv = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
 local rows = {
   { label = "reliablewriter, no faults", best = math.huge, ok = true, good = true, resets = 0 },
   { label = "reliablewriter, dialer", best = math.huge, ok = true, good = true, resets = 0 },
@@ -69,15 +70,15 @@ for r = 1, reps do
   local ok, dt, good = run("clean" .. r, srv, srv:url(), nil)
   note(rows[1], ok, dt, good, 0)
   collectgarbage()
-  local p = rw.faults.profile { seed = seed, reset_per_mib = rate }
+  local p = testbed.faults.profile { seed = seed, reset_per_mib = rate }
   ok, dt, good = run("dialer" .. r, srv, srv:url(), p)
   note(rows[2], ok, dt, good, p:stats().resets)
   collectgarbage()
-  ok, dt, good = run("relay" .. r, srv, srv:url(), rw.faults.profile { seed = seed })
+  ok, dt, good = run("relay" .. r, srv, srv:url(), testbed.faults.profile { seed = seed })
   note(rows[3], ok, dt, good, 0)
   collectgarbage()
-  local pp = rw.faults.profile { seed = seed, reset_per_mib = rate }
-  local px = assert(rw.faults.proxy { upstream = srv:url(), profile = pp })
+  local pp = testbed.faults.profile { seed = seed, reset_per_mib = rate }
+  local px = assert(testbed.faults.proxy { upstream = srv:url(), profile = pp })
   ok, dt, good = run("proxy" .. r, srv, px:url(), nil)
   note(rows[4], ok, dt, good, pp:stats().resets)
   px:stop()

@@ -10,6 +10,7 @@
 --   hwm_kib: VmHWM after resetting it (clear_refs 5) at the baseline point
 --   sampled_peak_kib: max VmRSS sampled on every on_progress callback and WriteAt
 local rw = require "reliablewriter"
+local testbed = require "reliablewriter.testbed"
 local MiB = 1024 * 1024
 local mode, url, object, path = arg[1], arg[2], arg[3], arg[4]
 local cache = tonumber(arg[5] or 32) * MiB
@@ -31,7 +32,7 @@ do -- reset VmHWM to the current RSS (Linux >= 4.0)
 end
 local peak = baseline
 local function sample()
-  local r = rw.util.rss_kib()
+  local r = testbed.probes.rss_kib()
   if r > peak then peak = r end
 end
 

@@ -5,7 +5,7 @@
  *       [--bandwidth BYTES_PER_S] [--window BYTES] [--max-connections N]
  * --latency delays each byte that long per direction, --bandwidth caps each
  * connection per direction, --window bounds the bytes in flight per
- * direction (default 4 MiB): see net/faults.h. Prints its URL on the first line of stdout, serves until SIGINT/SIGTERM,
+ * direction (default 4 MiB): see testbed/faults.h. Prints its URL on the first line of stdout, serves until SIGINT/SIGTERM,
  * then prints what it injected on stderr. Ports are whole numbers in
  * 1..65535 (--listen also takes 0: pick a free port, the default); bad
  * arguments: a message naming the flag, exit 2. */
@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "bin/args.h"
-#include "net/chaos.h"
+#include "testbed/chaos.h"
 
 static void usage(const char *why) {
   if (why) fprintf(stderr, "reliablewriter-chaos: %s\n", why);

@@ -15,7 +15,7 @@
 #include <sys/resource.h>
 
 #include "bin/args.h"
-#include "fake/fakegcs.h"
+#include "testbed/fakegcs.h"
 
 #define MAX_BUCKETS 64
 

@@ -287,6 +287,11 @@ void rw_log(rw_log_level lvl, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
   va_end(ap);
+  rw_log_line(lvl, line);
+}
+
+void rw_log_line(rw_log_level lvl, const char *line) {
+  if (!rw_log_enabled(lvl)) return;
   pthread_mutex_lock(&log_mu);
   if (log_hook)
     log_hook(log_hook_ud, lvl, line);

@@ -150,8 +150,8 @@ int rw_lua_open_context(lua_State *L) {
       {"with_cancel", ctx_with_cancel}, {"with_timeout", ctx_with_timeout},
       {"with_deadline", ctx_with_deadline}, {"cancel", ctx_cancel},
       {"err", ctx_err},                 {"done", ctx_done},
-      {"deadline", ctx_deadline},       {"wait", ctx_wait_blocking},
-      {"wait_blocking", ctx_wait_blocking}, {"poll", ctx_poll},
+      {"deadline", ctx_deadline},       {"wait_blocking", ctx_wait_blocking},
+      {"poll", ctx_poll},
       {"pollfd", ctx_pollfd},           {"events", ctx_events},
       {"timeout", ctx_timeout},         {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", ctx_gc},

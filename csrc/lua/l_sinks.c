@@ -1,30 +1,26 @@
-/* Sink descriptors: sinks.gcs{...}, sinks.file{...}, sinks.faulty(desc, {...}).
+/* Sink descriptors: sinks.gcs{...}, sinks.file{...}.
  *
- * A descriptor is a config, not a live sink: rw_lua_sink_make builds a new
- * sink from it for each writer. Lua values the descriptor keeps (the inner
- * descriptor of a faulty one, the gcs `faults` table for issue 5) live in its
- * uservalue table: { inner = desc, faults = profile or its options table,
- * faults_profile = profile }. */
+ * A descriptor is a config, not a live sink: its metatable's __rw_sink seam
+ * (lrw.h) builds a new sink from it for each writer; the test bed's
+ * testbed.faulty(desc, {...}) has the same seam. Lua values a gcs descriptor
+ * keeps (the `faults` option, issue 5) live in its uservalue table:
+ * { faults = profile or its options table, faults_profile = profile }. The
+ * profile is the test bed's; the core reaches it only through its metatable's
+ * __rw_dialer seam. */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lrw.h"
-#include "sinks/faulty.h"
+#include "net/http.h"
 #include "sinks/file.h"
 #include "sinks/gcs.h"
-#include "net/faults.h"
-
-/* From l_faults.c: the fault profile at idx or NULL; the profile constructor. */
-rw_faults *rw_lua_faults_test(lua_State *L, int idx);
-int rw_lua_faults_profile(lua_State *L);
 
 #define DESC_MT "reliablewriter.SinkDescriptor"
-#define MAX_CODES 32
 
-enum { DESC_GCS, DESC_FILE, DESC_FAULTY };
-static const char *const kind_names[] = {"gcs", "file", "faulty"};
+enum { DESC_GCS, DESC_FILE };
+static const char *const kind_names[] = {"gcs", "file"};
 
 typedef struct desc {
   int kind;
@@ -37,10 +33,6 @@ typedef struct desc {
   double connect_timeout;
   /* file */
   char *path;
-  /* faulty */
-  rw_faulty_config fc;    /* codes point into `codes` */
-  char *codes[MAX_CODES];
-  rw_faulty_counters *counters;
 } desc;
 
 #if LUA_VERSION_NUM < 502
@@ -66,8 +58,6 @@ static void desc_release(desc *d) {
   }
   free(d->headers);
   free(d->path);
-  for (int i = 0; i < MAX_CODES; i++) free(d->codes[i]);
-  rw_faulty_counters_unref(d->counters);
   memset(d, 0, sizeof *d);
 }
 
@@ -264,68 +254,30 @@ static rw_gcs_config gcs_config(const desc *d) {
   return c;
 }
 
-/* faults = rw.faults.profile{...} or the options of one: both stored in the
- * uservalue, the profile also as faults_profile for make_from. */
+/* faults = testbed.faults.profile{...} (anything with the __rw_dialer seam)
+ * or the options of one, made into a profile by the test bed: both stored in
+ * the uservalue, the profile also as faults_profile for make_gcs. */
 static void faults_option(lua_State *L, int self) {
   lua_getfield(L, 1, "faults");
   if (lua_istable(L, -1)) {
-    lua_pushcfunction(L, rw_lua_faults_profile);
-    lua_pushvalue(L, -2);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "reliablewriter.testbed");
     lua_call(L, 1, 1);
-  } else if (rw_lua_faults_test(L, -1)) {
+    lua_getfield(L, -1, "faults");
+    lua_getfield(L, -1, "profile");
+    lua_pushvalue(L, -4);
+    lua_call(L, 1, 1);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+  } else if (rw_lua_seam(L, -1, "__rw_dialer")) {
     lua_pushvalue(L, -1);
   } else if (!lua_isnil(L, -1)) {
-    luaL_argerror(L, 1, "option 'faults' must be a fault profile (rw.faults.profile{...}) or its options table");
+    luaL_argerror(L, 1, "option 'faults' must be a fault profile (testbed.faults.profile{...}) or its options table");
   } else {
     lua_pushnil(L);
   }
   uv_set(L, self, "faults_profile");
   uv_set(L, self, "faults");
-}
-
-/* A gcs sink that holds a reference to its fault profile: the dialer's
- * callbacks use the profile until the inner sink (and its libcurl handles)
- * are gone. */
-typedef struct faults_sink {
-  rw_sink base;
-  rw_sink *inner;
-  rw_faults *faults;
-  rw_http_dialer dialer;
-} faults_sink;
-
-static rw_sink *fs_inner(rw_sink *s) { return ((faults_sink *)s)->inner; }
-static rw_error *fs_begin(rw_sink *s, rw_ctx *ctx) { return fs_inner(s)->ops->begin(fs_inner(s), ctx); }
-static rw_error *fs_put(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_sink_result *res) {
-  return fs_inner(s)->ops->put(fs_inner(s), ctx, p, res);
-}
-static rw_error *fs_query(rw_sink *s, rw_ctx *ctx, rw_sink_result *res) {
-  return fs_inner(s)->ops->query(fs_inner(s), ctx, res);
-}
-static rw_error *fs_abort(rw_sink *s, rw_ctx *ctx) { return fs_inner(s)->ops->abort(fs_inner(s), ctx); }
-static const char *fs_session(rw_sink *s) { return fs_inner(s)->ops->session(fs_inner(s)); }
-static void fs_destroy(rw_sink *s) {
-  faults_sink *fs = (faults_sink *)s;
-  rw_sink_destroy(fs->inner);
-  rw_faults_unref(fs->faults);
-  free(fs);
-}
-static const rw_sink_ops faults_sink_ops = {"gcs", fs_begin, fs_put, fs_query, fs_abort, fs_session, fs_destroy};
-
-static rw_sink *gcs_with_faults(rw_gcs_config *c, rw_faults *f, rw_error **err) {
-  faults_sink *fs = calloc(1, sizeof *fs);
-  if (!fs) {
-    *err = rw_err(RW_E_NOMEM, "gcs sink: out of memory");
-    return NULL;
-  }
-  fs->base.ops = &faults_sink_ops;
-  fs->dialer = rw_faults_dialer(f);
-  c->dialer = &fs->dialer;
-  if (!(fs->inner = rw_gcs_sink_new(c, err))) {
-    free(fs);
-    return NULL;
-  }
-  fs->faults = rw_faults_ref(f);
-  return &fs->base;
 }
 
 static int sinks_gcs(lua_State *L) {
@@ -378,118 +330,33 @@ static int sinks_file(lua_State *L) {
   return 1;
 }
 
-/* ---- faulty ---- */
-
-static bool code_known(const char *code) {
-  if (rw_code_lookup(code)) return true;
-  int status = 0, used = 0;
-  return sscanf(code, "http.%3d%n", &status, &used) == 1 && !code[used] && status >= 100 && status <= 599;
-}
-
-static void codes_option(lua_State *L, int idx, int arg, desc *d) {
-  lua_getfield(L, idx, "codes");
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return;
-  }
-  if (!lua_istable(L, -1)) luaL_argerror(L, arg, "option 'codes' must be a list of error codes");
-  size_t n = lua_rawlen(L, -1);
-  if (n == 0 || n > MAX_CODES) luaL_argerror(L, arg, "option 'codes' must hold 1 to 32 codes");
-  for (size_t i = 1; i <= n; i++) {
-    lua_rawgeti(L, -1, (int)i);
-    const char *c = lua_tostring(L, -1);
-    if (lua_type(L, -1) != LUA_TSTRING || !code_known(c))
-      luaL_argerror(L, arg, lua_pushfstring(L, "option 'codes': '%s' is not a known error code",
-                                            c ? c : luaL_typename(L, -1)));
-    d->codes[i - 1] = dup_or_raise(L, c);
-    lua_pop(L, 1);
-  }
-  d->fc.codes = (const char *const *)d->codes;
-  d->fc.ncodes = n;
-  lua_pop(L, 1);
-}
-
-static int sinks_faulty(lua_State *L) {
-  check_desc(L, 1);
-  static const char *const known[] = {"seed", "p_error", "codes", "p_partial", "p_after",
-                                      "partial_align", NULL};
-  if (lua_isnoneornil(L, 2)) {
-    lua_settop(L, 1);
-    lua_newtable(L);
-  }
-  rw_lua_check_options(L, 2, 2, known);
-  desc *d = push_desc(L, DESC_FAULTY);
-  int self = lua_gettop(L);
-  lua_pushvalue(L, 1);
-  uv_set(L, self, "inner");
-  d->fc.seed = (uint64_t)rw_lua_opt_integer(L, 2, 2, "seed", 1, 0, INT64_C(9007199254740992));
-  d->fc.p_error = rw_lua_opt_number(L, 2, 2, "p_error", 0.1, 0, 1);
-  d->fc.p_partial = rw_lua_opt_number(L, 2, 2, "p_partial", 0, 0, 1);
-  d->fc.p_after = rw_lua_opt_number(L, 2, 2, "p_after", 0, 0, 1);
-  if (d->fc.p_partial + d->fc.p_after > 1) luaL_argerror(L, 2, "p_partial + p_after must be <= 1");
-  d->fc.partial_align = (uint64_t)rw_lua_opt_integer(L, 2, 2, "partial_align", 256 * 1024, 1, INT64_C(1) << 40);
-  codes_option(L, 2, 2, d);
-  d->counters = rw_faulty_counters_new();
-  if (!d->counters) return luaL_error(L, "out of memory");
-  return 1;
-}
-
 /* ---- making live sinks ---- */
 
-static rw_sink *make_from(lua_State *L, int idx, rw_error **err, int depth) {
-  desc *d = check_desc(L, idx);
-  *err = NULL;
-  switch (d->kind) {
-  case DESC_GCS: {
-    rw_gcs_config c = gcs_config(d);
-    uv_get(L, idx, "faults_profile");
-    rw_faults *f = rw_lua_faults_test(L, -1);
-    lua_pop(L, 1); /* the descriptor keeps it; the sink takes its own reference */
-    return f ? gcs_with_faults(&c, f, err) : rw_gcs_sink_new(&c, err);
+/* A gcs sink; with a fault profile, the sink's HTTP client holds the
+ * profile's reference that its dialer seam took, and releases it when done. */
+static rw_sink *make_gcs(lua_State *L, int idx, const desc *d, rw_error **err) {
+  rw_gcs_config c = gcs_config(d);
+  rw_http_dialer dialer;
+  uv_get(L, idx, "faults_profile");
+  const rw_lua_dialer_seam *seam = rw_lua_seam(L, -1, "__rw_dialer");
+  if (seam) {
+    seam->fill(L, lua_gettop(L), &dialer);
+    c.dialer = &dialer;
   }
-  case DESC_FILE:
-    return rw_file_sink_new(d->path, err);
-  default: {
-    if (depth > 8) {
-      *err = rw_err(RW_E_INVALID, "faulty sinks nested too deeply");
-      return NULL;
-    }
-    uv_get(L, idx, "inner");
-    rw_sink *inner = make_from(L, lua_gettop(L), err, depth + 1);
-    lua_pop(L, 1);
-    if (!inner) return NULL;
-    rw_faulty_config fc = d->fc;
-    fc.counters = d->counters;
-    return rw_faulty_sink_new(inner, &fc, err);
-  }
-  }
+  lua_pop(L, 1);
+  return rw_gcs_sink_new(&c, err);
 }
 
-struct rw_sink *rw_lua_sink_make(lua_State *L, int idx, rw_error **err) {
-  if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
-  return make_from(L, idx, err, 0);
+static rw_sink *desc_make(lua_State *L, int idx, rw_error **err) {
+  desc *d = check_desc(L, idx);
+  *err = NULL;
+  return d->kind == DESC_GCS ? make_gcs(L, idx, d, err) : rw_file_sink_new(d->path, err);
 }
 
 /* ---- methods ---- */
 
 static int desc_kind(lua_State *L) {
   lua_pushstring(L, kind_names[check_desc(L, 1)->kind]);
-  return 1;
-}
-
-/* faulty descriptors: counts over every sink made from it. */
-static int desc_stats(lua_State *L) {
-  desc *d = check_desc(L, 1);
-  if (d->kind != DESC_FAULTY) return luaL_argerror(L, 1, "stats() is for faulty sink descriptors");
-  rw_faulty_stats st;
-  rw_faulty_counters_read(d->counters, &st);
-  lua_createtable(L, 0, 5);
-  const struct { const char *k; uint64_t v; } f[] = {{"puts", st.puts}, {"queries", st.queries},
-      {"injected", st.injected}, {"partial", st.partial}, {"after", st.after}};
-  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
-    lua_pushnumber(L, (lua_Number)f[i].v);
-    lua_setfield(L, -2, f[i].k);
-  }
   return 1;
 }
 
@@ -500,42 +367,34 @@ static int desc_faults(lua_State *L) {
   return 1;
 }
 
-/* A faulty descriptor's inner descriptor, or nil. */
-static int desc_inner(lua_State *L) {
-  check_desc(L, 1);
-  uv_get(L, 1, "inner");
-  return 1;
-}
-
 static int desc_tostring(lua_State *L) {
   desc *d = check_desc(L, 1);
   if (d->kind == DESC_GCS && d->bucket)
     lua_pushfstring(L, "sink gcs gs://%s/%s", d->bucket, d->object);
   else if (d->kind == DESC_GCS)
     lua_pushfstring(L, "sink gcs session %s", d->session_uri);
-  else if (d->kind == DESC_FILE)
-    lua_pushfstring(L, "sink file %s", d->path);
   else
-    lua_pushfstring(L, "sink faulty (p_error %f)", d->fc.p_error);
+    lua_pushfstring(L, "sink file %s", d->path);
   return 1;
 }
 
 static int sinks_is_sink(lua_State *L) {
-  lua_pushboolean(L, luaL_testudata(L, 1, DESC_MT) != NULL);
+  lua_pushboolean(L, rw_lua_is_sink(L, 1));
   return 1;
 }
 
 /* derive(desc, {session_uri=, connect_timeout=}): a copy of a gcs descriptor
  * with those set (rw.resume and the writer's connect_timeout use it). Other
- * kinds come back unchanged. */
+ * kinds (file, the test bed's faulty) come back unchanged. */
 static char *dup_opt(lua_State *L, const char *s) { return s ? dup_or_raise(L, s) : NULL; }
 
 static int sinks_derive(lua_State *L) {
-  desc *src = check_desc(L, 1);
+  if (!rw_lua_is_sink(L, 1)) check_desc(L, 1); /* raises */
+  desc *src = luaL_testudata(L, 1, DESC_MT);   /* NULL: the test bed's (faulty) */
   luaL_checktype(L, 2, LUA_TTABLE);
   static const char *const known[] = {"session_uri", "connect_timeout", NULL};
   rw_lua_check_options(L, 2, 2, known);
-  if (src->kind != DESC_GCS) {
+  if (!src || src->kind != DESC_GCS) {
     lua_pushvalue(L, 1);
     return 1;
   }
@@ -580,18 +439,17 @@ static int sinks_with_session(lua_State *L) {
 
 int rw_lua_open_sinks(lua_State *L) {
   if (luaL_newmetatable(L, DESC_MT)) {
-    static const luaL_Reg methods[] = {{"kind", desc_kind},     {"stats", desc_stats},
-                                       {"faults", desc_faults}, {"inner", desc_inner},
-                                       {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"kind", desc_kind}, {"faults", desc_faults}, {NULL, NULL}};
     static const luaL_Reg mt[] = {{"__gc", desc_gc}, {"__tostring", desc_tostring}, {NULL, NULL}};
+    static const rw_lua_sink_seam seam = {desc_make};
     luaL_setfuncs(L, mt, 0);
+    rw_lua_set_seam(L, "__rw_sink", &seam);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
   static const luaL_Reg fns[] = {{"gcs", sinks_gcs},
                                  {"file", sinks_file},
-                                 {"faulty", sinks_faulty},
                                  {"is_sink", sinks_is_sink},
                                  {"with_session", sinks_with_session},
                                  {"derive", sinks_derive},

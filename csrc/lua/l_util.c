@@ -1,7 +1,6 @@
-/* Small process helpers the Lua layer and the tests need: a monotonic clock,
- * poll(2) over several fds (the workgroup scheduler), sleeping, and counts of
- * threads and fds read from /proc (the bounds tests). */
-#include <dirent.h>
+/* Small process helpers the Lua layer needs: a monotonic clock, poll(2) over
+ * several fds (the workgroup scheduler), sleeping, and the size of the core's
+ * pool. (Thread, fd and RSS counts for tests: testbed.probes.) */
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -58,43 +57,6 @@ static int u_poll(lua_State *L) {
   return 1;
 }
 
-static long proc_status_field(const char *name) {
-  FILE *f = fopen("/proc/self/status", "r");
-  if (!f) return -1;
-  char line[256];
-  long v = -1;
-  size_t nl = strlen(name);
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, name, nl) == 0 && line[nl] == ':') {
-      v = strtol(line + nl + 1, NULL, 10);
-      break;
-    }
-  fclose(f);
-  return v;
-}
-
-static int u_thread_count(lua_State *L) {
-  lua_pushinteger(L, proc_status_field("Threads"));
-  return 1;
-}
-
-static int u_rss_kib(lua_State *L) {
-  lua_pushinteger(L, proc_status_field("VmRSS"));
-  return 1;
-}
-
-static int u_fd_count(lua_State *L) {
-  DIR *d = opendir("/proc/self/fd");
-  if (!d) return 0;
-  long n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)))
-    if (e->d_name[0] != '.') n++;
-  closedir(d);
-  lua_pushinteger(L, n - 1); /* not the DIR's own fd */
-  return 1;
-}
-
 static int u_pool_threads(lua_State *L) {
   rw_pool *p = rw_pool_shared_peek();
   lua_pushinteger(L, p ? rw_pool_threads(p) : 0);
@@ -102,11 +64,9 @@ static int u_pool_threads(lua_State *L) {
 }
 
 int rw_lua_open_util(lua_State *L) {
-  static const luaL_Reg fns[] = {{"monotime", u_monotime},         {"realtime", u_realtime},
-                                 {"sleep", u_sleep},               {"poll", u_poll},
-                                 {"thread_count", u_thread_count}, {"fd_count", u_fd_count},
-                                 {"rss_kib", u_rss_kib},           {"pool_threads", u_pool_threads},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"monotime", u_monotime}, {"realtime", u_realtime},
+                                 {"sleep", u_sleep},       {"poll", u_poll},
+                                 {"pool_threads", u_pool_threads}, {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

@@ -123,6 +123,9 @@ static int writer_new(lua_State *L) {
   }
   lua_getfield(L, 2, "sink");
   if (lua_isnil(L, -1)) return luaL_argerror(L, 2, "option 'sink' is required (rw.gcs{...}, rw.file{...})");
+  if (!rw_lua_is_sink(L, -1))
+    return luaL_argerror(L, 2, lua_pushfstring(L, "option 'sink' must be a sink descriptor (rw.gcs{...}, "
+                                                  "rw.file{...}), got %s", luaL_typename(L, -1)));
   lwriter *lw = lua_newuserdata(L, sizeof *lw);
   memset(lw, 0, sizeof *lw);
   luaL_setmetatable(L, WRITER_MT);

@@ -261,3 +261,32 @@ double rw_lua_check_number_range(lua_State *L, int arg, const char *what, double
 int rw_lua_closed_error(lua_State *L, const char *what) {
   return luaL_error(L, "attempt to use a closed %s", what);
 }
+
+/* ---- seams (lrw.h) ---- */
+
+const void *rw_lua_seam(lua_State *L, int idx, const char *field) {
+  if (!lua_getmetatable(L, idx)) return NULL;
+  lua_getfield(L, -1, field);
+  const void *s = lua_type(L, -1) == LUA_TLIGHTUSERDATA ? lua_touserdata(L, -1) : NULL;
+  lua_pop(L, 2);
+  return s;
+}
+
+void rw_lua_set_seam(lua_State *L, const char *field, const void *s) {
+  lua_pushlightuserdata(L, (void *)s);
+  lua_setfield(L, -2, field);
+}
+
+bool rw_lua_is_sink(lua_State *L, int idx) { return rw_lua_seam(L, idx, "__rw_sink") != NULL; }
+
+struct rw_sink *rw_lua_sink_make(lua_State *L, int idx, rw_error **err) {
+  if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+  const rw_lua_sink_seam *s = rw_lua_seam(L, idx, "__rw_sink");
+  *err = NULL;
+  if (!s) {
+    *err = rw_err(RW_E_INVALID, "option 'sink' must be a sink descriptor (rw.gcs{...}, rw.file{...}), got %s",
+                  luaL_typename(L, idx));
+    return NULL;
+  }
+  return s->maker(L, idx, err);
+}

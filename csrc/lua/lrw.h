@@ -55,14 +55,45 @@ int rw_lua_open_workgroup(lua_State *L);
 int rw_lua_open_ratelimit(lua_State *L);
 int rw_lua_open_util(lua_State *L);
 int rw_lua_open_log(lua_State *L);
-int rw_lua_open_fakegcs(lua_State *L);
 int rw_lua_open_writer(lua_State *L);
-int rw_lua_open_faults(lua_State *L);
 int rw_lua_open_sinks(lua_State *L);
 
-/* Sink descriptors (rw.gcs{...}, rw.file{...}, rw.faulty(...)): makes a new
- * sink from the descriptor at idx, or raises when idx is not one. */
+/* ---- seams for the test bed ----
+ * The test bed (require "reliablewriter.testbed", csrc/testbed/) is a
+ * separate .so; the core includes none of its headers. It plugs in through
+ * two metatable fields, each a lightuserdata to a static seam struct:
+ *   __rw_sink    on every sink descriptor (rw.gcs{}, rw.file{}, testbed.faulty()):
+ *                maker() makes a new live sink from the descriptor at idx;
+ *   __rw_dialer  on a fault profile (testbed.faults.profile{}): fill() sets *d
+ *                to a libcurl dialer and takes a reference on the profile that
+ *                d->release(d->owner) drops (net/http.h: the HTTP client calls
+ *                it when done). */
 struct rw_sink;
+struct rw_http_dialer;
+typedef struct rw_lua_sink_seam {
+  struct rw_sink *(*maker)(lua_State *L, int idx, rw_error **err);
+} rw_lua_sink_seam;
+typedef struct rw_lua_dialer_seam {
+  void (*fill)(lua_State *L, int idx, struct rw_http_dialer *d);
+} rw_lua_dialer_seam;
+
+/* reliablewriter.core's `_log_line` (a lightuserdata to this): the test
+ * bed's copy of rw_log forwards its lines to the core's log. */
+typedef struct rw_lua_log_seam {
+  void (*line)(int lvl, const char *line);
+} rw_lua_log_seam;
+
+/* The seam struct in the metatable field `field` of the value at idx, or NULL. */
+const void *rw_lua_seam(lua_State *L, int idx, const char *field);
+/* Sets field `field` of the table on top of the stack to the seam s. */
+void rw_lua_set_seam(lua_State *L, const char *field, const void *s);
+/* True when the value at idx is a sink descriptor (has __rw_sink). */
+bool rw_lua_is_sink(lua_State *L, int idx);
+/* Makes a new sink from the descriptor at idx (through its __rw_sink), or
+ * returns NULL with *err. */
 struct rw_sink *rw_lua_sink_make(lua_State *L, int idx, rw_error **err);
+
+/* The one symbol each .so exports (built with -fvisibility=hidden). */
+#define RW_LUA_EXPORT __attribute__((visibility("default")))
 
 #endif

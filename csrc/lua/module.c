@@ -5,7 +5,10 @@
 
 typedef int (*opener)(lua_State *L);
 
-int luaopen_reliablewriter_core(lua_State *L) {
+static void log_line(int lvl, const char *line) { rw_log_line((rw_log_level)lvl, line); }
+
+RW_LUA_EXPORT int luaopen_reliablewriter_core(lua_State *L) {
+  static const rw_lua_log_seam log_seam = {log_line};
   static const struct {
     const char *name;
     opener open;
@@ -13,8 +16,7 @@ int luaopen_reliablewriter_core(lua_State *L) {
       {"errors", rw_lua_open_errors},       {"context", rw_lua_open_context},
       {"backoff", rw_lua_open_backoff},     {"workgroup", rw_lua_open_workgroup},
       {"ratelimit", rw_lua_open_ratelimit}, {"util", rw_lua_open_util},
-      {"fakegcs", rw_lua_open_fakegcs},     {"writer", rw_lua_open_writer},
-      {"faults", rw_lua_open_faults},       {"sinks", rw_lua_open_sinks},
+      {"writer", rw_lua_open_writer},       {"sinks", rw_lua_open_sinks},
       {"log", rw_lua_open_log},
   };
   lua_newtable(L);
@@ -22,6 +24,8 @@ int luaopen_reliablewriter_core(lua_State *L) {
     parts[i].open(L);
     lua_setfield(L, -2, parts[i].name);
   }
+  lua_pushlightuserdata(L, (void *)&log_seam);
+  lua_setfield(L, -2, "_log_line");
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "version");
   return 1;

@@ -67,11 +67,13 @@ static rw_error *check_wakeup(CURLM *multi) {
 rw_http *rw_http_new(const rw_http_config *cfg, rw_error **err) {
   pthread_once(&global_once, global_init);
   if (global_rc != CURLE_OK) {
+    rw_http_dialer_release(cfg ? cfg->dialer : NULL);
     *err = rw_err(RW_E_INTERNAL, "curl_global_init failed: %s", curl_easy_strerror(global_rc));
     return NULL;
   }
   rw_http *h = calloc(1, sizeof *h);
   if (!h) {
+    rw_http_dialer_release(cfg ? cfg->dialer : NULL);
     *err = handle_error("an HTTP client", errno);
     return NULL;
   }
@@ -105,6 +107,7 @@ void rw_http_free(rw_http *h) {
   if (!h) return;
   if (h->easy) curl_easy_cleanup(h->easy);
   if (h->multi) curl_multi_cleanup(h->multi);
+  if (h->has_dialer) rw_http_dialer_release(&h->dialer);
   free(h);
 }
 

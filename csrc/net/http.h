@@ -26,21 +26,31 @@
 #include "core/context.h"
 #include "core/error.h"
 
-/* Hook for a fault-injecting dialer (issue 5): when set, its functions are
- * installed as CURLOPT_OPENSOCKETFUNCTION / CURLOPT_SOCKOPTFUNCTION /
- * CURLOPT_CLOSESOCKETFUNCTION (any may be NULL) with ud as their data. The
- * dialer must outlive every client that uses it. */
+/* The dialer seam (a fault-injecting dialer from the test bed, issue 5/9):
+ * when set, its functions are installed as CURLOPT_OPENSOCKETFUNCTION /
+ * CURLOPT_SOCKOPTFUNCTION / CURLOPT_CLOSESOCKETFUNCTION (any may be NULL) with
+ * ud as their data. Ownership as hiredis' privdata/free_privdata: a dialer
+ * value carries one reference on `owner` (what keeps ud alive), and whoever
+ * it is handed to calls release(owner) once when done (release may be NULL).
+ * rw_http_new takes it over, even when it fails; rw_http_free releases it. */
 typedef struct rw_http_dialer {
   curl_opensocket_callback opensocket;
   curl_sockopt_callback sockopt;
   curl_closesocket_callback closesocket;
   void *ud;
+  void *owner;
+  void (*release)(void *owner);
 } rw_http_dialer;
+
+/* Drops d's reference (NULL-safe); the HTTP client and the gcs sink use it. */
+static inline void rw_http_dialer_release(const rw_http_dialer *d) {
+  if (d && d->release) d->release(d->owner);
+}
 
 typedef struct rw_http_config {
   double connect_timeout;       /* seconds; <= 0: 10 s */
   size_t max_body;              /* largest reply body; 0: 1 MiB; more is gcs.protocol */
-  const rw_http_dialer *dialer; /* NULL: plain sockets */
+  const rw_http_dialer *dialer; /* NULL: plain sockets; taken over (see above) */
 } rw_http_config;
 
 typedef struct rw_http rw_http;

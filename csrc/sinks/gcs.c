@@ -120,8 +120,10 @@ static rw_error *check_session_uri(const gcs_sink *g, const char *uri, const cha
 }
 
 rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err) {
-  if ((*err = check_config(cfg))) return NULL;
-  gcs_sink *g = calloc(1, sizeof *g);
+  bool handed = false; /* cfg->dialer given to the HTTP client, which releases it */
+  gcs_sink *g = NULL;
+  if ((*err = check_config(cfg))) goto fail;
+  g = calloc(1, sizeof *g);
   if (!g) goto nomem;
   g->base.ops = &gcs_ops;
   pthread_mutex_init(&g->token_mu, NULL);
@@ -146,14 +148,14 @@ rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err) {
   }
   if (g->session[0] && (*err = check_session_uri(g, g->session, "session_uri"))) goto fail;
   rw_http_config hc = {.connect_timeout = cfg->connect_timeout, .dialer = cfg->dialer};
+  handed = true;
   if (!(g->http = rw_http_new(&hc, err))) goto fail;
   return &g->base;
-fail:
-  gcs_destroy(&g->base);
-  return NULL;
 nomem:
-  if (g) gcs_destroy(&g->base);
   *err = rw_err(RW_E_NOMEM, "gcs sink: out of memory");
+fail:
+  if (!handed) rw_http_dialer_release(cfg->dialer);
+  if (g) gcs_destroy(&g->base);
   return NULL;
 }
 

@@ -42,9 +42,10 @@ typedef struct rw_gcs_config {
   const char *session_uri;       /* non-NULL: resume that session; begin() is a no-op */
   const char *token;             /* bearer token; NULL: anonymous */
   double abort_timeout;          /* DELETE's own deadline; <= 0: 2 s */
-  const rw_http_dialer *dialer;  /* fault-injecting dialer hook (issue 5); NULL: none */
+  const rw_http_dialer *dialer;  /* dialer seam (net/http.h); NULL: none */
 } rw_gcs_config;
 
+/* Takes over cfg->dialer's reference, even when it fails. */
 rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err);
 
 /* The endpoint a config resolves to (malloc'd, no trailing slash). */

@@ -1,6 +1,7 @@
 -- reliablewriter: reliable uploads of large streams to Google Cloud Storage.
 -- The C module (reliablewriter.core) does the work; this file adds the
--- waiting policies (waiting.lua) to the objects that can wait.
+-- waiting policies (waiting.lua) to the objects that can wait: ctx:wait,
+-- b:wait and rl:wait are defined here and only here.
 local core = require "reliablewriter.core"
 local waiting = require "reliablewriter.waiting"
 local workgroup = require "reliablewriter.workgroup"
@@ -72,10 +73,9 @@ function rm.wait(rl, ctx, n)
   return true
 end
 
--- Later parts (writer, sinks, fake GCS, faults) hook in here when present.
-local ok_writer, writer = pcall(require, "reliablewriter.writer")
-if ok_writer and type(writer) == "table" then writer.install(M, core, waiting) end
-M.fakegcs = core.fakegcs
-M.faults = core.faults
+-- The writer and the sink descriptors (rw.new, rw.resume, rw.gcs, rw.file).
+-- The test bed (fake GCS, faults, faulty sink, probes) is its own module:
+-- require "reliablewriter.testbed".
+require("reliablewriter.writer").install(M, core, waiting)
 
 return M

@@ -193,7 +193,6 @@ function W.install(M, core, waiting)
   local sinks = core.sinks
   M.gcs = sinks.gcs
   M.file = sinks.file
-  M.faulty = sinks.faulty
 
   -- rw.new(ctx, opts): a ready writer, or nil, err.
   function M.new(ctx, opts)

@@ -9,7 +9,7 @@
 #include <sys/socket.h>
 
 #include "ctest.h"
-#include "fake/fakegcs.h"
+#include "testbed/fakegcs.h"
 
 #define Q (256 * 1024)
 

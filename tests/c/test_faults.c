@@ -1,4 +1,4 @@
-/* net/faults and net/chaos: schedules, relays through the chaos proxy to an
+/* testbed/faults and testbed/chaos: schedules, relays through the chaos proxy to an
  * echo server (no faults, reset, close, truncate, stall, latency, bandwidth,
  * refuse), the delay line (throughput, window, round trip, a reset's byte)
  * into a counting sink, and the libcurl dialer against the fake GCS (upload, refused,
@@ -17,9 +17,9 @@
 #include "core/checksum.h"
 #include "core/clock.h"
 #include "ctest.h"
-#include "fake/fakegcs.h"
-#include "net/chaos.h"
-#include "net/faults.h"
+#include "testbed/fakegcs.h"
+#include "testbed/chaos.h"
+#include "testbed/faults.h"
 #include "net/http.h"
 
 static unsigned seed;

@@ -12,7 +12,7 @@
 #include "core/clock.h"
 #include "core/backoff.h"
 #include "ctest.h"
-#include "fake/fakegcs.h"
+#include "testbed/fakegcs.h"
 #include "io/writer.h"
 #include "sinks/gcs.h"
 

@@ -20,6 +20,7 @@
 #include "core/clock.h"
 #include "ctest.h"
 #include "net/http.h"
+#include "sinks/gcs.h"
 
 static uint64_t rng;
 
@@ -69,6 +70,46 @@ static const row table[] = {
     {CURLE_ABORTED_BY_CALLBACK, 0, RW_E_NET_OTHER, false},
     {CURLE_OUT_OF_MEMORY, ECONNRESET, RW_E_NET_OTHER, false},
 };
+
+/* The dialer seam (issue 9): a dialer value carries one reference on its
+ * owner; whoever takes it releases it exactly once, on success and on every
+ * failure path, so the binding keeps no wrapper alive to hold it. */
+static int releases;
+static void count_release(void *owner) {
+  CHECK(owner == &releases);
+  releases++;
+}
+
+static void test_dialer_release(void) {
+  rw_http_dialer d = {.owner = &releases, .release = count_release};
+  rw_http_config hc = {.dialer = &d};
+  rw_error *e = NULL;
+  releases = 0;
+  rw_http *h = rw_http_new(&hc, &e);
+  CHECK(h != NULL);
+  CHECK_EQ_INT(releases, 0);
+  rw_http_free(h);
+  CHECK_EQ_INT(releases, 1);
+  /* a gcs sink hands it to its client */
+  rw_gcs_config gc = {.bucket = "b", .object = "o", .endpoint = "http://127.0.0.1:1", .dialer = &d};
+  rw_sink *s = rw_gcs_sink_new(&gc, &e);
+  CHECK(s != NULL);
+  CHECK_EQ_INT(releases, 1);
+  rw_sink_destroy(s);
+  CHECK_EQ_INT(releases, 2);
+  /* a config the sink rejects still releases it, once */
+  gc.endpoint = "ftp://127.0.0.1:1";
+  CHECK(rw_gcs_sink_new(&gc, &e) == NULL);
+  CHECK(e != NULL);
+  rw_error_unref(e);
+  e = NULL;
+  CHECK_EQ_INT(releases, 3);
+  gc.endpoint = "http://127.0.0.1:1";
+  gc.bucket = NULL;
+  CHECK(rw_gcs_sink_new(&gc, &e) == NULL);
+  rw_error_unref(e);
+  CHECK_EQ_INT(releases, 4);
+}
 
 static void test_code_table(void) {
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
@@ -414,6 +455,7 @@ int main(void) {
   static const char *const proxies[] = {"https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
   for (int i = 0; i < 4; i++) unsetenv(proxies[i]); /* loopback only, never through a proxy */
   rng = ct_seed();
+  RUN(test_dialer_release);
   RUN(test_code_table);
   RUN(test_tls_self_signed);
   RUN(test_tls_handshake_cut);

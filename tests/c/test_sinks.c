@@ -17,8 +17,8 @@
 #include "core/checksum.h"
 #include "core/clock.h"
 #include "ctest.h"
-#include "fake/fakegcs.h"
-#include "sinks/faulty.h"
+#include "testbed/fakegcs.h"
+#include "testbed/faulty.h"
 #include "sinks/file.h"
 #include "sinks/gcs.h"
 
@@ -933,7 +933,7 @@ static void test_gcs_refused(void) {
 }
 
 
-/* ---------------- against the fake GCS (csrc/fake) ---------------- */
+/* ---------------- against the fake GCS (csrc/testbed) ---------------- */
 
 /* POST /retry_test {"instructions": {"storage.objects.insert": [what]}} -> id. */
 static char *retry_test(const char *url, const char *what) {

@@ -7,9 +7,9 @@
 #include "core/backoff.h"
 #include "core/clock.h"
 #include "ctest.h"
-#include "fake/fakegcs.h"
+#include "testbed/fakegcs.h"
 #include "io/writer.h"
-#include "sinks/faulty.h"
+#include "testbed/faulty.h"
 #include "sinks/file.h"
 #include "sinks/gcs.h"
 

@@ -14,7 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "fake/fakegcs.h"
+#include "testbed/fakegcs.h"
 
 static rw_fakegcs *srv;
 static char session_id[64] = "none", retry_id[32] = "none";

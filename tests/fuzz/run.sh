@@ -12,7 +12,7 @@ secs=${1:-60}
 frame_secs=$((secs / 2 > 0 ? secs / 2 : 1))
 http_secs=$((secs - frame_secs > 0 ? secs - frame_secs : 1))
 mkdir -p build/fuzz/corpus
-srcs=(csrc/fake/*.c csrc/core/error.c)
+srcs=(csrc/testbed/fg_*.c csrc/core/*.c)
 clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   -Icsrc $(pkg-config --cflags libmicrohttpd jansson libisal openssl) \
   -o build/fuzz/fuzz_http tests/fuzz/fuzz_http.c "${srcs[@]}" \

@@ -45,7 +45,7 @@ done
 [[ -n "$moddir" ]] || skip "ngx_http_lua_module.so not found (apt-get install libnginx-mod-http-lua)"
 
 # The LuaJIT build of the C module and the fake GCS.
-if [[ ! -f build/luajit/reliablewriter/core.so ]]; then make -s LUA=luajit >/dev/null || { echo "make LUA=luajit failed"; exit 1; }; fi
+if [[ ! -f build/luajit/reliablewriter/core.so || ! -f build/luajit/reliablewriter/testbed.so ]]; then make -s LUA=luajit >/dev/null || { echo "make LUA=luajit failed"; exit 1; }; fi
 if [[ ! -x bin/reliablewriter-fakegcs || ! -x bin/reliablewriter-chaos ]]; then make -s bins >/dev/null || { echo "make bins failed"; exit 1; }; fi
 
 tmp=$(mktemp -d /tmp/rw-openresty.XXXXXX)

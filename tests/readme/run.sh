@@ -12,7 +12,7 @@ cd "$root"
 readme=${RW_README:-README.md}
 
 for flavour in lua5.4 luajit; do
-  if [[ ! -f build/$flavour/reliablewriter/core.so ]]; then
+  if [[ ! -f build/$flavour/reliablewriter/core.so || ! -f build/$flavour/reliablewriter/testbed.so ]]; then
     if [[ $flavour == lua5.4 ]]; then make -s >/dev/null; else make -s LUA=luajit >/dev/null; fi ||
       { echo "FAIL - could not build the $flavour module"; echo "0 passed, 1 failed"; exit 1; }
   fi

@@ -45,6 +45,7 @@ assert(block, "no ```lua block starts on line " .. line)
 
 -- ---- the prelude ----
 rw = require "reliablewriter"
+testbed = require "reliablewriter.testbed"
 MiB = 1024 * 1024
 math.randomseed(seed)
 local unpack = table.unpack or unpack
@@ -63,7 +64,7 @@ assert(tmpdir and tmpdir ~= "", "mktemp failed")
 part_file = tmpdir .. "/part.bin"
 do local f = assert(io.open(part_file, "wb")); f:write(part); f:close() end
 
-local srv = rw.fakegcs.start { store = "memory", buckets = { "b" } }
+local srv = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
 url = srv:url()
 ctx = rw.context.background():with_timeout(60)
 

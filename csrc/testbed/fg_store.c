@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fake/fg_internal.h"
+#include "testbed/fg_internal.h"
 
 /* Memory blobs start on the heap; past 2 MiB they move to an anonymous
  * mapping with transparent huge pages that grows with mremap (no copies, and
@@ -317,10 +317,10 @@ json_t *fg_object_json(const fg_store *st, const fg_object *o) {
   json_object_set_new(j, "metageneration", int_string(o->metageneration));
   json_object_set_new(j, "contentType", json_string(o->content_type));
   json_object_set_new(j, "size", int_string((int64_t)o->size));
-  fg_crc_b64(o->crc, crc);
+  rw_crc32c_base64(o->crc, crc);
   json_object_set_new(j, "crc32c", json_string(crc));
   if (o->has_md5) {
-    fg_base64(o->md5, 16, md5);
+    rw_md5_base64(o->md5, md5);
     json_object_set_new(j, "md5Hash", json_string(md5));
   }
   if (o->component_count > 0)

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fake/fg_internal.h"
+#include "testbed/fg_internal.h"
 
 #define Q ((uint64_t)FG_QUANTUM)
 
@@ -265,11 +265,11 @@ static void fail_session(fg_session *ss, int status, const char *msg) {
 static const char *checksum_problem(fg_session *ss, uint32_t crc, const unsigned char *md5,
                                     bool has_md5) {
   char crc_b64[9], md5_b64[25];
-  fg_crc_b64(crc, crc_b64);
+  rw_crc32c_base64(crc, crc_b64);
   if (ss->want_crc_b64 && strcmp(ss->want_crc_b64, crc_b64) != 0)
     return "Provided CRC32C does not match the computed CRC32C of the object data";
   if (ss->want_md5_b64 && has_md5) {
-    fg_base64(md5, 16, md5_b64);
+    rw_md5_base64(md5, md5_b64);
     if (strcmp(ss->want_md5_b64, md5_b64) != 0)
       return "Provided MD5 hash does not match the computed MD5 hash of the object data";
   }

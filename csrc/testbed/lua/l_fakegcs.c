@@ -14,8 +14,8 @@
 #include <jansson.h>
 #include <string.h>
 
-#include "fake/fakegcs.h"
-#include "lrw.h"
+#include "testbed/fakegcs.h"
+#include "testbed/lua/ltb.h"
 
 #define FAKEGCS_MT "reliablewriter.fakegcs"
 
@@ -253,7 +253,7 @@ static const luaL_Reg methods[] = {
 static const luaL_Reg metamethods[] = {
     {"__gc", l_stop}, {"__close", l_stop}, {"__tostring", l_tostring}, {NULL, NULL}};
 
-int rw_lua_open_fakegcs(lua_State *L) {
+int rw_tb_open_fakegcs(lua_State *L) {
   if (luaL_newmetatable(L, FAKEGCS_MT)) {
     luaL_setfuncs(L, metamethods, 0);
     luaL_newlib(L, methods);

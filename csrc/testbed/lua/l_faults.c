@@ -5,14 +5,14 @@
  *       window = 4 * MiB, max_connections = 256 }
  *     (latency: a delay line per direction; bandwidth: a token bucket per
  *     connection and direction; window: bytes in flight per direction, a
- *     whole number in [1024, 2^30]; see net/faults.h)
+ *     whole number in [1024, 2^30]; see testbed/faults.h)
  *   p:stats()  -> { connections, refused, resets, closes, stalls, truncates,
  *                   active, bytes_up, bytes_down, in_flight_max }
  *   p:events() -> { {conn = 0, kind = "reset", pos = 123, t = seconds}, ...,
  *                   stalls also: held = seconds, ended = "timer"|"closed"|"holding" }
  *   p:plan(i)  -> { refused = bool, reset_at =, close_at =, stall_at =, truncate_at = }
  *                 (the schedule of connection i; math.huge = never)
- *   rw.gcs{ ..., faults = p }   (wired in l_sinks.c through rw_lua_faults_test)
+ *   rw.gcs{ ..., faults = p }   (the core's dialer seam: __rw_dialer below, lua/lrw.h)
  *
  *   local px = faults.proxy{ listen = "127.0.0.1:0", upstream = url_or_addr, profile = p }
  *   px:url(), px:addr(), px:port(), px:profile(), px:stop()  (also __gc, __close)
@@ -20,9 +20,9 @@
 #include <math.h>
 #include <string.h>
 
-#include "lrw.h"
-#include "net/chaos.h"
-#include "net/faults.h"
+#include "testbed/lua/ltb.h"
+#include "testbed/chaos.h"
+#include "testbed/faults.h"
 
 #define PROFILE_MT "reliablewriter.FaultProfile"
 #define PROXY_MT "reliablewriter.ChaosProxy"
@@ -37,14 +37,14 @@ typedef struct proxy_ud {
 
 /* ---- profile ---- */
 
-/* The profile at idx, or NULL when idx holds something else (l_sinks.c). */
-rw_faults *rw_lua_faults_test(lua_State *L, int idx) {
-  profile_ud *u = luaL_testudata(L, idx, PROFILE_MT);
-  return u ? u->f : NULL;
-}
-
 static rw_faults *check_profile(lua_State *L, int idx) {
   return ((profile_ud *)luaL_checkudata(L, idx, PROFILE_MT))->f;
+}
+
+/* The __rw_dialer seam: the dialer takes its own reference on the profile,
+ * which the core's HTTP client releases when done (net/http.h). */
+static void profile_fill_dialer(lua_State *L, int idx, rw_http_dialer *d) {
+  *d = rw_faults_dialer(check_profile(L, idx));
 }
 
 static double stall_for_option(lua_State *L) {
@@ -65,7 +65,7 @@ static double stall_for_option(lua_State *L) {
   return v;
 }
 
-int rw_lua_faults_profile(lua_State *L) {
+static int faults_profile(lua_State *L) {
   static const char *const known[] = {"seed", "refuse", "reset_per_mib", "close_per_mib",
                                       "stall_per_mib", "stall_for", "truncate_per_mib", "latency",
                                       "bandwidth", "window", "max_connections", NULL};
@@ -206,8 +206,9 @@ static int f_proxy(lua_State *L) {
   c.upstream = lua_tostring(L, -1);
   lua_getfield(L, 1, "profile");
   if (!lua_isnil(L, -1)) {
-    c.profile = rw_lua_faults_test(L, -1);
-    if (!c.profile) luaL_argerror(L, 1, "option 'profile' must be a fault profile (rw.faults.profile{...})");
+    profile_ud *pu = luaL_testudata(L, -1, PROFILE_MT);
+    if (!pu) luaL_argerror(L, 1, "option 'profile' must be a fault profile (testbed.faults.profile{...})");
+    c.profile = pu->f;
   }
   proxy_ud *u = lua_newuserdata(L, sizeof *u);
   u->p = NULL;
@@ -250,12 +251,14 @@ static int proxy_tostring(lua_State *L) {
   return 1;
 }
 
-int rw_lua_open_faults(lua_State *L) {
+int rw_tb_open_faults(lua_State *L) {
   if (luaL_newmetatable(L, PROFILE_MT)) {
     static const luaL_Reg methods[] = {{"stats", profile_stats}, {"events", profile_events},
                                        {"plan", profile_plan}, {NULL, NULL}};
     static const luaL_Reg mt[] = {{"__gc", profile_gc}, {"__tostring", profile_tostring}, {NULL, NULL}};
+    static const rw_lua_dialer_seam seam = {profile_fill_dialer};
     luaL_setfuncs(L, mt, 0);
+    rw_lua_set_seam(L, "__rw_dialer", &seam);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
   }
@@ -270,7 +273,7 @@ int rw_lua_open_faults(lua_State *L) {
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
-  static const luaL_Reg fns[] = {{"profile", rw_lua_faults_profile}, {"proxy", f_proxy}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"profile", faults_profile}, {"proxy", f_proxy}, {NULL, NULL}};
   luaL_newlib(L, fns);
   return 1;
 }

@@ -8,7 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "fake/fakegcs.h"
+#include "core/checksum.h" /* CRC32C, base64 of hashes: the core's */
+#include "testbed/fakegcs.h"
 
 #define FG_QUANTUM (256 * 1024)
 #define FG_MAX_JSON_BODY (1 << 20)
@@ -29,10 +30,6 @@ void fg_digest_update(fg_digest *d, const void *p, size_t n);
 bool fg_digest_copy(fg_digest *dst, const fg_digest *src); /* dst initialised */
 void fg_digest_finish(fg_digest *d, unsigned char md5[16]); /* frees md5 ctx */
 void fg_digest_free(fg_digest *d);
-uint32_t fg_crc32c(uint32_t crc, const void *p, size_t n);
-void fg_base64(const unsigned char *in, size_t n, char *out); /* out >= 4*((n+2)/3)+1 */
-bool fg_unbase64(const char *in, unsigned char *out, size_t want);
-void fg_crc_b64(uint32_t crc, char out[9]);
 void fg_random_hex(char *out, size_t nbytes); /* out gets 2*nbytes + NUL */
 char *fg_strdup(const char *s);
 char *fg_url_encode(const char *s);
@@ -241,7 +238,7 @@ struct fg_req {
   bool deferred; /* an error waits for the end of the body */
 };
 
-/* Replies (fg_http.c). */
+/* Replies and request helpers (fg_http.c); the request log (fg_server.c). */
 enum MHD_Result fg_reply_json(rw_fakegcs *s, fg_req *r, int status, json_t *j); /* steals j */
 enum MHD_Result fg_reply_error(rw_fakegcs *s, fg_req *r, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

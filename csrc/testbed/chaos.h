@@ -1,5 +1,5 @@
 /* The chaos TCP proxy (issue 5): listens on a local address and relays every
- * accepted connection to an upstream through a fault profile (net/faults.h),
+ * accepted connection to an upstream through a fault profile (testbed/faults.h),
  * so any client (curl, rclone, the Node client) goes through the same seeded
  * schedule as our own dialer. A refused connection is accepted and reset at
  * once. One accept thread plus one thread per open connection (at most the
@@ -8,7 +8,7 @@
 #define RW_CHAOS_H
 
 #include "core/error.h"
-#include "net/faults.h"
+#include "testbed/faults.h"
 
 typedef struct rw_chaos_config {
   const char *listen;   /* "host:port"; NULL: "127.0.0.1:0" (any free port) */

@@ -3,7 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fake/fg_internal.h"
+#include "core/backoff.h"
+#include "testbed/fg_internal.h"
 
 struct fg_retry_test {
   struct fg_retry_test *next;
@@ -251,19 +252,14 @@ void fg_retry_test_unpop(fg_faults *f, const char *id, const char *method, const
 void fg_faults_set_random(fg_faults *f, const rw_fakegcs_faults *r) {
   pthread_mutex_lock(&f->mu);
   f->random = *r;
-  f->rng = r->seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
+  f->rng = r->seed;
   f->random_on = r->p_503 > 0 || r->p_408 > 0 || r->p_reset > 0 || r->p_partial > 0 ||
                  r->p_broken > 0 || r->p_stall > 0;
   pthread_mutex_unlock(&f->mu);
 }
 
-/* xorshift64*, under f->mu */
-static double next_unit(fg_faults *f) {
-  f->rng ^= f->rng >> 12;
-  f->rng ^= f->rng << 25;
-  f->rng ^= f->rng >> 27;
-  return (double)((f->rng * 2685821657736338717ull) >> 11) / 9007199254740992.0;
-}
+/* The core's seeded generator (splitmix64), under f->mu. */
+static double next_unit(fg_faults *f) { return rw_rand_unit(&f->rng); }
 
 void fg_faults_draw(fg_faults *f, fg_fault *out) {
   memset(out, 0, sizeof *out);

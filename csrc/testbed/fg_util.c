@@ -2,18 +2,13 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <isa-l.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "fake/fg_internal.h"
-
-uint32_t fg_crc32c(uint32_t crc, const void *p, size_t n) {
-  return crc32_iscsi((unsigned char *)p, (int)n, crc ^ 0xFFFFFFFFu) ^ 0xFFFFFFFFu;
-}
+#include "testbed/fg_internal.h"
 
 bool fg_digest_init(fg_digest *d, bool md5) {
   d->crc = 0;
@@ -29,15 +24,8 @@ bool fg_digest_init(fg_digest *d, bool md5) {
 }
 
 void fg_digest_update(fg_digest *d, const void *p, size_t n) {
-  /* isa-l takes an int length */
-  const unsigned char *b = p;
-  while (n > 0) {
-    size_t k = n > (1u << 30) ? (1u << 30) : n;
-    d->crc = fg_crc32c(d->crc, b, k);
-    if (d->md5) EVP_DigestUpdate(d->md5, b, k);
-    b += k;
-    n -= k;
-  }
+  d->crc = rw_crc32c(d->crc, p, n);
+  if (d->md5 && n > 0) EVP_DigestUpdate(d->md5, p, n);
 }
 
 bool fg_digest_copy(fg_digest *dst, const fg_digest *src) {
@@ -58,52 +46,6 @@ void fg_digest_finish(fg_digest *d, unsigned char md5[16]) {
 void fg_digest_free(fg_digest *d) {
   EVP_MD_CTX_free(d->md5);
   d->md5 = NULL;
-}
-
-static const char b64chars[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-void fg_base64(const unsigned char *in, size_t n, char *out) {
-  size_t o = 0;
-  for (size_t i = 0; i < n; i += 3) {
-    uint32_t v = (uint32_t)in[i] << 16;
-    if (i + 1 < n) v |= (uint32_t)in[i + 1] << 8;
-    if (i + 2 < n) v |= in[i + 2];
-    out[o++] = b64chars[(v >> 18) & 63];
-    out[o++] = b64chars[(v >> 12) & 63];
-    out[o++] = i + 1 < n ? b64chars[(v >> 6) & 63] : '=';
-    out[o++] = i + 2 < n ? b64chars[v & 63] : '=';
-  }
-  out[o] = 0;
-}
-
-static int b64val(int c) {
-  const char *p = c ? strchr(b64chars, c) : NULL;
-  return p ? (int)(p - b64chars) : -1;
-}
-
-bool fg_unbase64(const char *in, unsigned char *out, size_t want) {
-  size_t len = strlen(in), o = 0;
-  if (len % 4 != 0) return false;
-  for (size_t i = 0; i < len; i += 4) {
-    int v[4];
-    for (int k = 0; k < 4; k++) v[k] = in[i + k] == '=' ? 0 : b64val(in[i + k]);
-    if (v[0] < 0 || v[1] < 0 || v[2] < 0 || v[3] < 0) return false;
-    uint32_t x = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-    int pad = (in[i + 2] == '=') + (in[i + 3] == '=');
-    unsigned char b[3] = {(unsigned char)(x >> 16), (unsigned char)(x >> 8), (unsigned char)x};
-    for (int k = 0; k < 3 - pad; k++) {
-      if (o >= want) return false;
-      out[o++] = b[k];
-    }
-  }
-  return o == want;
-}
-
-void fg_crc_b64(uint32_t crc, char out[9]) {
-  unsigned char be[4] = {(unsigned char)(crc >> 24), (unsigned char)(crc >> 16),
-                         (unsigned char)(crc >> 8), (unsigned char)crc};
-  fg_base64(be, 4, out);
 }
 
 void fg_random_hex(char *out, size_t nbytes) {

@@ -1,5 +1,5 @@
-/* The chaos proxy: an accept thread and the relays of net/faults.c. */
-#include "net/chaos.h"
+/* The chaos proxy: an accept thread and the relays of testbed/faults.c. */
+#include "testbed/chaos.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -79,12 +79,6 @@ static rw_error *resolve(const char *what, const char *s, struct sockaddr_storag
   return NULL;
 }
 
-static void reset_close(int fd) {
-  struct linger l = {1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-  close(fd);
-}
-
 /* Under a bandwidth cap the relay is the slow link: small receive buffers on
  * both its sides keep the backlog unacknowledged in the sender's queue, as on
  * a real bottleneck (see dial_open in faults.c). 0: leave the default. */
@@ -128,12 +122,12 @@ static void accept_one(rw_chaos *p) {
   if (fd < 0) return;
   uint64_t index;
   if (!rw_faults_admit(p->profile, &index)) {
-    reset_close(fd);
+    rw_faults_reset_close(fd);
     return;
   }
   int up = dial_upstream(p);
   if (up < 0) {
-    reset_close(fd);
+    rw_faults_reset_close(fd);
     return;
   }
   chaos_conn *c = calloc(1, sizeof *c);

@@ -2,7 +2,7 @@
  * dialer (see faults.h). One thread per relay, polling both sockets and an
  * eventfd that wakes it to stop; each direction of a relay is a delay line
  * (relay_dir). */
-#include "net/faults.h"
+#include "testbed/faults.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -346,12 +346,15 @@ static void set_nonblock(int fd) {
   if (fl >= 0) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
-/* Closes fd so that the peer sees a reset (TCP: RST). */
+void rw_faults_reset_close(int fd) {
+  struct linger l = {1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  close(fd);
+}
+
 static void close_reset(int *fd) {
   if (*fd < 0) return;
-  struct linger l = {1, 0};
-  setsockopt(*fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-  close(*fd);
+  rw_faults_reset_close(*fd);
   *fd = -1;
 }
 
@@ -814,7 +817,10 @@ static int dial_close(void *ud, curl_socket_t fd) {
   return close(fd);
 }
 
+static void dial_release(void *owner) { rw_faults_unref(owner); }
+
 rw_http_dialer rw_faults_dialer(rw_faults *f) {
-  rw_http_dialer d = {.opensocket = dial_open, .sockopt = NULL, .closesocket = dial_close, .ud = f};
+  rw_http_dialer d = {.opensocket = dial_open, .sockopt = NULL, .closesocket = dial_close, .ud = f,
+                      .owner = rw_faults_ref(f), .release = dial_release};
   return d;
 }

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fake/fg_internal.h"
+#include "testbed/fg_internal.h"
 
 static bool is(const fg_req *r, const char *method) {
   return strcmp(r->method, method) == 0;
@@ -171,9 +171,9 @@ static bool parse_range(const char *h, uint64_t size, uint64_t *a, uint64_t *b) 
 
 static void add_object_headers(struct MHD_Response *resp, const fg_object *o) {
   char crc[9], md5[25], hash[64], num[32];
-  fg_crc_b64(o->crc, crc);
+  rw_crc32c_base64(o->crc, crc);
   if (o->has_md5) {
-    fg_base64(o->md5, 16, md5);
+    rw_md5_base64(o->md5, md5);
     snprintf(hash, sizeof hash, "crc32c=%s,md5=%s", crc, md5);
   } else {
     snprintf(hash, sizeof hash, "crc32c=%s", crc);

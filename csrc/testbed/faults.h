@@ -38,7 +38,7 @@
  *     CURL_SOCKOPT_ALREADY_CONNECTED does not work: libcurl 7.88 still calls
  *     connect() on it, EINVAL.) A refused connection returns CURL_SOCKET_BAD
  *     (libcurl: couldn't connect, our net.refused).
- *   - the chaos proxy (net/chaos.h), which relays accepted TCP connections.
+ *   - the chaos proxy (testbed/chaos.h), which relays accepted TCP connections.
  * Either way the relays are the ones below (rw_faults_conn). */
 #ifndef RW_FAULTS_H
 #define RW_FAULTS_H
@@ -118,17 +118,19 @@ size_t rw_faults_events(rw_faults *f, rw_fault_event *out, size_t max);
 const char *rw_fault_kind_name(rw_fault_kind k);
 void rw_faults_plan_of(const rw_faults_config *c, uint64_t index, rw_faults_plan *out);
 
-/* The libcurl hook; ud is f. The caller keeps a reference to f for as long as
- * any client made with the dialer lives. */
+/* The libcurl hook; ud is f. The dialer holds its own reference to f, which
+ * whoever takes the dialer drops with d.release(d.owner) (net/http.h). */
 rw_http_dialer rw_faults_dialer(rw_faults *f);
 
-/* ---- relays (used by the dialer and by net/chaos.c) ---- */
+/* ---- relays (used by the dialer and by testbed/chaos.c) ---- */
 
 typedef struct rw_faults_conn rw_faults_conn;
 
 /* Takes the next connection index; false (counted, logged) when that
  * connection is to be refused or too many relays are open. */
 bool rw_faults_admit(rw_faults *f, uint64_t *index);
+/* Closes fd so that the peer sees a reset (TCP: RST, SO_LINGER 0). */
+void rw_faults_reset_close(int fd);
 /* Starts a relay thread between a (the client side) and b (the server side);
  * takes both fds (closed on failure too). */
 rw_faults_conn *rw_faults_conn_start(rw_faults *f, uint64_t index, int a, int b, rw_error **err);
