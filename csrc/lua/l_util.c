@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/clock.h"
@@ -63,10 +64,55 @@ static int u_pool_threads(lua_State *L) {
   return 1;
 }
 
+/* stat(path): { size, mtime (seconds, with nanoseconds), ino, dev, type =
+ * "file"|"directory"|"fifo"|"socket"|"char"|"block"|"link"|"other" } of the
+ * path itself (lstat: a symlink is "link"), or nil, err (rw.invalid_argument
+ * naming the path and the system's reason). For programs that remember what they read (rwup's resume
+ * state); write_file does its own checks. */
+static int u_stat(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (lstat(path, &st) != 0) {
+    int e = errno;
+    return rw_lua_fail(L, rw_err("rw.invalid_argument", "stat '%s': %s", path, strerror(e)));
+  }
+  const char *type = S_ISREG(st.st_mode)    ? "file"
+                     : S_ISDIR(st.st_mode)  ? "directory"
+                     : S_ISFIFO(st.st_mode) ? "fifo"
+                     : S_ISSOCK(st.st_mode) ? "socket"
+                     : S_ISCHR(st.st_mode)  ? "char"
+                     : S_ISBLK(st.st_mode)  ? "block"
+                     : S_ISLNK(st.st_mode)  ? "link"
+                                            : "other";
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)st.st_size);
+  lua_setfield(L, -2, "size");
+  lua_pushnumber(L, (double)st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9);
+  lua_setfield(L, -2, "mtime");
+  lua_pushinteger(L, (lua_Integer)st.st_ino);
+  lua_setfield(L, -2, "ino");
+  lua_pushinteger(L, (lua_Integer)st.st_dev);
+  lua_setfield(L, -2, "dev");
+  lua_pushstring(L, type);
+  lua_setfield(L, -2, "type");
+  return 1;
+}
+
+/* isatty(fd): whether fd (0, 1 or 2) is a terminal (rwup's progress line). */
+static int u_isatty(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, fd >= 0 && fd <= 2, 1, "fd must be 0, 1 or 2");
+  lua_pushboolean(L, isatty((int)fd));
+  return 1;
+}
+
 int rw_lua_open_util(lua_State *L) {
   static const luaL_Reg fns[] = {{"monotime", u_monotime}, {"realtime", u_realtime},
                                  {"sleep", u_sleep},       {"poll", u_poll},
-                                 {"pool_threads", u_pool_threads}, {NULL, NULL}};
+                                 {"pool_threads", u_pool_threads}, {"stat", u_stat},
+                                 {"isatty", u_isatty}, {"trap_signals", rw_lua_trap_signals},
+                                 {NULL, NULL}};
+  rw_lua_open_sigtrap(L);
   luaL_newlib(L, fns);
   return 1;
 }

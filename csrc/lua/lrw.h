@@ -54,6 +54,9 @@ int rw_lua_open_backoff(lua_State *L);
 int rw_lua_open_workgroup(lua_State *L);
 int rw_lua_open_ratelimit(lua_State *L);
 int rw_lua_open_util(lua_State *L);
+/* rw.util.trap_signals (l_sigtrap.c); open_sigtrap registers its metatable. */
+int rw_lua_trap_signals(lua_State *L);
+void rw_lua_open_sigtrap(lua_State *L);
 int rw_lua_open_log(lua_State *L);
 int rw_lua_open_writer(lua_State *L);
 int rw_lua_open_sinks(lua_State *L);
