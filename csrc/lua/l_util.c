@@ -2,6 +2,7 @@
  * several fds (the workgroup scheduler), sleeping, and the size of the core's
  * pool. (Thread, fd and RSS counts for tests: testbed.probes.) */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdio.h>
@@ -65,14 +66,14 @@ static int u_pool_threads(lua_State *L) {
 }
 
 /* stat(path): { size, mtime (seconds, with nanoseconds), ino, dev, type =
- * "file"|"directory"|"fifo"|"socket"|"char"|"block"|"link"|"other" } of the
- * path itself (lstat: a symlink is "link"), or nil, err (rw.invalid_argument
+ * "file"|"directory"|"fifo"|"socket"|"char"|"block"|"other" } of the file the
+ * path names (symlinks followed), or nil, err (rw.invalid_argument
  * naming the path and the system's reason). For programs that remember what they read (rwup's resume
  * state); write_file does its own checks. */
 static int u_stat(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   struct stat st;
-  if (lstat(path, &st) != 0) {
+  if (stat(path, &st) != 0) {
     int e = errno;
     return rw_lua_fail(L, rw_err("rw.invalid_argument", "stat '%s': %s", path, strerror(e)));
   }
@@ -82,7 +83,6 @@ static int u_stat(lua_State *L) {
                      : S_ISSOCK(st.st_mode) ? "socket"
                      : S_ISCHR(st.st_mode)  ? "char"
                      : S_ISBLK(st.st_mode)  ? "block"
-                     : S_ISLNK(st.st_mode)  ? "link"
                                             : "other";
   lua_createtable(L, 0, 5);
   lua_pushinteger(L, (lua_Integer)st.st_size);
@@ -98,6 +98,59 @@ static int u_stat(lua_State *L) {
   return 1;
 }
 
+/* realpath(path): the absolute path with no symlink, ".", "..", or nil, err. */
+static int u_realpath(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  char *r = realpath(path, NULL);
+  if (!r) {
+    int e = errno;
+    return rw_lua_fail(L, rw_err("rw.invalid_argument", "realpath '%s': %s", path, strerror(e)));
+  }
+  lua_pushstring(L, r);
+  free(r);
+  return 1;
+}
+
+/* write_private(path, text): replaces path with text atomically (a temp file
+ * beside it, mode 0600, fsync, rename), for small files that hold a secret
+ * such as a session URI (rwup's state). true, or nil, err. */
+static int u_write_private(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t len;
+  const char *text = luaL_checklstring(L, 2, &len);
+  size_t plen = strlen(path);
+  if (plen == 0 || plen > 4000) return luaL_argerror(L, 1, "path must have 1 to 4000 bytes");
+  char tmp[4096];
+  snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) goto fail;
+  size_t off = 0;
+  while (off < len) {
+    ssize_t n = write(fd, text + off, len - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) goto fail_fd;
+    off += (size_t)n;
+  }
+  if (fsync(fd) != 0 || close(fd) != 0) {
+    fd = -1;
+    goto fail_unlink;
+  }
+  if (rename(tmp, path) != 0) goto fail_unlink;
+  lua_pushboolean(L, 1);
+  return 1;
+fail_fd:
+  close(fd);
+fail_unlink: {
+  int e = errno;
+  unlink(tmp);
+  errno = e;
+}
+fail: {
+  int e = errno;
+  return rw_lua_fail(L, rw_err("rw.invalid_argument", "write '%s': %s", path, strerror(e)));
+}
+}
+
 /* isatty(fd): whether fd (0, 1 or 2) is a terminal (rwup's progress line). */
 static int u_isatty(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
@@ -110,7 +163,8 @@ int rw_lua_open_util(lua_State *L) {
   static const luaL_Reg fns[] = {{"monotime", u_monotime}, {"realtime", u_realtime},
                                  {"sleep", u_sleep},       {"poll", u_poll},
                                  {"pool_threads", u_pool_threads}, {"stat", u_stat},
-                                 {"isatty", u_isatty}, {"trap_signals", rw_lua_trap_signals},
+                                 {"isatty", u_isatty}, {"realpath", u_realpath},
+                                 {"write_private", u_write_private}, {"trap_signals", rw_lua_trap_signals},
                                  {NULL, NULL}};
   rw_lua_open_sigtrap(L);
   luaL_newlib(L, fns);
