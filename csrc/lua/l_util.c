@@ -112,7 +112,7 @@ static int u_realpath(lua_State *L) {
 }
 
 /* write_private(path, text): replaces path with text atomically (a temp file
- * beside it, mode 0600, fsync, rename), for small files that hold a secret
+ * beside it, path.tmp, mode 0600, fsync, rename), for small files that hold a secret
  * such as a session URI (rwup's state). true, or nil, err. */
 static int u_write_private(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
@@ -121,7 +121,9 @@ static int u_write_private(lua_State *L) {
   size_t plen = strlen(path);
   if (plen == 0 || plen > 4000) return luaL_argerror(L, 1, "path must have 1 to 4000 bytes");
   char tmp[4096];
-  snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+  /* One fixed temp name: a process killed while writing leaves at most this
+   * file, which the next write replaces. */
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) goto fail;
   size_t off = 0;

@@ -31,6 +31,7 @@ options:
   --progress MODE     auto | bar | json | none (default auto: bar on a terminal)
   --manifest FILE     append one CSV line per transfer
   --endpoint URL      the GCS endpoint (default: $STORAGE_EMULATOR_HOST, then Google's)
+  --retry-budget S    seconds of backoff allowed per chunk before giving up (default 600)
   --quiet             no progress, no summary
 exit codes: 0 done, 1 failed, 2 usage, 3 retry budget exhausted,
             4 cancelled (state saved), 5 verification failed]]
@@ -64,7 +65,8 @@ function M.parse_location(s, what)
 end
 
 local VALUE_FLAGS = { chunk = true, cache = true, checksum = true, ["content-type"] = true,
-                      metadata = true, state = true, progress = true, manifest = true, endpoint = true }
+                      metadata = true, state = true, progress = true, manifest = true, endpoint = true,
+                      ["retry-budget"] = true }
 local BOOL_FLAGS = { ["if-absent"] = true, quiet = true, ["no-resume"] = true, help = true }
 
 function M.parse_args(argv)
@@ -107,6 +109,13 @@ function M.parse_args(argv)
   end
   if o.cache < o.chunk then
     usage_error(("--cache: %d is smaller than --chunk %d (the cache must hold a chunk)"):format(o.cache, o.chunk))
+  end
+  if o["retry-budget"] then
+    local v = tonumber(o["retry-budget"])
+    if not v or v ~= v or v < 0 or v > 86400 then
+      usage_error(("--retry-budget: '%s' must be a number of seconds between 0 and 86400"):format(o["retry-budget"]))
+    end
+    o["retry-budget"] = v
   end
   local sums = { crc32c = true, md5 = true, both = true, none = true }
   if not sums[o.checksum] then usage_error(("--checksum: '%s' is not one of crc32c, md5, both, none"):format(o.checksum)) end
@@ -272,7 +281,7 @@ end
 
 -- ---------------------------------------------------------------- upload
 
-local function exit_code_for(err, trap)
+function M.exit_code_for(err, trap)
   local c = err and err.code
   if trap and trap:caught() then return EXIT.cancelled end
   if c == "rw.retry_budget_exhausted" then return EXIT.budget end
@@ -310,11 +319,16 @@ local function upload(o, env, run)
   end
   run.total = size
   local wopts = { max_cache_size = o.cache, min_chunk_size = o.chunk, max_chunk_size = o.chunk,
-                  checksum = o.checksum, on_progress = run.on_progress }
+                  checksum = o.checksum, on_progress = run.on_progress,
+                  retry = o["retry-budget"] and { total_wait = o["retry-budget"],
+                                                  max_wait = math.max(0.01, math.min(32, o["retry-budget"] / 4)) } or nil }
   -- Resume: only files (stdin cannot be read again).
   local state_path, state, start = nil, nil, 0
   if src.kind == "file" then
-    state_path = o.state or default_state_path(src_abs, dst.text, o.endpoint or env.endpoint_key)
+    -- keyed by the endpoint too: a session lives on its endpoint's origin
+    local endpoint = o.endpoint or (env.sink_options or {}).endpoint or os.getenv("STORAGE_EMULATOR_HOST")
+      or os.getenv("CLOUD_STORAGE_EMULATOR_ENDPOINT")
+    state_path = o.state or default_state_path(src_abs, dst.text, endpoint)
     if state_path and not o["no-resume"] then
       local why
       state, why = load_state(state_path)
@@ -345,7 +359,7 @@ local function upload(o, env, run)
   if not w then
     wopts.sink = sink_for(o, env, dst)
     w, err = rw.new(bg, wopts)
-    if not w then return exit_code_for(err), err end
+    if not w then return M.exit_code_for(err), err end
   end
   run.writer = w
   local function save_state(force)
@@ -377,9 +391,9 @@ local function upload(o, env, run)
       end
     else
       w:Abort()
-      if state_path then os.remove(state_path) end
+      if state_path then os.remove(state_path); os.remove(state_path .. ".tmp") end
     end
-    return exit_code_for(e, run.trap), e
+    return M.exit_code_for(e, run.trap), e
   end
   if src.kind == "file" then
     local piece = math.max(o.chunk, 8 * MiB)
@@ -392,7 +406,7 @@ local function upload(o, env, run)
       local now = rw.util.stat(src.path)
       if not now or now.size ~= st.size or now.mtime ~= st.mtime or now.ino ~= st.ino then
         w:Abort()
-        if state_path then os.remove(state_path) end
+        if state_path then os.remove(state_path); os.remove(state_path .. ".tmp") end
         return EXIT.failed, ("%s changed while it was uploaded (size, mtime or inode): nothing was made; upload a file that does not change (a snapshot or a copy)"):format(src.path)
       end
       save_state()
@@ -419,7 +433,7 @@ local function upload(o, env, run)
   if not obj then return stop_on(e or ctx:err()) end
   local sess = w:session()
   run.session_uri = sess and sess.uri
-  if state_path then os.remove(state_path) end
+  if state_path then os.remove(state_path); os.remove(state_path .. ".tmp") end
   run.object = obj
   w:close()
   return EXIT.ok
@@ -435,7 +449,7 @@ local function download(o, env, run)
   local gs = { bucket = src.bucket, object = src.object, endpoint = o.endpoint }
   for k, v in pairs(env.sink_options or {}) do gs[k] = v end
   local r, err = rw.reader(run.ctx, { source = rw.gcs(gs) })
-  if not r then return exit_code_for(err, run.trap), err end
+  if not r then return M.exit_code_for(err, run.trap), err end
   local meta = r:stat()
   run.total = meta and meta.size
   local ok, e
@@ -447,7 +461,7 @@ local function download(o, env, run)
   local stats = r:stats()
   run.bytes = stats and stats.bytes or run.total
   r:close()
-  if not ok then return exit_code_for(e, run.trap), e end
+  if not ok then return M.exit_code_for(e, run.trap), e end
   run.object = meta
   return EXIT.ok
 end
