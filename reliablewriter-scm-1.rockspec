@@ -28,6 +28,10 @@ build = {
     CFLAGS = "$(CFLAGS)",
   },
   install_target = "install",
+  -- rwup (a Lua 5.4 program; luarocks wraps it with the tree's paths). It
+  -- needs lua-cjson at run time (Debian: lua-cjson), not listed as a
+  -- dependency so that the rock still builds offline.
+  install = { bin = { rwup = "bin/rwup" } },
   install_variables = {
     INST_LIBDIR = "$(LIBDIR)",
     INST_LUADIR = "$(LUADIR)",

@@ -3,7 +3,7 @@
 # without Recommends. apt's output goes to build/logs/deps-apt.log (its tail is
 # printed on a failure). Then checks that the programs of the set run.
 # Usage: scripts/deps.sh [build|test|openresty|peers|all]   (default: test)
-#   build      compilers, Lua 5.4, LuaJIT, the libraries
+#   build      compilers, Lua 5.4, LuaJIT, the libraries (lua-cjson: rwup's state and NDJSON)
 #   test       + what the suites call: busted, clang (fuzz, sanitizers), valgrind,
 #              luarocks, curl, openssl (random test data), python3 (a unix socket in
 #              the specs, a free port), ps (procps); mkfifo, cmp, timeout... are in
@@ -16,7 +16,7 @@ what=${1:-test}
 root=$(cd "$(dirname "$0")/.." && pwd)
 
 build_pkgs=(build-essential pkg-config lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev
-  libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libssl-dev libisal-dev)
+  libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libssl-dev libisal-dev lua-cjson)
 test_pkgs=(lua-busted clang libclang-rt-14-dev valgrind curl luarocks procps openssl python3-minimal)
 openresty_pkgs=(nginx libnginx-mod-http-lua)
 peer_pkgs=(rclone nodejs npm)
