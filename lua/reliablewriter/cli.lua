@@ -32,6 +32,7 @@ options:
   --manifest FILE     append one CSV line per transfer
   --endpoint URL      the GCS endpoint (default: $STORAGE_EMULATOR_HOST, then Google's)
   --retry-budget S    seconds of backoff allowed per chunk before giving up (default 600)
+  --stall-timeout S   seconds without a byte moving before a request is retried (default 30)
   --quiet             no progress, no summary
 exit codes: 0 done, 1 failed, 2 usage, 3 retry budget exhausted,
             4 cancelled (state saved), 5 verification failed]]
@@ -66,7 +67,7 @@ end
 
 local VALUE_FLAGS = { chunk = true, cache = true, checksum = true, ["content-type"] = true,
                       metadata = true, state = true, progress = true, manifest = true, endpoint = true,
-                      ["retry-budget"] = true }
+                      ["retry-budget"] = true, ["stall-timeout"] = true }
 local BOOL_FLAGS = { ["if-absent"] = true, quiet = true, ["no-resume"] = true, help = true }
 
 function M.parse_args(argv)
@@ -116,6 +117,13 @@ function M.parse_args(argv)
       usage_error(("--retry-budget: '%s' must be a number of seconds between 0 and 86400"):format(o["retry-budget"]))
     end
     o["retry-budget"] = v
+  end
+  if o["stall-timeout"] then
+    local v = tonumber(o["stall-timeout"])
+    if not v or v ~= v or v <= 0 or v > 3600 then
+      usage_error(("--stall-timeout: '%s' must be a number of seconds above 0, at most 3600"):format(o["stall-timeout"]))
+    end
+    o["stall-timeout"] = v
   end
   local sums = { crc32c = true, md5 = true, both = true, none = true }
   if not sums[o.checksum] then usage_error(("--checksum: '%s' is not one of crc32c, md5, both, none"):format(o.checksum)) end
@@ -319,7 +327,7 @@ local function upload(o, env, run)
   end
   run.total = size
   local wopts = { max_cache_size = o.cache, min_chunk_size = o.chunk, max_chunk_size = o.chunk,
-                  checksum = o.checksum, on_progress = run.on_progress,
+                  checksum = o.checksum, on_progress = run.on_progress, stall_timeout = o["stall-timeout"],
                   retry = o["retry-budget"] and { total_wait = o["retry-budget"],
                                                   max_wait = math.max(0.01, math.min(32, o["retry-budget"] / 4)) } or nil }
   -- Resume: only files (stdin cannot be read again).
@@ -470,7 +478,8 @@ end
 
 -- main(argv [, env]): the exit code. env (for tests and the demo):
 -- stdout, stderr (file handles), sink_options (extra rw.gcs options, e.g.
--- the test bed's faults), is_tty (overrides the terminal check).
+-- the test bed's faults), is_tty (overrides the terminal check), report (a
+-- table main fills: stats (the writer's last), object, seconds, error).
 function M.main(argv, env)
   env = env or {}
   local stdout, stderr = env.stdout or io.stdout, env.stderr or io.stderr
@@ -578,6 +587,9 @@ function M.main(argv, env)
     end
   end
   if run.writer and code == EXIT.ok then pcall(run.writer.close, run.writer) end
+  if env.report then
+    env.report.stats, env.report.object, env.report.seconds, env.report.error = run.stats, run.object, elapsed, err
+  end
   return code
 end
 
