@@ -62,6 +62,13 @@ run_one() {
           out=$(lua5.4 bench/writer/lua_up.lua "$what" "$url" "$obj" "$work/data" "$cache" "$chunk")
           [[ $(awk '{print $7}' <<<"$out") = "$want_crc" ]] || { echo "$what: bad crc32c: $out" >&2; exit 1; }
           awk '{print $3}' <<<"$out" ;;
+    rwup) # the CLI as a user runs it (a process per run); MiB/s over its transfer (the "done" line)
+          out=$(STORAGE_EMULATOR_HOST=$url XDG_STATE_HOME=$work/state lua5.4 "$lib/bin/rwup" cp --chunk "${chunk}M" \
+                  --cache "${cache}M" --progress json "$work/data" "gs://b/$obj" | tail -1)
+          [[ $(sed -n 's/.*"crc32c":"\([^"]*\)".*/\1/p' <<<"$out" | sed 's|\\/|/|g') = "$want_crc" ]] ||
+            { echo "rwup: bad crc32c: $out" >&2; exit 1; }
+          sed -n 's/.*"bytes":\([0-9]*\).*"seconds":\([0-9.]*\).*/\1 \2/p;s/.*"seconds":\([0-9.]*\).*"bytes":\([0-9]*\).*/\2 \1/p' <<<"$out" |
+            head -1 | awk '{printf "%.1f\n", $1 / 1048576 / $2}' ;;
     node) node bench/writer/node_up.js "$url" b "$obj" "$work/data" | awk '{print $3}' ;;
     rclone) # wall time of the process (includes its ~start-up); 16 MiB chunks, md5 (rclone 1.60 has no chunk-size flag)
           t0=$(date +%s.%N)
@@ -72,7 +79,7 @@ run_one() {
   esac
 }
 
-clients=(curl file writeat writeat_gc writeat_pre)
+clients=(curl file rwup writeat writeat_gc writeat_pre)
 [[ $have_rclone = 1 ]] && clients+=(rclone)
 [[ $have_node = 1 ]] && clients+=(node)
 declare -A res
@@ -87,6 +94,7 @@ label() {
   case $1 in
     curl) echo "libcurl C reference (ISA-L crc32c)" ;;
     file) echo "reliablewriter w:write_file" ;;
+    rwup) echo "rwup cp (the CLI)" ;;
     writeat) echo "reliablewriter WriteAt 1 MiB strings" ;;
     writeat_gc) echo "  same + collectgarbage() every 8 MiB" ;;
     writeat_pre) echo "  WriteAt of strings read before timing" ;;
@@ -94,7 +102,7 @@ label() {
     node) echo "node @google-cloud/storage" ;;
   esac
 }
-target() { case $1 in curl) echo "1.00" ;; file) echo "0.90" ;; writeat) echo "0.70" ;; *) echo "" ;; esac; }
+target() { case $1 in curl) echo "1.00" ;; file) echo "0.90" ;; rwup) echo "1.00" ;; writeat) echo "0.70" ;; *) echo "" ;; esac; }
 
 echo
 printf "%-40s %9s %9s %7s %7s %7s  %s\n" "${size} MiB, ${chunk} MiB chunks, crc32c, ${rounds} runs" "best" "median" "ratio" "ratio" "target" ""
