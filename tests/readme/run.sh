@@ -41,5 +41,16 @@ while read -r line flags; do
     fi
   done
 done <<<"$list"
+# docs/ERRORS.md lists the registry as it is (scripts/errors-doc.lua makes it).
+if LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lua5.4/?.so;;" lua5.4 scripts/errors-doc.lua >"$out" 2>&1 &&
+    diff -u docs/ERRORS.md "$out" >"$out.diff"; then
+  pass=$((pass + 1)); echo "ok   - docs/ERRORS.md lists every code of the registry"
+else
+  fail=$((fail + 1))
+  echo "FAIL - docs/ERRORS.md is not what scripts/errors-doc.lua makes from the registry; regenerate it:"
+  echo "    LUA_PATH=\"lua/?.lua;lua/?/init.lua;;\" LUA_CPATH=\"build/lua5.4/?.so;;\" lua5.4 scripts/errors-doc.lua > docs/ERRORS.md"
+  head -30 "$out.diff" | sed 's/^/    /'
+fi
+rm -f "$out.diff"
 echo "$pass passed, $fail failed, $skip skipped"
 ((fail == 0))
