@@ -254,6 +254,11 @@ static enum MHD_Result object_get(rw_fakegcs *s, fg_req *r, const char *bucket, 
     return fg_reply_error(s, r, 404, "No such object: %s/%s#%s", bucket, name, gen);
   }
   if (!media) {
+    /* instructions that act on a download's body wait for a download */
+    fg_fault_kind k = r->fault.kind;
+    if (r->retry_id && (k == FG_F_BROKEN || k == FG_F_STALL_AFTER || k == FG_F_CORRUPT))
+      fg_retry_test_unpop(&s->faults, r->retry_id, r->fault_method, &r->fault);
+    r->fault.kind = FG_F_NONE;
     json_t *j = fg_object_json(&s->store, o);
     pthread_mutex_unlock(&s->store.mu);
     return fg_reply_json(s, r, 200, j);
