@@ -412,28 +412,6 @@ uint32_t rw_read_op_crc32c(rw_read_op *op) {
 
 /* ---- one attempt's callbacks ---- */
 
-/* The first byte decides the owner; only the owner writes. */
-static bool claim(attempt *a) {
-  rw_read_op *op = a->op;
-  rw_reader *r = op->r;
-  pthread_mutex_lock(&op->mu);
-  bool mine = !op->done && (op->owner == 0 || op->owner == a->id);
-  bool won = mine && op->owner == 0;
-  if (won) {
-    op->owner = a->id;
-    cancel_others_locked(op, a->id);
-  }
-  pthread_mutex_unlock(&op->mu);
-  if (won && a->first) {
-    pthread_mutex_lock(&r->mu);
-    add_ttfb(r, rw_mono_now() - a->started);
-    if (a->hedge) r->stats.hedges_won++;
-    pthread_mutex_unlock(&r->mu);
-  }
-  a->first = false;
-  return mine;
-}
-
 static bool put_bytes(rw_read_op *op, uint64_t at, const char *p, size_t n) {
   if (op->buf) {
     memcpy(op->buf + at, p, n);
@@ -448,24 +426,45 @@ static bool put_bytes(rw_read_op *op, uint64_t at, const char *p, size_t n) {
   return true;
 }
 
+static uint64_t op_got(rw_read_op *op) {
+  pthread_mutex_lock(&op->mu);
+  uint64_t g = op->got;
+  pthread_mutex_unlock(&op->mu);
+  return g;
+}
+
+/* The first byte decides the owner; only the owner writes, under op->mu,
+ * so that nothing is written once the op is done (the caller may free the
+ * buffer then). */
 static bool on_body(void *ud, const char *p, size_t n) {
   attempt *a = ud;
   rw_read_op *op = a->op;
-  if (!claim(a)) return false;
-  uint64_t at = op->got; /* only the owner moves got */
-  if (!put_bytes(op, at, p, n)) {
-    op_finish(op, rw_err(RW_E_IO, "read_to_file: cannot write %zu bytes at %" PRIu64 ": %s", n,
-                         op->file_off + at, strerror(errno ? errno : EIO)));
-    return false;
-  }
+  rw_reader *r = op->r;
   pthread_mutex_lock(&op->mu);
-  op->crc = rw_crc32c(op->crc, p, n);
-  op->got += n;
+  bool mine = !op->done && (op->owner == 0 || op->owner == a->id);
+  bool won = mine && op->owner == 0;
+  if (won) {
+    op->owner = a->id;
+    cancel_others_locked(op, a->id);
+  }
+  errno = 0;
+  bool wrote = mine && put_bytes(op, op->got, p, n);
+  int err = errno;
+  if (wrote) {
+    op->crc = rw_crc32c(op->crc, p, n);
+    op->got += n;
+  }
   pthread_mutex_unlock(&op->mu);
-  pthread_mutex_lock(&op->r->mu);
-  op->r->stats.bytes += n;
-  pthread_mutex_unlock(&op->r->mu);
-  return true;
+  if (mine && !wrote)
+    op_finish(op, rw_err(RW_E_IO, "read_to_file: cannot write %zu bytes at %" PRIu64 ": %s", n,
+                         op->file_off + op_got(op), strerror(err ? err : EIO)));
+  pthread_mutex_lock(&r->mu);
+  if (won && a->first) add_ttfb(r, rw_mono_now() - a->started);
+  if (won && a->hedge) r->stats.hedges_won++;
+  if (wrote) r->stats.bytes += n;
+  pthread_mutex_unlock(&r->mu);
+  a->first = false;
+  return wrote;
 }
 
 static void attempt_main(void *arg);
@@ -606,12 +605,6 @@ static bool keep_going(attempt *a, uint64_t before, rw_error **e) {
   return false;
 }
 
-static uint64_t op_got(rw_read_op *op) {
-  pthread_mutex_lock(&op->mu);
-  uint64_t g = op->got;
-  pthread_mutex_unlock(&op->mu);
-  return g;
-}
 
 /* Pins the generation and checks the range once per op. */
 static rw_error *prepare(attempt *a, rw_http *h) {
