@@ -277,6 +277,8 @@ static rw_error *pin(rw_reader *r, const rw_gcs_meta *m) {
   return e;
 }
 
+static rw_error *explain_not_found(rw_reader *r, rw_http *h, rw_ctx *ctx, rw_error *e);
+
 static rw_error *ensure_pinned(rw_reader *r, rw_http *h, rw_ctx *ctx) {
   pthread_mutex_lock(&r->mu);
   bool pinned = r->pinned;
@@ -286,22 +288,25 @@ static rw_error *ensure_pinned(rw_reader *r, rw_http *h, rw_ctx *ctx) {
   rw_gcs_meta m;
   rw_error *e = rw_gcs_source_stat(r->src, h, ctx, gen, r->cfg.stall_timeout, &m);
   if (!e) e = pin(r, &m);
+  else if (rw_error_is(e, RW_E_NOT_FOUND)) e = explain_not_found(r, h, ctx, e);
   rw_gcs_meta_clear(&m);
   return e;
 }
 
-/* A 404 for the pinned generation: overwritten (generation_changed) or gone. */
+/* A 404 for the pinned (or asked for) generation: overwritten
+ * (generation_changed) or gone (e stays). */
 static rw_error *explain_not_found(rw_reader *r, rw_http *h, rw_ctx *ctx, rw_error *e) {
+  pthread_mutex_lock(&r->mu);
+  int64_t want = r->meta.generation;
+  pthread_mutex_unlock(&r->mu);
   rw_gcs_meta m;
-  rw_error *se = rw_gcs_source_stat(r->src, h, ctx, 0, r->cfg.stall_timeout, &m);
-  if (!se) {
-    rw_error *g = pin(r, &m);
-    rw_gcs_meta_clear(&m);
-    if (g) {
-      rw_error_unref(e);
-      return g;
-    }
+  rw_error *se = want > 0 ? rw_gcs_source_stat(r->src, h, ctx, 0, r->cfg.stall_timeout, &m) : NULL;
+  if (want > 0 && !se && m.generation != want) {
+    rw_error_unref(e);
+    e = rw_err(RW_E_GENERATION_CHANGED, "%s is now generation %" PRId64 "; the reader is pinned to "
+               "generation %" PRId64, rw_gcs_source_name(r->src), m.generation, want);
   }
+  if (want > 0 && !se) rw_gcs_meta_clear(&m);
   rw_error_unref(se);
   return e;
 }
