@@ -212,14 +212,6 @@ static int reader_meta(lua_State *L) {
   return 1;
 }
 
-static int reader_pinned(lua_State *L) {
-  lreader *lr = check_reader(L);
-  rw_reader_stats st;
-  rw_reader_get_stats(lr->r, &st);
-  lua_pushboolean(L, st.requests > 0);
-  return 1;
-}
-
 static int reader_stats(lua_State *L) {
   lreader *lr = check_reader(L);
   rw_reader_stats st;
@@ -284,7 +276,7 @@ int rw_lua_open_reader(lua_State *L) {
   }
   lua_pop(L, 1);
   static const luaL_Reg methods[] = {{"_start", reader_start},   {"_start_file", reader_start_file},
-                                     {"_meta", reader_meta},     {"_pinned", reader_pinned},
+                                     {"_meta", reader_meta},
                                      {"stats", reader_stats},    {"close", reader_gc},
                                      {"_is_closed", reader_is_closed}, {NULL, NULL}};
   luaL_newmetatable(L, READER_MT);
