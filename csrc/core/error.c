@@ -65,6 +65,10 @@ static const rw_code_info registry[] = {
     {"gcs.precondition_failed", false, "a precondition (e.g. if_generation_match) did not hold"},
     {"gcs.session_canceled", false, "the upload session was cancelled (499)"},
     {"gcs.protocol", false, "the server answered something the protocol does not allow"},
+    {"gcs.not_found", false, "the bucket or object (or the generation asked for) does not exist"},
+    {"gcs.generation_changed", false,
+     "the object was overwritten or deleted after the reader pinned its generation; open a new reader "
+     "to read the new version"},
     {"gcs.no_progress", true,
      "the server answered but persisted none of the chunk; it is sent again after a backoff"},
     /* the proxy protocol (docs/PROTOCOL.md 6.1) */

@@ -16,6 +16,7 @@
 #include "net/http.h"
 #include "sinks/file.h"
 #include "sinks/gcs.h"
+#include "io/reader.h"
 
 #define DESC_MT "reliablewriter.SinkDescriptor"
 
@@ -31,6 +32,7 @@ typedef struct desc {
   rw_gcs_header *headers; /* names and values malloc'd */
   size_t nheaders;
   double connect_timeout;
+  int64_t generation; /* for readers (rw.reader); 0: the live one */
   /* file */
   char *path;
 } desc;
@@ -284,7 +286,7 @@ static int sinks_gcs(lua_State *L) {
   static const char *const known[] = {"bucket", "object", "endpoint", "metadata",
                                       "if_generation_match", "if_metageneration_match",
                                       "headers", "connect_timeout",
-                                      "faults", "token", "session_uri", NULL};
+                                      "faults", "token", "session_uri", "generation", NULL};
   rw_lua_check_options(L, 1, 1, known);
   desc *d = push_desc(L, DESC_GCS);
   int self = lua_gettop(L);
@@ -306,6 +308,7 @@ static int sinks_gcs(lua_State *L) {
   lua_pop(L, 1);
   d->imgm = rw_lua_opt_integer(L, 1, 1, "if_metageneration_match", 0, 0, INT64_C(9007199254740992));
   d->connect_timeout = rw_lua_opt_number(L, 1, 1, "connect_timeout", 10, 0.001, 3600);
+  d->generation = rw_lua_opt_integer(L, 1, 1, "generation", 0, 1, INT64_C(9007199254740992));
   headers_option(L, 1, 1, d);
   faults_option(L, self);
   rw_gcs_config c = gcs_config(d);
@@ -351,6 +354,28 @@ static rw_sink *desc_make(lua_State *L, int idx, rw_error **err) {
   desc *d = check_desc(L, idx);
   *err = NULL;
   return d->kind == DESC_GCS ? make_gcs(L, idx, d, err) : rw_file_sink_new(d->path, err);
+}
+
+/* The source of a reader (rw.reader): fills c's source, generation and
+ * connect_timeout from the gcs descriptor at idx (strings borrowed from it:
+ * keep it alive until rw_reader_new copied them), and with a fault profile
+ * c->dialer = dialer (filled, one reference). False for anything else. */
+bool rw_lua_gcs_reader_config(lua_State *L, int idx, struct rw_reader_config *c,
+                              struct rw_http_dialer *dialer) {
+  desc *d = luaL_testudata(L, idx, DESC_MT);
+  if (!d || d->kind != DESC_GCS || !d->bucket) return false;
+  c->source = (rw_gcs_source_config){.bucket = d->bucket, .object = d->object, .endpoint = d->endpoint,
+                                     .headers = d->headers, .nheaders = d->nheaders, .token = d->token};
+  c->generation = d->generation;
+  c->connect_timeout = d->connect_timeout;
+  uv_get(L, idx, "faults_profile");
+  const rw_lua_dialer_seam *seam = rw_lua_seam(L, -1, "__rw_dialer");
+  if (seam) {
+    seam->fill(L, lua_gettop(L), dialer);
+    c->dialer = dialer;
+  }
+  lua_pop(L, 1);
+  return true;
 }
 
 /* ---- methods ---- */
@@ -412,6 +437,7 @@ static int sinks_derive(lua_State *L) {
   d->has_imgm = src->has_imgm;
   d->imgm = src->imgm;
   d->connect_timeout = ct;
+  d->generation = src->generation;
   if (src->nheaders) {
     d->headers = calloc(src->nheaders, sizeof *d->headers);
     if (!d->headers) return luaL_error(L, "out of memory");

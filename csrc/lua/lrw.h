@@ -96,6 +96,12 @@ bool rw_lua_is_sink(lua_State *L, int idx);
  * returns NULL with *err. */
 struct rw_sink *rw_lua_sink_make(lua_State *L, int idx, rw_error **err);
 
+/* l_sinks.c: a reader's source from an rw.gcs{} descriptor (l_reader.c). */
+struct rw_reader_config;
+bool rw_lua_gcs_reader_config(lua_State *L, int idx, struct rw_reader_config *c,
+                              struct rw_http_dialer *dialer);
+int rw_lua_open_reader(lua_State *L);
+
 /* The one symbol each .so exports (built with -fvisibility=hidden). */
 #define RW_LUA_EXPORT __attribute__((visibility("default")))
 

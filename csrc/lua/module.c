@@ -17,7 +17,7 @@ RW_LUA_EXPORT int luaopen_reliablewriter_core(lua_State *L) {
       {"backoff", rw_lua_open_backoff},     {"workgroup", rw_lua_open_workgroup},
       {"ratelimit", rw_lua_open_ratelimit}, {"util", rw_lua_open_util},
       {"writer", rw_lua_open_writer},       {"sinks", rw_lua_open_sinks},
-      {"log", rw_lua_open_log},
+      {"log", rw_lua_open_log},             {"reader", rw_lua_open_reader},
   };
   lua_newtable(L);
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {

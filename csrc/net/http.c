@@ -39,6 +39,8 @@ typedef struct xfer {
   uint64_t moved;  /* body bytes handed to curl: the stall clock watches it */
   size_t head_bytes; /* header bytes of the reply so far */
   bool alloc_failed, too_big;
+  int status;        /* of the status line seen last (streamed replies) */
+  uint64_t received; /* body bytes handed to req->on_body */
 } xfer;
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -230,6 +232,11 @@ static size_t write_body(char *p, size_t size, size_t nmemb, void *ud) {
   xfer *x = ud;
   rw_http_response *r = x->res;
   size_t n = size * nmemb;
+  if (x->req->on_body && x->status >= 200 && x->status < 300) {
+    if (!x->req->on_body(x->req->ud, p, n)) return 0;
+    x->received += n;
+    return n;
+  }
   if (n > x->max_body - r->body_len) {
     x->too_big = true;
     return 0;
@@ -288,6 +295,7 @@ static size_t read_header(char *line, size_t size, size_t nitems, void *ud) {
   }
   if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) {
     drop_headers(x->res); /* a new response (after 100 Continue) */
+    if (sscanf(line, "HTTP/%*s %d", &x->status) != 1) x->status = 0;
     return n;
   }
   if (!add_header(x->res, line, n)) {
@@ -460,7 +468,7 @@ static long send_queue(rw_http *h) {
  * deadline that trickled reply bytes cannot move. */
 typedef struct clocks {
   double stall, last_change, reply_by; /* reply_by < 0: body not delivered yet */
-  uint64_t last_moved;
+  uint64_t last_moved, last_received;
   long last_queue;
 } clocks;
 
@@ -472,6 +480,10 @@ static rw_error *stalled(const xfer *x, const char *why, double stall) {
 /* NULL while the request may go on, else net.stall. */
 static rw_error *check_clocks(rw_http *h, const xfer *x, clocks *c, double now) {
   if (c->stall <= 0) return NULL;
+  if (c->reply_by >= 0 && x->received != c->last_received) { /* a streamed body moves */
+    c->last_received = x->received;
+    c->reply_by = now + c->stall;
+  }
   if (c->reply_by >= 0)
     return now >= c->reply_by ? stalled(x, "no complete reply within stall_timeout of sending the request "
                                            "(or of starting to connect)", c->stall)
@@ -504,6 +516,7 @@ static rw_error *drive(rw_http *h, rw_ctx *ctx, xfer *x, CURLcode *done_rc) {
         *done_rc = m->data.result;
         return NULL;
       }
+    if (x->req->on_tick) x->req->on_tick(x->req->ud);
     rw_error *e = rw_ctx_err(ctx);
     if (!e) e = check_clocks(h, x, &c, rw_mono_now());
     if (e) return e;

@@ -75,6 +75,16 @@ typedef struct rw_http_request {
    * to the connection. May be NULL. */
   void (*on_sent)(void *ud, uint64_t bytes);
   void *ud;
+  /* Streamed replies (downloads). When set, the body of a 2xx reply goes to
+   * on_body (on the calling thread) instead of res->body, and max_body does
+   * not apply; return false to end the transfer (rw_http_do then fails with
+   * net.other, or the context's error). Other replies are kept as usual.
+   * While such a body arrives, every byte restarts the reply clock: only
+   * stall_timeout without a byte is net.stall. */
+  bool (*on_body)(void *ud, const char *p, size_t n);
+  /* Called on the calling thread about every 50 ms while the request runs
+   * (hedging decisions). May be NULL. */
+  void (*on_tick)(void *ud);
 } rw_http_request;
 
 typedef struct rw_http_header {

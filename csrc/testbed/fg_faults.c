@@ -73,6 +73,7 @@ bool fg_fault_parse(const char *s, fg_fault *f) {
   memset(f, 0, sizeof *f);
   if (strcmp(s, "return-reset-connection") == 0) return (f->kind = FG_F_RESET), true;
   if (strcmp(s, "return-broken-stream") == 0) return (f->kind = FG_F_BROKEN), true;
+  if (strcmp(s, "return-corrupted-data") == 0) return (f->kind = FG_F_CORRUPT), true;
   if (take_lit(&p, "return-broken-stream-final-chunk-after-")) {
     if (!take_num(&p, FG_MAX_AFTER_KIB * 1024, &y) || strcmp(p, "B") != 0) return false;
     return (f->kind = FG_F_BROKEN_FINAL_AFTER), (f->after_bytes = y), true;
@@ -233,6 +234,9 @@ static void fault_string(const fg_fault *f, char *buf, size_t len) {
     case FG_F_BROKEN:
       snprintf(buf, len, "return-broken-stream-after-%lluK",
                (unsigned long long)(f->after_bytes / 1024));
+      break;
+    case FG_F_CORRUPT:
+      snprintf(buf, len, "return-corrupted-data");
       break;
     default:
       snprintf(buf, len, "return-%d", f->status);

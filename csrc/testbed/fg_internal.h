@@ -139,7 +139,8 @@ typedef enum {
   FG_F_BROKEN,            /* return-broken-stream */
   FG_F_RETURN_AFTER,      /* return-X-after-YK */
   FG_F_STALL_AFTER,       /* stall-for-Ts-after-YK */
-  FG_F_BROKEN_FINAL_AFTER /* return-broken-stream-final-chunk-after-YB */
+  FG_F_BROKEN_FINAL_AFTER, /* return-broken-stream-final-chunk-after-YB */
+  FG_F_CORRUPT             /* return-corrupted-data: a download flips a byte it serves */
 } fg_fault_kind;
 
 typedef struct fg_fault {

@@ -124,6 +124,10 @@ typedef struct download {
   rw_fakegcs *s;
   fg_object *o;
   uint64_t pos, end, cut_at;
+  fg_req *r;          /* lives until the reply is done */
+  uint64_t stall_at;  /* stall-for-Ts-after-YK: pause once here */
+  double stall_s;
+  bool corrupt;       /* return-corrupted-data: flip the first byte served */
 } download;
 
 static ssize_t download_read(void *cls, uint64_t pos, char *buf, size_t max) {
@@ -134,7 +138,16 @@ static ssize_t download_read(void *cls, uint64_t pos, char *buf, size_t max) {
   uint64_t want = d->end - at;
   if (d->cut_at - at < want) want = d->cut_at - at;
   if (want > max) want = max;
+  if (d->stall_s > 0 && at >= d->stall_at) {
+    fg_stall(d->s, d->r, d->stall_s);
+    d->stall_s = 0;
+  }
+  if (d->stall_s > 0 && d->stall_at - at < want) want = d->stall_at - at;
   size_t got = fg_blob_read(d->o->blob, at, buf, (size_t)want);
+  if (got && d->corrupt) {
+    buf[0] ^= 0x5a;
+    d->corrupt = false;
+  }
   return got ? (ssize_t)got : MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
@@ -201,8 +214,12 @@ static enum MHD_Result object_download(rw_fakegcs *s, fg_req *r, fg_object *o) {
   pthread_mutex_unlock(&s->store.mu);
   download *d = calloc(1, sizeof *d);
   if (!d) return MHD_NO;
-  *d = (download){s, o, a, o->size ? b + 1 : 0, UINT64_MAX};
+  *d = (download){s, o, a, o->size ? b + 1 : 0, UINT64_MAX, r, 0, 0, false};
   if (r->fault.kind == FG_F_BROKEN) d->cut_at = a + r->fault.after_bytes;
+  if (r->fault.kind == FG_F_CORRUPT) d->corrupt = true;
+  if (r->fault.kind == FG_F_STALL_AFTER && r->fault.after_bytes == 0) fg_stall(s, r, r->fault.stall_s);
+  else if (r->fault.kind == FG_F_STALL_AFTER)
+    d->stall_at = a + r->fault.after_bytes, d->stall_s = r->fault.stall_s;
   struct MHD_Response *resp =
       MHD_create_response_from_callback(d->end - a, 256 * 1024, download_read, d, download_free);
   if (!resp) {
@@ -229,7 +246,19 @@ static enum MHD_Result object_get(rw_fakegcs *s, fg_req *r, const char *bucket, 
     pthread_mutex_unlock(&s->store.mu);
     return fg_reply_error(s, r, 404, "No such object: %s/%s", bucket, name);
   }
+  const char *gen = fg_arg(r, "generation");
+  char gen_now[24];
+  snprintf(gen_now, sizeof gen_now, "%lld", (long long)o->generation);
+  if (gen && strcmp(gen, gen_now) != 0) { /* only the live generation is kept */
+    pthread_mutex_unlock(&s->store.mu);
+    return fg_reply_error(s, r, 404, "No such object: %s/%s#%s", bucket, name, gen);
+  }
   if (!media) {
+    /* instructions that act on a download's body wait for a download */
+    fg_fault_kind k = r->fault.kind;
+    if (r->retry_id && (k == FG_F_BROKEN || k == FG_F_STALL_AFTER || k == FG_F_CORRUPT))
+      fg_retry_test_unpop(&s->faults, r->retry_id, r->fault_method, &r->fault);
+    r->fault.kind = FG_F_NONE;
     json_t *j = fg_object_json(&s->store, o);
     pthread_mutex_unlock(&s->store.mu);
     return fg_reply_json(s, r, 200, j);

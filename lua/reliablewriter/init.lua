@@ -77,5 +77,6 @@ end
 -- The test bed (fake GCS, faults, faulty sink, probes) is its own module:
 -- require "reliablewriter.testbed".
 require("reliablewriter.writer").install(M, core, waiting)
+require("reliablewriter.reader").install(M, core, waiting)
 
 return M
