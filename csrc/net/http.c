@@ -461,6 +461,8 @@ static long send_queue(rw_http *h) {
   return q;
 }
 
+#define RW_HTTP_STREAM_PROGRESS (64u * 1024u)
+
 /* The two clocks of one request. Until the body is delivered (curl has
  * handed all of it over and the kernel's send queue is empty), the stall
  * clock restarts whenever body bytes go to curl or leave the send queue.
@@ -480,10 +482,16 @@ static rw_error *stalled(const xfer *x, const char *why, double stall) {
 /* NULL while the request may go on, else net.stall. */
 static rw_error *check_clocks(rw_http *h, const xfer *x, clocks *c, double now) {
   if (c->stall <= 0) return NULL;
-  if (c->reply_by >= 0 && x->received != c->last_received) { /* a streamed body moves */
+  /* A streamed body (a download) moves the deadline, but only by whole
+   * RW_HTTP_STREAM_PROGRESS steps: a peer that trickles a byte at a time
+   * cannot keep a request alive (it must deliver that much per stall). */
+  if (c->reply_by >= 0 && x->received - c->last_received >= RW_HTTP_STREAM_PROGRESS) {
     c->last_received = x->received;
     c->reply_by = now + c->stall;
   }
+  if (c->reply_by >= 0 && now >= c->reply_by && x->received > 0)
+    return stalled(x, "the reply's body brought less than 64 KiB within stall_timeout (a trickle is a stall)",
+                   c->stall);
   if (c->reply_by >= 0)
     return now >= c->reply_by ? stalled(x, "no complete reply within stall_timeout of sending the request "
                                            "(or of starting to connect)", c->stall)

@@ -10,6 +10,7 @@
 #include "core/checksum.h"
 #include "core/clock.h"
 #include "ctest.h"
+#include "sinks/gcs_read.h"
 #include "hostile.h"
 #include "sinks/gcs.h"
 
@@ -250,6 +251,12 @@ done:
 
 /* ---- 9: every request has a stall clock; replies are bounded ---- */
 
+static bool count_body(void *ud, const char *p, size_t n) {
+  (void)p;
+  *(size_t *)ud += n;
+  return true;
+}
+
 static void check_stall(const char *what, rw_error *e, double took) {
   show(what, e, took);
   CHECK(is(e, RW_E_STALL) && rw_error_retryable(e));
@@ -322,6 +329,39 @@ static void test_trickled_body(void) {
   check_stall("trickled reply body", e, rw_mono_now() - t0);
   rw_sink_result_clear(&r);
   rw_sink_destroy(s);
+  rw_ctx_unref(ctx);
+  server_free(h);
+}
+
+/* A download whose body trickles one byte every 20 ms (50 B/s, for ever):
+ * each byte must not restart the reply clock, or it never ends. */
+static void test_trickled_download(void) {
+  hs_server *h = server_new();
+  if (!h) return;
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 6);
+  rw_gcs_source_config sc = {.bucket = "bkt", .object = "obj", .endpoint = h->origin};
+  rw_error *e = NULL;
+  rw_gcs_source *src = rw_gcs_source_new(&sc, &e);
+  rw_http_config hc = {0};
+  rw_http *http = src ? rw_http_new(&hc, &e) : NULL;
+  CHECK(src && http && !e);
+  char raw[1024];
+  int head = snprintf(raw, sizeof raw,
+                      "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-999999/1000000\r\n"
+                      "x-goog-generation: 7\r\nContent-Length: 1000000\r\n\r\n");
+  memset(raw + head, 'x', 400); /* 400 bytes at 50 B/s: 8 s, far past the stall clock */
+  hs_push(h, HS_TRICKLE, raw, (size_t)head + 400, 0, 20, (size_t)head);
+  rw_gcs_get g = {.off = 0, .len = 1000000, .generation = 7, .stall_timeout = STALL,
+                  .on_body = count_body};
+  size_t got = 0;
+  g.ud = &got;
+  double t0 = rw_mono_now();
+  if (http) e = rw_gcs_source_get(src, http, ctx, &g);
+  double took = rw_mono_now() - t0;
+  CHECK(got > 0); /* bytes did come, slowly */
+  check_stall("trickled download body", e, took);
+  rw_http_free(http);
+  rw_gcs_source_free(src);
   rw_ctx_unref(ctx);
   server_free(h);
 }
@@ -507,6 +547,7 @@ int main(void) {
   RUN(test_blackholed_requests);
   RUN(test_trickled_headers);
   RUN(test_trickled_body);
+  RUN(test_trickled_download);
   RUN(test_big_bodies);
   RUN(test_range_forms);
   RUN(test_foreign_object);
