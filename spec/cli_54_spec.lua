@@ -314,6 +314,29 @@ describe("rwup resume", function()
   end)
 end)
 
+describe("rwup downloads", function()
+  it("copies an object to a file and to stdout byte for byte; a missing one is exit 1 and no file", function()
+    local data = H.random_bytes(2 * MiB + math.random(0, 99999))
+    local f = tmp .. "/down-src.bin"
+    spit(f, data)
+    assert.equal(0, (rwup(fast_env(), { "cp", "--chunk", "256K", f, "gs://b/down" })))
+    local code, out, err = rwup(fast_env(), { "cp", "--progress", "json", "gs://b/down", tmp .. "/down.bin" })
+    assert.equal(0, code, err)
+    assert_same_bytes(slurp(tmp .. "/down.bin"), data, "download to a file")
+    local last
+    for line in out:gmatch("[^\n]+") do last = cjson.decode(line) end
+    assert.equal("done", last.event)
+    assert.equal(#data, last.bytes)
+    local code2, out2, err2 = rwup(fast_env(), { "cp", "gs://b/down", "-" })
+    assert.equal(0, code2, err2)
+    assert_same_bytes(out2, data, "download to stdout")
+    local code3, _, err3 = rwup(fast_env(), { "cp", "gs://b/missing", tmp .. "/missing.bin" })
+    assert.equal(1, code3, err3)
+    assert.truthy(err3:find("gcs.not_found", 1, true), err3)
+    assert.is_nil(slurp(tmp .. "/missing.bin"))
+  end)
+end)
+
 describe("rwup exit codes", function()
   it("maps errors to the documented codes", function()
     local E = cli.EXIT

@@ -458,15 +458,34 @@ local function download(o, env, run)
   for k, v in pairs(env.sink_options or {}) do gs[k] = v end
   local r, err = rw.reader(run.ctx, { source = rw.gcs(gs) })
   if not r then return M.exit_code_for(err, run.trap), err end
-  local meta = r:stat()
-  run.total = meta and meta.size
+  local meta, serr = r:stat()
+  if not meta then r:close(); return M.exit_code_for(serr, run.trap), serr end
+  run.total = tonumber(meta.size)
+  if run.prog then run.prog.total = run.total end
+  -- The read in one coroutine, the progress line in another: the workgroup
+  -- runs both on this thread (the read yields while the pool works).
   local ok, e
-  if dst.kind == "std" then
-    ok, e = r:read_all(function(piece) io.stdout:write(piece) end)
-  else
-    ok, e = r:read_to_file(dst.path)
+  local wg = rw.workgroup.new { ctx = run.ctx }
+  local done = false
+  wg:go(function()
+    if dst.kind == "std" then
+      ok, e = r:read_all(function(piece) io.stdout:write(piece) end, run.ctx)
+    else
+      ok, e = r:read_to_file(dst.path, nil, nil, run.ctx)
+    end
+    done = true
+  end)
+  if run.prog then
+    wg:go(function()
+      while not done and not run.ctx:wait(0.25) do
+        local st = r:stats()
+        run.prog.update(st.bytes, st.retries)
+      end
+    end)
   end
+  wg:wait()
   local stats = r:stats()
+  run.stats = { retries = stats.retries, persisted = stats.bytes }
   run.bytes = stats and stats.bytes or run.total
   r:close()
   if not ok then return M.exit_code_for(e, run.trap), e end
@@ -518,6 +537,7 @@ function M.main(argv, env)
   local code, err
   local pok, perr = pcall(function()
     prog = (mode ~= "none") and new_progress(mode, mode == "json" and jout or stderr, nil) or nil
+    run.prog = prog
     if o.src.kind == "gs" then
       code, err = download(o, env, run)
     else
