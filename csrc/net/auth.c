@@ -152,6 +152,7 @@ rw_cred *rw_cred_new(const rw_cred_options *o, rw_error **err) {
   }
   c->key = key;
   c->next = g_shared;
+  c->refs++; /* the registry's: the cache outlives its users */
   g_shared = c;
   pthread_mutex_unlock(&g_mu);
   return c;
@@ -183,8 +184,14 @@ void rw_cred_unref(rw_cred *c) {
 
 void rw_cred_forget_shared(void) {
   pthread_mutex_lock(&g_mu);
-  g_shared = NULL; /* each still-used object is freed by its last unref */
+  rw_cred *list = g_shared;
+  g_shared = NULL;
   pthread_mutex_unlock(&g_mu);
+  while (list) {
+    rw_cred *next = list->next;
+    rw_cred_unref(list); /* the registry's reference */
+    list = next;
+  }
 }
 
 const char *rw_cred_describe(rw_cred *c) { return c->desc; }
@@ -295,6 +302,10 @@ rw_error *rw_cred_token(rw_cred *c, rw_ctx *ctx, char *out, size_t n) {
       e = copy_token(c, out, n);
       break;
     }
+    if (c->kind == RW_CRED_PUSHED && c->last_err) {
+      e = rw_error_ref(c->last_err);
+      break;
+    }
     if (c->kind == RW_CRED_PUSHED || c->kind == RW_CRED_STATIC) {
       e = pending(c);
       break;
@@ -336,8 +347,20 @@ rw_error *rw_cred_push_token(rw_cred *c, const char *token, double expires_in) {
   if (!(expires_in < 1e9)) return rw_err(RW_E_INVALID, "token_fn: expires_in must be a finite number");
   pthread_mutex_lock(&c->mu);
   store_token(c, token, expires_in);
+  rw_error_unref(c->last_err);
+  c->last_err = NULL;
   c->fetches++;
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
   return NULL;
+}
+
+void rw_cred_push_error(rw_cred *c, rw_error *e) {
+  if (c->kind != RW_CRED_PUSHED || !e) return;
+  pthread_mutex_lock(&c->mu);
+  rw_error_unref(c->last_err);
+  c->last_err = rw_error_ref(e); /* used once no valid token is left */
+  c->want = true;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
 }

@@ -94,14 +94,20 @@ bool rw_cred_wants_token(rw_cred *c);
 /* PUSHED: a new token, valid for expires_in seconds (<= 0: one hour). */
 rw_error *rw_cred_push_token(rw_cred *c, const char *token, double expires_in);
 
+/* PUSHED: the owner could not get a token (its function failed): requests
+ * fail with e (a reference is taken) until a token is pushed. */
+void rw_cred_push_error(rw_cred *c, rw_error *e);
+
 /* What the credential is, for messages: "service account file /p/key.json"
  * (never a secret). Valid while c lives. */
 const char *rw_cred_describe(rw_cred *c);
 /* Token fetches that reached the network so far (tests count them). */
 uint64_t rw_cred_fetches(rw_cred *c);
 
-/* Forgets the process-wide cache of shared credentials (tests): objects in
- * use stay valid, new rw_cred_new calls make new ones. */
+/* Shared credentials stay in the process-wide registry (and keep their cached
+ * token) after their last user let go, until this forgets them (tests, or a
+ * process that rotated its key files): objects in use stay valid, new
+ * rw_cred_new calls make new ones. */
 void rw_cred_forget_shared(void);
 
 #endif

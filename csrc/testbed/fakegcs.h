@@ -116,6 +116,8 @@ typedef struct rw_fakegcs_auth_counts {
 void rw_fakegcs_auth_stats(rw_fakegcs *s, rw_fakegcs_auth_counts *out);
 /* Forgets every minted token: the next storage request with one gets 401. */
 void rw_fakegcs_auth_revoke(rw_fakegcs *s);
+/* Mints a token as /token would (tests hand it to a token_fn). */
+void rw_fakegcs_auth_mint(rw_fakegcs *s, char *out, size_t n);
 /* While on, every bearer token is refused (401). */
 void rw_fakegcs_auth_reject_all(rw_fakegcs *s, bool on);
 

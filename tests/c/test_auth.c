@@ -503,6 +503,7 @@ int main(void) {
   RUN(test_bad_files);
   RUN(test_wrong_key_refused);
   RUN(test_no_secret_logged);
+  rw_cred_forget_shared();
   rw_log_set_hook(NULL, NULL);
   free(logbuf);
   free(priv_pem);
