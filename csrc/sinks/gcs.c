@@ -258,14 +258,15 @@ static rw_error *send_once(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_r
 }
 
 static rw_error *unauthenticated(const gcs_sink *g, const gcs_req *r, bool refreshed) {
-  const char *how = g->cred ? rw_cred_describe(g->cred) : g->auth ? "the token option" : "no credentials";
+  const char *how = g->cred ? rw_cred_describe(g->cred) : "the token option";
   return rw_error_make(RW_E_UNAUTHENTICATED, 401, NULL, __FILE__, __LINE__, __func__,
                        "%s: HTTP 401 with %s%s", r->what, how,
                        refreshed ? ", again after a fresh token" : " (it cannot be refreshed)");
 }
 
 /* One request; a 401 with a credential's token invalidates that token and
- * sends once more; a 401 that no refresh can cure is auth.unauthenticated. */
+ * sends once more; a 401 to a token that no refresh can cure is
+ * auth.unauthenticated (without credentials it stays the server's 401). */
 static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_response *res) {
   memset(res, 0, sizeof *res);
   /* Checked again here, where the Authorization line is added: whatever the
@@ -283,7 +284,8 @@ static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_re
     e = send_once(g, ctx, r, res, token);
   }
   memset(token, 0, sizeof token);
-  if (!e && res->status == 401) e = unauthenticated(g, r, refreshable);
+  /* Anonymous: the server's 401 is the caller's to judge (http.401). */
+  if (!e && res->status == 401 && (g->auth || g->cred)) e = unauthenticated(g, r, refreshable);
   return e;
 }
 

@@ -185,9 +185,14 @@ static void test_service_account_upload(void) {
   CHECK(c2 == c);
   rw_cred_unref(c2);
   rw_cred_unref(c);
-  /* Anonymous to a fake that needs tokens: 401, not retried, auth.unauthenticated. */
+  /* Anonymous to a fake that needs tokens: the server's 401 (http.401), not retried. */
   e = upload(s, NULL, NULL, "anon", 300 * 1024, false);
+  CHECK(e && rw_error_status(e) == 401 && !rw_error_retryable(e));
+  rw_error_unref(e);
+  /* A token that is not the fake's: auth.unauthenticated (it cannot be refreshed). */
+  e = upload(s, NULL, "not-a-minted-token", "static", 300 * 1024, false);
   CHECK(e && rw_error_is(e, RW_E_UNAUTHENTICATED) && !rw_error_retryable(e));
+  CHECK(e && !strstr(rw_error_message(e), "not-a-minted-token"));
   rw_error_unref(e);
   rw_fakegcs_stop(s);
   free(uri);
