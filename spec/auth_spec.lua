@@ -99,7 +99,7 @@ describe("auth", function()
     srv:stop()
   end)
 
-  it("a 12 MiB upload outlives a 3 s token: refreshed ahead of expiry, no 401, no failure", function()
+  it("a 12 MiB upload outlives a 3 s token: refreshed before it expires, no 401, no failure", function()
     local srv = start { auth = { public_key = PUB, token_lifetime = 3 } }
     local data = H.random_bytes(12 * MiB)
     local sink = rw.gcs { bucket = "b", object = "long", endpoint = srv:url(),
@@ -115,7 +115,8 @@ describe("auth", function()
   end)
 
   it("100 concurrent writers share one token fetch", function()
-    local srv = start()
+    -- a slow token endpoint: every writer's first request comes while the one fetch runs
+    local srv = start { auth = { public_key = PUB, token_delay = 0.5 } }
     local key = sa_file(srv:url() .. "/token", PRIV)
     local ws, datas = {}, {}
     for i = 1, 100 do
@@ -124,10 +125,16 @@ describe("auth", function()
                                                   credentials_file = key } }))
       assert(ws[i]:WriteAt(0, datas[i]))
     end
+    -- all Complete at once (workgroup coroutines): 100 uploads in flight together
+    local wg = rw.workgroup.new {}
     for i = 1, 100 do
-      assert(ws[i]:Complete())
-      ws[i]:close()
+      wg:go(function()
+        assert(ws[i]:Complete())
+        ws[i]:close()
+      end)
     end
+    local ok, err = wg:wait()
+    assert(ok, tostring(err))
     for i = 1, 100 do check_object(srv, "o" .. i, datas[i]) end
     assert.equal(1, srv:auth_stats().token_requests)
     srv:stop()
@@ -199,7 +206,7 @@ describe("auth", function()
     local cases = {
       { malformed, "not a JSON object" },
       { sa_file("http://127.0.0.1:1/token", nil), "no 'private_key'" },
-      { sa_file("http://127.0.0.1:1/token", "-----BEGIN PRIVATE KEY-----\nMIIB\n"), "PEM RSA private key" },
+      { sa_file("http://127.0.0.1:1/token", PRIV:sub(1, 500)), "PEM RSA private key" }, -- holds KEY_LINE
       { dir .. "/absent.json", "cannot open" },
     }
     for _, c in ipairs(cases) do

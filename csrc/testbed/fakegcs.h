@@ -45,6 +45,7 @@ typedef struct rw_fakegcs_config {
   const char *auth_public_key;
   double auth_token_lifetime;
   const char *auth_refresh_token;
+  double auth_token_delay;     /* seconds each token reply waits (tests of overlap) */
   /* HTTPS (PEM): both set: the server speaks TLS and its url is https://. */
   const char *tls_cert, *tls_key;
 } rw_fakegcs_config;

@@ -37,7 +37,7 @@ struct fg_auth {
   pthread_mutex_t mu;
   EVP_PKEY *pub;        /* NULL: no JWT grant, no required tokens */
   char *refresh_token;  /* NULL: any non-empty one */
-  double lifetime;
+  double lifetime, delay;
   fg_token *tokens;     /* ring of the last FG_MAX_TOKENS */
   size_t ntokens, next;
   uint64_t token_requests, metadata_requests, unauthorized;
@@ -53,6 +53,7 @@ bool fg_auth_init(rw_fakegcs *s, const rw_fakegcs_config *cfg, rw_error **err) {
   }
   pthread_mutex_init(&a->mu, NULL);
   a->lifetime = cfg->auth_token_lifetime > 0 ? cfg->auth_token_lifetime : 3600;
+  a->delay = cfg->auth_token_delay > 0 ? cfg->auth_token_delay : 0;
   s->auth = a;
   if (cfg->auth_refresh_token && !(a->refresh_token = strdup(cfg->auth_refresh_token))) {
     *err = rw_err(RW_E_NOMEM, "fakegcs: out of memory");
@@ -110,6 +111,7 @@ static const char *token_problem(fg_auth *a, const char *tok) {
 
 static enum MHD_Result reply_token(rw_fakegcs *s, fg_req *r) {
   char tok[64];
+  if (s->auth->delay > 0) fg_sleep_unless_stopping(s, s->auth->delay);
   mint(s->auth, tok, sizeof tok);
   return fg_reply_json(s, r, 200, json_pack("{s:s, s:I, s:s}", "access_token", tok, "expires_in",
                                             (json_int_t)s->auth->lifetime, "token_type", "Bearer"));

@@ -12,7 +12,7 @@
  *               p_stall =, stall_ms = }   (no argument: off)
  *   srv:stop()  (also __gc and __close)
  * Credentials (issue 11): start{ auth = { public_key = pem, token_lifetime = s,
- *   refresh_token = "..." }, tls = { cert = pem, key = pem } };
+ *   refresh_token = "...", token_delay = s }, tls = { cert = pem, key = pem } };
  *   srv:auth_stats() -> {token_requests=, metadata_requests=, unauthorized=},
  *   srv:revoke_tokens(), srv:reject_tokens(bool), srv:mint_token() -> a live token */
 #include <jansson.h>
@@ -50,7 +50,7 @@ static const char *sub_string(lua_State *L, int idx, const char *opt, const char
 
 /* auth = {public_key=, token_lifetime=, refresh_token=}, tls = {cert=, key=} */
 static void read_auth_tls(lua_State *L, rw_fakegcs_config *cfg) {
-  static const char *const auth_known[] = {"public_key", "token_lifetime", "refresh_token", NULL};
+  static const char *const auth_known[] = {"public_key", "token_lifetime", "refresh_token", "token_delay", NULL};
   static const char *const tls_known[] = {"cert", "key", NULL};
   lua_getfield(L, 1, "auth");
   int a = lua_gettop(L);
@@ -60,6 +60,7 @@ static void read_auth_tls(lua_State *L, rw_fakegcs_config *cfg) {
     cfg->auth_public_key = sub_string(L, a, "auth", "public_key");
     cfg->auth_refresh_token = sub_string(L, a, "auth", "refresh_token");
     cfg->auth_token_lifetime = rw_lua_opt_number(L, a, 1, "token_lifetime", 3600, 0.001, 86400 * 365);
+    cfg->auth_token_delay = rw_lua_opt_number(L, a, 1, "token_delay", 0, 0, 60);
   }
   lua_getfield(L, 1, "tls");
   int t = lua_gettop(L);
