@@ -53,6 +53,12 @@ local function check_object(srv, name, data)
   assert.is_true(got == data, "bytes of " .. name .. " (seed " .. H.seed .. ")")
 end
 
+local function no_secret(text, secrets)
+  for _, s in ipairs(secrets) do
+    assert.is_nil(text:find(s, 1, true), "a secret leaked into: " .. text:sub(1, 400))
+  end
+end
+
 local function upload(sink, data, pieces, pause)
   local w = assert(rw.new(bg, { sink = sink, retry = { total_wait = 20 } }))
   local step = math.ceil(#data / (pieces or 1))
@@ -61,6 +67,7 @@ local function upload(sink, data, pieces, pause)
     if pause then bg:wait(pause) end
   end
   local obj, err = w:Complete()
+  for k, v in pairs(w:stats()) do no_secret(tostring(k) .. "=" .. tostring(v), { "ya29.fake-", KEY_LINE }) end
   w:close()
   return obj, err
 end
@@ -77,12 +84,6 @@ local function child(env, script)
   local out = f:read("a")
   f:close()
   return out
-end
-
-local function no_secret(text, secrets)
-  for _, s in ipairs(secrets) do
-    assert.is_nil(text:find(s, 1, true), "a secret leaked into: " .. text:sub(1, 400))
-  end
 end
 
 describe("auth", function()
