@@ -95,15 +95,19 @@ static char *sa_file(const char *name, const char *token_uri, const char *pem, b
   return p;
 }
 
-static rw_fakegcs *start_fake(double lifetime, const char *refresh) {
+static rw_fakegcs *start_fake_slow(double lifetime, const char *refresh, double delay) {
   const char *buckets[] = {"b", NULL};
   rw_fakegcs_config c = {.buckets = buckets, .auth_public_key = pub_pem, .auth_token_lifetime = lifetime,
-                         .auth_refresh_token = refresh};
+                         .auth_refresh_token = refresh, .auth_token_delay = delay};
   rw_error *e = NULL;
   rw_fakegcs *s = rw_fakegcs_start(&c, &e);
   CHECK(s != NULL);
   rw_error_unref(e);
   return s;
+}
+
+static rw_fakegcs *start_fake(double lifetime, const char *refresh) {
+  return start_fake_slow(lifetime, refresh, 0);
 }
 
 static char *token_uri(rw_fakegcs *s) {
@@ -236,6 +240,8 @@ typedef struct racer {
   rw_ctx *ctx;
   atomic_int *ok;
   pthread_barrier_t *go;
+  const char *old;       /* counts callers that got this token */
+  atomic_int *got_old;
 } racer;
 
 static void *race(void *arg) {
@@ -244,8 +250,40 @@ static void *race(void *arg) {
   pthread_barrier_wait(r->go);
   rw_error *e = rw_cred_token(r->c, r->ctx, tok, sizeof tok);
   if (!e) atomic_fetch_add(r->ok, 1);
+  if (!e && r->old && strcmp(tok, r->old) == 0) atomic_fetch_add(r->got_old, 1);
   rw_error_unref(e);
   return NULL;
+}
+
+/* Ahead of expiry one caller fetches while the others go on with the still
+ * valid token: with a slow token endpoint, most racers get the old token at
+ * once, and only one request is made. */
+static void test_others_use_valid_token(void) {
+  enum { N = 20 };
+  rw_fakegcs *s = start_fake_slow(2, NULL, 0.4);
+  char *uri = token_uri(s), *path = sa_file("sa-ahead.json", uri, priv_pem, true);
+  rw_error *e;
+  rw_cred *c = file_cred(path, 5, &e);
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 20);
+  char t1[RW_TOKEN_MAX + 1];
+  CHECK(rw_cred_token(c, ctx, t1, sizeof t1) == NULL);
+  usleep(1600 * 1000); /* inside the last quarter of the token's 2 s */
+  atomic_int ok = 0, got_old = 0;
+  pthread_barrier_t go;
+  pthread_barrier_init(&go, NULL, N);
+  pthread_t th[N];
+  racer r = {c, ctx, &ok, &go, t1, &got_old};
+  for (int i = 0; i < N; i++) pthread_create(&th[i], NULL, race, &r);
+  for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
+  pthread_barrier_destroy(&go);
+  CHECK_EQ_INT(atomic_load(&ok), N);
+  CHECK(atomic_load(&got_old) >= N / 2);
+  CHECK_EQ_INT(token_requests(s), 2);
+  rw_cred_unref(c);
+  rw_ctx_unref(ctx);
+  rw_fakegcs_stop(s);
+  free(uri);
+  free(path);
 }
 
 static void test_single_flight(void) {
@@ -259,7 +297,7 @@ static void test_single_flight(void) {
   pthread_barrier_t go;
   pthread_barrier_init(&go, NULL, N);
   pthread_t th[N];
-  racer r = {c, ctx, &ok, &go};
+  racer r = {c, ctx, &ok, &go, NULL, NULL};
   for (int i = 0; i < N; i++) pthread_create(&th[i], NULL, race, &r);
   for (int i = 0; i < N; i++) pthread_join(th[i], NULL);
   pthread_barrier_destroy(&go);
@@ -506,6 +544,7 @@ int main(void) {
   RUN(test_service_account_upload);
   RUN(test_refresh_ahead_of_expiry);
   RUN(test_single_flight);
+  RUN(test_others_use_valid_token);
   RUN(test_401_refreshes_once);
   RUN(test_authorized_user);
   RUN(test_metadata_and_chain);
