@@ -206,14 +206,15 @@ static rw_error *build_headers(gcs_sink *g, rw_ctx *ctx, const char **out, const
   out[n++] = RW_USER_AGENT_LINE;
   out[n++] = RW_API_CLIENT_LINE;
   pthread_mutex_lock(&g->token_mu);
-  *auth_copy = g->auth ? strdup(g->auth) : NULL;
+  bool fixed = g->auth != NULL;
+  *auth_copy = fixed ? strdup(g->auth) : NULL;
   pthread_mutex_unlock(&g->token_mu);
-  if (!*auth_copy && g->cred) {
+  if (!fixed && g->cred) {
     rw_error *e = rw_cred_token(g->cred, ctx, token, RW_TOKEN_MAX + 1);
     if (e) return e;
     *auth_copy = str_printf("Authorization: Bearer %s", token);
   }
-  if ((g->auth || g->cred) && !*auth_copy) return rw_err(RW_E_NOMEM, "gcs sink: out of memory");
+  if ((fixed || g->cred) && !*auth_copy) return rw_err(RW_E_NOMEM, "gcs sink: out of memory");
   if (*auth_copy) out[n++] = *auth_copy;
   for (size_t i = 0; i < g->nextra; i++) out[n++] = g->extra[i];
   out[n] = NULL;
@@ -236,11 +237,13 @@ static double stall_for(const gcs_sink *g, const gcs_req *r) {
   return g->base.stall_timeout > 0 ? g->base.stall_timeout : DEFAULT_STALL;
 }
 
+/* *authorized: an Authorization line was sent. */
 static rw_error *send_once(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_response *res,
-                           char *token) {
+                           char *token, bool *authorized) {
   const char *lines[MAX_HEADERS + 8];
   char *auth = NULL;
   rw_error *e = build_headers(g, ctx, lines, r->own_headers, &auth, token);
+  *authorized = auth != NULL;
   if (e) {
     free(auth);
     return rw_err_wrap(rw_error_code(e), e, "%s: no token: %s", r->what, rw_error_message(e));
@@ -274,18 +277,19 @@ static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_re
   if (!rw_http_same_origin(r->url, g->endpoint))
     return rw_err(RW_E_PROTOCOL, "%s: not on the endpoint's origin %s; not sent", r->what, g->origin);
   char token[RW_TOKEN_MAX + 1];
-  rw_error *e = send_once(g, ctx, r, res, token);
+  bool authorized = false;
+  rw_error *e = send_once(g, ctx, r, res, token, &authorized);
   bool refreshable = !e && res->status == 401 && token[0];
   if (refreshable) {
     rw_log(RW_LOG_INFO, "%s: HTTP 401; fetching a fresh token from %s and sending once more", r->what,
            rw_cred_describe(g->cred));
     rw_cred_invalidate(g->cred, token);
     rw_http_response_clear(res);
-    e = send_once(g, ctx, r, res, token);
+    e = send_once(g, ctx, r, res, token, &authorized);
   }
   memset(token, 0, sizeof token);
   /* Anonymous: the server's 401 is the caller's to judge (http.401). */
-  if (!e && res->status == 401 && (g->auth || g->cred)) e = unauthenticated(g, r, refreshable);
+  if (!e && res->status == 401 && authorized) e = unauthenticated(g, r, refreshable);
   return e;
 }
 
