@@ -128,7 +128,7 @@ static char *url_decode(const char *p, size_t n) {
   if (!out) return NULL;
   for (size_t i = 0; i < n; i++) {
     if (p[i] == '+') *o++ = ' ';
-    else if (p[i] == '%' && i + 2 < n + 0 && sscanf(p + i + 1, "%2hhx", (unsigned char *)o) == 1) o++, i += 2;
+    else if (p[i] == '%' && i + 2 < n && sscanf(p + i + 1, "%2hhx", (unsigned char *)o) == 1) o++, i += 2;
     else *o++ = p[i];
   }
   *o = 0;
