@@ -3,6 +3,10 @@
  *                          [--bucket B]... [--md5|--no-md5] [--request-log N]
  *                          [--faults seed=7,p_503=0.02,p_408=0,p_reset=0.01,p_partial=0,
  *                                    p_broken=0,p_stall=0,stall_ms=1000]
+ *                          [--auth-public-key FILE] [--token-lifetime SECONDS]
+ *                          [--tls-cert FILE --tls-key FILE]
+ * --auth-public-key: PEM public key that verifies JWT grants at /token; every
+ * storage request then needs a token minted here (issue 11, docs/AUTH.md).
  * --port 0 (the default) picks a free port. MD5 is on by default except with
  * --store discard. The request log keeps the last N requests (10,000).
  * The soft descriptor limit is raised to the hard one (a descriptor per
@@ -25,7 +29,8 @@ static void usage(const char *why) {
           "usage: reliablewriter-fakegcs [--host H] [--port N (0: pick one)] "
           "[--store memory|discard|DIR] [--bucket B]... [--md5|--no-md5] [--request-log N]\n"
           "       [--faults seed=N,p_503=P,p_408=P,p_reset=P,p_partial=P,p_broken=P,"
-          "p_stall=P,stall_ms=MS]\n");
+          "p_stall=P,stall_ms=MS]\n"
+          "       [--auth-public-key FILE] [--token-lifetime SECONDS] [--tls-cert FILE --tls-key FILE]\n");
   exit(2);
 }
 
@@ -89,6 +94,16 @@ static void raise_nofile(void) {
   }
 }
 
+/* A whole PEM file (at most 1 MiB), or exit 2 naming the flag. */
+static char *read_pem(const char *flag, const char *path) {
+  FILE *f = fopen(path, "rb");
+  char *buf = f ? calloc(1, (1 << 20) + 1) : NULL;
+  size_t n = buf ? fread(buf, 1, 1 << 20, f) : 0;
+  if (f) fclose(f);
+  if (!buf || n == 0 || n == 1 << 20) arg_fail(flag, path, "a readable PEM file below 1 MiB");
+  return buf;
+}
+
 static bool parse_args(int argc, char **argv, rw_fakegcs_config *cfg, const char **buckets,
                        rw_fakegcs_faults *faults) {
   bool with_faults = false;
@@ -110,13 +125,24 @@ static bool parse_args(int argc, char **argv, rw_fakegcs_config *cfg, const char
     else if (!strcmp(a, "--faults")) {
       parse_faults(need(argc, argv, &i), faults);
       with_faults = true;
-    } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(NULL);
+    } else if (!strcmp(a, "--auth-public-key")) cfg->auth_public_key = read_pem(a, need(argc, argv, &i));
+    else if (!strcmp(a, "--token-lifetime"))
+      cfg->auth_token_lifetime = arg_num(a, need(argc, argv, &i), 0.001, 86400 * 365, "seconds in 0.001..31536000");
+    else if (!strcmp(a, "--tls-cert")) cfg->tls_cert = read_pem(a, need(argc, argv, &i));
+    else if (!strcmp(a, "--tls-key")) cfg->tls_key = read_pem(a, need(argc, argv, &i));
+    else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(NULL);
     else {
       fprintf(stderr, "reliablewriter-fakegcs: unknown option '%s'\n", a);
       usage(NULL);
     }
   }
   return with_faults;
+}
+
+static void free_pems(rw_fakegcs_config *cfg) {
+  free((char *)cfg->auth_public_key);
+  free((char *)cfg->tls_cert);
+  free((char *)cfg->tls_key);
 }
 
 int main(int argc, char **argv) {
@@ -135,6 +161,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   rw_error *err = NULL;
   rw_fakegcs *s = rw_fakegcs_start(&cfg, &err);
+  free_pems(&cfg); /* the server keeps its own copies */
   if (!s) {
     char buf[512];
     rw_error_format(err, buf, sizeof buf);

@@ -71,6 +71,15 @@ static const rw_code_info registry[] = {
      "to read the new version"},
     {"gcs.no_progress", true,
      "the server answered but persisted none of the chunk; it is sent again after a backoff"},
+    /* credentials (net/auth.h, issue 11) */
+    {"auth.no_credentials", false,
+     "no credentials were found: pass token, token_fn or credentials_file, set "
+     "GOOGLE_APPLICATION_CREDENTIALS, run `gcloud auth application-default login`, or run on GCE"},
+    {"auth.unauthenticated", false,
+     "the server or the token URI refused the credentials (a 401 after one refresh, or a refused "
+     "grant): check the key, its account's permissions and the clock"},
+    {"auth.bad_credentials", false, "the credentials file is unusable: fix the file named in the message"},
+    {"auth.token_pending", true, "the token function has not given a token yet; it is asked on the Lua thread"},
     /* the proxy protocol (docs/PROTOCOL.md 6.1) */
     {"proto.bad_frame", false, "a frame broke the protocol's rules; the connection was closed"},
     {"proto.bad_mac", false, "a frame failed its MAC (altered, replayed or reordered); the connection was closed"},

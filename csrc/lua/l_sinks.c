@@ -33,6 +33,9 @@ typedef struct desc {
   size_t nheaders;
   double connect_timeout;
   int64_t generation; /* for readers (rw.reader); 0: the live one */
+  rw_cred *cred;     /* token_fn, credentials_file or credentials = "default" */
+  bool anonymous;    /* credentials = "anonymous" */
+  char *ca_file;
   /* file */
   char *path;
 } desc;
@@ -60,6 +63,8 @@ static void desc_release(desc *d) {
   }
   free(d->headers);
   free(d->path);
+  rw_cred_unref(d->cred);
+  free(d->ca_file);
   memset(d, 0, sizeof *d);
 }
 
@@ -245,6 +250,112 @@ static void headers_option(lua_State *L, int idx, int arg, desc *d) {
   lua_pop(L, 1);
 }
 
+/* ---- credentials (issue 11; net/auth.h) ---- */
+
+/* At most one of token, token_fn, credentials_file, credentials. */
+static void check_one_source(lua_State *L) {
+  static const char *const names[] = {"token", "token_fn", "credentials_file", "credentials"};
+  int n = 0;
+  for (size_t i = 0; i < 4; i++) {
+    lua_getfield(L, 1, names[i]);
+    n += !lua_isnil(L, -1);
+    lua_pop(L, 1);
+  }
+  if (n > 1)
+    luaL_argerror(L, 1, "options 'token', 'token_fn', 'credentials_file' and 'credentials' exclude "
+                        "each other: give one");
+}
+
+static void new_cred(lua_State *L, desc *d, const rw_cred_options *o) {
+  rw_error *e = NULL;
+  d->cred = rw_cred_new(o, &e);
+  if (d->cred) return;
+  lua_pushstring(L, rw_error_message(e));
+  rw_error_unref(e);
+  luaL_argerror(L, 1, lua_tostring(L, -1));
+}
+
+/* token_fn (kept in the uservalue), credentials_file, credentials. */
+static void creds_option(lua_State *L, int self, desc *d) {
+  check_one_source(L);
+  rw_cred_options o = {.ca_file = d->ca_file};
+  lua_getfield(L, 1, "token_fn");
+  if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
+    luaL_argerror(L, 1, "option 'token_fn' must be a function returning token, expires_in");
+  if (lua_isfunction(L, -1)) {
+    lua_pushvalue(L, -1);
+    uv_set(L, self, "token_fn");
+    o.kind = RW_CRED_PUSHED;
+    new_cred(L, d, &o);
+  }
+  lua_pop(L, 1);
+  char *path = opt_string(L, 1, 1, "credentials_file", false);
+  if (path) {
+    o.kind = RW_CRED_FILE;
+    o.path = path;
+    rw_error *e = NULL;
+    d->cred = rw_cred_new(&o, &e);
+    free(path);
+    if (!d->cred) {
+      lua_pushstring(L, rw_error_message(e));
+      rw_error_unref(e);
+      luaL_argerror(L, 1, lua_tostring(L, -1));
+    }
+  }
+  static const char *const modes[] = {"default", "anonymous", NULL};
+  lua_getfield(L, 1, "credentials");
+  bool has_mode = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  if (!has_mode) return;
+  int mode = rw_lua_opt_choice(L, 1, 1, "credentials", 0, modes);
+  o.kind = RW_CRED_DEFAULT;
+  if (mode == 0) new_cred(L, d, &o);
+  else d->anonymous = true;
+}
+
+/* Calls the descriptor's token_fn (on this, the Lua thread) when its
+ * credential wants a token, and hands the token over; a failure is handed
+ * over too (requests then fail with it). NULL when all is well. */
+static rw_error *serve_token(lua_State *L, int idx, desc *d) {
+  if (!d->cred || !rw_cred_wants_token(d->cred)) return NULL;
+  uv_get(L, idx, "token_fn");
+  if (!lua_isfunction(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  rw_error *e = NULL;
+  if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
+    e = rw_err(RW_E_UNAUTHENTICATED, "token_fn failed: %s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "(an error object)");
+    lua_pop(L, 1);
+  } else {
+    bool ok = lua_type(L, -2) == LUA_TSTRING && (lua_isnil(L, -1) || lua_type(L, -1) == LUA_TNUMBER);
+    if (!ok)
+      e = rw_err(RW_E_UNAUTHENTICATED, "token_fn must return a token string and expires_in seconds (or nil); "
+                 "it returned %s, %s", luaL_typename(L, -2), luaL_typename(L, -1));
+    else
+      e = rw_cred_push_token(d->cred, lua_tostring(L, -2), lua_isnil(L, -1) ? 0 : lua_tonumber(L, -1));
+    lua_pop(L, 2);
+  }
+  if (e) rw_cred_push_error(d->cred, e);
+  return e;
+}
+
+/* desc:_serve_token(): true, or nil, err (the writer's pump calls it). */
+static int desc_serve_token(lua_State *L) {
+  rw_error *e = serve_token(L, 1, check_desc(L, 1));
+  if (e) return rw_lua_fail(L, e);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* desc:_has_token_fn() */
+static int desc_has_token_fn(lua_State *L) {
+  check_desc(L, 1);
+  uv_get(L, 1, "token_fn");
+  lua_pushboolean(L, lua_isfunction(L, -1));
+  return 1;
+}
+
 /* Makes one throwaway sink to let the C side validate the whole config. */
 static rw_gcs_config gcs_config(const desc *d) {
   rw_gcs_config c = {.bucket = d->bucket, .object = d->object, .endpoint = d->endpoint,
@@ -252,7 +363,8 @@ static rw_gcs_config gcs_config(const desc *d) {
                      .if_generation_match = d->igm, .has_if_metageneration_match = d->has_imgm,
                      .if_metageneration_match = d->imgm, .headers = d->headers,
                      .nheaders = d->nheaders, .connect_timeout = d->connect_timeout,
-                     .session_uri = d->session_uri, .token = d->token};
+                     .session_uri = d->session_uri, .token = d->token, .cred = d->cred,
+                     .anonymous = d->anonymous, .ca_file = d->ca_file};
   return c;
 }
 
@@ -286,7 +398,8 @@ static int sinks_gcs(lua_State *L) {
   static const char *const known[] = {"bucket", "object", "endpoint", "metadata",
                                       "if_generation_match", "if_metageneration_match",
                                       "headers", "connect_timeout",
-                                      "faults", "token", "session_uri", "generation", NULL};
+                                      "faults", "token", "session_uri", "generation", "token_fn",
+                                      "credentials_file", "credentials", "ca_file", NULL};
   rw_lua_check_options(L, 1, 1, known);
   desc *d = push_desc(L, DESC_GCS);
   int self = lua_gettop(L);
@@ -311,6 +424,8 @@ static int sinks_gcs(lua_State *L) {
   d->generation = rw_lua_opt_integer(L, 1, 1, "generation", 0, 1, INT64_C(9007199254740992));
   headers_option(L, 1, 1, d);
   faults_option(L, self);
+  d->ca_file = opt_string(L, 1, 1, "ca_file", false);
+  creds_option(L, self, d);
   rw_gcs_config c = gcs_config(d);
   rw_error *e = NULL;
   rw_sink *probe = rw_gcs_sink_new(&c, &e);
@@ -347,6 +462,10 @@ static rw_sink *make_gcs(lua_State *L, int idx, const desc *d, rw_error **err) {
     c.dialer = &dialer;
   }
   lua_pop(L, 1);
+  if ((*err = serve_token(L, idx, (desc *)d))) {
+    if (seam) rw_http_dialer_release(&dialer);
+    return NULL;
+  }
   return rw_gcs_sink_new(&c, err);
 }
 
@@ -438,6 +557,9 @@ static int sinks_derive(lua_State *L) {
   d->imgm = src->imgm;
   d->connect_timeout = ct;
   d->generation = src->generation;
+  d->cred = src->cred ? rw_cred_ref(src->cred) : NULL;
+  d->anonymous = src->anonymous;
+  d->ca_file = dup_opt(L, src->ca_file);
   if (src->nheaders) {
     d->headers = calloc(src->nheaders, sizeof *d->headers);
     if (!d->headers) return luaL_error(L, "out of memory");
@@ -465,7 +587,11 @@ static int sinks_with_session(lua_State *L) {
 
 int rw_lua_open_sinks(lua_State *L) {
   if (luaL_newmetatable(L, DESC_MT)) {
-    static const luaL_Reg methods[] = {{"kind", desc_kind}, {"faults", desc_faults}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"kind", desc_kind},
+                                       {"faults", desc_faults},
+                                       {"_serve_token", desc_serve_token},
+                                       {"_has_token_fn", desc_has_token_fn},
+                                       {NULL, NULL}};
     static const luaL_Reg mt[] = {{"__gc", desc_gc}, {"__tostring", desc_tostring}, {NULL, NULL}};
     static const rw_lua_sink_seam seam = {desc_make};
     luaL_setfuncs(L, mt, 0);

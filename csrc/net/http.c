@@ -27,6 +27,7 @@ struct rw_http {
   bool has_dialer;
   curl_socket_t fd; /* the connection's socket, for SIOCOUTQ; CURL_SOCKET_BAD when none */
   int open_errno;   /* errno of the last socket that could not be opened, 0 when none */
+  char *ca_file;    /* CURLOPT_CAINFO, NULL: the system's */
 };
 
 /* State of one request while it runs. */
@@ -87,6 +88,11 @@ rw_http *rw_http_new(const rw_http_config *cfg, rw_error **err) {
     h->has_dialer = true;
   }
   h->cfg.dialer = NULL;
+  h->cfg.ca_file = NULL;
+  if (cfg && cfg->ca_file && !(h->ca_file = strdup(cfg->ca_file))) {
+    *err = handle_error("an HTTP client", errno);
+    goto fail;
+  }
   h->fd = CURL_SOCKET_BAD;
   errno = 0;
   if (!(h->easy = curl_easy_init())) {
@@ -110,6 +116,7 @@ void rw_http_free(rw_http *h) {
   if (h->easy) curl_easy_cleanup(h->easy);
   if (h->multi) curl_multi_cleanup(h->multi);
   if (h->has_dialer) rw_http_dialer_release(&h->dialer);
+  free(h->ca_file);
   free(h);
 }
 
@@ -367,6 +374,7 @@ static void set_options(rw_http *h, xfer *x, struct curl_slist *headers, char *e
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(h->cfg.connect_timeout * 1000));
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  if (h->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
   curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
   bool has_body = strcmp(req->method, "GET") != 0 && strcmp(req->method, "DELETE") != 0;

@@ -51,6 +51,7 @@ typedef struct rw_http_config {
   double connect_timeout;       /* seconds; <= 0: 10 s */
   size_t max_body;              /* largest reply body; 0: 1 MiB; more is gcs.protocol */
   const rw_http_dialer *dialer; /* NULL: plain sockets; taken over (see above) */
+  const char *ca_file;          /* CA bundle (PEM) for https; NULL: the system's. Copied. */
 } rw_http_config;
 
 typedef struct rw_http rw_http;

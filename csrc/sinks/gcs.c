@@ -28,6 +28,7 @@ typedef struct gcs_sink {
   char *session; /* session URI, "" before begin */
   pthread_mutex_t token_mu;
   char *auth;    /* "Authorization: Bearer ..." or NULL */
+  rw_cred *cred; /* used when auth is NULL; NULL: anonymous */
 } gcs_sink;
 
 static const rw_sink_ops gcs_ops;
@@ -70,6 +71,7 @@ static void gcs_destroy(rw_sink *s) {
   free(g->metadata_json);
   free(g->session);
   free(g->auth);
+  rw_cred_unref(g->cred);
   pthread_mutex_destroy(&g->token_mu);
   free(g);
 }
@@ -119,6 +121,23 @@ static rw_error *check_session_uri(const gcs_sink *g, const char *uri, const cha
                 "origin %s; nothing is sent to it", uri, from, g->origin);
 }
 
+/* The credential of a config without a token: its own, none (anonymous,
+ * an emulator variable or an endpoint), else the ADC chain (resolved on the
+ * first request). */
+static rw_error *pick_cred(gcs_sink *g, const rw_gcs_config *cfg) {
+  if (cfg->token || cfg->anonymous) return NULL;
+  if (cfg->cred) {
+    g->cred = rw_cred_ref(cfg->cred);
+    return NULL;
+  }
+  const char *e1 = getenv("STORAGE_EMULATOR_HOST"), *e2 = getenv("CLOUD_STORAGE_EMULATOR_ENDPOINT");
+  if ((cfg->endpoint && *cfg->endpoint) || (e1 && *e1) || (e2 && *e2)) return NULL;
+  rw_cred_options o = {.kind = RW_CRED_DEFAULT, .ca_file = cfg->ca_file};
+  rw_error *e = NULL;
+  g->cred = rw_cred_new(&o, &e);
+  return e;
+}
+
 rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err) {
   bool handed = false; /* cfg->dialer given to the HTTP client, which releases it */
   gcs_sink *g = NULL;
@@ -147,7 +166,8 @@ rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err) {
     goto fail;
   }
   if (g->session[0] && (*err = check_session_uri(g, g->session, "session_uri"))) goto fail;
-  rw_http_config hc = {.connect_timeout = cfg->connect_timeout, .dialer = cfg->dialer};
+  if ((*err = pick_cred(g, cfg))) goto fail;
+  rw_http_config hc = {.connect_timeout = cfg->connect_timeout, .dialer = cfg->dialer, .ca_file = cfg->ca_file};
   handed = true;
   if (!(g->http = rw_http_new(&hc, err))) goto fail;
   return &g->base;
@@ -175,17 +195,30 @@ rw_error *rw_gcs_sink_set_token(rw_sink *s, const char *token) {
 
 /* ---- requests ---- */
 
-/* Header lines for one request: the caller's own lines, then auth and extras.
- * *auth_copy holds the copied auth line (freed by the caller). */
-static void build_headers(gcs_sink *g, const char **out, const char *const *own, char **auth_copy) {
+/* Header lines for one request: the caller's own lines, the library's name,
+ * auth and extras. *auth_copy holds the auth line (freed by the caller);
+ * token gets the credential's token (for a 401), "" when none. */
+static rw_error *build_headers(gcs_sink *g, rw_ctx *ctx, const char **out, const char *const *own,
+                               char **auth_copy, char *token) {
   size_t n = 0;
+  token[0] = 0;
   for (; own && *own; own++) out[n++] = *own;
+  out[n++] = RW_USER_AGENT_LINE;
+  out[n++] = RW_API_CLIENT_LINE;
   pthread_mutex_lock(&g->token_mu);
-  *auth_copy = g->auth ? strdup(g->auth) : NULL;
+  bool fixed = g->auth != NULL;
+  *auth_copy = fixed ? strdup(g->auth) : NULL;
   pthread_mutex_unlock(&g->token_mu);
+  if (!fixed && g->cred) {
+    rw_error *e = rw_cred_token(g->cred, ctx, token, RW_TOKEN_MAX + 1);
+    if (e) return e;
+    *auth_copy = str_printf("Authorization: Bearer %s", token);
+  }
+  if ((fixed || g->cred) && !*auth_copy) return rw_err(RW_E_NOMEM, "gcs sink: out of memory");
   if (*auth_copy) out[n++] = *auth_copy;
   for (size_t i = 0; i < g->nextra; i++) out[n++] = g->extra[i];
   out[n] = NULL;
+  return NULL;
 }
 
 typedef struct gcs_req {
@@ -204,25 +237,60 @@ static double stall_for(const gcs_sink *g, const gcs_req *r) {
   return g->base.stall_timeout > 0 ? g->base.stall_timeout : DEFAULT_STALL;
 }
 
-static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_response *res) {
-  memset(res, 0, sizeof *res);
-  /* Checked again here, where the Authorization line is added: whatever the
-   * URL's history, nothing (and no token) leaves for another origin. */
-  if (!rw_http_same_origin(r->url, g->endpoint))
-    return rw_err(RW_E_PROTOCOL, "%s: not on the endpoint's origin %s; not sent", r->what, g->origin);
+/* *authorized: an Authorization line was sent. */
+static rw_error *send_once(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_response *res,
+                           char *token, bool *authorized) {
   const char *lines[MAX_HEADERS + 8];
   char *auth = NULL;
-  build_headers(g, lines, r->own_headers, &auth);
+  rw_error *e = build_headers(g, ctx, lines, r->own_headers, &auth, token);
+  *authorized = auth != NULL;
+  if (e) {
+    free(auth);
+    return rw_err_wrap(rw_error_code(e), e, "%s: no token: %s", r->what, rw_error_message(e));
+  }
   rw_http_request hr = {.method = r->method, .url = r->url, .headers = lines, .iov = r->iov,
                         .iovcnt = r->iovcnt, .len = r->len, .stall_timeout = stall_for(g, r),
                         .on_sent = r->on_sent, .ud = r->ud};
-  rw_error *e = rw_http_do(g->http, ctx, &hr, res);
+  e = rw_http_do(g->http, ctx, &hr, res);
   free(auth);
   if (!e) return NULL;
   /* net/http's messages already name the method and URL. */
   if (strstr(rw_error_message(e), r->what))
     return rw_err_wrap(rw_error_code(e), e, "%s", rw_error_message(e));
   return rw_err_wrap(rw_error_code(e), e, "%s: %s", r->what, rw_error_message(e));
+}
+
+static rw_error *unauthenticated(const gcs_sink *g, const gcs_req *r, bool refreshed) {
+  const char *how = g->cred ? rw_cred_describe(g->cred) : "the token option";
+  return rw_error_make(RW_E_UNAUTHENTICATED, 401, NULL, __FILE__, __LINE__, __func__,
+                       "%s: HTTP 401 with %s%s", r->what, how,
+                       refreshed ? ", again after a fresh token" : " (it cannot be refreshed)");
+}
+
+/* One request; a 401 with a credential's token invalidates that token and
+ * sends once more; a 401 to a token that no refresh can cure is
+ * auth.unauthenticated (without credentials it stays the server's 401). */
+static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_response *res) {
+  memset(res, 0, sizeof *res);
+  /* Checked again here, where the Authorization line is added: whatever the
+   * URL's history, nothing (and no token) leaves for another origin. */
+  if (!rw_http_same_origin(r->url, g->endpoint))
+    return rw_err(RW_E_PROTOCOL, "%s: not on the endpoint's origin %s; not sent", r->what, g->origin);
+  char token[RW_TOKEN_MAX + 1];
+  bool authorized = false;
+  rw_error *e = send_once(g, ctx, r, res, token, &authorized);
+  bool refreshable = !e && res->status == 401 && token[0];
+  if (refreshable) {
+    rw_log(RW_LOG_INFO, "%s: HTTP 401; fetching a fresh token from %s and sending once more", r->what,
+           rw_cred_describe(g->cred));
+    rw_cred_invalidate(g->cred, token);
+    rw_http_response_clear(res);
+    e = send_once(g, ctx, r, res, token, &authorized);
+  }
+  memset(token, 0, sizeof token);
+  /* Anonymous: the server's 401 is the caller's to judge (http.401). */
+  if (!e && res->status == 401 && authorized) e = unauthenticated(g, r, refreshable);
+  return e;
 }
 
 /* The server's own words: error.message from a JSON error, else the body. */

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "net/auth.h"
 #include "net/http.h"
 #include "sinks/sink.h"
 
@@ -40,7 +41,15 @@ typedef struct rw_gcs_config {
   size_t nheaders;
   double connect_timeout;        /* seconds; <= 0: 10 */
   const char *session_uri;       /* non-NULL: resume that session; begin() is a no-op */
-  const char *token;             /* bearer token; NULL: anonymous */
+  const char *token;             /* bearer token (never refreshed); see cred */
+  /* Credentials (net/auth.h), used when token is NULL; the sink takes its own
+   * reference. Each request asks it for a token; a 401 invalidates that token
+   * and the request is sent once more with a fresh one, a second 401 is
+   * auth.unauthenticated. NULL and no token: anonymous with an emulator
+   * variable or an endpoint, else the application default credentials. */
+  rw_cred *cred;
+  bool anonymous;                /* no credentials at all, whatever the endpoint */
+  const char *ca_file;           /* CA bundle for https; NULL: the system's */
   double abort_timeout;          /* DELETE's own deadline; <= 0: 2 s */
   const rw_http_dialer *dialer;  /* dialer seam (net/http.h); NULL: none */
 } rw_gcs_config;

@@ -37,6 +37,17 @@ typedef struct rw_fakegcs_config {
   /* The request log keeps the last request_log requests (0: the default,
    * RW_FAKEGCS_REQUEST_LOG_DEFAULT); older ones are dropped. */
   size_t request_log;
+  /* Credentials (issue 11, fg_auth.c). With auth_public_key (PEM), POST /token
+   * verifies JWT bearer grants with it, and every storage request needs a
+   * bearer token this server minted, alive for auth_token_lifetime seconds
+   * (<= 0: 3600); else 401. auth_refresh_token: the one refresh-token grant
+   * accepted (NULL: any). The metadata endpoint always answers. */
+  const char *auth_public_key;
+  double auth_token_lifetime;
+  const char *auth_refresh_token;
+  double auth_token_delay;     /* seconds each token reply waits (tests of overlap) */
+  /* HTTPS (PEM): both set: the server speaks TLS and its url is https://. */
+  const char *tls_cert, *tls_key;
 } rw_fakegcs_config;
 
 #define RW_FAKEGCS_REQUEST_LOG_DEFAULT 10000
@@ -96,6 +107,20 @@ typedef struct rw_fakegcs_faults {
   int stall_ms;
 } rw_fakegcs_faults;
 void rw_fakegcs_set_faults(rw_fakegcs *s, const rw_fakegcs_faults *f);
+
+/* Credentials side (fg_auth.c). */
+typedef struct rw_fakegcs_auth_counts {
+  uint64_t token_requests;    /* POST /token */
+  uint64_t metadata_requests; /* metadata token GETs */
+  uint64_t unauthorized;      /* 401s for a missing, unknown, expired or refused token */
+} rw_fakegcs_auth_counts;
+void rw_fakegcs_auth_stats(rw_fakegcs *s, rw_fakegcs_auth_counts *out);
+/* Forgets every minted token: the next storage request with one gets 401. */
+void rw_fakegcs_auth_revoke(rw_fakegcs *s);
+/* Mints a token as /token would (tests hand it to a token_fn). */
+void rw_fakegcs_auth_mint(rw_fakegcs *s, char *out, size_t n);
+/* While on, every bearer token is refused (401). */
+void rw_fakegcs_auth_reject_all(rw_fakegcs *s, bool on);
 
 /* Creates a bucket (idempotent). */
 void rw_fakegcs_bucket_create(rw_fakegcs *s, const char *name);

@@ -186,7 +186,11 @@ typedef struct fg_log {
   size_t n, cap, head, max;
 } fg_log;
 
+typedef struct fg_auth fg_auth; /* fg_auth.c */
+
 struct rw_fakegcs {
+  fg_auth *auth;
+  char *tls_cert, *tls_key; /* copies, for the daemon's life */
   struct MHD_Daemon *mhd;
   int port;
   char url[96];
@@ -275,6 +279,12 @@ void fg_req_finish(rw_fakegcs *s, fg_req *r);
 /* Takes the request's fault (retry test or random) for method; replies or
  * cuts for return-X and reset. True when the request is answered. */
 bool fg_take_fault(rw_fakegcs *s, fg_req *r, const char *method, enum MHD_Result *res);
+/* Credentials (fg_auth.c): the token and metadata endpoints and the
+ * bearer check; true when it answered (or set r->handler). */
+bool fg_auth_init(rw_fakegcs *s, const rw_fakegcs_config *cfg, rw_error **err);
+void fg_auth_destroy(rw_fakegcs *s);
+bool fg_auth_route(rw_fakegcs *s, fg_req *r, enum MHD_Result *res);
+enum MHD_Result fg_h_auth_token(rw_fakegcs *s, fg_req *r, const char *data, size_t *n);
 uint32_t fg_crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2);
 
 #endif

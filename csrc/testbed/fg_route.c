@@ -58,6 +58,8 @@ static enum MHD_Result route_upload(rw_fakegcs *s, fg_req *r) {
 
 enum MHD_Result fg_route(rw_fakegcs *s, fg_req *r) {
   const char *p = r->path;
+  enum MHD_Result auth_res;
+  if (fg_auth_route(s, r, &auth_res)) return auth_res;
   if (starts_with(p, "/retry_test")) {
     r->handler = fg_h_retry_test;
     return MHD_YES;

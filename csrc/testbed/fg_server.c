@@ -214,6 +214,10 @@ static bool start_daemon(rw_fakegcs *s, const char *host, int port, rw_error **e
   /* poll(), not select(): descriptors past FD_SETSIZE (1024) still work. */
   unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_TURBO;
   if (sa.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+  struct MHD_OptionItem tls[] = {{MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key},
+                                 {MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert},
+                                 {MHD_OPTION_END, 0, NULL}};
+  if (s->tls_cert) flags |= MHD_USE_TLS;
   s->mhd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s,
                             MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(1024 * 1024),
@@ -222,6 +226,7 @@ static bool start_daemon(rw_fakegcs *s, const char *host, int port, rw_error **e
                             MHD_OPTION_CONNECTION_LIMIT, connection_limit(),
                             MHD_OPTION_THREAD_STACK_SIZE, FG_THREAD_STACK,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)FG_IDLE_TIMEOUT_S,
+                            MHD_OPTION_ARRAY, s->tls_cert ? tls : tls + 2,
                             MHD_OPTION_END);
   if (!s->mhd) {
     *err = rw_err(RW_E_IO, "fakegcs: cannot listen on %s:%d (%s)", host, port, strerror(errno));
@@ -230,9 +235,22 @@ static bool start_daemon(rw_fakegcs *s, const char *host, int port, rw_error **e
   const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
   s->port = di ? di->port : port;
   bool v6 = sa.ss_family == AF_INET6;
-  snprintf(s->url, sizeof s->url, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "",
-           s->port);
+  snprintf(s->url, sizeof s->url, "%s://%s%s%s:%d", s->tls_cert ? "https" : "http", v6 ? "[" : "", host,
+           v6 ? "]" : "", s->port);
   snprintf(s->store.base_url, sizeof s->store.base_url, "%s", s->url);
+  return true;
+}
+
+/* Both or neither of the TLS pair. */
+static bool copy_tls(rw_fakegcs *s, const rw_fakegcs_config *cfg, rw_error **err) {
+  if (!cfg->tls_cert && !cfg->tls_key) return true;
+  if (!cfg->tls_cert || !cfg->tls_key)
+    return *err = rw_err(RW_E_INVALID, "fakegcs: tls needs both cert and key (PEM)"), false;
+  if (!MHD_is_feature_supported(MHD_FEATURE_TLS))
+    return *err = rw_err("rw.unsupported", "fakegcs: this libmicrohttpd has no TLS"), false;
+  s->tls_cert = strdup(cfg->tls_cert);
+  s->tls_key = strdup(cfg->tls_key);
+  if (!s->tls_cert || !s->tls_key) return *err = rw_err(RW_E_NOMEM, "fakegcs: out of memory"), false;
   return true;
 }
 
@@ -254,6 +272,10 @@ rw_fakegcs *rw_fakegcs_start(const rw_fakegcs_config *cfg, rw_error **err) {
   pthread_mutex_init(&s->stop_mu, NULL);
   pthread_cond_init(&s->stop_cv, NULL);
   for (const char *const *b = cfg->buckets; b && *b; b++) rw_fakegcs_bucket_create(s, *b);
+  if (!fg_auth_init(s, cfg, err) || !copy_tls(s, cfg, err)) {
+    rw_fakegcs_stop(s);
+    return NULL;
+  }
   if (!start_daemon(s, cfg->host ? cfg->host : "127.0.0.1", cfg->port, err)) {
     rw_fakegcs_stop(s);
     return NULL;
@@ -272,6 +294,9 @@ void rw_fakegcs_stop(rw_fakegcs *s) {
   free(s->log.items);
   fg_store_destroy(&s->store);
   fg_faults_destroy(&s->faults);
+  fg_auth_destroy(s);
+  free(s->tls_cert);
+  free(s->tls_key);
   pthread_mutex_destroy(&s->log_mu);
   pthread_mutex_destroy(&s->stop_mu);
   pthread_cond_destroy(&s->stop_cv);

@@ -149,7 +149,7 @@ static enum MHD_Result reply_location(rw_fakegcs *s, fg_req *r, fg_session *ss) 
   int n = -1;
   if (name)
     n = asprintf(&loc, "%s%s%s/upload/storage/v1/b/%s/o?uploadType=resumable&name=%s&upload_id=%s",
-                 host ? "http://" : "", host ? host : s->url, "", ss->bucket, name, ss->id);
+                 host ? (s->tls_cert ? "https://" : "http://") : "", host ? host : s->url, "", ss->bucket, name, ss->id);
   free(name);
   if (n < 0) return MHD_NO;
   struct MHD_Response *resp = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);

@@ -8,6 +8,9 @@ function W.install(M, core, waiting)
   local methods = cw.methods
   local errors = core.errors
   local progress_fns = setmetatable({}, { __mode = "k" })
+  -- writer -> its sink descriptor when that has a token_fn (issue 11): the
+  -- function is called here, on the Lua thread, when the sink needs a token.
+  local token_sinks = setmetatable({}, { __mode = "k" })
 
   local function argerror(n, fname, msg)
     error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), 3)
@@ -26,7 +29,14 @@ function W.install(M, core, waiting)
   end
 
   -- Drops confirmed references and reports progress (on this thread).
+  local function has_token_fn(sink)
+    local ok, f = pcall(function() return sink._has_token_fn end)
+    return ok and f ~= nil and sink:_has_token_fn()
+  end
+
   local function pump(w)
+    local ts = token_sinks[w]
+    if ts then ts:_serve_token() end
     if w:_drain() then
       local fn = progress_fns[w]
       if fn then fn(w:stats()) end
@@ -43,7 +53,10 @@ function W.install(M, core, waiting)
       end,
       fds = { w:pollfd() },
       -- room freed by other writers under the process budget is not signalled
-      timeout = function() return (want_room and cw.memory_budget().limit > 0) and 0.02 or nil end,
+      timeout = function()
+        if token_sinks[w] then return 0.05 end -- wakes to serve tokens
+        return (want_room and cw.memory_budget().limit > 0) and 0.02 or nil
+      end,
       block = function(t) w:_wait_blocking(want_room, off, t, ctx) end,
     }
   end
@@ -211,6 +224,7 @@ function W.install(M, core, waiting)
     local w, err = cw.new(ctx, opts)
     if not w then return nil, err end
     progress_fns[w] = on_progress
+    if has_token_fn(opts.sink) then token_sinks[w] = opts.sink end
     return w
   end
 
@@ -251,6 +265,7 @@ function W.install(M, core, waiting)
     local w, err = cw.new(ctx, o, session)
     if not w then return nil, err end
     progress_fns[w] = on_progress
+    if has_token_fn(o.sink) then token_sinks[w] = o.sink end
     return w
   end
 end

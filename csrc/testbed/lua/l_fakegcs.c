@@ -10,7 +10,11 @@
  *   srv:clear_requests(), srv:bucket(name) (creates it; idempotent)
  *   srv:faults{ seed =, p_503 =, p_408 =, p_reset =, p_partial =, p_broken =,
  *               p_stall =, stall_ms = }   (no argument: off)
- *   srv:stop()  (also __gc and __close) */
+ *   srv:stop()  (also __gc and __close)
+ * Credentials (issue 11): start{ auth = { public_key = pem, token_lifetime = s,
+ *   refresh_token = "...", token_delay = s }, tls = { cert = pem, key = pem } };
+ *   srv:auth_stats() -> {token_requests=, metadata_requests=, unauthorized=},
+ *   srv:revoke_tokens(), srv:reject_tokens(bool), srv:mint_token() -> a live token */
 #include <jansson.h>
 #include <string.h>
 
@@ -32,7 +36,42 @@ static rw_fakegcs *check_srv(lua_State *L) {
 /* ---- start ---- */
 
 static const char *const start_options[] = {"port",    "host", "store", "buckets",
-                                            "md5",     "request_log", NULL};
+                                            "md5",     "request_log", "auth", "tls", NULL};
+
+/* A string field of the table at idx (kept alive by that table), or NULL. */
+static const char *sub_string(lua_State *L, int idx, const char *opt, const char *name) {
+  lua_getfield(L, idx, name);
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+    luaL_argerror(L, 1, lua_pushfstring(L, "option '%s.%s' must be a string", opt, name));
+  const char *s = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return s;
+}
+
+/* auth = {public_key=, token_lifetime=, refresh_token=}, tls = {cert=, key=} */
+static void read_auth_tls(lua_State *L, rw_fakegcs_config *cfg) {
+  static const char *const auth_known[] = {"public_key", "token_lifetime", "refresh_token", "token_delay", NULL};
+  static const char *const tls_known[] = {"cert", "key", NULL};
+  lua_getfield(L, 1, "auth");
+  int a = lua_gettop(L);
+  if (!lua_isnil(L, a)) {
+    if (!lua_istable(L, a)) luaL_argerror(L, 1, "option 'auth' must be a table");
+    rw_lua_check_options(L, a, 1, auth_known);
+    cfg->auth_public_key = sub_string(L, a, "auth", "public_key");
+    cfg->auth_refresh_token = sub_string(L, a, "auth", "refresh_token");
+    cfg->auth_token_lifetime = rw_lua_opt_number(L, a, 1, "token_lifetime", 3600, 0.001, 86400 * 365);
+    cfg->auth_token_delay = rw_lua_opt_number(L, a, 1, "token_delay", 0, 0, 60);
+  }
+  lua_getfield(L, 1, "tls");
+  int t = lua_gettop(L);
+  if (!lua_isnil(L, t)) {
+    if (!lua_istable(L, t)) luaL_argerror(L, 1, "option 'tls' must be a table {cert = pem, key = pem}");
+    rw_lua_check_options(L, t, 1, tls_known);
+    cfg->tls_cert = sub_string(L, t, "tls", "cert");
+    cfg->tls_key = sub_string(L, t, "tls", "key");
+  }
+  /* both tables stay on the stack: their strings are in cfg */
+}
 
 static void read_store(lua_State *L, rw_fakegcs_config *cfg) {
   lua_getfield(L, 1, "store");
@@ -93,6 +132,7 @@ static int l_start(lua_State *L) {
   if (!lua_isnil(L, -1)) cfg.md5 = lua_toboolean(L, -1) ? RW_FAKEGCS_MD5_ON : RW_FAKEGCS_MD5_OFF;
   lua_pop(L, 1);
   cfg.buckets = read_buckets(L);
+  read_auth_tls(L, &cfg);
   fakegcs_ud *u = lua_newuserdata(L, sizeof *u);
   u->srv = NULL;
   luaL_setmetatable(L, FAKEGCS_MT);
@@ -244,7 +284,39 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
+static int l_auth_stats(lua_State *L) {
+  rw_fakegcs_auth_counts c;
+  rw_fakegcs_auth_stats(check_srv(L), &c);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)c.token_requests);
+  lua_setfield(L, -2, "token_requests");
+  lua_pushinteger(L, (lua_Integer)c.metadata_requests);
+  lua_setfield(L, -2, "metadata_requests");
+  lua_pushinteger(L, (lua_Integer)c.unauthorized);
+  lua_setfield(L, -2, "unauthorized");
+  return 1;
+}
+
+static int l_revoke_tokens(lua_State *L) {
+  rw_fakegcs_auth_revoke(check_srv(L));
+  return 0;
+}
+
+static int l_mint_token(lua_State *L) {
+  char tok[64];
+  rw_fakegcs_auth_mint(check_srv(L), tok, sizeof tok);
+  lua_pushstring(L, tok);
+  return 1;
+}
+
+static int l_reject_tokens(lua_State *L) {
+  rw_fakegcs_auth_reject_all(check_srv(L), lua_toboolean(L, 2));
+  return 0;
+}
+
 static const luaL_Reg methods[] = {
+    {"auth_stats", l_auth_stats}, {"revoke_tokens", l_revoke_tokens}, {"reject_tokens", l_reject_tokens},
+    {"mint_token", l_mint_token},
     {"url", l_url},           {"port", l_port},         {"object", l_object},
     {"requests", l_requests}, {"clear_requests", l_clear_requests},
     {"bucket", l_bucket},     {"faults", l_faults},     {"stop", l_stop},
