@@ -141,6 +141,46 @@ describe("auth", function()
     srv:stop()
   end)
 
+  it("a reader uses the same credentials: a key file (a 401 refreshes once), token_fn, or none", function()
+    local srv = start { auth = { public_key = PUB, token_lifetime = 3 } }
+    local key = sa_file(srv:url() .. "/token", PRIV)
+    local data = H.random_bytes(MiB + 99)
+    assert(upload(rw.gcs { bucket = "b", object = "rd", endpoint = srv:url(), credentials_file = key }, data, 2))
+    local r = assert(rw.reader(bg, { source = rw.gcs { bucket = "b", object = "rd", endpoint = srv:url(),
+                                                         credentials_file = key } }))
+    local off = math.random(0, #data - 1000)
+    assert.equal(data:sub(off + 1, off + 1000), assert(r:ReadAt(off, 1000)))
+    local before = srv:auth_stats()
+    srv:revoke_tokens()
+    local lines, s = H.capture_log(r.ReadAt, r, 0, 500)
+    assert.equal(data:sub(1, 500), s)
+    local after = srv:auth_stats()
+    assert.equal(1, after.token_requests - before.token_requests, "one fresh token after the 401")
+    assert.equal(1, after.unauthorized - before.unauthorized)
+    for _, l in ipairs(lines) do no_secret(l, { KEY_LINE, "ya29.fake-" }) end
+    r:close()
+    -- token_fn: called on the Lua thread, again when its token nears expiry
+    local calls, main = 0, coroutine.running()
+    local r2 = assert(rw.reader(bg, { source = rw.gcs { bucket = "b", object = "rd", endpoint = srv:url(),
+      token_fn = function()
+        calls = calls + 1
+        assert(coroutine.running() == main)
+        return srv:mint_token(), 2
+      end } }))
+    assert.equal(data, assert(r2:ReadAt(0, #data)))
+    bg:wait(1.7) -- past the early-refresh point of a 2 s token
+    assert.equal(data:sub(-10), assert(r2:ReadAt(#data - 10, 10)))
+    assert.is_true(calls >= 2, "token_fn called " .. calls .. " times")
+    r2:close()
+    -- an endpoint without credentials is anonymous: the server's 401
+    local r3 = assert(rw.reader(bg, { source = rw.gcs { bucket = "b", object = "rd", endpoint = srv:url() } }))
+    local _, nothing, err = H.capture_log(r3.ReadAt, r3, 0, 10)
+    assert.is_nil(nothing)
+    assert.equal("http.401", err.code)
+    r3:close()
+    srv:stop()
+  end)
+
   it("token_fn runs on the Lua thread, at first and again ahead of expiry", function()
     local srv = start { auth = { public_key = PUB, token_lifetime = 2 } }
     local calls, main = 0, coroutine.running()

@@ -183,7 +183,8 @@ static rw_http *client_get(rw_reader *r, rw_error **err) {
   rw_http_dialer borrowed = r->dialer; /* the reader keeps the reference */
   borrowed.release = NULL;
   rw_http_config hc = {.connect_timeout = r->cfg.connect_timeout,
-                       .dialer = r->has_dialer ? &borrowed : NULL};
+                       .dialer = r->has_dialer ? &borrowed : NULL,
+                       .ca_file = rw_gcs_source_ca_file(r->src)};
   return rw_http_new(&hc, err);
 }
 

@@ -484,7 +484,8 @@ bool rw_lua_gcs_reader_config(lua_State *L, int idx, struct rw_reader_config *c,
   desc *d = luaL_testudata(L, idx, DESC_MT);
   if (!d || d->kind != DESC_GCS || !d->bucket) return false;
   c->source = (rw_gcs_source_config){.bucket = d->bucket, .object = d->object, .endpoint = d->endpoint,
-                                     .headers = d->headers, .nheaders = d->nheaders, .token = d->token};
+                                     .headers = d->headers, .nheaders = d->nheaders, .token = d->token,
+                                     .cred = d->cred, .anonymous = d->anonymous, .ca_file = d->ca_file};
   c->generation = d->generation;
   c->connect_timeout = d->connect_timeout;
   uv_get(L, idx, "faults_profile");

@@ -364,3 +364,19 @@ void rw_cred_push_error(rw_cred *c, rw_error *e) {
   pthread_cond_broadcast(&c->cv);
   pthread_mutex_unlock(&c->mu);
 }
+
+rw_error *rw_cred_pick(const char *endpoint, bool has_token, bool anonymous, rw_cred *given,
+                       const char *ca_file, rw_cred **out) {
+  *out = NULL;
+  if (has_token || anonymous) return NULL;
+  if (given) {
+    *out = rw_cred_ref(given);
+    return NULL;
+  }
+  const char *e1 = getenv("STORAGE_EMULATOR_HOST"), *e2 = getenv("CLOUD_STORAGE_EMULATOR_ENDPOINT");
+  if ((endpoint && *endpoint) || (e1 && *e1) || (e2 && *e2)) return NULL;
+  rw_cred_options o = {.kind = RW_CRED_DEFAULT, .ca_file = ca_file};
+  rw_error *e = NULL;
+  *out = rw_cred_new(&o, &e);
+  return e;
+}

@@ -98,6 +98,14 @@ rw_error *rw_cred_push_token(rw_cred *c, const char *token, double expires_in);
  * fail with e (a reference is taken) until a token is pushed. */
 void rw_cred_push_error(rw_cred *c, rw_error *e);
 
+/* The credential a GCS client (sink, source) uses: NULL in *out with a fixed
+ * token or anonymous; `given` (a new reference) when set; NULL too with an
+ * endpoint or an emulator variable ($STORAGE_EMULATOR_HOST,
+ * $CLOUD_STORAGE_EMULATOR_ENDPOINT), which are anonymous by default as in the
+ * Node client; else the shared ADC chain (resolved at the first request). */
+rw_error *rw_cred_pick(const char *endpoint, bool has_token, bool anonymous, rw_cred *given,
+                       const char *ca_file, rw_cred **out);
+
 /* What the credential is, for messages: "service account file /p/key.json"
  * (never a secret). Valid while c lives. */
 const char *rw_cred_describe(rw_cred *c);

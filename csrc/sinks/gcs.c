@@ -121,21 +121,9 @@ static rw_error *check_session_uri(const gcs_sink *g, const char *uri, const cha
                 "origin %s; nothing is sent to it", uri, from, g->origin);
 }
 
-/* The credential of a config without a token: its own, none (anonymous,
- * an emulator variable or an endpoint), else the ADC chain (resolved on the
- * first request). */
+/* The credential of a config without a token (see rw_cred_pick). */
 static rw_error *pick_cred(gcs_sink *g, const rw_gcs_config *cfg) {
-  if (cfg->token || cfg->anonymous) return NULL;
-  if (cfg->cred) {
-    g->cred = rw_cred_ref(cfg->cred);
-    return NULL;
-  }
-  const char *e1 = getenv("STORAGE_EMULATOR_HOST"), *e2 = getenv("CLOUD_STORAGE_EMULATOR_ENDPOINT");
-  if ((cfg->endpoint && *cfg->endpoint) || (e1 && *e1) || (e2 && *e2)) return NULL;
-  rw_cred_options o = {.kind = RW_CRED_DEFAULT, .ca_file = cfg->ca_file};
-  rw_error *e = NULL;
-  g->cred = rw_cred_new(&o, &e);
-  return e;
+  return rw_cred_pick(cfg->endpoint, cfg->token != NULL, cfg->anonymous, cfg->cred, cfg->ca_file, &g->cred);
 }
 
 rw_sink *rw_gcs_sink_new(const rw_gcs_config *cfg, rw_error **err) {

@@ -17,8 +17,11 @@ struct rw_gcs_source {
   char *endpoint, *bucket, *object, *name;
   char *base_url; /* {endpoint}/storage/v1/b/BUCKET/o/OBJECT, escaped */
   char origin[RW_HTTP_ORIGIN_MAX];
-  char **extra; /* "Name: value" lines, then the Authorization line */
+  char **extra; /* "Name: value" lines, then the Authorization line of a fixed token */
   size_t nextra;
+  bool fixed_token;
+  rw_cred *cred; /* NULL: a fixed token or anonymous */
+  char *ca_file;
 };
 
 static char *str_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -40,10 +43,14 @@ void rw_gcs_source_free(rw_gcs_source *s) {
   free(s->object);
   free(s->name);
   free(s->base_url);
+  free(s->ca_file);
+  rw_cred_unref(s->cred);
   free(s);
 }
 
 const char *rw_gcs_source_name(const rw_gcs_source *s) { return s->name; }
+
+const char *rw_gcs_source_ca_file(const rw_gcs_source *s) { return s->ca_file; }
 
 static rw_error *check_config(const rw_gcs_source_config *c) {
   if (!c || !c->bucket || !*c->bucket) return rw_err(RW_E_INVALID, "gcs source: bucket is required");
@@ -69,6 +76,7 @@ static bool copy_headers(rw_gcs_source *s, const rw_gcs_source_config *c) {
   if (c->token) {
     if (!(s->extra[s->nextra] = str_printf("Authorization: Bearer %s", c->token))) return false;
     s->nextra++;
+    s->fixed_token = true;
   }
   return true;
 }
@@ -97,6 +105,11 @@ rw_gcs_source *rw_gcs_source_new(const rw_gcs_source_config *c, rw_error **err) 
     return NULL;
   }
   if (!(s->base_url = make_base_url(s))) goto nomem;
+  if (c->ca_file && !(s->ca_file = strdup(c->ca_file))) goto nomem;
+  if ((*err = rw_cred_pick(s->endpoint, c->token != NULL, c->anonymous, c->cred, c->ca_file, &s->cred))) {
+    rw_gcs_source_free(s);
+    return NULL;
+  }
   return s;
 nomem:
   rw_gcs_source_free(s);
@@ -106,17 +119,57 @@ nomem:
 
 /* ---- one request ---- */
 
+static rw_error *unauthenticated(const rw_gcs_source *s, const rw_http_request *hr, bool refreshed) {
+  const char *how = s->cred ? rw_cred_describe(s->cred) : "the token option";
+  return rw_error_make(RW_E_UNAUTHENTICATED, 401, NULL, __FILE__, __LINE__, __func__,
+                       "GET %s (%s): HTTP 401 with %s%s", hr->url, s->name, how,
+                       refreshed ? ", again after a fresh token" : " (it cannot be refreshed)");
+}
+
+/* One GET with the library's name and the credential's token; a 401 to a
+ * credential's token invalidates it and sends once more (a 401 reply has no
+ * body streamed: on_body sees only 2xx); a 401 no refresh can cure is
+ * auth.unauthenticated. */
 static rw_error *send_get(const rw_gcs_source *s, rw_http *h, rw_ctx *ctx, rw_http_request *hr,
                           const char *range_line, rw_http_response *res) {
-  const char *lines[MAX_HEADERS + 4];
-  size_t n = 0;
-  if (range_line) lines[n++] = range_line;
-  for (size_t i = 0; i < s->nextra; i++) lines[n++] = s->extra[i];
-  lines[n] = NULL;
-  hr->method = "GET";
-  hr->headers = lines;
-  if (hr->stall_timeout <= 0) hr->stall_timeout = DEFAULT_STALL;
-  return rw_http_do(h, ctx, hr, res);
+  char token[RW_TOKEN_MAX + 1];
+  rw_error *e = NULL;
+  for (int attempt = 0;; attempt++) {
+    const char *lines[MAX_HEADERS + 8];
+    size_t n = 0;
+    char *auth = NULL;
+    token[0] = 0;
+    if (range_line) lines[n++] = range_line;
+    lines[n++] = RW_USER_AGENT_LINE;
+    lines[n++] = RW_API_CLIENT_LINE;
+    for (size_t i = 0; i < s->nextra; i++) lines[n++] = s->extra[i];
+    if (s->cred) {
+      e = rw_cred_token(s->cred, ctx, token, sizeof token);
+      if (e) return rw_err_wrap(rw_error_code(e), e, "GET %s: no token: %s", s->name, rw_error_message(e));
+      if (!(auth = str_printf("Authorization: Bearer %s", token)))
+        return rw_err(RW_E_NOMEM, "GET %s: out of memory", s->name);
+      lines[n++] = auth;
+    }
+    lines[n] = NULL;
+    hr->method = "GET";
+    hr->headers = lines;
+    if (hr->stall_timeout <= 0) hr->stall_timeout = DEFAULT_STALL;
+    e = rw_http_do(h, ctx, hr, res);
+    if (auth) {
+      memset(auth, 0, strlen(auth));
+      free(auth);
+    }
+    bool refreshable = !e && res->status == 401 && token[0];
+    if (!e && res->status == 401 && (s->fixed_token || (refreshable && attempt == 1)))
+      e = unauthenticated(s, hr, refreshable);
+    if (e || !refreshable || attempt == 1) break;
+    rw_log(RW_LOG_INFO, "GET %s: HTTP 401; fetching a fresh token from %s and sending once more", s->name,
+           rw_cred_describe(s->cred));
+    rw_cred_invalidate(s->cred, token);
+    rw_http_response_clear(res);
+  }
+  memset(token, 0, sizeof token);
+  return e;
 }
 
 /* The server's own words: error.message from a JSON error, else the body. */

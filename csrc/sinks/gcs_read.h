@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "net/http.h"
+#include "net/auth.h"
 #include "sinks/gcs.h"
 
 #define RW_E_NOT_FOUND "gcs.not_found"
@@ -28,7 +29,13 @@ typedef struct rw_gcs_source_config {
   const char *endpoint;         /* NULL: as rw_gcs_endpoint_resolve */
   const rw_gcs_header *headers; /* extra headers on every request */
   size_t nheaders;
-  const char *token;            /* bearer token; NULL: anonymous */
+  const char *token;            /* a fixed bearer token (never refreshed) */
+  /* Without a token: the credential (a reference is taken), none with
+   * anonymous, an endpoint or an emulator variable, else the ADC chain; as
+   * the sink does (rw_cred_pick). */
+  struct rw_cred *cred;
+  bool anonymous;
+  const char *ca_file;          /* CA bundle (PEM) for https; NULL: the system's */
 } rw_gcs_source_config;
 
 typedef struct rw_gcs_source rw_gcs_source;
@@ -36,6 +43,7 @@ typedef struct rw_gcs_source rw_gcs_source;
 rw_gcs_source *rw_gcs_source_new(const rw_gcs_source_config *cfg, rw_error **err);
 void rw_gcs_source_free(rw_gcs_source *s); /* NULL is fine */
 const char *rw_gcs_source_name(const rw_gcs_source *s); /* "gs://bucket/object" */
+const char *rw_gcs_source_ca_file(const rw_gcs_source *s); /* NULL: the system's */
 
 /* What stat returns. json is the object resource (malloc'd). */
 typedef struct rw_gcs_meta {

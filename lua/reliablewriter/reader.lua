@@ -32,12 +32,22 @@ function R.install(M, core, waiting)
     if r:_is_closed() then error("attempt to use a closed reader", 3) end
   end
 
+  -- reader -> its source descriptor when that has a token_fn (issue 11): the
+  -- function runs here, on the Lua thread, when the credential wants a token;
+  -- waits then wake every 50 ms to serve it.
+  local token_sources = setmetatable({}, { __mode = "k" })
+  local function serve_token(r)
+    local ts = token_sources[r]
+    if ts then ts:_serve_token() end
+  end
+
   -- Waits for op; the caller's ctx ending cancels it. Returns op:_result(...).
-  local function finish(op, ctx, full_check_reader)
+  local function finish(r, op, ctx, full_check_reader)
+    serve_token(r)
     local w = {
-      ready = function() return op:_done() end,
+      ready = function() serve_token(r); return op:_done() end,
       fds = { op:pollfd() },
-      timeout = function() return nil end,
+      timeout = function() return token_sources[r] and 0.05 or nil end,
       block = function(t) op:_wait_blocking(t, ctx) end,
     }
     local r = waiting.wait_for(w, ctx, nil)
@@ -57,7 +67,7 @@ function R.install(M, core, waiting)
     check_ctx(ctx, 3, "ReadAt")
     local op, err = r:_start(offset, length)
     if not op then return nil, err end
-    return finish(op, ctx)
+    return finish(r, op, ctx)
   end
 
   -- stat([ctx]): the pinned generation's metadata (pins it on first use).
@@ -66,7 +76,7 @@ function R.install(M, core, waiting)
     check_ctx(ctx, 1, "stat")
     local op, err = r:_start(0, 0)
     if not op then return nil, err end
-    local ok, e = finish(op, ctx)
+    local ok, e = finish(r, op, ctx)
     if not ok then return nil, e end
     return r:_meta()
   end
@@ -90,7 +100,7 @@ function R.install(M, core, waiting)
     end
     local op, err = r:_start_file(path, offset, length)
     if not op then return nil, err end
-    return finish(op, ctx, r)
+    return finish(r, op, ctx, r)
   end
 
   -- read_all(fn [, ctx]): calls fn(piece) for the whole object in order
@@ -125,7 +135,15 @@ function R.install(M, core, waiting)
   function M.reader(ctx, opts)
     if not core.context.is_context(ctx) then argerror(1, "reader", "context expected, got " .. type(ctx)) end
     if type(opts) ~= "table" then argerror(2, "reader", "options table expected, got " .. type(opts)) end
-    return cr.new(ctx, opts)
+    local r, err = cr.new(ctx, opts)
+    if not r then return nil, err end
+    local src = opts.source
+    local ok, has = pcall(function() return src:_has_token_fn() end)
+    if ok and has then
+      token_sources[r] = src
+      serve_token(r)
+    end
+    return r
   end
 end
 
