@@ -49,7 +49,12 @@ done
 
 work=$(mktemp -d)
 . bench/lib/bench.sh
-cleanup() { stop_all_servers; rm -rf "$work"; }
+cleanup() {
+  local rc=$?
+  stop_all_servers
+  rm -rf "$work"
+  ((rc == 0)) || echo "bench/run.sh: stopped with exit status $rc (the line above says why, if a command did)" >&2
+}
 trap cleanup EXIT
 trap 'echo "bench/run.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 
@@ -141,7 +146,8 @@ one() {
 #   section client run exit check wall cpu rss_kib resets last_output_line
 record() {
   local last
-  last=$( (grep -v '^[[:space:]]*$' "$work/log-$1-$2-$3" || true) | tail -1 | tr -d '|\t' | cut -c1-90)
+  last=$( (grep -v '^[[:space:]]*$' "$work/log-$1-$2-$3" || true) | tail -1 | tr -d '|\t' |
+    sed -E 's|https?://[^ "]*|URL|g; s|^[0-9]{4}/[0-9]{2}/[0-9]{2} [0-9:]{8} ||' | cut -c1-100)
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$m_status" "${check// /_}" \
     "$m_wall" "$m_cpu" "$m_rss" "$4" "$last" >>"$results"
 }
@@ -278,7 +284,10 @@ mkdir -p "$out"
   echo "## WAN: 20 ms one way, 50 MiB/s ($size MiB, median of $wan_runs run(s))"
   echo
   echo "Through \`bin/reliablewriter-chaos --latency 0.02 --bandwidth 52428800 --window 4194304\` in front"
-  echo "of the fake: one connection moves at most 50 MiB/s."
+  echo "of the fake: one connection moves at most 50 MiB/s. A session takes one chunk at a time, and a"
+  echo "chunked client waits a round trip (40 ms) for each chunk's reply before it sends the next: with"
+  echo "8 MiB chunks (160 ms at 50 MiB/s) that caps it near 8 / (0.16 + 0.04) = 40 MiB/s; rclone's 16 MiB"
+  echo "chunks near 44 MiB/s; the curl CLI's single PUT waits once. Bigger chunks (rwup --chunk) help here."
   echo
   speed_table wan
   echo
