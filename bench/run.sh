@@ -48,6 +48,7 @@ for p in /usr/bin/time gnuplot curl openssl lua5.4 cc; do
 done
 
 work=$(mktemp -d)
+# shellcheck source=bench/lib/bench.sh
 . bench/lib/bench.sh
 cleanup() {
   local rc=$?
@@ -61,6 +62,7 @@ trap 'echo "bench/run.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 echo "bench: $size MiB, ${chunk} MiB chunks, $runs run(s), data seed $seed (--seed or RW_TEST_SEED repeats it)" >&2
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 nice make -s -j1 all bins >"$work/make.log" 2>&1 || { cat "$work/make.log" >&2; exit 1; }
+# shellcheck disable=SC2046 # pkg-config prints several flags
 cc -O2 -Wall -o "$work/curl_ref" bench/writer/curl_ref.c $(pkg-config --cflags --libs libcurl) -lisal
 export LUA_PATH="$root/lua/?.lua;$root/lua/?/init.lua;;" LUA_CPATH="$root/build/lua5.4/?.so;;"
 export RCLONE_CONFIG=/dev/null NODE_PATH="$root/tests/fake/node/node_modules"
@@ -232,7 +234,8 @@ fault_table() {
     local why
     why=$(awk -F'\t' -v c="$c" '$1 == "faults" && $2 == c && !($4 == 0 && $5 == "ok") {
       printf "exit %s, object %s: %s", $4, $5, ($10 == "" ? "(no output)" : $10); exit}' "$results")
-    local surv="no: $n/$(nruns faults "$c") finished with the right bytes ($why)"
+    local surv
+    surv="no: $n/$(nruns faults "$c") finished with the right bytes ($why)"
     ((n == $(nruns faults "$c"))) && surv="yes: $n/$n, bytes right"
     ((n > 0 && n < $(nruns faults "$c"))) && surv="partly: $n/$(nruns faults "$c") finished with the right bytes ($why)"
     echo "| $(label "$c") | $(fmt "$clean" %.2f) | $(fmt "$faulted" %.2f) | $(ratio "$clean" "$faulted") | $surv | $rs |"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # sets m_* and server_* for run.sh, reads its $work
 # bench/lib/bench.sh: helpers for bench/run.sh (sourced, not run).
 # Servers are started as their own processes on 127.0.0.1 and stopped on exit;
 # every client run is bounded by `timeout` and measured by GNU time.
@@ -47,11 +48,11 @@ measure() {
   local limit=$1 log=$2 tf="$work/time.out"
   shift 2
   m_status=0
-  local t0 t1 e u s r
+  local t0 t1 u s r
   t0=$(date +%s%N) # GNU time's %e has 10 ms steps: the wall clock is taken here
   /usr/bin/time -o "$tf" -f '%e %U %S %M' timeout "$limit" "$@" >"$log" 2>&1 </dev/null || m_status=$?
   t1=$(date +%s%N)
-  read -r e u s r < <(tail -1 "$tf")
+  read -r _ u s r < <(tail -1 "$tf")
   m_wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b - a) / 1e9}') m_rss=$r
   m_cpu=$(awk -v u="$u" -v s="$s" 'BEGIN{printf "%.2f", u + s}')
 }

@@ -40,7 +40,7 @@ for sec in '## Uploads without faults' '## WAN'; do
   rows=$(table "$sec")
   [[ $(wc -l <<<"$rows") -eq 7 ]] || fail "$sec: want 7 client rows, got: $rows"
   for c in 'libcurl' 'reliablewriter w:write_file' 'reliablewriter WriteAt' 'rwup cp' 'curl CLI'; do
-    grep -Eq "^\| $c[^|]* \| $num \| $num \| $num \| $num \| 1/1 right \|$" <<<"$rows" ||
+    grep -Eq "^\| ${c}[^|]* \| $num \| $num \| $num \| $num \| 1/1 right \|$" <<<"$rows" ||
       fail "$sec: no complete row for '$c' (MiB/s, CPU s, RSS, ratio, bytes right) in: $rows"
   done
   grep -q '^| libcurl .* | 1.00 | 1/1 right |$' <<<"$rows" || fail "$sec: libcurl's ratio to itself is not 1.00"
@@ -51,7 +51,7 @@ done
 rows=$(table '## Under faults')
 [[ $(wc -l <<<"$rows") -eq 7 ]] || fail "faults: want 7 client rows, got: $rows"
 for c in 'reliablewriter w:write_file' 'reliablewriter WriteAt' 'rwup cp'; do
-  grep -Eq "^\| $c[^|]* \| $num \| $num \| $num \| yes: 1/1, bytes right \| [0-9]+ \|$" <<<"$rows" ||
+  grep -Eq "^\| ${c}[^|]* \| $num \| $num \| $num \| yes: 1/1, bytes right \| [0-9]+ \|$" <<<"$rows" ||
     fail "faults: '$c' did not survive with the right bytes: $rows"
 done
 grep -Eq "^\| libcurl[^|]* \| $num \| " <<<"$rows" || fail "faults: no time without faults for libcurl"
