@@ -7,6 +7,7 @@
 #   make check           C unit tests (plain); check-asan, check-tsan: sanitizer builds
 #   make test            everything the README promises (scripts/test.sh)
 #   make demo            the upload demo on the in-process fake GCS
+#   make bench           the benchmark table and chart (bench/results/latest.md, .png; ~10 min)
 LUA ?= lua5.4
 ifeq ($(LUA),luajit)
   LUA_PC := luajit
@@ -112,6 +113,10 @@ test:
 
 demo:
 	bash scripts/demo.sh
+
+.PHONY: bench
+bench:
+	bash bench/run.sh
 
 deps:
 	bash scripts/deps.sh all

@@ -2,7 +2,7 @@
 # Installs the Debian packages reliablewriter needs, only when some are missing,
 # without Recommends. apt's output goes to build/logs/deps-apt.log (its tail is
 # printed on a failure). Then checks that the programs of the set run.
-# Usage: scripts/deps.sh [build|test|openresty|peers|all]   (default: test)
+# Usage: scripts/deps.sh [build|test|openresty|peers|bench|all]   (default: test)
 #   build      compilers, Lua 5.4, LuaJIT, the libraries (lua-cjson: rwup's state and NDJSON)
 #   test       + what the suites call: busted, clang (fuzz, sanitizers), valgrind,
 #              luarocks, curl, openssl (random test data), python3 (a unix socket in
@@ -11,6 +11,8 @@
 #   openresty  + nginx and its lua module (tests/openresty)
 #   peers      + nginx, rclone, node and npm (the peer tests; scripts/peers.sh
 #              installs each on its own)
+#   bench      + the peers, gnuplot-nox (the chart) and time (GNU time: CPU and peak RSS
+#              of each client): make bench
 set -euo pipefail
 what=${1:-test}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +26,8 @@ build_progs=(cc make pkg-config lua5.4 luajit)
 test_progs=(busted clang valgrind curl luarocks ps openssl python3 mkfifo cmp timeout stat truncate)
 openresty_progs=(nginx)
 peer_progs=(rclone node npm)
+bench_pkgs=(gnuplot-nox time)
+bench_progs=(gnuplot /usr/bin/time)
 
 pkgs=("${build_pkgs[@]}") progs=("${build_progs[@]}")
 case "$what" in
@@ -33,7 +37,9 @@ case "$what" in
   peers | all)
     pkgs+=("${test_pkgs[@]}" "${openresty_pkgs[@]}" "${peer_pkgs[@]}")
     progs+=("${test_progs[@]}" "${openresty_progs[@]}" "${peer_progs[@]}") ;;
-  *) echo "deps.sh: unknown set '$what' (build|test|openresty|peers|all)" >&2; exit 2 ;;
+  bench)
+    pkgs+=("${test_pkgs[@]}" "${peer_pkgs[@]}" "${bench_pkgs[@]}") progs+=("${test_progs[@]}" "${peer_progs[@]}" "${bench_progs[@]}") ;;
+  *) echo "deps.sh: unknown set '$what' (build|test|openresty|peers|bench|all)" >&2; exit 2 ;;
 esac
 
 missing=()
