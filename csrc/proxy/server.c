@@ -55,8 +55,14 @@ static rw_error *check_secrets(const rw_proxy_config *c) {
   return NULL;
 }
 
+static rw_error *parse_listen(const char *spec, struct sockaddr_in *sa, char host[32]);
+
 rw_error *rw_proxy_config_check(const rw_proxy_config *c) {
+  struct sockaddr_in sa;
+  char host[32];
   if (!c->listen || !*c->listen) return rw_err(RW_E_INVALID, "listen: required (\"127.0.0.1:PORT\")");
+  rw_error *le = parse_listen(c->listen, &sa, host);
+  if (le) return le;
   if (!c->upstream || (strncmp(c->upstream, "http://", 7) && strncmp(c->upstream, "https://", 8)))
     return rw_err(RW_E_INVALID, "upstream: an http:// or https:// URL is required");
   if (c->max_connections < 1 || c->max_connections > 100000)
@@ -79,28 +85,35 @@ rw_error *rw_proxy_config_check(const rw_proxy_config *c) {
   return check_secrets(c);
 }
 
-/* "HOST:PORT" (IPv4 literal) into a bound, listening, non-blocking socket. */
-static rw_error *listen_on(const char *spec, int *fd_out, char *addr, size_t addr_len) {
-  char host[32];
+/* "HOST:PORT" with an IPv4 literal and a port 0..65535 into sa. */
+static rw_error *parse_listen(const char *spec, struct sockaddr_in *sa, char host[32]) {
   const char *colon = strrchr(spec, ':');
   char *end = NULL;
   long port = colon ? strtol(colon + 1, &end, 10) : -1;
   size_t hl = colon ? (size_t)(colon - spec) : 0;
-  struct sockaddr_in sa = {.sin_family = AF_INET};
-  if (!colon || hl == 0 || hl >= sizeof host || !end || *end || end == colon + 1 || port < 0 ||
-      port > 65535)
+  *sa = (struct sockaddr_in){.sin_family = AF_INET};
+  if (!colon || hl == 0 || hl >= 32 || !end || *end || end == colon + 1 || port < 0 || port > 65535)
     return rw_err(RW_E_INVALID, "listen \"%s\": HOST:PORT with an IPv4 address and a port 0..65535", spec);
   memcpy(host, spec, hl), host[hl] = 0;
-  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+  if (inet_pton(AF_INET, host, &sa->sin_addr) != 1)
     return rw_err(RW_E_INVALID, "listen \"%s\": the host must be an IPv4 address", spec);
-  sa.sin_port = htons((uint16_t)port);
+  sa->sin_port = htons((uint16_t)port);
+  return NULL;
+}
+
+/* "HOST:PORT" into a bound, listening, non-blocking socket. */
+static rw_error *listen_on(const char *spec, int *fd_out, char *addr, size_t addr_len) {
+  char host[32];
+  struct sockaddr_in sa;
+  rw_error *e = parse_listen(spec, &sa, host);
+  if (e) return e;
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
   if (fd < 0) return rw_err(RW_E_IO, "listen: socket: %s", strerror(errno));
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   socklen_t sl = sizeof sa;
   if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 128) ||
       getsockname(fd, (struct sockaddr *)&sa, &sl)) {
-    rw_error *e = rw_err(RW_E_IO, "listen \"%s\": %s", spec, strerror(errno));
+    e = rw_err(RW_E_IO, "listen \"%s\": %s", spec, strerror(errno));
     close(fd);
     return e;
   }
