@@ -183,6 +183,7 @@ static void ticks(rw_proxy_server *s) {
     if (!c->dead) conn_tick(c, now);
   if (now - s->last_expire >= 1) {
     rw_amo_expire(s->amo, now);
+    req_expire(s, now);
     s->last_expire = now;
   }
 }

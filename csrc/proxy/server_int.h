@@ -160,6 +160,7 @@ void req_handle(conn *c, rwp_frame *f);
 void req_jobs_done(struct rw_proxy_server *s);
 void session_on_event(session *ss);
 void sessions_free_all(struct rw_proxy_server *s);
+void req_expire(struct rw_proxy_server *s, double now);
 void shutdown_ops(struct rw_proxy_server *s);
 void body_unref(void *b);
 rw_error *body_alloc(struct rw_proxy_server *s, const rwp_frame *f, uint8_t **buf, body **out);

@@ -468,6 +468,25 @@ void req_jobs_done(rw_proxy_server *s) {
   }
 }
 
+/* Drops what a silent client left: idle sessions (their GCS sessions stay)
+ * and rate limiters (full again by then). */
+void req_expire(rw_proxy_server *s, double now) {
+  double ttl = s->cfg.table_ttl_s;
+  for (session *ss = s->sessions, *n; ss; ss = n) {
+    n = ss->next;
+    if (ss->state == S_OPEN && !ss->ops && now - ss->last_used >= ttl) session_drop(s, ss);
+  }
+  for (client_rl **pp = &s->rls; *pp;) {
+    client_rl *r = *pp;
+    if (now - r->seen < ttl) {
+      pp = &r->next;
+      continue;
+    }
+    *pp = r->next;
+    rw_ratelimit_free(r->req), rw_ratelimit_free(r->bytes), free(r);
+  }
+}
+
 void sessions_free_all(rw_proxy_server *s) {
   while (s->sessions) session_drop(s, s->sessions);
 }

@@ -177,12 +177,14 @@ static bool closes(cl *c) {
 /* ---- the world ---- */
 
 static rw_fakegcs *gcs;
+static uint32_t ping_ms = 5000;
 static rw_proxy_server *start_proxy(double rate_requests) {
   rw_proxy_secret secs[] = {{"", secret, 32}, {"k2", other, 32}};
   rw_proxy_config cfg = rw_proxy_defaults();
+  cfg.ping_interval_ms = ping_ms;
   cfg.listen = "127.0.0.1:0", cfg.upstream = rw_fakegcs_url(gcs);
   cfg.secrets = secs, cfg.nsecrets = 2, cfg.rate_requests = rate_requests;
-  cfg.session_cache = 4u << 20, cfg.ping_interval_ms = 5000;
+  cfg.session_cache = 4u << 20;
   rw_error *e = NULL;
   rw_proxy_server *p = rw_proxy_server_start(&cfg, &e);
   CHECK(p != NULL);
@@ -218,8 +220,9 @@ static bool create(cl *c, const char *object) {
   return true;
 }
 
-enum { PIECE = 256 * 1024, PIECES = 12 };
-static uint8_t data[PIECE * PIECES];
+enum { PIECE = 256 * 1024, PIECES = 12, DATA_PIECES = 20 };
+static uint8_t data[PIECE * DATA_PIECES];
+#define UPLOAD_LEN ((size_t)PIECE * PIECES)
 
 static void test_upload(void) {
   rw_proxy_server *p = start_proxy(0);
@@ -263,8 +266,8 @@ static void test_upload(void) {
   CHECK(st.duplicates >= 1);
   /* COMPLETE with the crc32c, and once more as a duplicate */
   rwp_msg m = {.op = RWP_COMPLETE, .seq = seq_next++};
-  m.u.complete.session = rwp_cstr(session), m.u.complete.total = sizeof data;
-  m.u.complete.sums = RWP_SUM_CRC32C, m.u.complete.crc32c = rw_crc32c(0, data, sizeof data);
+  m.u.complete.session = rwp_cstr(session), m.u.complete.total = UPLOAD_LEN;
+  m.u.complete.sums = RWP_SUM_CRC32C, m.u.complete.crc32c = rw_crc32c(0, data, UPLOAD_LEN);
   rwp_frame f;
   CHECK(call(&a, m, NULL, 0, &f, NULL) == 1);
   CHECK(f.msg.op == RWP_REPLY && f.body_len > 0 && f.body && strstr((char *)f.body, "up1"));
@@ -277,7 +280,7 @@ static void test_upload(void) {
   rwp_frame_clear(&f);
   rw_fakegcs_object o;
   CHECK(rw_fakegcs_object_get(gcs, "bkt", "up1", &o));
-  CHECK(o.size == sizeof data && o.data && memcmp(o.data, data, sizeof data) == 0);
+  CHECK(o.size == UPLOAD_LEN && o.data && memcmp(o.data, data, UPLOAD_LEN) == 0);
   rw_fakegcs_object_free(&o);
   /* acked: the request is gone from the table, a resend is proto.expired */
   a.ack = seq_next - 1;
@@ -430,12 +433,12 @@ static void test_hostile(void) {
   /* the good upload ends well */
   while (piece < PIECES) write_piece(&g, piece++, true);
   m = (rwp_msg){.op = RWP_COMPLETE, .seq = seq_next++};
-  m.u.complete.session = rwp_cstr(session), m.u.complete.total = sizeof data;
+  m.u.complete.session = rwp_cstr(session), m.u.complete.total = UPLOAD_LEN;
   CHECK(call(&g, m, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_REPLY);
   rwp_frame_clear(&f);
   rw_fakegcs_object o;
   CHECK(rw_fakegcs_object_get(gcs, "bkt", "good", &o));
-  CHECK(o.size == sizeof data && o.data && memcmp(o.data, data, sizeof data) == 0);
+  CHECK(o.size == UPLOAD_LEN && o.data && memcmp(o.data, data, UPLOAD_LEN) == 0);
   rw_fakegcs_object_free(&o);
   rw_proxy_stats s = rw_proxy_server_stats(p);
   CHECK(s.auth_failed >= 4);
@@ -491,6 +494,91 @@ static void test_config(void) {
   }
 }
 
+/* Heartbeats: an idle connection gets PINGs; one that answers stays, one
+ * that does not is closed after 3. */
+static void test_heartbeat(void) {
+  ping_ms = 100;
+  rw_proxy_server *p = start_proxy(0);
+  ping_ms = 5000;
+  cl a, b;
+  cl_open(&a, rw_proxy_server_addr(p), 31), cl_open(&b, rw_proxy_server_addr(p), 32);
+  CHECK(cl_shake(&a, secret, "", 4) == NULL && cl_shake(&b, secret, "", 4) == NULL);
+  rwp_frame f;
+  int pings = 0;
+  double t0 = (double)time(NULL);
+  bool b_closed = false;
+  for (int i = 0; i < 300 && !b_closed; i++) { /* a answers PINGs, b stays silent */
+    rwp_frame g;
+    CHECK(cl_next(&a, &g, 0.01) == -1);
+    int r = cl_recv(&b, &f, 0.01);
+    pings += r == 1 && f.msg.op == RWP_PING;
+    b_closed = r == 0;
+  }
+  CHECK(b_closed);
+  CHECK_EQ_INT(pings, 3);
+  CHECK((double)time(NULL) - t0 < 5);
+  cl_send(&a, (rwp_msg){.op = RWP_PING, .u.ping.nonce = 5}, NULL, 0);
+  CHECK(cl_next(&a, &f, 3) == 1 && f.msg.op == RWP_PONG && f.msg.u.ping.nonce == 5);
+  cl_close(&a), cl_close(&b);
+  rw_proxy_server_stop(p);
+}
+
+/* A duplicate of a WRITE_AT that waits for room (GCS is slow: every upload
+ * request stalls) waits for the same reply and never runs twice; then stop
+ * with a session open: GOODBYE, and the GCS session is not deleted. */
+static void test_pending_duplicate_and_stop(void) {
+  rw_proxy_server *p = start_proxy(0);
+  const char *addr = rw_proxy_server_addr(p);
+  uint64_t cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
+  cl a, b;
+  cl_open(&a, addr, cid), cl_open(&b, addr, cid);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL && cl_shake(&b, secret, "", 16) == NULL);
+  for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)rnd();
+  CHECK(create(&a, "pend"));
+  rw_fakegcs_faults fl = {.seed = rnd(), .p_stall = 1, .stall_ms = 300};
+  rw_fakegcs_set_faults(gcs, &fl);
+  write_piece(&a, 0, true);
+  /* [4 MiB, 4.25 MiB): past the 4 MiB window until GCS confirms bytes */
+  enum { FAR = 16 };
+  static uint8_t far[PIECE];
+  for (size_t i = 0; i < sizeof far; i++) far[i] = (uint8_t)rnd();
+  rwp_msg m = {.op = RWP_WRITE_AT, .seq = seq_next++};
+  m.u.write_at.session = rwp_cstr(session), m.u.write_at.offset = (uint64_t)FAR * PIECE;
+  cl_send(&a, m, far, PIECE);
+  m.flags = RWP_FLAG_RETRY;
+  cl_send(&b, m, far, PIECE);
+  uint64_t far_seq = m.seq;
+  rwp_frame f;
+  CHECK(cl_next(&a, &f, 0.1) == -1); /* waiting for room */
+  int far_replies = 0;
+  for (int i = 1; i < FAR; i++) { /* fills the window below; b also gets the far reply */
+    rwp_msg w = {.op = RWP_WRITE_AT, .seq = seq_next++};
+    w.u.write_at.session = rwp_cstr(session), w.u.write_at.offset = (uint64_t)i * PIECE;
+    cl_send(&b, w, data + (size_t)i * PIECE, PIECE);
+    for (;;) {
+      CHECK(cl_next(&b, &f, 20) == 1 && f.msg.op == RWP_REPLY);
+      far_replies += f.msg.seq == far_seq;
+      if (f.msg.seq != far_seq || f.msg.op != RWP_REPLY) break;
+    }
+  }
+  if (!far_replies) CHECK(cl_next(&b, &f, 20) == 1 && f.msg.op == RWP_REPLY && f.msg.seq == far_seq);
+  CHECK(cl_next(&a, &f, 20) == 1 && f.msg.op == RWP_REPLY && f.msg.seq == far_seq);
+  rw_proxy_stats st = rw_proxy_server_stats(p);
+  CHECK(st.duplicates == 1);
+  CHECK(st.requests == 1 + (uint64_t)FAR + 1); /* CREATE, FAR pieces, the far one once */
+  fl.p_stall = 0;
+  rw_fakegcs_set_faults(gcs, &fl);
+  rw_fakegcs_requests_clear(gcs);
+  rw_proxy_server_stop(p);
+  CHECK(cl_next(&a, &f, 3) == 1 && f.msg.op == RWP_GOODBYE);
+  CHECK(closes(&a));
+  size_t n = 0;
+  rw_fakegcs_request *log = rw_fakegcs_requests(gcs, &n);
+  for (size_t i = 0; i < n; i++) CHECK(strcmp(log[i].method, "DELETE") != 0);
+  rw_fakegcs_requests_free(log, n);
+  cl_close(&a), cl_close(&b);
+}
+
 int main(void) {
   setenv("RW_LOG_LEVEL", "error", 0);
   rng = ct_seed();
@@ -505,6 +593,8 @@ int main(void) {
   RUN(test_hostile);
   RUN(test_rate_limit);
   RUN(test_config);
+  RUN(test_heartbeat);
+  RUN(test_pending_duplicate_and_stop);
   rw_fakegcs_stop(gcs);
   return ct_finish("test_proxy_server");
 }
