@@ -51,7 +51,7 @@ typedef struct conn {
   uint32_t max_frame;
   uint16_t max_inflight;
   int inflight;             /* requests unanswered on this connection */
-  double accepted_at, last_rx;
+  double accepted_at, last_rx, closing_at;
   int pings_out;
   uint64_t ping_nonce;
   bool goodbye, closing, dead, want_out;

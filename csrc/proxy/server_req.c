@@ -622,6 +622,8 @@ static rw_error *run_on_session(conn *c, rwp_frame *f) {
 static rw_error *run(conn *c, rwp_frame *f) {
   rwp_str uri = f->msg.op == RWP_CREATE ? (rwp_str){0} : f->msg.op == RWP_WRITE_AT ? f->msg.u.write_at.session
                 : f->msg.op == RWP_COMPLETE ? f->msg.u.complete.session : f->msg.u.session_op.session;
+  if (f->msg.op == RWP_WRITE_AT && (!f->body_len || !c->pbody))
+    return rw_err(RW_E_INVALID, "WRITE_AT: the body must hold 1 .. max_frame bytes");
   if (f->msg.op != RWP_CREATE && !uri_ok(c->srv, uri))
     return rw_err(RW_E_INVALID, "%s: the session is not a session URI of this proxy's upstream",
                   rwp_op_name(f->msg.op));

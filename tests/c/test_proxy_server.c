@@ -193,6 +193,12 @@ static rw_proxy_server *start_proxy(double rate_requests) {
   return p;
 }
 
+/* The stats as published once the loop went round (at least every 50 ms). */
+static rw_proxy_stats stats_of(rw_proxy_server *p) {
+  usleep(150 * 1000);
+  return rw_proxy_server_stats(p);
+}
+
 /* A request and its reply (REPLY decoded for op into *rep). */
 static int call(cl *c, rwp_msg m, const void *body, size_t len, rwp_frame *f, rwp_reply *rep) {
   cl_send(c, m, body, len);
@@ -262,7 +268,7 @@ static void test_upload(void) {
       rwp_frame_clear(&f);
     }
   }
-  rw_proxy_stats st = rw_proxy_server_stats(p);
+  rw_proxy_stats st = stats_of(p);
   CHECK(st.duplicates >= 1);
   /* COMPLETE with the crc32c, and once more as a duplicate */
   rwp_msg m = {.op = RWP_COMPLETE, .seq = seq_next++};
@@ -289,7 +295,7 @@ static void test_upload(void) {
   m = (rwp_msg){.op = RWP_WRITE_AT, .seq = dup_seq, .flags = RWP_FLAG_RETRY};
   m.u.write_at.session = rwp_cstr(session), m.u.write_at.offset = 0;
   CHECK(call(&a, m, data, PIECE, &f, NULL) == 1 && err_is(&f, RW_E_PROTO_EXPIRED));
-  st = rw_proxy_server_stats(p);
+  st = stats_of(p);
   fprintf(stderr, "  requests %llu duplicates %llu entries %llu held %llu\n", (unsigned long long)st.requests,
           (unsigned long long)st.duplicates, (unsigned long long)st.table_entries, (unsigned long long)st.held);
   CHECK(st.requests == (uint64_t)PIECES + 2);
@@ -440,7 +446,7 @@ static void test_hostile(void) {
   CHECK(rw_fakegcs_object_get(gcs, "bkt", "good", &o));
   CHECK(o.size == UPLOAD_LEN && o.data && memcmp(o.data, data, UPLOAD_LEN) == 0);
   rw_fakegcs_object_free(&o);
-  rw_proxy_stats s = rw_proxy_server_stats(p);
+  rw_proxy_stats s = stats_of(p);
   CHECK(s.auth_failed >= 4);
   cl_close(&g);
   rw_proxy_server_stop(p);
@@ -465,7 +471,7 @@ static void test_rate_limit(void) {
     rwp_frame_clear(&f);
   }
   CHECK(ok >= 2 && limited >= 2);
-  CHECK(rw_proxy_server_stats(p).rate_limited >= 2);
+  CHECK(stats_of(p).rate_limited >= 2);
   cl_close(&c);
   rw_proxy_server_stop(p);
 }
@@ -563,7 +569,7 @@ static void test_pending_duplicate_and_stop(void) {
   }
   if (!far_replies) CHECK(cl_next(&b, &f, 20) == 1 && f.msg.op == RWP_REPLY && f.msg.seq == far_seq);
   CHECK(cl_next(&a, &f, 20) == 1 && f.msg.op == RWP_REPLY && f.msg.seq == far_seq);
-  rw_proxy_stats st = rw_proxy_server_stats(p);
+  rw_proxy_stats st = stats_of(p);
   CHECK(st.duplicates == 1);
   CHECK(st.requests == 1 + (uint64_t)FAR + 1); /* CREATE, FAR pieces, the far one once */
   fl.p_stall = 0;
