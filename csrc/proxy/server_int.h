@@ -108,7 +108,8 @@ typedef struct job {
 
 typedef struct client_rl {
   struct client_rl *next;
-  uint64_t client_id;
+  uint64_t client_id;       /* or the IPv4 address when by_addr */
+  bool by_addr;
   rw_ratelimit *req, *bytes;
   double seen;
 } client_rl;
@@ -161,6 +162,8 @@ void req_jobs_done(struct rw_proxy_server *s);
 void session_on_event(session *ss);
 void sessions_free_all(struct rw_proxy_server *s);
 void req_expire(struct rw_proxy_server *s, double now);
+/* A new connection from ipv4 (host order): 0 when allowed, else ms to wait. */
+uint32_t req_rate_addr(struct rw_proxy_server *s, uint32_t ipv4);
 void shutdown_ops(struct rw_proxy_server *s);
 void body_unref(void *b);
 rw_error *body_alloc(struct rw_proxy_server *s, const rwp_frame *f, uint8_t **buf, body **out);

@@ -513,29 +513,41 @@ void shutdown_ops(rw_proxy_server *s) {
 
 /* ---- requests ---- */
 
-static client_rl *rate_for(rw_proxy_server *s, uint64_t client_id) {
+/* The buckets of a client (by_addr false) or of a source address (true:
+ * connections before AUTH, burst 64 so a client may open its pool at once). */
+static client_rl *rate_for(rw_proxy_server *s, uint64_t key, bool by_addr) {
   for (client_rl *r = s->rls; r; r = r->next)
-    if (r->client_id == client_id) return r;
+    if (r->client_id == key && r->by_addr == by_addr) return r;
   client_rl *r = calloc(1, sizeof *r);
   if (!r) return NULL;
   rw_error *e = NULL;
-  double rq = s->cfg.rate_requests, rb = s->cfg.rate_bytes;
-  if (rq > 0) r->req = rw_ratelimit_new(rq, rq < 1 ? 1 : rq, &e);
+  double rq = s->cfg.rate_requests, rb = by_addr ? 0 : s->cfg.rate_bytes;
+  double burst = by_addr ? (rq < 64 ? 64 : rq) : (rq < 1 ? 1 : rq);
+  if (rq > 0) r->req = rw_ratelimit_new(rq, burst, &e);
   if (rb > 0 && !e) r->bytes = rw_ratelimit_new(rb, rb < s->cfg.max_frame ? s->cfg.max_frame : rb, &e);
   if (e) {
     rw_error_unref(e);
     rw_ratelimit_free(r->req), free(r);
     return NULL;
   }
-  r->client_id = client_id;
+  r->client_id = key, r->by_addr = by_addr;
   r->next = s->rls, s->rls = r;
   return r;
+}
+
+uint32_t req_rate_addr(rw_proxy_server *s, uint32_t ipv4) {
+  if (s->cfg.rate_requests <= 0) return 0;
+  client_rl *r = rate_for(s, ipv4, true);
+  if (!r) return 1000;
+  r->seen = rw_proxy_now();
+  if (rw_ratelimit_try(r->req, 1)) return 0;
+  return (uint32_t)((1 - rw_ratelimit_tokens(r->req)) / s->cfg.rate_requests * 1000) + 1;
 }
 
 /* 0 when allowed, else the milliseconds to wait. */
 static uint32_t rate_check(rw_proxy_server *s, uint64_t client_id, double bytes) {
   if (s->cfg.rate_requests <= 0 && s->cfg.rate_bytes <= 0) return 0;
-  client_rl *r = rate_for(s, client_id);
+  client_rl *r = rate_for(s, client_id, false);
   if (!r) return 1000;
   r->seen = rw_proxy_now();
   if (r->req && !rw_ratelimit_try(r->req, 1)) {

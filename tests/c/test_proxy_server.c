@@ -473,6 +473,20 @@ static void test_rate_limit(void) {
   CHECK(ok >= 2 && limited >= 2);
   CHECK(stats_of(p).rate_limited >= 2);
   cl_close(&c);
+  /* before AUTH, per source address: connections past the burst (64) are refused */
+  static cl many[70];
+  int refused = 0;
+  for (int i = 0; i < 70; i++) cl_open(&many[i], rw_proxy_server_addr(p), 100 + (uint64_t)i);
+  usleep(300 * 1000);
+  for (int i = 0; i < 70; i++) {
+    rwp_frame g;
+    if (cl_recv(&many[i], &g, 0.001) == 1 && err_is(&g, RW_E_PROTO_RATE_LIMITED)) {
+      refused++;
+      CHECK(g.msg.u.error.retry_after_ms > 0);
+    }
+  }
+  CHECK(refused >= 4);
+  for (int i = 0; i < 70; i++) cl_close(&many[i]);
   rw_proxy_server_stop(p);
 }
 
