@@ -174,8 +174,10 @@ static void accept_all(rw_proxy_server *s) {
   }
 }
 
-/* Frees closed connections (their memory is not touched after the event). */
+/* Frees closed connections and dropped sessions once no event of the batch
+ * can name them. */
 static void reap(rw_proxy_server *s) {
+  sessions_reap(s);
   for (conn **pp = &s->conns; *pp;) {
     conn *c = *pp;
     if (!c->dead) {

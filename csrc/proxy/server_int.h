@@ -128,7 +128,7 @@ struct rw_proxy_server {
   rw_ctx *ctx;              /* cancelled at stop: GCS jobs end */
   rw_amo *amo;
   conn *conns;
-  session *sessions;
+  session *sessions, *dead_sessions;
   client_rl *rls;
   uint64_t next_conn_id, held;
   int nconns, nsessions;
@@ -161,6 +161,7 @@ void req_handle(conn *c, rwp_frame *f);
 void req_jobs_done(struct rw_proxy_server *s);
 void session_on_event(session *ss);
 void sessions_free_all(struct rw_proxy_server *s);
+void sessions_reap(struct rw_proxy_server *s);
 void req_expire(struct rw_proxy_server *s, double now);
 /* A new connection from ipv4 (host order): 0 when allowed, else ms to wait. */
 uint32_t req_rate_addr(struct rw_proxy_server *s, uint32_t ipv4);

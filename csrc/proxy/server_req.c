@@ -253,7 +253,14 @@ static void session_drop(rw_proxy_server *s, session *ss) {
     s->nsessions--;
   }
   for (op *o = ss->ops, *n; o; o = n) n = o->next, op_free(o);
-  free(ss->uri), free(ss);
+  ss->ops = NULL, ss->writer = NULL, ss->state = S_GONE;
+  /* freed by sessions_reap: an event of this batch may still name it */
+  ss->next = s->dead_sessions, s->dead_sessions = ss;
+}
+
+void sessions_reap(rw_proxy_server *s) {
+  for (session *ss = s->dead_sessions, *n; ss; ss = n) n = ss->next, free(ss->uri), free(ss);
+  s->dead_sessions = NULL;
 }
 
 /* Fails every request waiting on the session (the writer failed). */
@@ -377,6 +384,7 @@ static void session_pump(rw_proxy_server *s, session *ss) {
 }
 
 void session_on_event(session *ss) {
+  if (ss->state != S_OPEN) return;
   rw_writer_drain(ss->writer);
   session_pump(ss->srv, ss);
 }
