@@ -13,6 +13,7 @@
 
 #include "ctest.h"
 #include "core/checksum.h"
+#include "io/writer.h"
 #include "proxy/frame.h"
 #include "proxy/server.h"
 #include "testbed/fakegcs.h"
@@ -599,6 +600,87 @@ static void test_pending_duplicate_and_stop(void) {
   cl_close(&a), cl_close(&b);
 }
 
+static uint64_t status(cl *c, bool *finalized, size_t *json_len) {
+  rwp_msg m = {.op = RWP_STATUS, .seq = seq_next++};
+  m.u.session_op.session = rwp_cstr(session);
+  rwp_frame f;
+  rwp_reply rep = {0};
+  CHECK(call(c, m, NULL, 0, &f, &rep) == 1 && f.msg.op == RWP_REPLY);
+  *finalized = rep.finalized, *json_len = f.body_len;
+  rwp_frame_clear(&f);
+  return rep.persisted;
+}
+
+/* The proxy keeps nothing another needs: half an upload through one proxy,
+ * that proxy stopped, the rest (resending what GCS may hold) through a
+ * second one; STATUS on the way; COMPLETE again through a third gives the
+ * object; ABORT of another session, twice (idempotent). */
+static void test_failover(void) {
+  rw_proxy_server *p1 = start_proxy(0);
+  uint64_t cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
+  cl a;
+  cl_open(&a, rw_proxy_server_addr(p1), cid);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL);
+  for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)rnd();
+  CHECK(create(&a, "moved"));
+  for (int i = 0; i < PIECES / 2; i++) write_piece(&a, i, true);
+  bool fin = true;
+  size_t jl = 1;
+  uint64_t persisted = 0;
+  for (int i = 0; i < 100 && persisted < RW_CHUNK_QUANTUM; i++) {
+    persisted = status(&a, &fin, &jl);
+    if (persisted < RW_CHUNK_QUANTUM) usleep(20 * 1000);
+  }
+  CHECK(persisted >= RW_CHUNK_QUANTUM && persisted <= (size_t)PIECE * PIECES / 2 && !fin && jl == 0);
+  rw_proxy_server_stop(p1);
+  cl_close(&a);
+  rw_proxy_server *p2 = start_proxy(0);
+  cl_open(&a, rw_proxy_server_addr(p2), cid);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL);
+  /* as a client that dropped what it saw persisted: from there on */
+  for (int i = (int)(persisted / PIECE); i < PIECES; i++) write_piece(&a, i, true);
+  rwp_msg m = {.op = RWP_COMPLETE, .seq = seq_next++};
+  m.u.complete.session = rwp_cstr(session), m.u.complete.total = UPLOAD_LEN;
+  m.u.complete.sums = RWP_SUM_CRC32C, m.u.complete.crc32c = rw_crc32c(0, data, UPLOAD_LEN);
+  rwp_frame f;
+  CHECK(call(&a, m, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_REPLY && f.body_len > 0);
+  if (f.msg.op == RWP_ERROR) fprintf(stderr, "  %.*s\n", f.msg.u.error.message.len, f.msg.u.error.message.p);
+  rwp_frame_clear(&f);
+  rw_fakegcs_object o;
+  CHECK(rw_fakegcs_object_get(gcs, "bkt", "moved", &o));
+  CHECK(o.size == UPLOAD_LEN && o.data && memcmp(o.data, data, UPLOAD_LEN) == 0);
+  rw_fakegcs_object_free(&o);
+  CHECK(status(&a, &fin, &jl) == UPLOAD_LEN && fin && jl > 0);
+  rw_proxy_server_stop(p2);
+  cl_close(&a);
+  /* a third proxy: COMPLETE of the finalized session gives the object; a
+   * wrong crc32c is a checksum mismatch */
+  rw_proxy_server *p3 = start_proxy(0);
+  cl_open(&a, rw_proxy_server_addr(p3), cid);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL);
+  m.seq = seq_next++;
+  CHECK(call(&a, m, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_REPLY && f.body_len > 0);
+  if (f.msg.op == RWP_ERROR) fprintf(stderr, "  %.*s\n", f.msg.u.error.message.len, f.msg.u.error.message.p);
+  rwp_frame_clear(&f);
+  m.seq = seq_next++, m.u.complete.crc32c ^= 1;
+  CHECK(call(&a, m, NULL, 0, &f, NULL) == 1 && err_is(&f, RW_E_CHECKSUM));
+  /* ABORT: a new session, some bytes, ABORT twice, then STATUS fails */
+  CHECK(create(&a, "dropped"));
+  write_piece(&a, 0, true);
+  for (int k = 0; k < 2; k++) {
+    rwp_msg ab = {.op = RWP_ABORT, .seq = seq_next++};
+    ab.u.session_op.session = rwp_cstr(session);
+    CHECK(call(&a, ab, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_REPLY);
+    if (f.msg.op == RWP_ERROR) fprintf(stderr, "  abort: %.*s\n", f.msg.u.error.code.len, f.msg.u.error.code.p);
+  }
+  rwp_msg st = {.op = RWP_STATUS, .seq = seq_next++};
+  st.u.session_op.session = rwp_cstr(session);
+  CHECK(call(&a, st, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_ERROR);
+  CHECK(!rw_fakegcs_object_get(gcs, "bkt", "dropped", &o));
+  cl_close(&a);
+  rw_proxy_server_stop(p3);
+}
+
 int main(void) {
   setenv("RW_LOG_LEVEL", "error", 0);
   rng = ct_seed();
@@ -615,6 +697,7 @@ int main(void) {
   RUN(test_config);
   RUN(test_heartbeat);
   RUN(test_pending_duplicate_and_stop);
+  RUN(test_failover);
   rw_fakegcs_stop(gcs);
   return ct_finish("test_proxy_server");
 }
