@@ -241,13 +241,14 @@ static void *loop(void *arg) {
     reap(s);
     stats_publish(s);
   }
-  /* the jobs still running end promptly: the context is cancelled */
+  /* writers suspended first (their sessions stay; cancelling their parent
+   * context would fail them), then the jobs still running end promptly */
+  sessions_free_all(s);
   rw_ctx_cancel(s->ctx, rw_err(RW_E_PROTO_SHUTDOWN, "the proxy is stopping"));
   pthread_mutex_lock(&s->jobs_mu);
   while (s->jobs_running) pthread_cond_wait(&s->jobs_cv, &s->jobs_mu);
   pthread_mutex_unlock(&s->jobs_mu);
   req_jobs_done(s);
-  sessions_free_all(s);
   reap(s);
   stats_publish(s);
   return NULL;

@@ -177,6 +177,14 @@ static bool closes(cl *c) {
 
 /* ---- the world ---- */
 
+static _Atomic int error_lines;
+static void count_errors(void *ud, rw_log_level lvl, const char *line) {
+  (void)ud;
+  if (lvl != RW_LOG_ERROR) return;
+  error_lines++;
+  fprintf(stderr, "  logged: %s\n", line);
+}
+
 static rw_fakegcs *gcs;
 static uint32_t ping_ms = 5000;
 static rw_proxy_server *start_proxy(double rate_requests) {
@@ -590,7 +598,11 @@ static void test_pending_duplicate_and_stop(void) {
   fl.p_stall = 0;
   rw_fakegcs_set_faults(gcs, &fl);
   rw_fakegcs_requests_clear(gcs);
+  error_lines = 0;
+  rw_log_set_hook(count_errors, NULL); /* stopping fails no writer: nothing at error level */
   rw_proxy_server_stop(p);
+  rw_log_set_hook(NULL, NULL);
+  CHECK_EQ_INT(error_lines, 0);
   CHECK(cl_next(&a, &f, 3) == 1 && f.msg.op == RWP_GOODBYE);
   CHECK(closes(&a));
   size_t n = 0;
