@@ -187,13 +187,15 @@ static void count_errors(void *ud, rw_log_level lvl, const char *line) {
 
 static rw_fakegcs *gcs;
 static uint32_t ping_ms = 5000;
+static int max_conns = 256;
+static uint64_t cache_cap = 256u << 20, sess_cache = 4u << 20;
 static rw_proxy_server *start_proxy(double rate_requests) {
   rw_proxy_secret secs[] = {{"", secret, 32}, {"k2", other, 32}};
   rw_proxy_config cfg = rw_proxy_defaults();
   cfg.ping_interval_ms = ping_ms;
   cfg.listen = "127.0.0.1:0", cfg.upstream = rw_fakegcs_url(gcs);
   cfg.secrets = secs, cfg.nsecrets = 2, cfg.rate_requests = rate_requests;
-  cfg.session_cache = 4u << 20;
+  cfg.session_cache = sess_cache, cfg.cache = cache_cap, cfg.max_connections = max_conns;
   rw_error *e = NULL;
   rw_proxy_server *p = rw_proxy_server_start(&cfg, &e);
   CHECK(p != NULL);
@@ -693,6 +695,55 @@ static void test_failover(void) {
   rw_proxy_server_stop(p3);
 }
 
+/* Bounds: connections past max_connections, and a body that would pass the
+ * process cache, get proto.busy (retryable) and a close; the others go on. */
+static void test_busy(void) {
+  max_conns = 2;
+  rw_proxy_server *p = start_proxy(0);
+  max_conns = 256;
+  cl c[3];
+  rwp_frame f;
+  for (int i = 0; i < 3; i++) cl_open(&c[i], rw_proxy_server_addr(p), 50 + (uint64_t)i);
+  CHECK(cl_recv(&c[2], &f, 3) == 1 && err_is(&f, RW_E_PROTO_BUSY) && (f.msg.u.error.flags2 & RWP_ERR_RETRYABLE));
+  CHECK(closes(&c[2]));
+  CHECK(cl_shake(&c[0], secret, "", 4) == NULL && cl_shake(&c[1], secret, "", 4) == NULL);
+  for (int i = 0; i < 3; i++) cl_close(&c[i]);
+  rw_proxy_server_stop(p);
+  /* 1 MiB of bodies in all; 4 sessions each hold 256 KiB while GCS stalls */
+  cache_cap = 1u << 20, sess_cache = 256u << 10;
+  p = start_proxy(0);
+  cache_cap = 256u << 20, sess_cache = 4u << 20;
+  cl a, b;
+  cl_open(&a, rw_proxy_server_addr(p), 60), cl_open(&b, rw_proxy_server_addr(p), 61);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL && cl_shake(&b, secret, "", 16) == NULL);
+  char sessions[5][RWP_MAX_SESSION + 1];
+  for (int i = 0; i < 5; i++) {
+    char name[16];
+    snprintf(name, sizeof name, "busy%d", i);
+    CHECK(create(&a, name));
+    memcpy(sessions[i], session, sizeof session);
+  }
+  rw_fakegcs_faults fl = {.seed = rnd(), .p_stall = 1, .stall_ms = 1000};
+  rw_fakegcs_set_faults(gcs, &fl);
+  for (int i = 0; i < 4; i++) {
+    memcpy(session, sessions[i], sizeof session);
+    write_piece(&a, 0, true);
+  }
+  memcpy(session, sessions[4], sizeof session);
+  rwp_msg m = {.op = RWP_WRITE_AT, .seq = seq_next++};
+  m.u.write_at.session = rwp_cstr(session);
+  cl_send(&a, m, data, PIECE);
+  CHECK(cl_next(&a, &f, 5) == 1 && err_is(&f, RW_E_PROTO_BUSY));
+  CHECK(closes(&a));
+  /* the other connection still works */
+  cl_send(&b, (rwp_msg){.op = RWP_PING, .u.ping.nonce = 3}, NULL, 0);
+  CHECK(cl_next(&b, &f, 3) == 1 && f.msg.op == RWP_PONG);
+  fl.p_stall = 0;
+  rw_fakegcs_set_faults(gcs, &fl);
+  cl_close(&a), cl_close(&b);
+  rw_proxy_server_stop(p);
+}
+
 int main(void) {
   setenv("RW_LOG_LEVEL", "error", 0);
   rng = ct_seed();
@@ -710,6 +761,7 @@ int main(void) {
   RUN(test_heartbeat);
   RUN(test_pending_duplicate_and_stop);
   RUN(test_failover);
+  RUN(test_busy);
   rw_fakegcs_stop(gcs);
   return ct_finish("test_proxy_server");
 }
