@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 specs=(spec/errors_spec.lua spec/context_spec.lua spec/backoff_spec.lua spec/ratelimit_spec.lua
   spec/workgroup_spec.lua spec/writer_spec.lua spec/sinks_spec.lua spec/fakegcs_spec.lua
-  spec/faults_spec.lua)
+  spec/faults_spec.lua spec/reader_spec.lua spec/auth_spec.lua)
 for s in spec/valgrind/*_spec.lua; do [[ -f "$s" ]] && specs+=("$s"); done
 busted_main=$(command -v busted)
 export RW_LOG_LEVEL=error
