@@ -1,4 +1,4 @@
--- Test harness around examples/openresty/upload.lua: runs the example
+-- Test harness around examples/openresty/rw_upload.lua: runs the example
 -- unchanged, and records what the test checks in the error log
 -- ("rwtest: ..." lines, written in the log phase by log()):
 --   * how many times, and how long, the waiting policy slept with ngx.sleep;
@@ -9,7 +9,6 @@
 local M = {}
 
 local rw, waiting
-local example -- compiled once per worker
 
 local function install()
   if rw then return end
@@ -48,13 +47,10 @@ end
 
 function M.content()
   install()
-  if not example then
-    example = assert(loadfile(ngx.var.rw_example))
-  end
   local forced = ngx.var.rw_mode == "block"
   local policy = waiting.policy
   if forced then waiting.policy = function() return "block" end end
-  local ok, err = pcall(example)
+  local ok, err = pcall(require("rw_upload").handle)
   if forced then waiting.policy = policy end
   if not ok then error(err, 0) end
 end

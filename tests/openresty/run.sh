@@ -103,16 +103,17 @@ test_locations() { # $1 = prefix, $2 = endpoint, $3 = mode
     location $1 {
       client_max_body_size 0;
       lua_socket_buffer_size 256k;
-      set \$rw_bucket b;
       set \$rw_endpoint $2;
       set \$rw_mode "$3";
-      set \$rw_example $root/examples/openresty/upload.lua;
+      set \$rw_max_uploads ${4:-16};
+      set \$rw_max_cache_mib 4;
       content_by_lua_block { require("handler").content() }
       log_by_lua_block { require("handler").log() }
     }
 CONF
 }
-{ test_locations /t/ "$gcs" ""; test_locations /slow/ "$slow" ""; test_locations /blocking/ "$slow" block; } >"$tmp/extra.conf"
+{ test_locations /t/ "$gcs" ""; test_locations /slow/ "$slow" ""; test_locations /blocking/ "$slow" block
+  test_locations /lim/ "$gcs" "" 1; } >"$tmp/extra.conf"
 # The worker must read the checkout (lua/, build/, this folder) wherever it is:
 # under a master started as root, nginx would run it as "nobody", who cannot
 # enter /root, so it runs as the invoking user (a non-root master keeps its own
@@ -157,7 +158,7 @@ i=0
 for size in 0 1 1000 262144 $((3 * MiB + 1)) $((20 * MiB)); do
   i=$((i + 1)); name="obj-$seed-$i"
   mkbody "$size" "$tmp/body" "$i"
-  code=$(curl -sS -o "$tmp/resp" -w '%{http_code}' --data-binary @"$tmp/body" "$base/upload/$name")
+  code=$(curl -sS -o "$tmp/resp" -w '%{http_code}' --data-binary @"$tmp/body" "$base/upload/b/$name")
   got=$(field size "$tmp/resp")
   if [[ "$code" != 200 || "$got" != "$size" ]]; then
     bad "upload $size B: HTTP $code, $(head -c 300 "$tmp/resp")"; continue
@@ -191,7 +192,7 @@ slow_upload() { # $1 = location, $2 = size, $3 = tag; sets lat_max lat_med lat_n
   local name="$3-$seed"
   mkbody "$2" "$tmp/$3.body" "$3"
   sleep 0.2
-  curl -sS -o "$tmp/$3.resp" -w '%{http_code} %{time_total}\n' --data-binary @"$tmp/$3.body" "$base$1$name" >"$tmp/$3.code" &
+  curl -sS -o "$tmp/$3.resp" -w '%{http_code} %{time_total}\n' --data-binary @"$tmp/$3.body" "$base${1}b/$name" >"$tmp/$3.code" &
   local cpid=$!
   sleep 0.3 # let the cache fill
   read -r lat_max lat_med lat_n lat_p95 < <(probe "$cpid" "$tmp/$3.lat")
@@ -210,7 +211,7 @@ read -r i_max i_med i_n i_p95 < <(stats "$tmp/idle.lat")
 echo "     /ping on an idle nginx: max ${i_max} ms, p95 ${i_p95} ms, median ${i_med} ms over $i_n requests (load: $(cut -d' ' -f1-3 /proc/loadavg))"
 for attempt in 1 2; do
   slow_upload /slow/ $((20 * MiB)) nb$attempt
-  read -r nsleeps slept < <(sleeps_of "/slow/nb$attempt-$seed"; echo)
+  read -r nsleeps slept < <(sleeps_of "/slow/b/nb$attempt-$seed"; echo)
   echo "     20 MiB at $bw B/s through /slow/: HTTP $up_code in ${up_secs}s; ngx.sleep polls: ${nsleeps:-?} (${slept:-?} ms)"
   echo "     /ping during it: max ${lat_max} ms, p95 ${lat_p95} ms, median ${lat_med} ms over $lat_n requests"
   # One more try when a busy machine (not the worker) delayed a probe.
@@ -239,7 +240,7 @@ disconnect() { # $1 = location, $2 = tag, $3.. = curl options
   local loc=$1 tag=$2; shift 2
   local name="$tag-$seed" cpid line session abort_ms code
   mkbody $((20 * MiB)) "$tmp/$tag.body" "$tag"
-  curl -sS -o /dev/null "$@" --data-binary @"$tmp/$tag.body" "$base$loc$name" 2>/dev/null &
+  curl -sS -o /dev/null "$@" --data-binary @"$tmp/$tag.body" "${base}${loc}b/$name" 2>/dev/null &
   cpid=$!
   sleep 1.5
   kill "$cpid" 2>/dev/null; wait "$cpid" 2>/dev/null
@@ -247,7 +248,7 @@ disconnect() { # $1 = location, $2 = tag, $3.. = curl options
   : >"$tmp/$tag.lat"
   line=""
   for _ in $(seq 200); do
-    line=$(grep "rwtest: uri=$loc$name " "$tmp/logs/error.log" | tail -1)
+    line=$(grep "rwtest: uri=${loc}b/$name " "$tmp/logs/error.log" | tail -1)
     [[ -n "$line" ]] && break
     curl -s -o /dev/null -w '%{time_total}\n' --max-time 10 "$base/ping" >>"$tmp/$tag.lat"
     sleep 0.02
