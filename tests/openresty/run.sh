@@ -113,7 +113,9 @@ test_locations() { # $1 = prefix, $2 = endpoint, $3 = mode
 CONF
 }
 { test_locations /t/ "$gcs" ""; test_locations /slow/ "$slow" ""; test_locations /blocking/ "$slow" block
-  test_locations /lim/ "$gcs" "" 1; } >"$tmp/extra.conf"
+  test_locations /lim/ "$gcs" "" 1
+  echo '    location = /rwgc { content_by_lua_block { collectgarbage(); collectgarbage(); ngx.say(collectgarbage("count")) } }'
+} >"$tmp/extra.conf"
 # The worker must read the checkout (lua/, build/, this folder) wherever it is:
 # under a master started as root, nginx would run it as "nobody", who cannot
 # enter /root, so it runs as the invoking user (a non-root master keeps its own
@@ -152,9 +154,13 @@ mkbody() { # $1 = size, $2 = file, $3 = salt
 }
 field() { sed -n "s/.*\"$1\" *: *\"\{0,1\}\([^\",}]*\).*/\1/p" "$2"; }
 
+# RW_SECTIONS="basic slow disconnect chunked limit concurrent churn reload" (default: all)
+want() { [[ -z "${RW_SECTIONS:-}" || " $RW_SECTIONS " == *" $1 "* ]]; }
+
 # 1. Bodies of several sizes through the example's location, compared with the store.
 MiB=1048576
 i=0
+want basic &&
 for size in 0 1 1000 262144 $((3 * MiB + 1)) $((20 * MiB)); do
   i=$((i + 1)); name="obj-$seed-$i"
   mkbody "$size" "$tmp/body" "$i"
@@ -209,6 +215,7 @@ max_ms=${RW_MAX_MS:-100}
 for _ in $(seq 50); do curl -s -o /dev/null -w '%{time_total}\n' "$base/ping" >>"$tmp/idle.lat"; sleep 0.02; done
 read -r i_max i_med i_n i_p95 < <(stats "$tmp/idle.lat")
 echo "     /ping on an idle nginx: max ${i_max} ms, p95 ${i_p95} ms, median ${i_med} ms over $i_n requests (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+want slow &&
 for attempt in 1 2; do
   slow_upload /slow/ $((20 * MiB)) nb$attempt
   read -r nsleeps slept < <(sleeps_of "/slow/b/nb$attempt-$seed"; echo)
@@ -218,6 +225,7 @@ for attempt in 1 2; do
   awk -v m="$lat_max" -v b="$max_ms" 'BEGIN { exit !(m < b) }' && break
   [[ $attempt == 1 ]] && echo "     (over ${max_ms} ms once: measuring again, load $(cut -d' ' -f1-3 /proc/loadavg))"
 done
+if want slow; then
 if [[ "$up_code" == 200 && $stored_ok == 1 ]]; then ok "slow upload stored intact"; else bad "slow upload: HTTP $up_code, stored ok=$stored_ok"; fi
 if (( ${nsleeps:-0} > 0 )); then ok "WriteAt waited with ngx.sleep polling (${nsleeps} polls)"; else bad "WriteAt never waited (no ngx.sleep): the test did not exercise waiting"; fi
 if (( lat_n >= 10 )) && awk -v m="$lat_max" -v b="$max_ms" 'BEGIN { exit !(m < b) }'; then
@@ -233,6 +241,7 @@ if awk -v m="$lat_max" -v b="$max_ms" 'BEGIN { exit !(m >= b) }'; then
   ok "control: a blocking wait is detected (/ping max ${lat_max} ms)"
 else
   bad "control: a blocking wait was not detected (/ping max ${lat_max} ms): the probe proves nothing"
+fi
 fi
 
 # 3. Client disconnect mid-upload: the handler aborts, the session is cancelled.
@@ -277,9 +286,13 @@ disconnect() { # $1 = location, $2 = tag, $3.. = curl options
   [[ "$code" == 404 ]] && ok "$tag: no object was created" || bad "$tag: an object exists (HTTP $code)"
 }
 # A slow client on a fast GCS: the handler is in sock:receive when it goes.
-disconnect /t/ gone --limit-rate 2M
+want disconnect && disconnect /t/ gone --limit-rate 2M
 # A fast client on a slow GCS: the handler waits in WriteAt with a chunk in flight.
-disconnect /slow/ gone-slow
+want disconnect && disconnect /slow/ gone-slow
+
+# 4.-8. Chunked bodies, the per-worker limit, 8 concurrent uploads with /ping,
+# 100 uploads in a row (a third cut off), nginx -s reload during uploads.
+. tests/openresty/more.sh
 
 # nginx is still healthy, and logged no Lua errors.
 curl -fs "$base/ping" >/dev/null && ok "nginx still answers" || bad "nginx no longer answers"
