@@ -4,6 +4,8 @@
 --   * how many times, and how long, the waiting policy slept with ngx.sleep;
 --   * the writer's session URI and state (to check that Abort cancelled it);
 --   * how long w:Abort() held the worker.
+-- $rw_mode = "sleep" makes the ngx policy poll with ngx.sleep (no wake-up
+-- bridge) for this request (the worker's other requests too, meanwhile).
 -- $rw_mode = "block" forces the blocking waiting policy for this request: the
 -- negative control, showing that the latency probe does catch a blocked worker.
 local M = {}
@@ -14,14 +16,16 @@ local function install()
   if rw then return end
   rw = require "reliablewriter"
   waiting = require "reliablewriter.waiting"
-  -- Count the policy's ngx.sleep calls per request (waiting.lua looks ngx.sleep
-  -- up at each call, so replacing it here is enough).
-  local sleep = ngx.sleep
-  ngx.sleep = function(s)
+  -- Count the ngx policy's waits per request: "sleep" (ngx.sleep polls) and
+  -- "wake" (waits on the wake-up bridge's cosocket).
+  waiting.ngx_wakeup.on_wait = function(kind, s)
     local c = ngx.ctx
-    c.rw_sleeps = (c.rw_sleeps or 0) + 1
-    c.rw_slept = (c.rw_slept or 0) + s
-    return sleep(s)
+    if kind == "sleep" then
+      c.rw_sleeps = (c.rw_sleeps or 0) + 1
+      c.rw_slept = (c.rw_slept or 0) + s
+    else
+      c.rw_wakes = (c.rw_wakes or 0) + 1
+    end
   end
   -- Remember the writer of the request.
   local new = rw.new
@@ -47,11 +51,14 @@ end
 
 function M.content()
   install()
-  local forced = ngx.var.rw_mode == "block"
+  local mode = ngx.var.rw_mode
+  local forced = mode == "block"
   local policy = waiting.policy
   if forced then waiting.policy = function() return "block" end end
+  if mode == "sleep" then waiting.ngx_wakeup.disabled = true end
   local ok, err = pcall(require("rw_upload").handle)
   if forced then waiting.policy = policy end
+  if mode == "sleep" then waiting.ngx_wakeup.disabled = false end
   if not ok then error(err, 0) end
 end
 
@@ -69,8 +76,8 @@ function M.log()
   elseif w then
     state = "closed"
   end
-  ngx.log(ngx.WARN, string.format("rwtest: uri=%s status=%d sleeps=%d slept_ms=%.1f state=%s abort_ms=%s session=%s",
-    ngx.var.uri, ngx.status, c.rw_sleeps or 0, (c.rw_slept or 0) * 1000, state,
+  ngx.log(ngx.WARN, string.format("rwtest: uri=%s status=%d sleeps=%d slept_ms=%.1f wakes=%d state=%s abort_ms=%s session=%s",
+    ngx.var.uri, ngx.status, c.rw_sleeps or 0, (c.rw_slept or 0) * 1000, c.rw_wakes or 0, state,
     c.rw_abort_ms and string.format("%.1f", c.rw_abort_ms) or "-", c.rw_session or "-"))
 end
 
