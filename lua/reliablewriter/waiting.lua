@@ -53,8 +53,9 @@ end
 -- the fd and writes a byte on a unix connection that this light thread reads
 -- with ngx.socket.tcp: the wait ends as soon as the C side signals, instead
 -- of at the next ngx.sleep tick (up to 50 ms later). One connection per
--- wait_for call; a request killed mid-wait closes it, and the bridge then
--- drops the slot by itself.
+-- light thread of a request, kept in ngx.ctx for its later waits; nginx
+-- closes it when the request ends (or is killed mid-wait), and the bridge
+-- then drops the slot by itself.
 -- M.ngx_wakeup: .disabled = true forces ngx.sleep polling; .dir the socket's
 -- folder (nil: $TMPDIR or /tmp); .on_wait(kind, seconds) is called for each
 -- wait ("wake", "sleep"), for tests and measurements; .failed holds the
@@ -99,6 +100,28 @@ local function ngx_detach(c)
   if not c then return end
   c.b:release(c.id)
   c.sock:close()
+  if c.cache then c.cache[c.co] = nil end
+end
+
+-- The light thread's connection from ngx.ctx, or a new one kept there.
+local CONN_KEY = {}
+local function ngx_conn(ngx, fd)
+  local ok, ctx = pcall(function() return ngx.ctx end)
+  if not ok or type(ctx) ~= "table" then return ngx_attach(ngx, fd) end
+  local co = coroutine.running()
+  local cache = rawget(ctx, CONN_KEY)
+  local c = cache and cache[co]
+  if c and c.b == ngx_wakeup.bridge then return c end
+  c = ngx_attach(ngx, fd)
+  if c then
+    if not cache then
+      cache = setmetatable({}, { __mode = "k" })
+      rawset(ctx, CONN_KEY, cache)
+    end
+    c.cache, c.co = cache, co
+    cache[co] = c
+  end
+  return c
 end
 
 -- One wait of at most s seconds on the bridge; false when the connection
@@ -115,7 +138,7 @@ end
 local function ngx_wait(st, w, t)
   local ngx = rawget(_G, "ngx")
   local fd = w.fds and w.fds[1]
-  if st.conn == nil then st.conn = ngx_attach(ngx, fd) or false end
+  if st.conn == nil then st.conn = fd and ngx_conn(ngx, fd) or false end
   if st.conn and st.spins < NGX_SPIN then
     local s = math.min(t or NGX_MAX_WAIT, NGX_MAX_WAIT)
     local t0 = ngx.now()
@@ -173,7 +196,7 @@ function M.wait_for(w, ctx, seconds)
   if policy ~= "ngx" then return wait_loop(w, ctx, seconds, policy, nil) end
   local st = { conn = nil, step = 0.001, spins = 0 }
   local ok, r = pcall(wait_loop, w, ctx, seconds, policy, st)
-  ngx_detach(st.conn)
+  if st.conn and not st.conn.cache then ngx_detach(st.conn) end
   if not ok then error(r, 0) end
   return r
 end
