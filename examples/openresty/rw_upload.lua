@@ -36,7 +36,7 @@ M.DEFAULTS = {
   read_timeout = 60,        -- seconds a client may stay silent mid-body
   max_chunk_line = 4096,    -- bytes of a chunk-size line (with extensions)
   max_trailers = 16 * KiB,  -- bytes of all trailer lines together
-  writer = { max_cache_size = 16 * MiB, min_chunk_size = 256 * KiB, max_chunk_size = 8 * MiB },
+  writer = { max_cache_size = 8 * MiB, min_chunk_size = 256 * KiB, max_chunk_size = 2 * MiB },
 }
 
 local active = 0 -- uploads running in this worker (one Lua VM per worker)

@@ -8,7 +8,7 @@
 -- bridge) for this request (the worker's other requests too, meanwhile).
 -- $rw_mode = "block" forces the blocking waiting policy for this request: the
 -- negative control, showing that the latency probe does catch a blocked worker.
-local M = {}
+local M = { calls = {} }
 
 local rw, waiting
 
@@ -34,8 +34,29 @@ local function install()
     ngx.ctx.rw_writer = w
     return w, err
   end
-  -- Time Abort: it runs in C on the worker's thread.
+  -- Time every call into the writer's C methods and rw.new on the worker's
+  -- thread (M.calls: name -> { n, max_ms }): nothing there may block.
   local methods = rw.core.writer.methods
+  local monotime = rw.util.monotime
+  local function timed(name, fn)
+    local st = { n = 0, max_ms = 0 }
+    M.calls[name] = st
+    return function(...)
+      local t0 = monotime()
+      local a, b, c, d = fn(...)
+      local ms = (monotime() - t0) * 1000
+      st.n = st.n + 1
+      if ms > st.max_ms then st.max_ms = ms end
+      return a, b, c, d
+    end
+  end
+  for name, fn in pairs(methods) do
+    if type(fn) == "function" and name:sub(1, 1) == "_" or name == "close" or name == "stats" then
+      methods[name] = timed(name, fn)
+    end
+  end
+  rw.core.writer.new = timed("core.writer.new", rw.core.writer.new)
+  -- Time Abort: it runs in C on the worker's thread.
   local abort = methods.Abort
   methods.Abort = function(w, ...)
     ngx.update_time()
@@ -79,6 +100,43 @@ function M.log()
   ngx.log(ngx.WARN, string.format("rwtest: uri=%s status=%d sleeps=%d slept_ms=%.1f wakes=%d state=%s abort_ms=%s session=%s",
     ngx.var.uri, ngx.status, c.rw_sleeps or 0, (c.rw_slept or 0) * 1000, c.rw_wakes or 0, state,
     c.rw_abort_ms and string.format("%.1f", c.rw_abort_ms) or "-", c.rw_session or "-"))
+end
+
+-- GET /rwlag?start=1 starts a timer every 5 ms that records how late it
+-- runs (the worker's event-loop stalls, free of client-side scheduling);
+-- GET /rwlag answers "n p99_ms max_ms" and stops it.
+local lag
+function M.lag()
+  if ngx.var.arg_start then
+    lag = { samples = {}, on = true }
+    local l = lag
+    ngx.update_time()
+    local last = ngx.now()
+    local function tick(premature)
+      if premature or not l.on then return end
+      ngx.update_time()
+      local now = ngx.now()
+      l.samples[#l.samples + 1] = math.max(0, (now - last) * 1000 - 5)
+      last = now
+      ngx.timer.at(0.005, tick)
+    end
+    ngx.timer.at(0.005, tick)
+    return ngx.say("started")
+  end
+  if not lag then return ngx.say("0 0 0") end
+  lag.on = false
+  local s = lag.samples
+  table.sort(s)
+  if #s == 0 then return ngx.say("0 0 0") end
+  ngx.say(string.format("%d %.1f %.1f", #s, s[math.max(1, math.ceil(#s * 0.99))], s[#s]))
+end
+
+-- GET /rwcalls: the slowest calls into C, "name n max_ms" per line, slowest first.
+function M.calls_report()
+  local rows = {}
+  for name, st in pairs(M.calls) do rows[#rows + 1] = { name, st.n, st.max_ms } end
+  table.sort(rows, function(a, b) return a[3] > b[3] end)
+  for _, r in ipairs(rows) do ngx.say(string.format("%s %d %.2f", r[1], r[2], r[3])) end
 end
 
 return M

@@ -81,7 +81,7 @@ start_url() {
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null ||
   echo $((20000 + RANDOM % 20000)); }
 
-start_url "$tmp/fakegcs.out" bin/reliablewriter-fakegcs --host 127.0.0.1 --port 0 --store memory --bucket b
+start_url "$tmp/fakegcs.out" nice -n 10 bin/reliablewriter-fakegcs --host 127.0.0.1 --port 0 --store memory --bucket b
 gcs=$url
 # A slow path to the same fake GCS: the chaos proxy limits the bandwidth, so the
 # writer's 4 MiB cache fills and WriteAt must wait. (--bandwidth alone does not
@@ -114,7 +114,9 @@ CONF
 }
 { test_locations /t/ "$gcs" ""; test_locations /slow/ "$slow" ""; test_locations /blocking/ "$slow" block
   test_locations /lim/ "$gcs" "" 1
-  echo '    location = /rwgc { content_by_lua_block { collectgarbage(); collectgarbage(); ngx.say(collectgarbage("count")) } }'
+  echo '    location = /rwlag { content_by_lua_block { require("handler").lag() } }'
+  echo '    location = /rwcalls { content_by_lua_block { require("handler").calls_report() } }'
+  echo '    location = /rwgc { content_by_lua_block { local t = require("reliablewriter").util.monotime; local t0 = t(); collectgarbage(); local t1 = t(); collectgarbage(); ngx.say(string.format("%.0f KiB, full collection %.2f ms", collectgarbage("count"), (t1 - t0) * 1000)) } }'
 } >"$tmp/extra.conf"
 # The worker must read the checkout (lua/, build/, this folder) wherever it is:
 # under a master started as root, nginx would run it as "nobody", who cannot
