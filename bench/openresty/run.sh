@@ -64,7 +64,7 @@ row() { rows+=("$(printf '| %-52s | %-28s |' "$1" "$2")"); }
 export LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lua5.4/?.so;;"
 best_p=999999 best_n=999999
 for r in 1 2 3; do
-  p=$(lua5.4 bench/openresty/plain.lua "$gcs" "plain-$r" "$tmp/big")
+  p=$(RW_POOL_THREADS=4 lua5.4 bench/openresty/plain.lua "$gcs" "plain-$r" "$tmp/big")
   n=$(curl -sS -o "$tmp/resp" -w "%{time_total}" -T "$tmp/big" "$base/upload/b/ngx-$r")
   grep -q '"size":'$((size_mib * MiB)) "$tmp/resp" || { echo "nginx upload failed: $(cat "$tmp/resp")"; exit 1; }
   best_p=$(awk -v a="$best_p" -v b="$p" 'BEGIN { print (b < a) ? b : a }')
