@@ -195,7 +195,10 @@ local function settings(opts)
     wo.max_chunk_size = math.min(wo.max_chunk_size, cache_mib * MiB)
     o.writer = wo
   end
-  if o.object then o.object = ngx.unescape_uri(o.object) end
+  -- the URI's captures are decoded and normalized by nginx already (never
+  -- decode twice); ?name= (raw) carries names the path cannot ("//", "..")
+  local arg = ngx.var.arg_name
+  if arg and arg ~= "" then o.object = ngx.unescape_uri(arg) end
   return o
 end
 

@@ -14,6 +14,17 @@ proc_usage() {
   echo "$(awk '/^VmRSS/ { print $2 }' "/proc/$1/status") $(awk '/^Threads/ { print $2 }' "/proc/$1/status") $(ls "/proc/$1/fd" | wc -l)"
 }
 
+# 3b. Object names: the path's captures are decoded once (by nginx), ?name= is raw.
+if want basic; then
+  mkbody 1000 "$tmp/nb" names
+  code=$(curl -sS -o "$tmp/nr" -w '%{http_code}' --data-binary @"$tmp/nb" "$base/upload/b/pct%2541-$seed")
+  if [[ "$code" == 200 ]] && grep -q "\"name\":\"pct%41-$seed\"" "$tmp/nr"; then ok "object name from the path decoded once (pct%2541 -> pct%41)"
+  else bad "object name from the path: HTTP $code $(head -c 200 "$tmp/nr")"; fi
+  code=$(curl -sS -o "$tmp/nr" -w '%{http_code}' --data-binary @"$tmp/nb" "$base/upload/b/x?name=a%2F%2Fb-$seed")
+  if [[ "$code" == 200 ]] && grep -q "\"name\":\"a//b-$seed\"" "$tmp/nr"; then ok "object name from ?name= (a%2F%2Fb -> a//b)"
+  else bad "object name from ?name=: HTTP $code $(head -c 200 "$tmp/nr")"; fi
+fi
+
 # 4. Chunked bodies: curl -T - and a raw client (random chunk sizes, hex with
 # leading zeros and upper case, extensions, trailers); malformed ones are 400.
 if want chunked; then
@@ -180,6 +191,8 @@ if want reload; then
   kill -0 "$old" 2>/dev/null && bad "reload: the old worker $old is still running 10 s after its uploads ended" || ok "reload: the old worker exited"
   new=$(workers)
   [[ $(wc -w <<<"$new") == 1 && "$new" != "$old" ]] && ok "reload: one new worker ($new)" || bad "reload: workers now: $new"
+  nthr=$(awk '/^Threads/ { print $2 }' "/proc/$new/status" 2>/dev/null)
+  [[ "$nthr" == 1 ]] && ok "reload: the new worker has one thread before its first upload" || bad "reload: the new worker has ${nthr:-?} threads before its first upload"
   code=$(curl -sS -o /dev/null -w '%{http_code}' --data-binary @"$tmp/r1" "$base/upload/b/rel-after-$seed")
   [[ "$code" == 200 ]] && stored_same "rel-after-$seed" "$tmp/r1" && ok "reload: the new worker uploads" || bad "reload: upload on the new worker: HTTP $code"
   rm -f "$tmp"/r[1-4]

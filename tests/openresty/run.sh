@@ -147,6 +147,12 @@ for _ in $(seq 100); do curl -fs "$base/ping" >/dev/null && break; sleep 0.05; d
 curl -fs "$base/ping" >/dev/null || { cat "$tmp/logs/error.log"; echo "nginx does not answer on $base"; exit 1; }
 echo "nginx $("$nginx_bin" -v 2>&1 | sed 's#.*/##') on $base (prefix $tmp${user_line:+, worker runs as $(id -un):$(id -gn)})"
 
+# No thread before the first upload: nginx forks workers after loading the
+# module, so the library must start nothing at load time.
+wpid0=$(ps --ppid "$(cat "$tmp/logs/nginx.pid")" -o pid= | tr -d ' ' | head -1)
+thr0=$(awk '/^Threads/ { print $2 }' "/proc/$wpid0/status" 2>/dev/null)
+[[ "$thr0" == 1 ]] && ok "the worker has one thread before its first upload" || bad "the worker has ${thr0:-?} threads before its first upload"
+
 seed=${RW_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 echo "seed $seed"
 # Deterministic random bytes from the seed.
