@@ -141,6 +141,7 @@ local function ngx_wait(st, w, t)
   if st.conn == nil then st.conn = fd and ngx_conn(ngx, fd) or false end
   if st.conn and st.spins < NGX_SPIN then
     local s = math.min(t or NGX_MAX_WAIT, NGX_MAX_WAIT)
+    ngx.update_time()
     local t0 = ngx.now()
     if ngx_wake_once(st.conn, fd, s) then
       if ngx_wakeup.on_wait then ngx_wakeup.on_wait("wake", s) end
