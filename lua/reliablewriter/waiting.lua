@@ -64,6 +64,7 @@ local ngx_wakeup = { disabled = false, dir = nil, on_wait = nil, failed = nil, b
 M.ngx_wakeup = ngx_wakeup
 local NGX_MAX_WAIT = 0.25 -- a bound per wait: a caller's ctx cancelled elsewhere is seen by then
 local NGX_SPIN = 3        -- wakes in a row that found nothing ready: then sleep once
+local NGX_SPIN_MAX_SLEEP = 0.01
 
 local function ngx_bridge(ngx)
   if ngx_wakeup.disabled or ngx_wakeup.failed or not core.wakeup then return nil end
@@ -152,9 +153,12 @@ local function ngx_wait(st, w, t)
     ngx_detach(st.conn)
     st.conn = false
   end
-  -- no bridge, or it keeps waking at once (an fd nobody drains): sleep a tick
+  -- no bridge, or it keeps waking at once (an fd nobody drains, as while
+  -- Abort waits): sleep a tick, growing to 50 ms (10 ms when spinning, so
+  -- that the end is still seen soon)
+  local cap = st.spins > 0 and NGX_SPIN_MAX_SLEEP or 0.05
   st.spins = 0
-  local s = st.step
+  local s = math.min(st.step, cap)
   if t and t < s then s = t end
   if ngx_wakeup.on_wait then ngx_wakeup.on_wait("sleep", s) end
   ngx.sleep(s)
