@@ -108,7 +108,7 @@ end
 local CONN_KEY = {}
 local function ngx_conn(ngx, fd)
   local ok, ctx = pcall(function() return ngx.ctx end)
-  if not ok or type(ctx) ~= "table" then return ngx_attach(ngx, fd) end
+  if not ok or type(ctx) ~= "table" then return nil end -- then ngx.sleep
   local co = coroutine.running()
   local cache = rawget(ctx, CONN_KEY)
   local c = cache and cache[co]
@@ -169,8 +169,10 @@ end
 -- w: { ready = fn() -> bool, fds = {fd...}, timeout = fn() -> seconds|nil,
 --      block = fn(seconds|nil) (a blocking wait; may return early) }
 -- Returns "ready", "timeout" or "done" (ctx).
-local function wait_loop(w, ctx, seconds, policy, st)
+function M.wait_for(w, ctx, seconds)
   local deadline = seconds and (util.monotime() + seconds) or nil
+  local policy = M.policy()
+  local ngx_st = { step = 0.001, spins = 0 } -- the ngx policy's state
   while true do
     if w.ready() then return "ready" end
     if ctx and ctx:done() then return "done" end
@@ -189,21 +191,11 @@ local function wait_loop(w, ctx, seconds, policy, st)
       local sig, err = coroutine.yield(YIELD_TAG, w, ctx, t)
       if sig == ABORT_TAG then error(err, 0) end
     elseif policy == "ngx" then
-      ngx_wait(st, w, t)
+      ngx_wait(ngx_st, w, t)
     else
       w.block(t)
     end
   end
-end
-
-function M.wait_for(w, ctx, seconds)
-  local policy = M.policy()
-  if policy ~= "ngx" then return wait_loop(w, ctx, seconds, policy, nil) end
-  local st = { conn = nil, step = 0.001, spins = 0 }
-  local ok, r = pcall(wait_loop, w, ctx, seconds, policy, st)
-  if st.conn and not st.conn.cache then ngx_detach(st.conn) end
-  if not ok then error(r, 0) end
-  return r
 end
 
 -- Sleeps `seconds`, waking at once when ctx is cancelled.
