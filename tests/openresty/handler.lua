@@ -6,6 +6,8 @@
 --   * how long w:Abort() held the worker.
 -- $rw_mode = "sleep" makes the ngx policy poll with ngx.sleep (no wake-up
 -- bridge) for this request (the worker's other requests too, meanwhile).
+-- $rw_mode = "nobridge" closes the worker's wake-up bridge and points the
+-- next one at a folder that does not exist (the fallback to ngx.sleep).
 -- $rw_mode = "block" forces the blocking waiting policy for this request: the
 -- negative control, showing that the latency probe does catch a blocked worker.
 local M = { calls = {} }
@@ -77,9 +79,15 @@ function M.content()
   local policy = waiting.policy
   if forced then waiting.policy = function() return "block" end end
   if mode == "sleep" then waiting.ngx_wakeup.disabled = true end
+  if mode == "nobridge" then -- the worker's bridge is replaced by one that cannot be made
+    local nw = waiting.ngx_wakeup
+    if nw.bridge then nw.bridge:close() end
+    nw.bridge, nw.failed, nw.dir = nil, nil, "/nonexistent/rw-wake"
+  end
   local ok, err = pcall(require("rw_upload").handle)
   if forced then waiting.policy = policy end
   if mode == "sleep" then waiting.ngx_wakeup.disabled = false end
+  if mode == "nobridge" then waiting.ngx_wakeup.failed, waiting.ngx_wakeup.dir = nil, nil end
   if not ok then error(err, 0) end
 end
 

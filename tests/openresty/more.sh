@@ -59,9 +59,22 @@ if want chunked; then
   bad_chunked te-gzip 501 "" "Transfer-Encoding: gzip"
   # cut off inside a chunk: the session is aborted, nothing is stored
   mkbody $((2 * MiB)) "$tmp/cutb" cut
-  py cut "$port" "/upload/b/chcut-$seed" "$tmp/cutb" $((MiB)) chunked
-  sleep 0.5
-  exists "chcut-$seed" && bad "chunked body cut off: an object exists" || ok "chunked body cut off mid-chunk: no object"
+  py cut "$port" "/t/b/chcut-$seed" "$tmp/cutb" $((MiB)) chunked
+  line=""
+  for _ in $(seq 100); do
+    line=$(grep "rwtest: uri=/t/b/chcut-$seed " "$tmp/logs/error.log" | tail -1)
+    [[ -n "$line" ]] && break
+    sleep 0.05
+  done
+  session=$(sed -n 's/.* session=\([^ ,]*\).*/\1/p' <<<"$line")
+  code=000
+  [[ "$session" == http* ]] && code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H 'Content-Range: bytes */*' -H 'Content-Length: 0' "$session")
+  # (a raw-socket request has no $status: the handler's own log line says 499)
+  if grep -q "rw_upload: /t/b/chcut-$seed: 499 " "$tmp/logs/error.log" && [[ "$code" == 404 ]] && ! exists "chcut-$seed"; then
+    ok "chunked body cut off mid-chunk: 499, the session is cancelled (status query: HTTP $code), no object"
+  else
+    bad "chunked body cut off: ${line#*rwtest: }; session status query: HTTP $code"
+  fi
 fi
 
 # 5. The per-worker limit: with one upload running, /lim/ (max_uploads 1) is 503 + Retry-After.
@@ -196,4 +209,23 @@ if want reload; then
   code=$(curl -sS -o /dev/null -w '%{http_code}' --data-binary @"$tmp/r1" "$base/upload/b/rel-after-$seed")
   [[ "$code" == 200 ]] && stored_same "rel-after-$seed" "$tmp/r1" && ok "reload: the new worker uploads" || bad "reload: upload on the new worker: HTTP $code"
   rm -f "$tmp"/r[1-4]
+fi
+
+# 9. No wake-up bridge (its folder cannot be made): one warning, then the ngx
+# policy polls with ngx.sleep and the upload still lands intact. Last: it
+# replaces the worker's bridge.
+if want fallback; then
+  mkbody $((6 * MiB)) "$tmp/fb" fallback
+  code=$(curl -sS -o "$tmp/fbr" -w '%{http_code}' --data-binary @"$tmp/fb" "$base/nobridge/b/fb-$seed")
+  read -r nsleeps slept nwakes < <(sleeps_of "/nobridge/b/fb-$seed"; echo)
+  if [[ "$code" == 200 ]] && stored_same "fb-$seed" "$tmp/fb" && (( ${nsleeps:-0} > 0 && ${nwakes:-1} == 0 )); then
+    ok "no bridge: polled with ngx.sleep ($nsleeps polls), stored intact"
+  else
+    bad "no bridge: HTTP $code, $nsleeps polls, $nwakes bridge waits $(head -c 200 "$tmp/fbr")"
+  fi
+  n=$(grep -c "no wake-up bridge (waiting with ngx.sleep).*/nonexistent/rw-wake" "$tmp/logs/error.log")
+  (( n == 1 )) && ok "no bridge: one warning naming the folder" || bad "no bridge: $n warnings"
+  code=$(curl -sS -o /dev/null -w '%{http_code}' --data-binary @"$tmp/fb" "$base/slow/b/fb2-$seed")
+  read -r nsleeps slept nwakes < <(sleeps_of "/slow/b/fb2-$seed"; echo)
+  [[ "$code" == 200 ]] && (( ${nwakes:-0} > 0 )) && ok "a bridge again afterwards ($nwakes waits)" || bad "after the fallback: HTTP $code, $nwakes bridge waits"
 fi

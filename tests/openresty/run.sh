@@ -114,6 +114,7 @@ CONF
 }
 { test_locations /t/ "$gcs" ""; test_locations /slow/ "$slow" ""; test_locations /blocking/ "$slow" block
   test_locations /lim/ "$gcs" "" 1
+  test_locations /nobridge/ "$slow" nobridge
   echo '    location = /rwlag { content_by_lua_block { require("handler").lag() } }'
   echo '    location = /rwcalls { content_by_lua_block { require("handler").calls_report() } }'
   echo '    location = /rwgc { content_by_lua_block { local t = require("reliablewriter").util.monotime; local t0 = t(); collectgarbage(); local t1 = t(); collectgarbage(); ngx.say(string.format("%.0f KiB, full collection %.2f ms", collectgarbage("count"), (t1 - t0) * 1000)) } }'
@@ -162,7 +163,7 @@ mkbody() { # $1 = size, $2 = file, $3 = salt
 }
 field() { sed -n "s/.*\"$1\" *: *\"\{0,1\}\([^\",}]*\).*/\1/p" "$2"; }
 
-# RW_SECTIONS="basic slow disconnect chunked limit concurrent churn reload" (default: all)
+# RW_SECTIONS="basic slow disconnect chunked limit concurrent churn reload fallback" (default: all)
 want() { [[ -z "${RW_SECTIONS:-}" || " $RW_SECTIONS " == *" $1 "* ]]; }
 
 # 1. Bodies of several sizes through the example's location, compared with the store.
