@@ -60,6 +60,7 @@ void rw_lua_open_sigtrap(lua_State *L);
 int rw_lua_open_log(lua_State *L);
 int rw_lua_open_writer(lua_State *L);
 int rw_lua_open_sinks(lua_State *L);
+int rw_lua_open_wakeup(lua_State *L);
 
 /* ---- seams for the test bed ----
  * The test bed (require "reliablewriter.testbed", csrc/testbed/) is a

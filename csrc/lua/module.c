@@ -19,7 +19,7 @@ RW_LUA_EXPORT int luaopen_reliablewriter_core(lua_State *L) {
       {"ratelimit", rw_lua_open_ratelimit}, {"util", rw_lua_open_util},
       {"writer", rw_lua_open_writer},       {"sinks", rw_lua_open_sinks},
       {"log", rw_lua_open_log},             {"reader", rw_lua_open_reader},
-      {"proxy", rw_lua_open_proxy},
+      {"proxy", rw_lua_open_proxy},         {"wakeup", rw_lua_open_wakeup},
   };
   lua_newtable(L);
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
