@@ -3,8 +3,11 @@
  * A sink does one attempt of one operation and says exactly what happened; it
  * never retries. The writer owns retries, backoff, the cache and checksums.
  * Calls on one sink are made by one thread at a time (the writer serializes
- * them), from a pool thread; every call honours ctx promptly (a cancelled ctx
- * ends a transfer within tens of milliseconds, even mid-stall). */
+ * them), from a pool thread, unless the sink declares max_inflight > 1: then
+ * up to that many puts (and a query) run at once, on consecutive pieces of
+ * the cache, and the sink must be thread-safe. Every call honours ctx
+ * promptly (a cancelled ctx ends a transfer within tens of milliseconds, even
+ * mid-stall). */
 #ifndef RW_SINK_H
 #define RW_SINK_H
 
@@ -79,6 +82,14 @@ struct rw_sink {
    * if_metageneration_match): set by the sink; retry policy "conditional"
    * retries only such uploads. */
   bool has_precondition;
+  /* Chunks the sink takes in flight at once (set by the sink; 0 or 1: one
+   * call at a time, in order). With N > 1 a put's success means the server
+   * accepted the bytes; res->persisted says what it persisted (it may lag,
+   * and replies may arrive out of order: a smaller value is old news). The
+   * writer keeps every byte until persisted passes it, and resends from
+   * persisted when a final put finds the server short of bytes it accepted
+   * (e.g. a proxy that died before passing them on). */
+  int max_inflight;
 };
 
 static inline void rw_sink_destroy(rw_sink *s) {
