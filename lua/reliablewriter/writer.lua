@@ -193,6 +193,7 @@ function W.install(M, core, waiting)
   local sinks = core.sinks
   M.gcs = sinks.gcs
   M.file = sinks.file
+  M.proxy_sink = core.proxy_sink
 
   -- rw.new(ctx, opts): a ready writer, or nil, err.
   function M.new(ctx, opts)

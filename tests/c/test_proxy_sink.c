@@ -20,6 +20,8 @@
 #include "proxy/auth.h"
 #include "proxy/frame.h"
 #include "sinks/proxy.h"
+#include "testbed/chaos.h"
+#include "testbed/faults.h"
 
 static uint64_t rng;
 static uint8_t secret[32], other_secret[32];
@@ -457,6 +459,36 @@ static void test_failover(void) {
   store_free(st);
 }
 
+/* The chaos proxy between the sink and the peer: resets, stalls, latency. */
+static void test_chaos(void) {
+  size_t n = (4u << 20) + 999;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  rw_faults_config fc = {.seed = rng | 1, .reset_per_mib = 0.5, .stall_per_mib = 0.2, .stall_for = 5,
+                         .latency = 0.002};
+  rw_error *err = NULL;
+  rw_faults *prof = rw_faults_new(&fc, &err);
+  char up[32];
+  snprintf(up, sizeof up, "127.0.0.1:%d", p->port);
+  rw_chaos_config cc = {.upstream = up, .profile = prof};
+  rw_chaos *chaos = rw_chaos_start(&cc, &err);
+  CHECK(chaos != NULL);
+  rw_proxy_config c = config_for(p, NULL);
+  c.addrs[0] = rw_chaos_addr(chaos);
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(upload(sink, st, n, NULL, NULL));
+  rw_faults_stats fs;
+  rw_faults_stats_read(prof, &fs);
+  fprintf(stderr, "chaos: %llu resets, %llu stalls, %d requests resent with their seq\n",
+          (unsigned long long)fs.resets, (unsigned long long)fs.stalls, atomic_load(&p->retries_known));
+  CHECK(fs.resets + fs.stalls > 0);
+  CHECK_EQ_INT(atomic_load(&p->dup_without_retry), 0);
+  rw_chaos_stop(chaos);
+  rw_faults_unref(prof);
+  peer_free(p);
+  store_free(st);
+}
+
 static void test_wrong_secret(void) {
   store *st = store_new(1 << 20);
   peer *p = peer_start(st, other_secret);
@@ -518,6 +550,7 @@ int main(void) {
   RUN(test_upload);
   RUN(test_silent_connection);
   RUN(test_failover);
+  RUN(test_chaos);
   RUN(test_wrong_secret);
   return ct_finish("test_proxy_sink");
 }

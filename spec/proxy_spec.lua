@@ -1,0 +1,146 @@
+-- rw.proxy_sink: uploads through reliablewriter proxies (RWP/1, docs/PROTOCOL.md).
+-- The client's protocol work (handshake, seq/RETRY, heartbeats, failover) is
+-- tested in C against a scripted peer (tests/c/test_proxy_sink.c); these
+-- specs cover the Lua face, and the end-to-end runs through the real proxy
+-- (rw.proxy.start, branch h-psrv) once it is in the module.
+local H = require "helpers"
+local testbed = require "reliablewriter.testbed"
+local rw = H.rw()
+local KiB, MiB = 1024, 1024 * 1024
+
+local secret = H.random_bytes(32)
+
+local function fast_retry(total)
+  return { min_wait = 0.005, max_wait = 0.05, total_wait = total or 30, seed = H.seed % 100000 + 1 }
+end
+
+describe("proxy_sink", function()
+  it("is a sink descriptor with every documented option, and its tostring hides the secret", function()
+    local d = rw.proxy_sink {
+      addr = { "127.0.0.1:7001", "127.0.0.1:7002" }, connections = 8, secret = secret, key_id = "k1",
+      bucket = "b", object = "dir/o", metadata = { contentType = "text/plain", metadata = { k = "v" } },
+      if_generation_match = 0, if_metageneration_match = 3, connect_timeout = 2,
+      request_timeout = 30, ping_interval = 0.5, max_frame = 256 * KiB,
+    }
+    assert.is_true(rw.errors ~= nil)
+    assert.equal("proxy", d:kind())
+    assert.equal("sink proxy 127.0.0.1:7001 gs://b/dir/o", tostring(d))
+    assert.is_nil(tostring(d):find(secret, 1, true))
+    local r = rw.proxy_sink { addr = "127.0.0.1:7001", secret = secret, session = "http://127.0.0.1:1/upload/s" }
+    assert.equal("proxy", r:kind())
+  end)
+
+  it("refuses bad options naming the option and the rule", function()
+    local function bad(opts, pat)
+      local o = { addr = "127.0.0.1:7001", secret = secret, bucket = "b", object = "o" }
+      for k, v in pairs(opts) do o[k] = v end
+      if opts.addr == false then o.addr = nil end
+      local msg = H.raised(rw.proxy_sink, o)
+      assert.truthy(msg:find(pat, 1, true), msg)
+    end
+    bad({ addr = false }, "option 'addr' must be")
+    bad({ addr = "127.0.0.1" }, "addr #1 must be \"host:port\"")
+    bad({ addr = { "127.0.0.1:1", 5 } }, "option 'addr' #2")
+    bad({ addr = "h:70000" }, "port in 1..65535")
+    bad({ connections = 0 }, "connections")
+    bad({ connections = 2.5 }, "connections")
+    bad({ secret = "short" }, "secret must be at least 32 bytes")
+    bad({ secret = 12 }, "option 'secret' must be a non-empty string")
+    bad({ bucket = false }, "'bucket' must be a non-empty string")
+    bad({ object = "" }, "'object' must be a non-empty string")
+    bad({ metadata = "x" }, "option 'metadata' must be a table")
+    bad({ metadata = { f = print } }, "metadata")
+    bad({ if_generation_match = -1 }, "if_generation_match")
+    bad({ max_frame = 1024 }, "max_frame")
+    bad({ ping_interval = -1 }, "ping_interval")
+    bad({ adr = "x" }, "unknown option 'adr'")
+    local msg = H.raised(rw.proxy_sink, { addr = "127.0.0.1:1", secret = secret, object = "o" })
+    assert.truthy(msg:find("'bucket' is required", 1, true), msg)
+  end)
+
+  it("serves as a writer's sink: a proxy that cannot be reached fails the upload with net.refused", function()
+    local lines, ok, err = H.capture_log(function()
+      local w = assert(rw.new(rw.context.background(), {
+        sink = rw.proxy_sink { addr = "127.0.0.1:1", secret = secret, bucket = "b", object = "o",
+                               connect_timeout = 1 },
+        retry = fast_retry(0.2),
+      }))
+      assert(w:WriteAt(0, H.random_bytes(300 * KiB)))
+      local ok, err = w:Complete()
+      w:close()
+      return ok, err
+    end)
+    assert.is_nil(ok)
+    assert.truthy(err:is("net.refused"), tostring(err))
+    assert.truthy(H.has_line(lines, "upload failed"), table.concat(lines, "\n"))
+  end)
+end)
+
+-- ---- end to end: the real proxy (rw.proxy.start) in front of the fake GCS ----
+
+describe("proxy_sink end to end", function()
+  local function proxy_available()
+    return rw.proxy ~= nil and rw.proxy.start ~= nil
+  end
+
+  local function check_object(srv, name, data)
+    local got = srv:object("b", name)
+    assert.equal(#data, #got)
+    for _ = 1, 32 do
+      local off = math.random(0, #data - 1)
+      local n = math.min(4096, #data - off)
+      assert.equal(data:sub(off + 1, off + n), got:sub(off + 1, off + n), ("bytes at %d (seed %d)"):format(off, H.seed))
+    end
+    assert.truthy(got == data, "the object differs from what was written (seed " .. H.seed .. ")")
+  end
+
+  local function upload(sink, data)
+    local w = assert(rw.new(rw.context.background(), { sink = sink, retry = fast_retry(), stall_timeout = 5 }))
+    local off = 0
+    while off < #data do
+      local n = math.min(#data - off, math.random(1, 200 * KiB))
+      assert(w:WriteAt(off, data:sub(off + 1, off + n)))
+      off = off + n
+    end
+    local obj, err = w:Complete()
+    w:close()
+    return obj, err
+  end
+
+  it("uploads through the proxy byte-identical", function()
+    if not proxy_available() then
+      pending("rw.proxy.start is not in the module yet (branch h-psrv)")
+      return
+    end
+    local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
+    local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
+    local data = H.random_bytes(3 * MiB + 123)
+    local obj = assert(upload(rw.proxy_sink { addr = p:addr(), connections = 4, secret = secret,
+                                             bucket = "b", object = "through-proxy" }, data))
+    assert.equal(#data, tonumber(obj.size))
+    check_object(srv, "through-proxy", data)
+    p:stop()
+    srv:stop()
+  end)
+
+  it("uploads byte-identical with the chaos proxy between client and proxy (resets, stalls, latency)", function()
+    if not proxy_available() then
+      pending("rw.proxy.start is not in the module yet (branch h-psrv)")
+      return
+    end
+    local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
+    local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
+    local chaos = testbed.faults.chaos {
+      target = p:addr(), seed = H.seed % 100000 + 1, latency = 0.002,
+      reset_after = { min = 256 * KiB, max = 2 * MiB }, p_reset = 0.3, p_stall = 0.1, stall = 0.5,
+    }
+    local data = H.random_bytes(4 * MiB + 5)
+    local obj = assert(upload(rw.proxy_sink { addr = chaos:addr(), connections = 4, secret = secret,
+                                             bucket = "b", object = "chaos", ping_interval = 0.1 }, data))
+    assert.equal(#data, tonumber(obj.size))
+    check_object(srv, "chaos", data)
+    chaos:stop()
+    p:stop()
+    srv:stop()
+  end)
+end)
