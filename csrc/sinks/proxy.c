@@ -500,7 +500,7 @@ static bool resendable(const rw_error *e) {
 
 /* One request, resent (same seq, RETRY) on another connection while
  * connections break, at most twice per connection and address. */
-static rw_error *call(proxy_sink *ps, rw_ctx *ctx, rwp_msg *m, const void *body, size_t len, reply *out) {
+static rw_error *call_seq(proxy_sink *ps, rw_ctx *ctx, rwp_msg *m, const void *body, size_t len, reply *out) {
   memset(out, 0, sizeof *out);
   m->client_id = ps->client_id;
   m->seq = seq_new(ps);
@@ -528,6 +528,18 @@ static rw_error *call(proxy_sink *ps, rw_ctx *ctx, rwp_msg *m, const void *body,
   }
   seq_done(ps, m->seq);
   return e;
+}
+
+/* proxy.expired: the proxy's table forgot the request (section 7.4). Every
+ * operation is safe to run again (7.5), so it goes out once more as a new
+ * request; a WRITE_AT's reply then says where the upload stands. */
+static rw_error *call(proxy_sink *ps, rw_ctx *ctx, rwp_msg *m, const void *body, size_t len, reply *out) {
+  rw_error *e = call_seq(ps, ctx, m, body, len, out);
+  if (!e || !rw_error_is(e, RW_E_PROTO_EXPIRED)) return e;
+  rw_error_log(RW_LOG_INFO, e, "proxy: sending the request again as a new one after");
+  rw_error_unref(e);
+  free(out->body);
+  return call_seq(ps, ctx, m, body, len, out);
 }
 
 /* ---- the sink ---- */

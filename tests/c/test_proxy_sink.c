@@ -54,6 +54,7 @@ typedef struct peer {
   pthread_t threads[MAX_PEER_CONNS];
   int fds[MAX_PEER_CONNS], nconns;
   atomic_int writes, active, peak_active, retries_known, dup_without_retry, silenced;
+  atomic_int expire_once; /* the next WRITE_AT is answered proto.expired, not run */
   int silent_after; /* a connection goes silent after this many WRITE_ATs (0: never), once */
   uint64_t seen[4096]; /* seqs seen (RETRY bookkeeping), under mu */
   int nseen;
@@ -195,6 +196,10 @@ static bool serve(pconn_t *c, rwp_frame *f, int *writes) {
   bool ok = true;
   switch (m->op) {
   case RWP_WRITE_AT:
+    if (atomic_exchange(&c->p->expire_once, 0)) {
+      pthread_mutex_unlock(&s->mu);
+      return error_reply(c, m, RW_E_PROTO_EXPIRED);
+    }
     if (m->u.write_at.offset + f->body_len <= s->cap) {
       memcpy(s->data + m->u.write_at.offset, f->body, f->body_len);
       memset(s->have + m->u.write_at.offset, 1, f->body_len);
@@ -489,6 +494,22 @@ static void test_chaos(void) {
   store_free(st);
 }
 
+/* proto.expired (the proxy's table forgot the request): sent again as a
+ * new request, the upload goes on. */
+static void test_expired(void) {
+  size_t n = (2u << 20) + 5;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  atomic_store(&p->expire_once, 1);
+  rw_proxy_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(upload(sink, st, n, NULL, NULL));
+  CHECK_EQ_INT(atomic_load(&p->expire_once), 0);
+  peer_free(p);
+  store_free(st);
+}
+
 static void test_wrong_secret(void) {
   store *st = store_new(1 << 20);
   peer *p = peer_start(st, other_secret);
@@ -551,6 +572,7 @@ int main(void) {
   RUN(test_silent_connection);
   RUN(test_failover);
   RUN(test_chaos);
+  RUN(test_expired);
   RUN(test_wrong_secret);
   return ct_finish("test_proxy_sink");
 }
