@@ -31,14 +31,13 @@ static uint8_t secret[32], other_secret[32];
 typedef struct store {
   pthread_mutex_t mu;
   unsigned char *data, *have;
-  uint64_t cap, total;
+  uint64_t cap, total, prefix;
   bool finalized;
 } store;
 
-static uint64_t store_prefix(store *s) { /* mu held */
-  uint64_t c = 0;
-  while (c < s->cap && s->have[c]) c++;
-  return c;
+static uint64_t store_prefix(store *s) { /* mu held; the prefix only grows */
+  while (s->prefix < s->cap && s->have[s->prefix]) s->prefix++;
+  return s->prefix;
 }
 
 /* ---- a scripted peer: one listener, a thread per connection ---- */
@@ -342,7 +341,7 @@ static rw_proxy_config config_for(peer *a, peer *b) {
   c.secret_len = sizeof secret;
   c.bucket = "b";
   c.object = "o";
-  c.ping_interval = 0.1;
+  c.ping_interval = 0.25; /* 3 missed: dropped after about 1 s of silence */
   c.connect_timeout = 2;
   return c;
 }
