@@ -365,6 +365,49 @@ static rw_error *conn_open(proxy_sink *ps, pconn *c, const char *addr, rw_ctx *c
   return NULL;
 }
 
+/* An idle connection is read by no one: before it is used again, answer
+ * the proxy's PINGs, take stale replies, and close it when the proxy did
+ * (EOF, GOODBYE) or the bytes are not frames. */
+static void conn_refresh(pconn *c, rw_ctx *ctx) {
+  bool bye = false;
+  for (int rounds = 0; c->fd >= 0 && rounds < 64; rounds++) {
+    if (c->pos >= c->have) { /* what the last reply left in buf comes first */
+      struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+      if (poll(&pf, 1, 0) <= 0) break;
+      ssize_t r = read(c->fd, c->buf, sizeof c->buf);
+      if (r <= 0 && r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (r <= 0) {
+        conn_close(c);
+        return;
+      }
+      c->pos = 0;
+      c->have = (size_t)r;
+    }
+    while (c->pos < c->have) {
+      size_t used = 0;
+      bool got = false;
+      rwp_frame f;
+      rw_error *e = rwp_reader_feed(c->rd, c->buf + c->pos, c->have - c->pos, &used, &f, &got);
+      c->pos += used;
+      if (e) {
+        rw_error_unref(e);
+        conn_close(c);
+        return;
+      }
+      if (!got) continue;
+      if (f.msg.op == RWP_PING) e = send_ping_msg(c, RWP_PONG, f.msg.u.ping.nonce, ctx);
+      bye |= f.msg.op == RWP_GOODBYE || (f.msg.op == RWP_ERROR && f.msg.seq == 0);
+      rwp_frame_clear(&f);
+      if (e) {
+        rw_error_unref(e);
+        conn_close(c);
+        return;
+      }
+    }
+  }
+  if (bye) conn_close(c);
+}
+
 /* ---- the connection pool and requests ---- */
 
 static bool has_free(void *arg) {
@@ -386,6 +429,7 @@ static rw_error *checkout(proxy_sink *ps, rw_ctx *ctx, pconn **out) {
   size_t at = ps->cur_addr;
   pthread_mutex_unlock(&ps->mu);
   if (e) return e;
+  conn_refresh(c, ctx);
   for (size_t tried = 0; c->fd < 0 && tried < ps->cfg.naddrs; tried++) {
     size_t i = (at + tried) % ps->cfg.naddrs;
     rw_error *oe = conn_open(ps, c, ps->addrs[i], ctx);

@@ -53,7 +53,9 @@ typedef struct peer {
   pthread_t threads[MAX_PEER_CONNS];
   int fds[MAX_PEER_CONNS], nconns;
   atomic_int writes, active, peak_active, retries_known, dup_without_retry, silenced;
-  atomic_int expire_once; /* the next WRITE_AT is answered proto.expired, not run */
+  atomic_int expire_once;
+  int bye_after;  /* a connection says GOODBYE and closes after this many replies (0: never) */
+  atomic_int byes; /* the next WRITE_AT is answered proto.expired, not run */
   int silent_after; /* a connection goes silent after this many WRITE_ATs (0: never), once */
   uint64_t seen[4096]; /* seqs seen (RETRY bookkeeping), under mu */
   int nseen;
@@ -66,6 +68,7 @@ typedef struct pconn_t {
   rwp_reader *r;
   uint8_t buf[65536];
   size_t have, pos;
+  bool more; /* hold the next reply back to go out with the GOODBYE after it */
 } pconn_t;
 
 static bool send_msg(pconn_t *c, const rwp_msg *m, const void *body, size_t len) {
@@ -80,7 +83,7 @@ static bool send_msg(pconn_t *c, const rwp_msg *m, const void *body, size_t len)
   size_t total = 0;
   for (int i = 0; i < n; i++) total += iov[i].iov_len;
   struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-  ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+  ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | (c->more ? MSG_MORE : 0));
   return w == (ssize_t)total; /* blocking socket: all or an error */
 }
 
@@ -238,12 +241,23 @@ static void *conn_main(void *arg) {
   rw_error_unref(rwp_reader_new(RWP_SIDE_SERVER, NULL, NULL, &c->r));
   int now = atomic_fetch_add(&p->active, 1) + 1, peak = atomic_load(&p->peak_active);
   while (now > peak && !atomic_compare_exchange_weak(&p->peak_active, &peak, now)) {}
-  int writes = 0;
+  int writes = 0, served = 0;
   bool live = server_handshake(c);
   rwp_frame f;
   while (live && recv_frame(c, &f)) {
+    bool request = f.msg.op != RWP_PING;
+    c->more = p->bye_after && request && served + 1 >= p->bye_after;
     live = serve(c, &f, &writes);
     rwp_frame_clear(&f);
+    served += request;
+    if (live && c->more) {
+      c->more = false;
+      rwp_msg bye = {.op = RWP_GOODBYE};
+      send_msg(c, &bye, NULL, 0);
+      atomic_fetch_add(&p->byes, 1);
+      shutdown(c->fd, SHUT_RDWR);
+      break;
+    }
   }
   if (!live) /* silent: hold the connection open, answering nothing, until stopped */
     while (!atomic_load(&p->stop) && recv_frame(c, &f)) rwp_frame_clear(&f);
@@ -358,8 +372,11 @@ static void log_err(const char *what, rw_error *e) {
   fprintf(stderr, "%s: %s\n", what, buf);
 }
 
+static rw_proxy_stats last_stats; /* the sink's, as the last upload ended */
+
 /* Writes n random bytes through sink; true when the store holds them. */
 static bool upload(rw_sink *sink, store *st, size_t n, void (*midway)(void *), void *ud) {
+  memset(&last_stats, 0, sizeof last_stats);
   rw_writer_config c = rw_writer_defaults();
   c.max_cache_size = 2u << 20;
   c.max_chunk_size = 512u << 10;
@@ -398,6 +415,7 @@ static bool upload(rw_sink *sink, store *st, size_t n, void (*midway)(void *), v
   char *sess = rw_writer_session(w, &persisted, &has_crc, &crc);
   CHECK(sess && strcmp(sess, "http://127.0.0.1:1/upload/s1") == 0);
   free(sess);
+  rw_proxy_sink_stats(sink, &last_stats); /* the writer owns the sink until freed */
   rw_writer_free(w);
   pthread_mutex_lock(&st->mu);
   ok = ok && st->finalized && st->total == n && memcmp(st->data, data, n) == 0;
@@ -509,6 +527,26 @@ static void test_expired(void) {
   store_free(st);
 }
 
+/* A proxy that says GOODBYE (in the same segment as its last reply) and
+ * closes: the sink sees it before it sends on that connection again, so no
+ * request goes out on a dead connection. */
+static void test_goodbye(void) {
+  size_t n = (3u << 20) + 17;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  p->bye_after = 2;
+  rw_proxy_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(upload(sink, st, n, NULL, NULL));
+  fprintf(stderr, "goodbye: %d connections closed by the proxy, %llu requests resent\n",
+          atomic_load(&p->byes), (unsigned long long)last_stats.resent);
+  CHECK(atomic_load(&p->byes) >= 4);
+  CHECK_EQ_INT(last_stats.resent, 0);
+  peer_free(p);
+  store_free(st);
+}
+
 static void test_wrong_secret(void) {
   store *st = store_new(1 << 20);
   peer *p = peer_start(st, other_secret);
@@ -572,6 +610,7 @@ int main(void) {
   RUN(test_failover);
   RUN(test_chaos);
   RUN(test_expired);
+  RUN(test_goodbye);
   RUN(test_wrong_secret);
   return ct_finish("test_proxy_sink");
 }
