@@ -130,15 +130,98 @@ describe("proxy_sink end to end", function()
     end
     local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
     local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
-    local chaos = testbed.faults.chaos {
-      target = p:addr(), seed = H.seed % 100000 + 1, latency = 0.002,
-      reset_after = { min = 256 * KiB, max = 2 * MiB }, p_reset = 0.3, p_stall = 0.1, stall = 0.5,
-    }
+    local profile = testbed.faults.profile { seed = H.seed % 100000 + 1, reset_per_mib = 0.5,
+                                             stall_per_mib = 0.2, stall_for = 5, latency = 0.002 }
+    local chaos = assert(testbed.faults.proxy { upstream = p:addr(), profile = profile })
     local data = H.random_bytes(4 * MiB + 5)
     local obj = assert(upload(rw.proxy_sink { addr = chaos:addr(), connections = 4, secret = secret,
                                              bucket = "b", object = "chaos", ping_interval = 0.1 }, data))
     assert.equal(#data, tonumber(obj.size))
     check_object(srv, "chaos", data)
+    chaos:stop()
+    p:stop()
+    srv:stop()
+  end)
+
+  -- Two proxies as child processes (bin/reliablewriter-proxy); the first is
+  -- killed with SIGKILL mid-upload and the upload finishes through the second.
+  local function spawn_proxy(upstream, secret_file)
+    for _ = 1, 20 do
+      local port = math.random(20000, 60000)
+      local f = io.popen(("bin/reliablewriter-proxy --listen 127.0.0.1:%d --upstream %s --secret-file %s " ..
+        ">/dev/null 2>&1 & echo $!"):format(port, upstream, secret_file))
+      local pid = tonumber(f:read("l"))
+      f:close()
+      local t0 = H.now()
+      while H.now() - t0 < 2 do
+        local r = os.execute(("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null"):format(port))
+        if r == true or r == 0 then
+          return pid, "127.0.0.1:" .. port
+        end
+        os.execute("sleep 0.05")
+      end
+      os.execute("kill -9 " .. pid .. " 2>/dev/null")
+    end
+    error("could not start bin/reliablewriter-proxy")
+  end
+
+  it("fails over to the second proxy when the first is killed (SIGKILL) mid-upload", function()
+    local f = io.open("bin/reliablewriter-proxy", "rb")
+    if not f then
+      pending("bin/reliablewriter-proxy is not built yet (branch h-psrv)")
+      return
+    end
+    f:close()
+    local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
+    local sf = os.tmpname()
+    local h = assert(io.open(sf, "wb"))
+    h:write(secret)
+    h:close()
+    local pid_a, addr_a = spawn_proxy(srv:url(), sf)
+    local pid_b, addr_b = spawn_proxy(srv:url(), sf)
+    local data = H.random_bytes(8 * MiB + 77)
+    local w = assert(rw.new(rw.context.background(), {
+      sink = rw.proxy_sink { addr = { addr_a, addr_b }, connections = 4, secret = secret, bucket = "b",
+                             object = "failover", ping_interval = 0.2 },
+      retry = fast_retry(), stall_timeout = 5, max_cache_size = 2 * MiB, max_chunk_size = 512 * KiB,
+    }))
+    local off, killed = 0, false
+    while off < #data do
+      local n = math.min(#data - off, 128 * KiB)
+      assert(w:WriteAt(off, data:sub(off + 1, off + n)))
+      off = off + n
+      if not killed and off > #data / 2 then
+        os.execute("kill -9 " .. pid_a)
+        killed = true
+      end
+    end
+    local obj = assert(w:Complete())
+    w:close()
+    assert.equal(#data, tonumber(obj.size))
+    check_object(srv, "failover", data)
+    os.execute("kill -9 " .. pid_b .. " 2>/dev/null")
+    os.remove(sf)
+    srv:stop()
+  end)
+
+  it("drops a silent proxy connection after 3 missed PINGs and completes on another", function()
+    if not proxy_available() then
+      pending("rw.proxy.start is not in the module yet (branch h-psrv)")
+      return
+    end
+    local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
+    local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
+    -- a relay that goes silent (a stall with no end) on its first connections
+    local profile = testbed.faults.profile { seed = H.seed % 100000 + 1, stall_per_mib = 4, stall_for = -1 }
+    local chaos = assert(testbed.faults.proxy { upstream = p:addr(), profile = profile })
+    local data = H.random_bytes(3 * MiB + 9)
+    local t0 = H.now()
+    local obj = assert(upload(rw.proxy_sink { addr = chaos:addr(), connections = 4, secret = secret,
+                                             bucket = "b", object = "silent", ping_interval = 0.2 }, data))
+    assert.equal(#data, tonumber(obj.size))
+    check_object(srv, "silent", data)
+    assert.truthy(profile:stats().stalls > 0)
+    assert.truthy(H.now() - t0 < 20)
     chaos:stop()
     p:stop()
     srv:stop()
