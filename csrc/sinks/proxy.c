@@ -20,7 +20,7 @@
 #include "proxy/auth.h"
 #include "proxy/frame.h"
 
-#define MAX_OUTSTANDING 256
+#define MAX_OUTSTANDING 1024
 #define MISSED_PINGS 3
 
 typedef struct pconn {
@@ -182,7 +182,8 @@ static rw_error *dial(const char *addr, rw_ctx *ctx, double until, int *out) {
 
 static rw_error *send_all(int fd, struct iovec *iov, int n, rw_ctx *ctx, double stall) {
   while (n > 0) {
-    ssize_t w = writev(fd, iov, n);
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+    ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL); /* a closed peer is an error, never SIGPIPE */
     if (w < 0 && errno == EINTR) continue;
     if (w < 0 && errno != EAGAIN) return errno_error(errno, "send", "");
     if (w < 0) {
@@ -669,30 +670,149 @@ static rw_error *proxy_query(rw_sink *s, rw_ctx *ctx, rw_sink_result *res) {
   return e;
 }
 
-/* WRITE_AT frames of at most max_frame bytes, each a slice of one iovec
- * (straight from the cache: no copy). */
+/* ---- WRITE_AT: a put's frames pipelined on one connection ---- */
+
+#define PIPELINE 8 /* WRITE_ATs unanswered at once on one connection */
+
+typedef struct wframe {
+  uint64_t off, seq; /* seq 0: not sent yet */
+  const char *body;
+  size_t len;
+  bool done;
+} wframe;
+
+typedef struct wbatch {
+  wframe *f;
+  size_t n, next, inflight, done; /* next: the first frame never sent */
+  const char *sess;
+  uint64_t persisted;
+} wbatch;
+
+/* A put's bytes cut into frames of at most limit bytes, each a slice of one
+ * iovec (straight from the cache: no copy). */
+static rw_error *batch_cut(const rw_sink_put *p, size_t limit, wbatch *b) {
+  size_t n = 0;
+  for (int i = 0; i < p->iovcnt; i++) n += (p->iov[i].iov_len + limit - 1) / limit;
+  b->f = calloc(n ? n : 1, sizeof *b->f);
+  if (!b->f) return rw_err(RW_E_NOMEM, "proxy: out of memory cutting a put into frames");
+  uint64_t off = p->offset;
+  for (int i = 0; i < p->iovcnt; i++)
+    for (size_t at = 0; at < p->iov[i].iov_len; at += limit) {
+      size_t len = p->iov[i].iov_len - at < limit ? p->iov[i].iov_len - at : limit;
+      b->f[b->n++] = (wframe){.off = off, .body = (const char *)p->iov[i].iov_base + at, .len = len};
+      off += len;
+    }
+  return NULL;
+}
+
+static rw_error *send_write(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, wframe *f) {
+  bool again = f->seq != 0;
+  if (!again) f->seq = seq_new(ps);
+  rwp_msg m = {.op = RWP_WRITE_AT, .client_id = ps->client_id, .seq = f->seq,
+               .flags = again ? RWP_FLAG_RETRY : 0, .ack = ack_now(ps)};
+  m.u.write_at = (rwp_write_at){.session = rwp_cstr(b->sess), .offset = f->off};
+  if (again) {
+    pthread_mutex_lock(&ps->mu);
+    ps->stats.resent++;
+    pthread_mutex_unlock(&ps->mu);
+  }
+  rwp_encoded enc;
+  return conn_send(c, &m, f->body, f->len, ctx, ps->base.stall_timeout > 0 ? ps->base.stall_timeout : 30, &enc);
+}
+
+static wframe *batch_find(wbatch *b, uint64_t seq) {
+  for (size_t i = 0; i < b->next; i++)
+    if (b->f[i].seq == seq && !b->f[i].done) return &b->f[i];
+  return NULL;
+}
+
+/* One reply to a frame of the batch (others are old news). *conn_err: the
+ * connection is unusable. proto.expired: the frame goes again as new. */
+static rw_error *batch_take(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bool *conn_err) {
+  rwp_frame fr;
+  rw_error *e = conn_recv(ps, c, ctx, rw_mono_now() + ps->cfg.request_timeout, &fr);
+  if (e) {
+    *conn_err = true;
+    return e;
+  }
+  wframe *f = fr.msg.seq ? batch_find(b, fr.msg.seq) : NULL;
+  rwp_reply r;
+  if (fr.msg.op == RWP_ERROR && fr.msg.seq == 0) {
+    *conn_err = true;
+    e = remote_error(&fr);
+  } else if (f && fr.msg.op == RWP_ERROR) {
+    e = remote_error(&fr);
+    if (rw_error_is(e, RW_E_PROTO_EXPIRED)) {
+      seq_done(ps, f->seq);
+      f->seq = 0; /* sent again as a new request (PROTOCOL.md 7.4, 7.5) */
+      b->inflight--;
+      rw_error_unref(e);
+      e = NULL;
+    }
+  } else if (f && !(e = rwp_decode_reply(RWP_WRITE_AT, fr.ops, fr.hdr_len - RWP_HDR, &r))) {
+    f->done = true;
+    b->done++, b->inflight--;
+    seq_done(ps, f->seq);
+    if (r.persisted > b->persisted) b->persisted = r.persisted;
+  } else if (f) {
+    *conn_err = true;
+  }
+  rwp_frame_clear(&fr);
+  return e;
+}
+
+/* Sends what is unanswered on c (again, RETRY, for frames a lost connection
+ * took), then new frames, PIPELINE at most unanswered, until all are done. */
+static rw_error *batch_run(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bool *conn_err) {
+  b->inflight = 0;
+  for (size_t i = 0; i < b->next; i++) {
+    if (b->f[i].done) continue;
+    rw_error *e = send_write(ps, c, ctx, b, &b->f[i]);
+    if (e) return *conn_err = true, e;
+    b->inflight++;
+  }
+  while (b->done < b->n) {
+    while (b->inflight < PIPELINE && b->next < b->n) {
+      rw_error *e = send_write(ps, c, ctx, b, &b->f[b->next++]);
+      if (e) return *conn_err = true, e;
+      b->inflight++;
+    }
+    for (size_t i = 0; i < b->next && b->inflight < PIPELINE; i++) /* expired ones, as new */
+      if (!b->f[i].done && !b->f[i].seq) {
+        rw_error *e = send_write(ps, c, ctx, b, &b->f[i]);
+        if (e) return *conn_err = true, e;
+        b->inflight++;
+      }
+    rw_error *e = batch_take(ps, c, ctx, b, conn_err);
+    if (e) return e;
+  }
+  return NULL;
+}
+
 static rw_error *write_pieces(proxy_sink *ps, rw_ctx *ctx, const rw_sink_put *p, const char *sess,
                               uint64_t *persisted) {
-  uint64_t off = p->offset;
   pthread_mutex_lock(&ps->mu);
   size_t limit = ps->frame_limit;
   pthread_mutex_unlock(&ps->mu);
-  for (int i = 0; i < p->iovcnt; i++) {
-    const char *b = p->iov[i].iov_base;
-    size_t left = p->iov[i].iov_len;
-    while (left) {
-      size_t n = left < limit ? left : limit;
-      rwp_msg m = {.op = RWP_WRITE_AT};
-      m.u.write_at = (rwp_write_at){.session = rwp_cstr(sess), .offset = off};
-      reply r;
-      rw_error *e = call(ps, ctx, &m, b, n, &r);
-      free(r.body);
-      if (e) return e;
-      if (r.r.persisted > *persisted) *persisted = r.r.persisted;
-      b += n, left -= n, off += n;
-    }
+  wbatch b = {.sess = sess};
+  rw_error *e = batch_cut(p, limit, &b);
+  int tries = 2 * (ps->cfg.connections + (int)ps->cfg.naddrs);
+  for (int attempt = 0; !e && b.done < b.n; attempt++) {
+    pconn *c = NULL;
+    if ((e = checkout(ps, ctx, &c))) break;
+    bool conn_err = false;
+    e = batch_run(ps, c, ctx, &b, &conn_err);
+    checkin(ps, c, conn_err);
+    if (!e || !conn_err || rw_ctx_err(ctx) || !resendable(e) || attempt + 1 >= tries) break;
+    rw_error_log(RW_LOG_INFO, e, "proxy: resending the unanswered WRITE_ATs on another connection after");
+    rw_error_unref(e);
+    e = NULL;
   }
-  return NULL;
+  for (size_t i = 0; i < b.next; i++)
+    if (b.f[i].seq && !b.f[i].done) seq_done(ps, b.f[i].seq);
+  *persisted = b.persisted;
+  free(b.f);
+  return e;
 }
 
 /* COMPLETE; when it fails, STATUS says whether the object exists or the

@@ -68,7 +68,6 @@ typedef struct pconn_t {
   rwp_reader *r;
   uint8_t buf[65536];
   size_t have, pos;
-  bool more; /* hold the next reply back to go out with the GOODBYE after it */
 } pconn_t;
 
 static bool send_msg(pconn_t *c, const rwp_msg *m, const void *body, size_t len) {
@@ -83,7 +82,7 @@ static bool send_msg(pconn_t *c, const rwp_msg *m, const void *body, size_t len)
   size_t total = 0;
   for (int i = 0; i < n; i++) total += iov[i].iov_len;
   struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-  ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | (c->more ? MSG_MORE : 0));
+  ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
   return w == (ssize_t)total; /* blocking socket: all or an error */
 }
 
@@ -128,8 +127,8 @@ static bool server_handshake(pconn_t *c) {
   rw_error_unref(rwp_encode(&c->w, &m, NULL, 0, &e));
   rwp_transcript_hash(hello, hello_len, e.head, e.head_len, th);
   struct iovec iov[3];
-  int n = rwp_encoded_iov(&e, iov);
-  if (writev(c->fd, iov, n) <= 0) return false;
+  struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)rwp_encoded_iov(&e, iov)};
+  if (sendmsg(c->fd, &mh, MSG_NOSIGNAL) <= 0) return false;
   if (!recv_frame(c, &f) || f.msg.op != RWP_AUTH) return false;
   rwp_client_proof(c->p->secret, 32, th, want);
   if (!rwp_proof_equal(want, f.msg.u.auth.proof)) {
@@ -234,6 +233,12 @@ static bool serve(pconn_t *c, rwp_frame *f, int *writes) {
   }
 }
 
+/* True when nothing arrives on c for ms milliseconds (and nothing is buffered). */
+static bool idle_for(pconn_t *c, int ms) {
+  struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+  return c->pos >= c->have && poll(&pf, 1, ms) == 0;
+}
+
 static void *conn_main(void *arg) {
   pconn_t *c = arg;
   peer *p = c->p;
@@ -246,12 +251,10 @@ static void *conn_main(void *arg) {
   rwp_frame f;
   while (live && recv_frame(c, &f)) {
     bool request = f.msg.op != RWP_PING;
-    c->more = p->bye_after && request && served + 1 >= p->bye_after;
     live = serve(c, &f, &writes);
     rwp_frame_clear(&f);
     served += request;
-    if (live && c->more) {
-      c->more = false;
+    if (live && p->bye_after && served >= p->bye_after && idle_for(c, 20)) {
       rwp_msg bye = {.op = RWP_GOODBYE};
       send_msg(c, &bye, NULL, 0);
       atomic_fetch_add(&p->byes, 1);
@@ -483,10 +486,10 @@ static void test_failover(void) {
 
 /* The chaos proxy between the sink and the peer: resets, stalls, latency. */
 static void test_chaos(void) {
-  size_t n = (4u << 20) + 999;
+  size_t n = (6u << 20) + 999;
   store *st = store_new(n + (1u << 20));
   peer *p = peer_start(st, secret);
-  rw_faults_config fc = {.seed = rng | 1, .reset_per_mib = 0.5, .stall_per_mib = 0.2, .stall_for = 5,
+  rw_faults_config fc = {.seed = rng | 1, .reset_per_mib = 1.0, .stall_per_mib = 0.3, .stall_for = 5,
                          .latency = 0.002};
   rw_error *err = NULL;
   rw_faults *prof = rw_faults_new(&fc, &err);
@@ -527,9 +530,9 @@ static void test_expired(void) {
   store_free(st);
 }
 
-/* A proxy that says GOODBYE (in the same segment as its last reply) and
- * closes: the sink sees it before it sends on that connection again, so no
- * request goes out on a dead connection. */
+/* A proxy that says GOODBYE to a connection idle for 20 ms and closes it:
+ * the sink sees it before it uses that connection again, so requests do not
+ * go out on dead connections (a few may, racing the GOODBYE). */
 static void test_goodbye(void) {
   size_t n = (3u << 20) + 17;
   store *st = store_new(n + (1u << 20));
@@ -542,7 +545,7 @@ static void test_goodbye(void) {
   fprintf(stderr, "goodbye: %d connections closed by the proxy, %llu requests resent\n",
           atomic_load(&p->byes), (unsigned long long)last_stats.resent);
   CHECK(atomic_load(&p->byes) >= 4);
-  CHECK_EQ_INT(last_stats.resent, 0);
+  CHECK(last_stats.resent * 4 <= (uint64_t)atomic_load(&p->byes));
   peer_free(p);
   store_free(st);
 }
