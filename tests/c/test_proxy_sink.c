@@ -6,11 +6,13 @@
  * bad options. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "core/backoff.h"
 #include "core/checksum.h"
@@ -258,7 +260,7 @@ static void *conn_main(void *arg) {
     live = serve(c, &f, &writes);
     rwp_frame_clear(&f);
     served += request;
-    if (live && p->bye_after && served >= p->bye_after && idle_for(c, 20)) {
+    if (live && p->bye_after && served >= p->bye_after && idle_for(c, 2)) {
       rwp_msg bye = {.op = RWP_GOODBYE};
       send_msg(c, &bye, NULL, 0);
       atomic_fetch_add(&p->byes, 1);
@@ -282,6 +284,8 @@ static void *accept_main(void *arg) {
     if (poll(&pf, 1, 20) <= 0) continue;
     int fd = accept(p->lfd, NULL, NULL);
     if (fd < 0) continue;
+    int one = 1; /* replies are small frames: no Nagle wait behind a delayed ACK */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     pthread_mutex_lock(&p->mu);
     if (p->nconns == MAX_PEER_CONNS) {
       pthread_mutex_unlock(&p->mu);
@@ -380,6 +384,7 @@ static void log_err(const char *what, rw_error *e) {
 }
 
 static rw_proxy_stats last_stats; /* the sink's, as the last upload ended */
+static long pace_ms;              /* a pause after each write (0: none) */
 
 /* Writes n random bytes through sink; true when the store holds them. */
 static bool upload(rw_sink *sink, store *st, size_t n, void (*midway)(void *), void *ud) {
@@ -406,6 +411,7 @@ static bool upload(rw_sink *sink, store *st, size_t n, void (*midway)(void *), v
     if (piece > n - off) piece = n - off;
     err = rw_writer_write_some(w, off, data + off, piece, NULL, NULL, &acc);
     off += acc;
+    if (pace_ms) nanosleep(&(struct timespec){0, pace_ms * 1000000}, NULL);
     if (!acc && !err) rw_writer_wait(w, NULL, true, off, 5);
     if (midway && !called && off > n / 2) midway(ud), called = true;
   }
@@ -536,7 +542,7 @@ static void test_expired(void) {
   store_free(st);
 }
 
-/* A proxy that says GOODBYE to a connection idle for 20 ms and closes it:
+/* A proxy that says GOODBYE to a connection idle for 2 ms and closes it:
  * the sink sees it before it uses that connection again, so requests do not
  * go out on dead connections (a few may, racing the GOODBYE). */
 static void test_goodbye(void) {
@@ -547,7 +553,9 @@ static void test_goodbye(void) {
   rw_proxy_config c = config_for(p, NULL);
   rw_error *err = NULL;
   rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  pace_ms = 10; /* connections go idle between pieces */
   CHECK(upload(sink, st, n, NULL, NULL));
+  pace_ms = 0;
   fprintf(stderr, "goodbye: %d connections closed by the proxy, %llu requests resent\n",
           atomic_load(&p->byes), (unsigned long long)last_stats.resent);
   CHECK(atomic_load(&p->byes) >= 4);
