@@ -76,6 +76,29 @@ describe("proxy_sink", function()
   end)
 end)
 
+describe("proxy_sink resume", function()
+  it("rw.resume takes a proxy sink: the session goes to the proxy, which asks GCS first", function()
+    local uri = "http://127.0.0.1:1/upload/storage/v1/b/b/o?upload_id=x"
+    local d = rw.proxy_sink { addr = "127.0.0.1:1", secret = secret, bucket = "b", object = "o", connect_timeout = 1 }
+    local r = d:with_session(uri)
+    assert.equal("proxy", r:kind())
+    assert.equal("sink proxy 127.0.0.1:1 gs://b/o", tostring(r))
+    local lines, ok, err, sess = H.capture_log(function()
+      local w = assert(rw.resume(rw.context.background(), { uri = uri, persisted = 0 },
+                                 { sink = d, retry = fast_retry(0.2) }))
+      local s = w:session()
+      local ok, err = w:Complete()
+      w:close()
+      return ok, err, s
+    end)
+    assert.equal(uri, sess.uri)
+    assert.is_nil(ok)
+    assert.truthy(err:is("net.refused"), tostring(err))
+    assert.truthy(H.has_line(lines, "upload failed"), table.concat(lines, "\n"))
+    assert.truthy(H.raised(d.with_session, d, ""):find("1 to 2048 bytes", 1, true))
+  end)
+end)
+
 -- ---- end to end: the real proxy (rw.proxy.start) in front of the fake GCS ----
 
 describe("proxy_sink end to end", function()

@@ -214,6 +214,36 @@ static int pdesc_kind(lua_State *L) {
   return 1;
 }
 
+static const char *dup_opt(lua_State *L, const char *s) { return s ? dup_lua(L, s, strlen(s)) : NULL; }
+
+/* d:with_session(uri): a copy of d that resumes the GCS session uri (what
+ * rw.resume uses; w:session() gives the uri). */
+static int pdesc_with_session(lua_State *L) {
+  pdesc *src = check_pdesc(L, 1);
+  size_t ulen;
+  const char *uri = luaL_checklstring(L, 2, &ulen);
+  if (ulen == 0 || ulen > RWP_MAX_SESSION)
+    luaL_argerror(L, 2, lua_pushfstring(L, "the session must be 1 to %d bytes", RWP_MAX_SESSION));
+  pdesc *d = lua_newuserdata(L, sizeof *d);
+  memset(d, 0, sizeof *d);
+  luaL_setmetatable(L, PROXY_MT);
+  rw_proxy_config *c = &d->cfg, *o = &src->cfg;
+  *c = *o; /* the scalars; every string is copied below */
+  c->naddrs = 0;
+  c->secret = NULL, c->key_id = c->bucket = c->object = c->metadata = c->session = NULL;
+  for (size_t i = 0; i < o->naddrs; i++) c->addrs[c->naddrs++] = dup_opt(L, o->addrs[i]);
+  char *sec = malloc(o->secret_len);
+  if (!sec) return luaL_error(L, "out of memory");
+  memcpy(sec, o->secret, o->secret_len);
+  c->secret = sec;
+  c->key_id = dup_opt(L, o->key_id);
+  c->bucket = dup_opt(L, o->bucket);
+  c->object = dup_opt(L, o->object);
+  c->metadata = dup_opt(L, o->metadata);
+  c->session = dup_lua(L, uri, ulen);
+  return 1;
+}
+
 static int pdesc_tostring(lua_State *L) {
   pdesc *d = check_pdesc(L, 1);
   if (d->cfg.bucket)
@@ -226,7 +256,7 @@ static int pdesc_tostring(lua_State *L) {
 /* Pushes the constructor: core.proxy_sink (rw.proxy_sink). */
 int rw_lua_open_proxysink(lua_State *L) {
   if (luaL_newmetatable(L, PROXY_MT)) {
-    static const luaL_Reg methods[] = {{"kind", pdesc_kind}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"kind", pdesc_kind}, {"with_session", pdesc_with_session}, {NULL, NULL}};
     static const luaL_Reg mt[] = {{"__gc", pdesc_gc}, {"__tostring", pdesc_tostring}, {NULL, NULL}};
     static const rw_lua_sink_seam seam = {pdesc_make};
     luaL_setfuncs(L, mt, 0);

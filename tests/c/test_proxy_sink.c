@@ -600,6 +600,63 @@ static void test_connections_scale(void) {
 #endif
 }
 
+/* rw.resume through a proxy: a writer suspended halfway hands out the GCS
+ * session; a new sink with that session (and so a new client_id) resumes. */
+static void test_resume(void) {
+  size_t n = (4u << 20) + 11, half = 2u << 20;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  rw_proxy_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_writer_config wc = rw_writer_defaults();
+  wc.max_cache_size = 1u << 20;
+  wc.max_chunk_size = 256u << 10;
+  rw_writer *w = rw_writer_new(NULL, rw_proxy_sink_new(&c, &err), &wc, &err);
+  unsigned char *data = random_data(n);
+  size_t off = 0;
+  while (off < half) {
+    size_t acc = 0;
+    rw_error_unref(rw_writer_write_some(w, off, data + off, half - off, NULL, NULL, &acc));
+    off += acc;
+    if (off < half) rw_writer_wait(w, NULL, true, off, 5);
+  }
+  rw_writer_suspend(w);
+  uint64_t persisted;
+  bool has_crc;
+  uint32_t crc;
+  char *sess = rw_writer_session(w, &persisted, &has_crc, &crc);
+  rw_writer_free(w);
+  CHECK(sess && persisted > 0 && persisted <= half);
+  rw_proxy_config rc = config_for(p, NULL);
+  rc.session = sess;
+  wc.resume = true;
+  wc.start_offset = persisted;
+  wc.has_start_crc = has_crc;
+  wc.start_crc = crc;
+  w = rw_writer_new(NULL, rw_proxy_sink_new(&rc, &err), &wc, &err);
+  CHECK(w != NULL);
+  for (off = persisted; w && off < n;) {
+    size_t acc = 0;
+    rw_error *e = rw_writer_write_some(w, off, data + off, n - off, NULL, NULL, &acc);
+    if (e) log_err("resume write", e);
+    rw_error_unref(e);
+    off += acc;
+    if (off < n) rw_writer_wait(w, NULL, true, off, 5);
+  }
+  CHECK(w && !rw_writer_complete_start(w, n));
+  double t0 = rw_mono_now();
+  while (w && !rw_writer_finished(w) && rw_mono_now() - t0 < 20) rw_writer_wait(w, NULL, false, 0, 1);
+  CHECK(w && rw_writer_object(w) != NULL);
+  rw_writer_free(w);
+  pthread_mutex_lock(&st->mu);
+  CHECK(st->finalized && st->total == n && memcmp(st->data, data, n) == 0);
+  pthread_mutex_unlock(&st->mu);
+  free(sess);
+  free(data);
+  peer_free(p);
+  store_free(st);
+}
+
 static void test_wrong_secret(void) {
   store *st = store_new(1 << 20);
   peer *p = peer_start(st, other_secret);
@@ -665,6 +722,7 @@ int main(void) {
   RUN(test_expired);
   RUN(test_goodbye);
   RUN(test_connections_scale);
+  RUN(test_resume);
   RUN(test_wrong_secret);
   return ct_finish("test_proxy_sink");
 }
