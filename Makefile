@@ -88,6 +88,10 @@ $(TB_MODULE): $(TB_OBJ) $(TB_LUA_OBJ) $(CORE_LIB)
 BIN_MAINS := $(wildcard csrc/bin/*.c)
 BINS := $(BIN_MAINS:csrc/bin/%.c=bin/reliablewriter-%)
 bins: $(BINS)
+# The proxy is production code: the core only, never the test bed.
+bin/reliablewriter-proxy: csrc/bin/proxy.c $(LIB_SRC) $(HDRS)
+	@mkdir -p bin
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_SRC) $(LDLIBS)
 bin/reliablewriter-%: csrc/bin/%.c $(LIB_SRC) $(TB_SRC) $(HDRS)
 	@mkdir -p bin
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LIB_SRC) $(TB_SRC) $(TB_LDLIBS)

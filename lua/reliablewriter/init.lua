@@ -15,6 +15,7 @@ local M = {
   workgroup = workgroup,
   util = core.util,
   log = core.log,
+  proxy = core.proxy,
   waiting = waiting,
   core = core,
 }

@@ -1,0 +1,600 @@
+/* The proxy server (csrc/proxy/server.h) against the fake GCS, driven by a
+ * client made of the frame codec: the handshake, an upload with WRITE_AT out
+ * of order from two connections whose object equals the random bytes sent,
+ * duplicates run once, proto.expired, rate limits, too_many, and hostile
+ * input (wrong secret, replayed AUTH, no AUTH in 1 s, garbage, oversized,
+ * truncated, unknown opcode, bad MAC) while a good upload goes on. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "ctest.h"
+#include "core/checksum.h"
+#include "proxy/frame.h"
+#include "proxy/server.h"
+#include "testbed/fakegcs.h"
+
+static unsigned rng;
+static uint32_t rnd(void) {
+  rng = rng * 1103515245u + 12345u;
+  return (rng >> 8) ^ (rng << 13);
+}
+static uint8_t secret[32], other[32];
+
+/* ---- a blocking test client ---- */
+
+typedef struct cl {
+  int fd;
+  uint64_t cid;
+  rwp_writer w;
+  rwp_reader *r;
+  uint8_t k_c2s[32];
+  uint8_t in[65536];
+  size_t in_off, in_len;
+  uint8_t hello[RWP_HDR + RWP_MAX_OP], auth[RWP_HDR + RWP_MAX_OP];
+  size_t hello_len, auth_len;
+  uint64_t ack;
+} cl;
+
+static int dial(const char *addr) {
+  char host[64];
+  const char *colon = strrchr(addr, ':');
+  snprintf(host, sizeof host, "%.*s", (int)(colon - addr), addr);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+  inet_pton(AF_INET, host, &sa.sin_addr);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) return close(fd), -1;
+  return fd;
+}
+
+static void cl_open(cl *c, const char *addr, uint64_t cid) {
+  memset(c, 0, sizeof *c);
+  c->fd = dial(addr), c->cid = cid;
+  CHECK(c->fd >= 0);
+  rwp_writer_init(&c->w);
+  CHECK(rwp_reader_new(RWP_SIDE_CLIENT, NULL, NULL, &c->r) == NULL);
+}
+static void cl_close(cl *c) {
+  if (c->fd >= 0) close(c->fd);
+  rwp_reader_free(c->r), rwp_writer_wipe(&c->w);
+  c->fd = -1, c->r = NULL;
+}
+
+static void send_all(int fd, const void *p, size_t n) {
+  while (n > 0) {
+    ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+    if (k <= 0) return;
+    p = (const uint8_t *)p + k, n -= (size_t)k;
+  }
+}
+
+static size_t cl_encode(cl *c, const rwp_msg *m, const void *body, size_t len, uint8_t *out, size_t cap) {
+  static rwp_encoded e;
+  rw_error *err = rwp_encode(&c->w, m, body, len, &e);
+  CHECK(err == NULL);
+  rw_error_unref(err);
+  return err ? 0 : rwp_encoded_copy(&e, out, cap);
+}
+static uint8_t frame_buf[(1u << 20) + 8192];
+static void cl_send(cl *c, rwp_msg m, const void *body, size_t len) {
+  m.client_id = c->cid, m.ack = m.ack ? m.ack : c->ack;
+  size_t n = cl_encode(c, &m, body, len, frame_buf, sizeof frame_buf);
+  send_all(c->fd, frame_buf, n);
+}
+
+/* 1: a frame; 0: the connection closed; -1: timeout or a reader error. */
+static int cl_recv(cl *c, rwp_frame *f, double timeout) {
+  for (;;) {
+    if (c->in_off < c->in_len) {
+      size_t used = 0;
+      bool got = false;
+      rw_error *e = rwp_reader_feed(c->r, c->in + c->in_off, c->in_len - c->in_off, &used, f, &got);
+      c->in_off += used;
+      if (e) {
+        fprintf(stderr, "  client reader: %s\n", rw_error_message(e));
+        rw_error_unref(e);
+        return -1;
+      }
+      if (got) return 1;
+    }
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    if (poll(&p, 1, (int)(timeout * 1000)) <= 0) return -1;
+    ssize_t n = recv(c->fd, c->in, sizeof c->in, 0);
+    if (n <= 0) return 0;
+    c->in_off = 0, c->in_len = (size_t)n;
+  }
+}
+
+/* Skips PINGs (answers them); returns the next other frame. */
+static int cl_next(cl *c, rwp_frame *f, double timeout) {
+  for (;;) {
+    int r = cl_recv(c, f, timeout);
+    if (r != 1 || f->msg.op != RWP_PING) return r;
+    cl_send(c, (rwp_msg){.op = RWP_PONG, .u.ping.nonce = f->msg.u.ping.nonce}, NULL, 0);
+  }
+}
+
+static bool err_is(const rwp_frame *f, const char *code) {
+  bool ok = f->msg.op == RWP_ERROR && f->msg.u.error.code.len == strlen(code) &&
+            !memcmp(f->msg.u.error.code.p, code, strlen(code));
+  if (!ok)
+    fprintf(stderr, "  expected ERROR %s, got op 0x%02x %.*s\n", code, f->msg.op,
+            f->msg.op == RWP_ERROR ? f->msg.u.error.code.len : 0,
+            f->msg.op == RWP_ERROR ? f->msg.u.error.code.p : "");
+  return ok;
+}
+
+/* The handshake; returns NULL when WELCOME came and checked, else the code
+ * of the server's ERROR ("closed" when it just closed). */
+static const char *cl_shake(cl *c, const void *sec, const char *key_id, uint16_t inflight) {
+  static char code[80];
+  rwp_msg m = {.op = RWP_HELLO, .client_id = c->cid};
+  m.u.hello = (rwp_hello){.min_version = 1, .max_version = 1, .max_frame = 1u << 20,
+                          .max_inflight = inflight, .key_id = rwp_cstr(key_id)};
+  CHECK(rwp_random(m.u.hello.client_nonce, 32) == NULL);
+  uint8_t cnonce[32], th[32], k_s2c[32], proof[32];
+  memcpy(cnonce, m.u.hello.client_nonce, 32);
+  c->hello_len = cl_encode(c, &m, NULL, 0, c->hello, sizeof c->hello);
+  send_all(c->fd, c->hello, c->hello_len);
+  rwp_frame f;
+  int r = cl_recv(c, &f, 3);
+  if (r != 1) return "closed";
+  if (f.msg.op == RWP_ERROR) return snprintf(code, sizeof code, "%.*s", f.msg.u.error.code.len, f.msg.u.error.code.p), code;
+  CHECK(rwp_transcript_hash(c->hello, c->hello_len, f.raw, f.hdr_len, th) == NULL);
+  CHECK(rwp_client_proof(sec, 32, th, proof) == NULL);
+  m = (rwp_msg){.op = RWP_AUTH, .client_id = c->cid};
+  memcpy(m.u.auth.proof, proof, 32);
+  c->auth_len = cl_encode(c, &m, NULL, 0, c->auth, sizeof c->auth);
+  CHECK(rwp_derive_keys(sec, 32, cnonce, f.msg.u.challenge.server_nonce, c->cid, c->k_c2s, k_s2c) == NULL);
+  uint32_t mf = f.msg.u.challenge.max_frame;
+  rwp_writer_set_key(&c->w, c->k_c2s), rwp_reader_set_key(c->r, k_s2c);
+  c->w.max_frame = mf;
+  CHECK(rwp_reader_set_max_frame(c->r, mf) == NULL);
+  send_all(c->fd, c->auth, c->auth_len);
+  r = cl_recv(c, &f, 3);
+  if (r != 1) return "closed";
+  if (f.msg.op == RWP_ERROR) return snprintf(code, sizeof code, "%.*s", f.msg.u.error.code.len, f.msg.u.error.code.p), code;
+  uint8_t want[32];
+  CHECK(rwp_server_proof(sec, 32, th, want) == NULL);
+  CHECK(f.msg.op == RWP_WELCOME && rwp_proof_equal(want, f.msg.u.welcome.proof));
+  return NULL;
+}
+
+/* Waits for the connection to close (after an ERROR); true when it did. */
+static bool closes(cl *c) {
+  rwp_frame f;
+  for (int i = 0; i < 20; i++) {
+    int r = cl_recv(c, &f, 2);
+    if (r == 0) return true;
+    if (r < 0) return false;
+  }
+  return false;
+}
+
+/* ---- the world ---- */
+
+static rw_fakegcs *gcs;
+static uint32_t ping_ms = 5000;
+static rw_proxy_server *start_proxy(double rate_requests) {
+  rw_proxy_secret secs[] = {{"", secret, 32}, {"k2", other, 32}};
+  rw_proxy_config cfg = rw_proxy_defaults();
+  cfg.ping_interval_ms = ping_ms;
+  cfg.listen = "127.0.0.1:0", cfg.upstream = rw_fakegcs_url(gcs);
+  cfg.secrets = secs, cfg.nsecrets = 2, cfg.rate_requests = rate_requests;
+  cfg.session_cache = 4u << 20;
+  rw_error *e = NULL;
+  rw_proxy_server *p = rw_proxy_server_start(&cfg, &e);
+  CHECK(p != NULL);
+  if (e) fprintf(stderr, "  start: %s\n", rw_error_message(e));
+  rw_error_unref(e);
+  return p;
+}
+
+/* A request and its reply (REPLY decoded for op into *rep). */
+static int call(cl *c, rwp_msg m, const void *body, size_t len, rwp_frame *f, rwp_reply *rep) {
+  cl_send(c, m, body, len);
+  int r = cl_next(c, f, 10);
+  if (r == 1 && f->msg.op == RWP_REPLY && rep) {
+    rw_error *e = rwp_decode_reply(m.op, f->ops, f->hdr_len - RWP_HDR, rep);
+    CHECK(e == NULL);
+    rw_error_unref(e);
+  }
+  return r;
+}
+
+static uint64_t seq_next = 1;
+static char session[RWP_MAX_SESSION + 1];
+
+static bool create(cl *c, const char *object) {
+  rwp_msg m = {.op = RWP_CREATE, .seq = seq_next++};
+  m.u.create.bucket = rwp_cstr("bkt"), m.u.create.object = rwp_cstr(object);
+  rwp_frame f;
+  rwp_reply rep;
+  const char *md = "{\"contentType\":\"application/octet-stream\"}";
+  if (call(c, m, md, strlen(md), &f, &rep) != 1 || f.msg.op != RWP_REPLY) return false;
+  snprintf(session, sizeof session, "%.*s", rep.session.len, rep.session.p);
+  rwp_frame_clear(&f);
+  return true;
+}
+
+enum { PIECE = 256 * 1024, PIECES = 12, DATA_PIECES = 20 };
+static uint8_t data[PIECE * DATA_PIECES];
+#define UPLOAD_LEN ((size_t)PIECE * PIECES)
+
+static void test_upload(void) {
+  rw_proxy_server *p = start_proxy(0);
+  const char *addr = rw_proxy_server_addr(p);
+  uint64_t cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
+  cl a, b;
+  cl_open(&a, addr, cid), cl_open(&b, addr, cid);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL);
+  CHECK(cl_shake(&b, secret, "", 16) == NULL);
+  for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)rnd();
+  CHECK(create(&a, "up1"));
+  CHECK(strncmp(session, rw_fakegcs_url(gcs), strlen(rw_fakegcs_url(gcs))) == 0);
+  /* pieces in a shuffled order, alternating connections, each answered */
+  int order[PIECES];
+  for (int i = 0; i < PIECES; i++) order[i] = i;
+  for (int i = PIECES - 1; i > 0; i--) {
+    int j = (int)(rnd() % (unsigned)(i + 1)), t = order[i];
+    order[i] = order[j], order[j] = t;
+  }
+  uint64_t dup_seq = 0;
+  for (int k = 0; k < PIECES; k++) {
+    cl *c = k % 2 ? &b : &a;
+    int i = order[k];
+    rwp_msg m = {.op = RWP_WRITE_AT, .seq = seq_next++};
+    m.u.write_at.session = rwp_cstr(session), m.u.write_at.offset = (uint64_t)i * PIECE;
+    rwp_frame f;
+    rwp_reply rep;
+    CHECK(call(c, m, data + (size_t)i * PIECE, PIECE, &f, &rep) == 1);
+    CHECK(f.msg.op == RWP_REPLY && f.msg.seq == m.seq);
+    if (f.msg.op == RWP_ERROR) fprintf(stderr, "  %.*s\n", f.msg.u.error.message.len, f.msg.u.error.message.p);
+    rwp_frame_clear(&f);
+    if (k == 3) { /* the same request again on the other connection: one run */
+      dup_seq = m.seq;
+      m.flags = RWP_FLAG_RETRY;
+      CHECK(call(k % 2 ? &a : &b, m, data + (size_t)i * PIECE, PIECE, &f, &rep) == 1);
+      CHECK(f.msg.op == RWP_REPLY && f.msg.seq == m.seq);
+      rwp_frame_clear(&f);
+    }
+  }
+  rw_proxy_stats st = rw_proxy_server_stats(p);
+  CHECK(st.duplicates >= 1);
+  /* COMPLETE with the crc32c, and once more as a duplicate */
+  rwp_msg m = {.op = RWP_COMPLETE, .seq = seq_next++};
+  m.u.complete.session = rwp_cstr(session), m.u.complete.total = UPLOAD_LEN;
+  m.u.complete.sums = RWP_SUM_CRC32C, m.u.complete.crc32c = rw_crc32c(0, data, UPLOAD_LEN);
+  rwp_frame f;
+  CHECK(call(&a, m, NULL, 0, &f, NULL) == 1);
+  CHECK(f.msg.op == RWP_REPLY && f.body_len > 0 && f.body && strstr((char *)f.body, "up1"));
+  if (f.msg.op == RWP_ERROR) fprintf(stderr, "  %.*s\n", f.msg.u.error.message.len, f.msg.u.error.message.p);
+  size_t blen = f.body_len;
+  rwp_frame_clear(&f);
+  m.flags = RWP_FLAG_RETRY;
+  CHECK(call(&b, m, NULL, 0, &f, NULL) == 1);
+  CHECK(f.msg.op == RWP_REPLY && f.body_len == blen);
+  rwp_frame_clear(&f);
+  rw_fakegcs_object o;
+  CHECK(rw_fakegcs_object_get(gcs, "bkt", "up1", &o));
+  CHECK(o.size == UPLOAD_LEN && o.data && memcmp(o.data, data, UPLOAD_LEN) == 0);
+  rw_fakegcs_object_free(&o);
+  /* acked: the request is gone from the table, a resend is proto.expired */
+  a.ack = seq_next - 1;
+  cl_send(&a, (rwp_msg){.op = RWP_PING, .u.ping.nonce = 1}, NULL, 0);
+  CHECK(cl_next(&a, &f, 5) == 1 && f.msg.op == RWP_PONG);
+  m = (rwp_msg){.op = RWP_WRITE_AT, .seq = dup_seq, .flags = RWP_FLAG_RETRY};
+  m.u.write_at.session = rwp_cstr(session), m.u.write_at.offset = 0;
+  CHECK(call(&a, m, data, PIECE, &f, NULL) == 1 && err_is(&f, RW_E_PROTO_EXPIRED));
+  st = rw_proxy_server_stats(p);
+  fprintf(stderr, "  requests %llu duplicates %llu entries %llu held %llu\n", (unsigned long long)st.requests,
+          (unsigned long long)st.duplicates, (unsigned long long)st.table_entries, (unsigned long long)st.held);
+  CHECK(st.requests == (uint64_t)PIECES + 2);
+  cl_close(&a), cl_close(&b);
+  rw_proxy_server_stop(p);
+}
+
+
+/* A frame already encoded by c's writer, with its opcode changed and its
+ * hcrc and MAC made right again: an opcode this version does not define. */
+static void send_unknown_op(cl *c) {
+  uint64_t n = c->w.n;
+  rwp_msg m = {.op = RWP_PING, .client_id = c->cid, .ack = c->ack, .u.ping.nonce = 9};
+  size_t len = cl_encode(c, &m, NULL, 0, frame_buf, sizeof frame_buf);
+  uint16_t hl = (uint16_t)(frame_buf[8] << 8 | frame_buf[9]);
+  frame_buf[5] = 0x30;
+  uint8_t tmp[RWP_HDR + RWP_MAX_OP];
+  memcpy(tmp, frame_buf, 44), memcpy(tmp + 44, frame_buf + RWP_HDR, hl - RWP_HDR);
+  uint32_t crc = rw_crc32c(0, tmp, 44 + hl - RWP_HDR);
+  frame_buf[44] = (uint8_t)(crc >> 24), frame_buf[45] = (uint8_t)(crc >> 16);
+  frame_buf[46] = (uint8_t)(crc >> 8), frame_buf[47] = (uint8_t)crc;
+  uint8_t nb[8];
+  for (int i = 0; i < 8; i++) nb[i] = (uint8_t)(n >> (56 - 8 * i));
+  const void *parts[] = {nb, frame_buf};
+  size_t lens[] = {8, hl};
+  CHECK(rwp_hmac(c->k_c2s, 32, parts, lens, 2, frame_buf + hl) == NULL);
+  send_all(c->fd, frame_buf, len);
+}
+
+static void write_piece(cl *c, int i, bool want_ok) {
+  rwp_msg m = {.op = RWP_WRITE_AT, .seq = seq_next++};
+  m.u.write_at.session = rwp_cstr(session), m.u.write_at.offset = (uint64_t)i * PIECE;
+  rwp_frame f;
+  rwp_reply rep;
+  CHECK(call(c, m, data + (size_t)i * PIECE, PIECE, &f, &rep) == 1);
+  if (want_ok) CHECK(f.msg.op == RWP_REPLY && f.msg.seq == m.seq);
+  rwp_frame_clear(&f);
+}
+
+/* Each hostile connection gets an ERROR or is closed; a good upload on
+ * another connection goes on between them and ends byte-identical. */
+static void test_hostile(void) {
+  rw_proxy_server *p = start_proxy(0);
+  const char *addr = rw_proxy_server_addr(p);
+  uint64_t cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
+  cl g, x;
+  cl_open(&g, addr, cid);
+  CHECK(cl_shake(&g, secret, "", 16) == NULL);
+  for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)rnd();
+  CHECK(create(&g, "good"));
+  int piece = 0;
+  rwp_frame f;
+  /* wrong secret; unknown key id */
+  cl_open(&x, addr, 5);
+  const char *code = cl_shake(&x, other, "", 4);
+  CHECK(code && strcmp(code, RW_E_PROTO_AUTH_FAILED) == 0);
+  CHECK(closes(&x));
+  cl_close(&x);
+  cl_open(&x, addr, 5);
+  code = cl_shake(&x, secret, "nope", 4);
+  CHECK(code && strcmp(code, RW_E_PROTO_AUTH_FAILED) == 0);
+  cl_close(&x);
+  /* the right secret under its key id */
+  cl_open(&x, addr, 5);
+  CHECK(cl_shake(&x, other, "k2", 4) == NULL);
+  cl_close(&x);
+  write_piece(&g, piece++, true);
+  /* a replayed handshake: g's HELLO and AUTH bytes on a new connection */
+  cl_open(&x, addr, cid);
+  send_all(x.fd, g.hello, g.hello_len);
+  CHECK(cl_recv(&x, &f, 3) == 1 && f.msg.op == RWP_CHALLENGE);
+  send_all(x.fd, g.auth, g.auth_len);
+  CHECK(cl_recv(&x, &f, 3) == 1 && err_is(&f, RW_E_PROTO_AUTH_FAILED));
+  cl_close(&x);
+  /* no AUTH within 1 s */
+  cl_open(&x, addr, 6);
+  CHECK(cl_recv(&x, &f, 3) == 1 && err_is(&f, RW_E_PROTO_AUTH_TIMEOUT));
+  CHECK(closes(&x));
+  cl_close(&x);
+  write_piece(&g, piece++, true);
+  /* garbage */
+  cl_open(&x, addr, 7);
+  uint8_t junk[200];
+  for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)rnd();
+  send_all(x.fd, junk, sizeof junk);
+  CHECK(cl_recv(&x, &f, 3) == 1 && err_is(&f, RW_E_PROTO_BAD_FRAME));
+  CHECK(closes(&x));
+  cl_close(&x);
+  /* oversized: a WRITE_AT header announcing more than max_frame */
+  cl_open(&x, addr, 8);
+  CHECK(cl_shake(&x, secret, "", 4) == NULL);
+  rwp_msg m = {.op = RWP_WRITE_AT, .client_id = 8, .seq = 1};
+  m.u.write_at.session = rwp_cstr(session);
+  size_t n = cl_encode(&x, &m, data, 1000, frame_buf, sizeof frame_buf);
+  frame_buf[12] = 0x7f; /* body_len = 0x7f0003e8 */
+  send_all(x.fd, frame_buf, n);
+  CHECK(cl_recv(&x, &f, 3) == 1 && err_is(&f, RW_E_PROTO_BAD_FRAME));
+  cl_close(&x);
+  write_piece(&g, piece++, true);
+  /* truncated: half a frame then silence, then close: the proxy goes on */
+  cl_open(&x, addr, 9);
+  CHECK(cl_shake(&x, secret, "", 4) == NULL);
+  n = cl_encode(&x, &m, data, 1000, frame_buf, sizeof frame_buf);
+  send_all(x.fd, frame_buf, n / 2);
+  cl_close(&x);
+  /* a bad MAC: one body bit flipped */
+  cl_open(&x, addr, 10);
+  CHECK(cl_shake(&x, secret, "", 4) == NULL);
+  m.client_id = 10;
+  n = cl_encode(&x, &m, data, 1000, frame_buf, sizeof frame_buf);
+  frame_buf[n - 40] ^= 1;
+  send_all(x.fd, frame_buf, n);
+  CHECK(cl_recv(&x, &f, 3) == 1 && err_is(&f, RW_E_PROTO_BAD_MAC));
+  CHECK(closes(&x));
+  cl_close(&x);
+  /* an unknown opcode: ERROR, the connection stays usable */
+  cl_open(&x, addr, 11);
+  CHECK(cl_shake(&x, secret, "", 4) == NULL);
+  send_unknown_op(&x);
+  CHECK(cl_recv(&x, &f, 3) == 1 && err_is(&f, RW_E_PROTO_UNKNOWN_OP));
+  cl_send(&x, (rwp_msg){.op = RWP_PING, .u.ping.nonce = 77}, NULL, 0);
+  CHECK(cl_recv(&x, &f, 3) == 1 && f.msg.op == RWP_PONG && f.msg.u.ping.nonce == 77);
+  cl_close(&x);
+  /* too many: max_inflight 1 and two requests in one write */
+  cl_open(&x, addr, 12);
+  CHECK(cl_shake(&x, secret, "", 1) == NULL);
+  rwp_msg st = {.op = RWP_STATUS, .client_id = 12, .seq = 1};
+  st.u.session_op.session = rwp_cstr(session);
+  n = cl_encode(&x, &st, NULL, 0, frame_buf, sizeof frame_buf);
+  st.seq = 2;
+  n += cl_encode(&x, &st, NULL, 0, frame_buf + n, sizeof frame_buf - n);
+  send_all(x.fd, frame_buf, n);
+  bool saw = false;
+  for (int i = 0; i < 3 && cl_recv(&x, &f, 3) == 1; i++) saw |= f.msg.op == RWP_ERROR && err_is(&f, RW_E_PROTO_TOO_MANY);
+  CHECK(saw);
+  cl_close(&x);
+  /* a session URI not on the upstream */
+  st = (rwp_msg){.op = RWP_STATUS, .seq = seq_next++};
+  st.u.session_op.session = rwp_cstr("http://198.51.100.1/upload?x");
+  CHECK(call(&g, st, NULL, 0, &f, NULL) == 1 && err_is(&f, RW_E_INVALID));
+  /* the good upload ends well */
+  while (piece < PIECES) write_piece(&g, piece++, true);
+  m = (rwp_msg){.op = RWP_COMPLETE, .seq = seq_next++};
+  m.u.complete.session = rwp_cstr(session), m.u.complete.total = UPLOAD_LEN;
+  CHECK(call(&g, m, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_REPLY);
+  rwp_frame_clear(&f);
+  rw_fakegcs_object o;
+  CHECK(rw_fakegcs_object_get(gcs, "bkt", "good", &o));
+  CHECK(o.size == UPLOAD_LEN && o.data && memcmp(o.data, data, UPLOAD_LEN) == 0);
+  rw_fakegcs_object_free(&o);
+  rw_proxy_stats s = rw_proxy_server_stats(p);
+  CHECK(s.auth_failed >= 4);
+  cl_close(&g);
+  rw_proxy_server_stop(p);
+}
+
+/* Rate limit: 2 requests a second; a burst past it is refused with a wait. */
+static void test_rate_limit(void) {
+  rw_proxy_server *p = start_proxy(2);
+  cl c;
+  cl_open(&c, rw_proxy_server_addr(p), 77);
+  CHECK(cl_shake(&c, secret, "", 16) == NULL);
+  rwp_frame f;
+  int limited = 0, ok = 0;
+  for (uint64_t i = 1; i <= 5; i++) {
+    rwp_msg m = {.op = RWP_CREATE, .seq = i};
+    m.u.create.bucket = rwp_cstr("bkt"), m.u.create.object = rwp_cstr("rl");
+    if (call(&c, m, NULL, 0, &f, NULL) != 1) break;
+    if (f.msg.op == RWP_ERROR && err_is(&f, RW_E_PROTO_RATE_LIMITED)) {
+      limited++;
+      CHECK(f.msg.u.error.retry_after_ms > 0 && (f.msg.u.error.flags2 & RWP_ERR_RETRYABLE));
+    } else if (f.msg.op == RWP_REPLY) ok++;
+    rwp_frame_clear(&f);
+  }
+  CHECK(ok >= 2 && limited >= 2);
+  CHECK(rw_proxy_server_stats(p).rate_limited >= 2);
+  cl_close(&c);
+  rw_proxy_server_stop(p);
+}
+
+/* Bad configs: errors name the field. */
+static void test_config(void) {
+  rw_proxy_secret sec = {"", secret, 32}, short_sec = {"", secret, 8};
+  rw_proxy_config cfg = rw_proxy_defaults();
+  cfg.listen = "127.0.0.1:0", cfg.upstream = "http://127.0.0.1:1", cfg.secrets = &sec, cfg.nsecrets = 1;
+  CHECK(rw_proxy_config_check(&cfg) == NULL);
+  struct { const char *field; rw_proxy_config c; } bad[6];
+  for (int i = 0; i < 6; i++) bad[i].c = cfg;
+  bad[0].field = "listen", bad[0].c.listen = "localhost";
+  bad[1].field = "upstream", bad[1].c.upstream = "ftp://x";
+  bad[2].field = "secrets", bad[2].c.secrets = &short_sec;
+  bad[3].field = "max_frame", bad[3].c.max_frame = 10;
+  bad[4].field = "max_connections", bad[4].c.max_connections = 0;
+  bad[5].field = "session_cache", bad[5].c.session_cache = 1000;
+  for (int i = 0; i < 6; i++) {
+    rw_error *e = NULL;
+    rw_proxy_server *s = rw_proxy_server_start(&bad[i].c, &e);
+    CHECK(s == NULL && e && strcmp(rw_error_code(e), RW_E_INVALID) == 0 &&
+          strstr(rw_error_message(e), bad[i].field));
+    rw_error_unref(e);
+    rw_proxy_server_stop(s);
+  }
+}
+
+/* Heartbeats: an idle connection gets PINGs; one that answers stays, one
+ * that does not is closed after 3. */
+static void test_heartbeat(void) {
+  ping_ms = 100;
+  rw_proxy_server *p = start_proxy(0);
+  ping_ms = 5000;
+  cl a, b;
+  cl_open(&a, rw_proxy_server_addr(p), 31), cl_open(&b, rw_proxy_server_addr(p), 32);
+  CHECK(cl_shake(&a, secret, "", 4) == NULL && cl_shake(&b, secret, "", 4) == NULL);
+  rwp_frame f;
+  int pings = 0;
+  double t0 = (double)time(NULL);
+  bool b_closed = false;
+  for (int i = 0; i < 300 && !b_closed; i++) { /* a answers PINGs, b stays silent */
+    rwp_frame g;
+    CHECK(cl_next(&a, &g, 0.01) == -1);
+    int r = cl_recv(&b, &f, 0.01);
+    pings += r == 1 && f.msg.op == RWP_PING;
+    b_closed = r == 0;
+  }
+  CHECK(b_closed);
+  CHECK_EQ_INT(pings, 3);
+  CHECK((double)time(NULL) - t0 < 5);
+  cl_send(&a, (rwp_msg){.op = RWP_PING, .u.ping.nonce = 5}, NULL, 0);
+  CHECK(cl_next(&a, &f, 3) == 1 && f.msg.op == RWP_PONG && f.msg.u.ping.nonce == 5);
+  cl_close(&a), cl_close(&b);
+  rw_proxy_server_stop(p);
+}
+
+/* A duplicate of a WRITE_AT that waits for room (GCS is slow: every upload
+ * request stalls) waits for the same reply and never runs twice; then stop
+ * with a session open: GOODBYE, and the GCS session is not deleted. */
+static void test_pending_duplicate_and_stop(void) {
+  rw_proxy_server *p = start_proxy(0);
+  const char *addr = rw_proxy_server_addr(p);
+  uint64_t cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
+  cl a, b;
+  cl_open(&a, addr, cid), cl_open(&b, addr, cid);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL && cl_shake(&b, secret, "", 16) == NULL);
+  for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)rnd();
+  CHECK(create(&a, "pend"));
+  rw_fakegcs_faults fl = {.seed = rnd(), .p_stall = 1, .stall_ms = 300};
+  rw_fakegcs_set_faults(gcs, &fl);
+  write_piece(&a, 0, true);
+  /* [4 MiB, 4.25 MiB): past the 4 MiB window until GCS confirms bytes */
+  enum { FAR = 16 };
+  static uint8_t far[PIECE];
+  for (size_t i = 0; i < sizeof far; i++) far[i] = (uint8_t)rnd();
+  rwp_msg m = {.op = RWP_WRITE_AT, .seq = seq_next++};
+  m.u.write_at.session = rwp_cstr(session), m.u.write_at.offset = (uint64_t)FAR * PIECE;
+  cl_send(&a, m, far, PIECE);
+  m.flags = RWP_FLAG_RETRY;
+  cl_send(&b, m, far, PIECE);
+  uint64_t far_seq = m.seq;
+  rwp_frame f;
+  CHECK(cl_next(&a, &f, 0.1) == -1); /* waiting for room */
+  int far_replies = 0;
+  for (int i = 1; i < FAR; i++) { /* fills the window below; b also gets the far reply */
+    rwp_msg w = {.op = RWP_WRITE_AT, .seq = seq_next++};
+    w.u.write_at.session = rwp_cstr(session), w.u.write_at.offset = (uint64_t)i * PIECE;
+    cl_send(&b, w, data + (size_t)i * PIECE, PIECE);
+    for (;;) {
+      CHECK(cl_next(&b, &f, 20) == 1 && f.msg.op == RWP_REPLY);
+      far_replies += f.msg.seq == far_seq;
+      if (f.msg.seq != far_seq || f.msg.op != RWP_REPLY) break;
+    }
+  }
+  if (!far_replies) CHECK(cl_next(&b, &f, 20) == 1 && f.msg.op == RWP_REPLY && f.msg.seq == far_seq);
+  CHECK(cl_next(&a, &f, 20) == 1 && f.msg.op == RWP_REPLY && f.msg.seq == far_seq);
+  rw_proxy_stats st = rw_proxy_server_stats(p);
+  CHECK(st.duplicates == 1);
+  CHECK(st.requests == 1 + (uint64_t)FAR + 1); /* CREATE, FAR pieces, the far one once */
+  fl.p_stall = 0;
+  rw_fakegcs_set_faults(gcs, &fl);
+  rw_fakegcs_requests_clear(gcs);
+  rw_proxy_server_stop(p);
+  CHECK(cl_next(&a, &f, 3) == 1 && f.msg.op == RWP_GOODBYE);
+  CHECK(closes(&a));
+  size_t n = 0;
+  rw_fakegcs_request *log = rw_fakegcs_requests(gcs, &n);
+  for (size_t i = 0; i < n; i++) CHECK(strcmp(log[i].method, "DELETE") != 0);
+  rw_fakegcs_requests_free(log, n);
+  cl_close(&a), cl_close(&b);
+}
+
+int main(void) {
+  setenv("RW_LOG_LEVEL", "error", 0);
+  rng = ct_seed();
+  for (size_t i = 0; i < 32; i++) secret[i] = (uint8_t)rnd(), other[i] = (uint8_t)rnd();
+  const char *buckets[] = {"bkt", NULL};
+  rw_fakegcs_config fc = {.buckets = buckets};
+  rw_error *e = NULL;
+  gcs = rw_fakegcs_start(&fc, &e);
+  CHECK(gcs != NULL);
+  if (!gcs) return 1;
+  RUN(test_upload);
+  RUN(test_hostile);
+  RUN(test_rate_limit);
+  RUN(test_config);
+  RUN(test_heartbeat);
+  RUN(test_pending_duplicate_and_stop);
+  rw_fakegcs_stop(gcs);
+  return ct_finish("test_proxy_server");
+}
