@@ -19,11 +19,11 @@
 #define PROXY_MT "reliablewriter.ProxySinkDescriptor"
 
 typedef struct pdesc {
-  rw_proxy_config cfg; /* its strings and secret are owned by the descriptor */
+  rw_proxy_sink_config cfg; /* its strings and secret are owned by the descriptor */
 } pdesc;
 
 static void pdesc_release(pdesc *d) {
-  rw_proxy_config *c = &d->cfg;
+  rw_proxy_sink_config *c = &d->cfg;
   for (size_t i = 0; i < c->naddrs; i++) free((char *)c->addrs[i]);
   if (c->secret) rwp_wipe((void *)c->secret, c->secret_len);
   free((void *)c->secret);
@@ -74,8 +74,8 @@ static void addr_option(lua_State *L, int arg, pdesc *d) {
     d->cfg.addrs[d->cfg.naddrs++] = dup_lua(L, lua_tostring(L, t), lua_rawlen(L, t));
   } else if (lua_istable(L, t)) {
     size_t n = lua_rawlen(L, t);
-    if (n < 1 || n > RW_PROXY_MAX_ADDRS)
-      luaL_argerror(L, arg, lua_pushfstring(L, "option 'addr' must list 1 to %d addresses", RW_PROXY_MAX_ADDRS));
+    if (n < 1 || n > RW_PROXY_SINK_MAX_ADDRS)
+      luaL_argerror(L, arg, lua_pushfstring(L, "option 'addr' must list 1 to %d addresses", RW_PROXY_SINK_MAX_ADDRS));
     for (size_t i = 1; i <= n; i++) {
       lua_rawgeti(L, t, (int)i);
       if (lua_type(L, -1) != LUA_TSTRING)
@@ -177,8 +177,8 @@ static int proxy_sink_new(lua_State *L) {
   pdesc *d = lua_newuserdata(L, sizeof *d);
   memset(d, 0, sizeof *d);
   luaL_setmetatable(L, PROXY_MT);
-  rw_proxy_config *c = &d->cfg;
-  *c = rw_proxy_defaults();
+  rw_proxy_sink_config *c = &d->cfg;
+  *c = rw_proxy_sink_defaults();
   addr_option(L, 1, d);
   c->secret = str_option(L, 1, "secret", true, &c->secret_len);
   c->key_id = str_option(L, 1, "key_id", false, NULL);
@@ -188,13 +188,13 @@ static int proxy_sink_new(lua_State *L) {
   c->metadata = metadata_option(L, 1);
   precondition(L, 1, "if_generation_match", &c->has_if_generation_match, &c->if_generation_match);
   precondition(L, 1, "if_metageneration_match", &c->has_if_metageneration_match, &c->if_metageneration_match);
-  c->connections = (int)rw_lua_opt_integer(L, 1, 1, "connections", 4, 1, RW_PROXY_MAX_CONNECTIONS);
+  c->connections = (int)rw_lua_opt_integer(L, 1, 1, "connections", 4, 1, RW_PROXY_SINK_MAX_CONNECTIONS);
   c->connect_timeout = rw_lua_opt_number(L, 1, 1, "connect_timeout", c->connect_timeout, 0.001, 3600);
   c->request_timeout = rw_lua_opt_number(L, 1, 1, "request_timeout", c->request_timeout, 0.001, 86400);
   c->ping_interval = rw_lua_opt_number(L, 1, 1, "ping_interval", 0, 0, 3600);
   c->max_frame = (uint32_t)rw_lua_opt_integer(L, 1, 1, "max_frame", c->max_frame, RWP_MIN_FRAME,
                                               RWP_MAX_FRAME);
-  rw_error *e = rw_proxy_config_check(c);
+  rw_error *e = rw_proxy_sink_config_check(c);
   if (e) {
     lua_pushstring(L, rw_error_message(e));
     rw_error_unref(e);
@@ -227,7 +227,7 @@ static int pdesc_with_session(lua_State *L) {
   pdesc *d = lua_newuserdata(L, sizeof *d);
   memset(d, 0, sizeof *d);
   luaL_setmetatable(L, PROXY_MT);
-  rw_proxy_config *c = &d->cfg, *o = &src->cfg;
+  rw_proxy_sink_config *c = &d->cfg, *o = &src->cfg;
   *c = *o; /* the scalars; every string is copied below */
   c->naddrs = 0;
   c->secret = NULL, c->key_id = c->bucket = c->object = c->metadata = c->session = NULL;

@@ -39,8 +39,8 @@ typedef struct proxy_sink {
   rw_sink base;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  rw_proxy_config cfg; /* strings below are our copies */
-  char *addrs[RW_PROXY_MAX_ADDRS];
+  rw_proxy_sink_config cfg; /* strings below are our copies */
+  char *addrs[RW_PROXY_SINK_MAX_ADDRS];
   char *key_id, *bucket, *object, *metadata;
   uint8_t *secret;
   char *session;
@@ -50,13 +50,13 @@ typedef struct proxy_sink {
   size_t cur_addr;
   pconn *conns;
   uint32_t frame_limit; /* the smallest max_frame a connection negotiated */
-  rw_proxy_stats stats;
+  rw_proxy_sink_counts stats;
 } proxy_sink;
 
 static const rw_sink_ops proxy_ops;
 
-rw_proxy_config rw_proxy_defaults(void) {
-  rw_proxy_config c = {0};
+rw_proxy_sink_config rw_proxy_sink_defaults(void) {
+  rw_proxy_sink_config c = {0};
   c.connections = 4;
   c.connect_timeout = 5;
   c.request_timeout = 120;
@@ -64,10 +64,10 @@ rw_proxy_config rw_proxy_defaults(void) {
   return c;
 }
 
-rw_error *rw_proxy_config_check(const rw_proxy_config *c) {
-  if (c->naddrs < 1 || c->naddrs > RW_PROXY_MAX_ADDRS)
+rw_error *rw_proxy_sink_config_check(const rw_proxy_sink_config *c) {
+  if (c->naddrs < 1 || c->naddrs > RW_PROXY_SINK_MAX_ADDRS)
     return rw_err(RW_E_INVALID, "proxy: addr must name 1 to %d \"host:port\" addresses (got %zu)",
-                  RW_PROXY_MAX_ADDRS, c->naddrs);
+                  RW_PROXY_SINK_MAX_ADDRS, c->naddrs);
   for (size_t i = 0; i < c->naddrs; i++) {
     const char *a = c->addrs[i], *colon = a ? strrchr(a, ':') : NULL;
     if (!colon || colon == a || !colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
@@ -75,8 +75,8 @@ rw_error *rw_proxy_config_check(const rw_proxy_config *c) {
       return rw_err(RW_E_INVALID, "proxy: addr #%zu must be \"host:port\" with a port in 1..65535 (got \"%.100s\")",
                     i + 1, a ? a : "(nil)");
   }
-  if (c->connections < 1 || c->connections > RW_PROXY_MAX_CONNECTIONS)
-    return rw_err(RW_E_INVALID, "proxy: connections must be in 1..%d (got %d)", RW_PROXY_MAX_CONNECTIONS,
+  if (c->connections < 1 || c->connections > RW_PROXY_SINK_MAX_CONNECTIONS)
+    return rw_err(RW_E_INVALID, "proxy: connections must be in 1..%d (got %d)", RW_PROXY_SINK_MAX_CONNECTIONS,
                   c->connections);
   if (!c->secret || c->secret_len < RWP_MIN_SECRET)
     return rw_err(RW_E_INVALID, "proxy: secret must be at least %d bytes (got %zu)", RWP_MIN_SECRET,
@@ -884,7 +884,7 @@ static void proxy_destroy(rw_sink *s) {
   proxy_sink *ps = (proxy_sink *)s;
   for (int i = 0; ps->conns && i < ps->cfg.connections; i++) conn_close(&ps->conns[i]);
   free(ps->conns);
-  for (size_t i = 0; i < RW_PROXY_MAX_ADDRS; i++) free(ps->addrs[i]);
+  for (size_t i = 0; i < RW_PROXY_SINK_MAX_ADDRS; i++) free(ps->addrs[i]);
   free(ps->key_id), free(ps->bucket), free(ps->object), free(ps->metadata), free(ps->session);
   if (ps->secret) rwp_wipe(ps->secret, ps->cfg.secret_len);
   free(ps->secret);
@@ -893,7 +893,7 @@ static void proxy_destroy(rw_sink *s) {
   free(ps);
 }
 
-void rw_proxy_sink_stats(rw_sink *s, rw_proxy_stats *out) {
+void rw_proxy_sink_stats(rw_sink *s, rw_proxy_sink_counts *out) {
   memset(out, 0, sizeof *out);
   if (s->ops != &proxy_ops) return;
   proxy_sink *ps = (proxy_sink *)s;
@@ -908,7 +908,7 @@ static char *dup_or_null(const char *s, bool *ok) {
   return d;
 }
 
-static bool copy_config(proxy_sink *ps, const rw_proxy_config *cfg) {
+static bool copy_config(proxy_sink *ps, const rw_proxy_sink_config *cfg) {
   bool ok = true;
   ps->cfg = *cfg;
   for (size_t i = 0; i < cfg->naddrs; i++) ps->addrs[i] = dup_or_null(cfg->addrs[i], &ok);
@@ -922,14 +922,14 @@ static bool copy_config(proxy_sink *ps, const rw_proxy_config *cfg) {
   ps->conns = calloc((size_t)cfg->connections, sizeof *ps->conns);
   for (int i = 0; ps->conns && i < cfg->connections; i++) ps->conns[i].fd = -1;
   /* the copies own the strings now: the config's pointers are not kept */
-  for (size_t i = 0; i < RW_PROXY_MAX_ADDRS; i++) ps->cfg.addrs[i] = NULL;
+  for (size_t i = 0; i < RW_PROXY_SINK_MAX_ADDRS; i++) ps->cfg.addrs[i] = NULL;
   ps->cfg.secret = NULL;
   ps->cfg.key_id = ps->cfg.bucket = ps->cfg.object = ps->cfg.metadata = ps->cfg.session = NULL;
   return ok && ps->secret && ps->conns;
 }
 
-rw_sink *rw_proxy_sink_new(const rw_proxy_config *cfg, rw_error **err) {
-  if ((*err = rw_proxy_config_check(cfg))) return NULL;
+rw_sink *rw_proxy_sink_new(const rw_proxy_sink_config *cfg, rw_error **err) {
+  if ((*err = rw_proxy_sink_config_check(cfg))) return NULL;
   proxy_sink *ps = calloc(1, sizeof *ps);
   if (!ps) goto nomem;
   pthread_mutex_init(&ps->mu, NULL);

@@ -23,11 +23,11 @@
 
 #include "sinks/sink.h"
 
-#define RW_PROXY_MAX_ADDRS 16
-#define RW_PROXY_MAX_CONNECTIONS 64
+#define RW_PROXY_SINK_MAX_ADDRS 16
+#define RW_PROXY_SINK_MAX_CONNECTIONS 64
 
-typedef struct rw_proxy_config {
-  const char *addrs[RW_PROXY_MAX_ADDRS]; /* "host:port", tried in order */
+typedef struct rw_proxy_sink_config {
+  const char *addrs[RW_PROXY_SINK_MAX_ADDRS]; /* "host:port", tried in order */
   size_t naddrs;
   int connections;            /* 1..64, default 4 */
   const void *secret;         /* >= 32 bytes */
@@ -42,16 +42,16 @@ typedef struct rw_proxy_config {
   double request_timeout;     /* seconds for one reply, default 120 */
   double ping_interval;       /* seconds of silence before a PING; 0 = the proxy's */
   uint32_t max_frame;         /* largest frame body asked for, default 1 MiB */
-} rw_proxy_config;
+} rw_proxy_sink_config;
 
-rw_proxy_config rw_proxy_defaults(void);
+rw_proxy_sink_config rw_proxy_sink_defaults(void);
 /* rw.invalid_argument naming the option and the rule. */
-rw_error *rw_proxy_config_check(const rw_proxy_config *c);
-rw_sink *rw_proxy_sink_new(const rw_proxy_config *cfg, rw_error **err);
+rw_error *rw_proxy_sink_config_check(const rw_proxy_sink_config *c);
+rw_sink *rw_proxy_sink_new(const rw_proxy_sink_config *cfg, rw_error **err);
 
-typedef struct rw_proxy_stats {
+typedef struct rw_proxy_sink_counts {
   uint64_t requests, resent, connects, failovers, pings, dropped;
-} rw_proxy_stats;
-void rw_proxy_sink_stats(rw_sink *s, rw_proxy_stats *out); /* s must be a proxy sink */
+} rw_proxy_sink_counts;
+void rw_proxy_sink_stats(rw_sink *s, rw_proxy_sink_counts *out); /* s must be a proxy sink */
 
 #endif

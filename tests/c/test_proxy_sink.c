@@ -354,8 +354,8 @@ static void store_free(store *s) {
 
 static char addr_buf[4][32];
 
-static rw_proxy_config config_for(peer *a, peer *b) {
-  rw_proxy_config c = rw_proxy_defaults();
+static rw_proxy_sink_config config_for(peer *a, peer *b) {
+  rw_proxy_sink_config c = rw_proxy_sink_defaults();
   snprintf(addr_buf[0], sizeof addr_buf[0], "127.0.0.1:%d", a->port);
   c.addrs[c.naddrs++] = addr_buf[0];
   if (b) {
@@ -383,7 +383,7 @@ static void log_err(const char *what, rw_error *e) {
   fprintf(stderr, "%s: %s\n", what, buf);
 }
 
-static rw_proxy_stats last_stats; /* the sink's, as the last upload ended */
+static rw_proxy_sink_counts last_stats; /* the sink's, as the last upload ended */
 static long pace_ms;              /* a pause after each write (0: none) */
 
 /* Writes n random bytes through sink; true when the store holds them. */
@@ -441,7 +441,7 @@ static void test_upload(void) {
   size_t n = (5u << 20) + 333;
   store *st = store_new(n + (1u << 20));
   peer *p = peer_start(st, secret);
-  rw_proxy_config c = config_for(p, NULL);
+  rw_proxy_sink_config c = config_for(p, NULL);
   rw_error *err = NULL;
   rw_sink *sink = rw_proxy_sink_new(&c, &err);
   CHECK(sink != NULL && sink->max_inflight == 4);
@@ -462,7 +462,7 @@ static void test_silent_connection(void) {
   store *st = store_new(n + (1u << 20));
   peer *p = peer_start(st, secret);
   p->silent_after = 3;
-  rw_proxy_config c = config_for(p, NULL);
+  rw_proxy_sink_config c = config_for(p, NULL);
   rw_error *err = NULL;
   rw_sink *sink = rw_proxy_sink_new(&c, &err);
   double t0 = rw_mono_now();
@@ -484,7 +484,7 @@ static void test_failover(void) {
   size_t n = (6u << 20) + 4099;
   store *st = store_new(n + (1u << 20));
   peer *a = peer_start(st, secret), *b = peer_start(st, secret);
-  rw_proxy_config c = config_for(a, b);
+  rw_proxy_sink_config c = config_for(a, b);
   rw_error *err = NULL;
   rw_sink *sink = rw_proxy_sink_new(&c, &err);
   CHECK(upload(sink, st, n, kill_peer, a));
@@ -510,7 +510,7 @@ static void test_chaos(void) {
   rw_chaos_config cc = {.upstream = up, .profile = prof};
   rw_chaos *chaos = rw_chaos_start(&cc, &err);
   CHECK(chaos != NULL);
-  rw_proxy_config c = config_for(p, NULL);
+  rw_proxy_sink_config c = config_for(p, NULL);
   c.addrs[0] = rw_chaos_addr(chaos);
   rw_sink *sink = rw_proxy_sink_new(&c, &err);
   CHECK(upload(sink, st, n, NULL, NULL));
@@ -533,7 +533,7 @@ static void test_expired(void) {
   store *st = store_new(n + (1u << 20));
   peer *p = peer_start(st, secret);
   atomic_store(&p->expire_once, 1);
-  rw_proxy_config c = config_for(p, NULL);
+  rw_proxy_sink_config c = config_for(p, NULL);
   rw_error *err = NULL;
   rw_sink *sink = rw_proxy_sink_new(&c, &err);
   CHECK(upload(sink, st, n, NULL, NULL));
@@ -550,7 +550,7 @@ static void test_goodbye(void) {
   store *st = store_new(n + (1u << 20));
   peer *p = peer_start(st, secret);
   p->bye_after = 2;
-  rw_proxy_config c = config_for(p, NULL);
+  rw_proxy_sink_config c = config_for(p, NULL);
   rw_error *err = NULL;
   rw_sink *sink = rw_proxy_sink_new(&c, &err);
   pace_ms = 10; /* connections go idle between pieces */
@@ -576,7 +576,7 @@ static double timed_upload(int connections, size_t n) {
   snprintf(up, sizeof up, "127.0.0.1:%d", p->port);
   rw_chaos_config cc = {.upstream = up, .profile = prof};
   rw_chaos *chaos = rw_chaos_start(&cc, &err);
-  rw_proxy_config c = config_for(p, NULL);
+  rw_proxy_sink_config c = config_for(p, NULL);
   c.addrs[0] = rw_chaos_addr(chaos);
   c.connections = connections;
   rw_sink *sink = rw_proxy_sink_new(&c, &err);
@@ -606,7 +606,7 @@ static void test_resume(void) {
   size_t n = (4u << 20) + 11, half = 2u << 20;
   store *st = store_new(n + (1u << 20));
   peer *p = peer_start(st, secret);
-  rw_proxy_config c = config_for(p, NULL);
+  rw_proxy_sink_config c = config_for(p, NULL);
   rw_error *err = NULL;
   rw_writer_config wc = rw_writer_defaults();
   wc.max_cache_size = 1u << 20;
@@ -627,7 +627,7 @@ static void test_resume(void) {
   char *sess = rw_writer_session(w, &persisted, &has_crc, &crc);
   rw_writer_free(w);
   CHECK(sess && persisted > 0 && persisted <= half);
-  rw_proxy_config rc = config_for(p, NULL);
+  rw_proxy_sink_config rc = config_for(p, NULL);
   rc.session = sess;
   wc.resume = true;
   wc.start_offset = persisted;
@@ -660,7 +660,7 @@ static void test_resume(void) {
 static void test_wrong_secret(void) {
   store *st = store_new(1 << 20);
   peer *p = peer_start(st, other_secret);
-  rw_proxy_config c = config_for(p, NULL);
+  rw_proxy_sink_config c = config_for(p, NULL);
   rw_error *err = NULL;
   rw_sink *sink = rw_proxy_sink_new(&c, &err);
   rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
@@ -675,7 +675,7 @@ static void test_wrong_secret(void) {
   store_free(st);
 }
 
-static void expect_invalid(rw_proxy_config c, const char *word) {
+static void expect_invalid(rw_proxy_sink_config c, const char *word) {
   rw_error *err = NULL;
   rw_sink *s = rw_proxy_sink_new(&c, &err);
   CHECK(!s && err && rw_error_is(err, RW_E_INVALID) && strstr(rw_error_message(err), word));
@@ -685,10 +685,10 @@ static void expect_invalid(rw_proxy_config c, const char *word) {
 }
 
 static void test_bad_options(void) {
-  rw_proxy_config good = rw_proxy_defaults();
+  rw_proxy_sink_config good = rw_proxy_sink_defaults();
   good.addrs[good.naddrs++] = "127.0.0.1:9";
   good.secret = secret, good.secret_len = 32, good.bucket = "b", good.object = "o";
-  rw_proxy_config c = good;
+  rw_proxy_sink_config c = good;
   c.naddrs = 0;
   expect_invalid(c, "addr");
   c = good;
