@@ -887,11 +887,18 @@ static bool live_locked(rw_writer *w) {
   return !w->fatal && !w->aborting && w->state < RW_WRITER_DONE;
 }
 
+/* Where pieces must end now: the sink's max_ahead past persisted. mu held. */
+static uint64_t ahead_end_locked(rw_writer *w) {
+  uint64_t a = w->sink->max_ahead;
+  return a && w->persisted + a > w->persisted ? w->persisted + a : UINT64_MAX;
+}
+
 /* The next piece from sched_end (not yet taken). mu held. */
 static bool next_piece_locked(rw_writer *w, chunk *c) {
   if (!live_locked(w) || w->server_end > w->persisted || w->server_final) return false;
   if (w->sched_end < w->persisted) w->sched_end = w->persisted;
-  uint64_t start = w->sched_end, end = data_end_locked(w);
+  uint64_t start = w->sched_end, end = data_end_locked(w), ahead = ahead_end_locked(w);
+  if (end > ahead) end = ahead;
   if (w->closing && end >= w->total) {
     uint64_t avail = w->total - start;
     if (avail > w->cfg.max_chunk_size) {
@@ -902,6 +909,11 @@ static bool next_piece_locked(rw_writer *w, chunk *c) {
     *c = (chunk){start, avail, true};
     return true;
   }
+  if (w->closing && end - start >= w->cfg.min_chunk_size) { /* up to the bound, before the end */
+    uint64_t n = end - start < w->cfg.max_chunk_size ? end - start : w->cfg.max_chunk_size;
+    *c = (chunk){start, n - n % RW_CHUNK_QUANTUM, false};
+    return c->len > 0;
+  }
   uint64_t avail = end > start ? end - start : 0;
   uint64_t n = avail < w->cfg.max_chunk_size ? avail : w->cfg.max_chunk_size;
   n -= n % RW_CHUNK_QUANTUM;
@@ -910,11 +922,15 @@ static bool next_piece_locked(rw_writer *w, chunk *c) {
   return true;
 }
 
-/* Every accepted byte waits for the server and the window cannot open a
- * new piece until persisted moves: ask the sink. mu held. */
+/* Every accepted byte waits for the server and no new piece can start
+ * until persisted moves (the cache or the sink's max_ahead is full, or
+ * Complete waits for room for the rest): ask the sink. mu held. */
 static bool poll_wanted_locked(rw_writer *w) {
-  return live_locked(w) && !w->closing && w->ntasks == 0 && w->sched_end > w->persisted &&
-         w->persisted + w->cfg.max_cache_size < w->sched_end + w->cfg.min_chunk_size;
+  if (!live_locked(w) || w->ntasks > 0 || w->sched_end <= w->persisted) return false;
+  uint64_t room = w->persisted + w->cfg.max_cache_size, ahead = ahead_end_locked(w);
+  if (ahead < room) room = ahead;
+  if (room < w->sched_end + w->cfg.min_chunk_size) return true;
+  return w->closing && room < w->total; /* the rest cannot go out yet */
 }
 
 /* A piece's answer: persisted may lag or be old news (replies cross). */

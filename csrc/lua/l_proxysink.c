@@ -1,6 +1,6 @@
 /* rw.proxy_sink{ addr =, connections =, secret =, key_id =, bucket =, object =,
  * metadata =, if_generation_match =, if_metageneration_match =, session =,
- * connect_timeout =, request_timeout =, ping_interval =, max_frame = }:
+ * connect_timeout =, request_timeout =, ping_interval =, max_frame =, window = }:
  * a sink descriptor for uploads through reliablewriter proxies (sinks/proxy.h).
  *
  * Like rw.gcs{}, a descriptor is a config: its __rw_sink seam makes a new
@@ -171,7 +171,7 @@ static int proxy_sink_new(lua_State *L) {
   static const char *const known[] = {"addr", "connections", "secret", "key_id", "bucket", "object",
                                       "metadata", "if_generation_match", "if_metageneration_match",
                                       "session", "connect_timeout", "request_timeout",
-                                      "ping_interval", "max_frame", NULL};
+                                      "ping_interval", "max_frame", "window", NULL};
   luaL_checktype(L, 1, LUA_TTABLE);
   rw_lua_check_options(L, 1, 1, known);
   pdesc *d = lua_newuserdata(L, sizeof *d);
@@ -194,6 +194,7 @@ static int proxy_sink_new(lua_State *L) {
   c->ping_interval = rw_lua_opt_number(L, 1, 1, "ping_interval", 0, 0, 3600);
   c->max_frame = (uint32_t)rw_lua_opt_integer(L, 1, 1, "max_frame", c->max_frame, RWP_MIN_FRAME,
                                               RWP_MAX_FRAME);
+  c->window = (uint64_t)rw_lua_opt_integer(L, 1, 1, "window", (int64_t)c->window, 1 << 20, INT64_C(1) << 40);
   rw_error *e = rw_proxy_sink_config_check(c);
   if (e) {
     lua_pushstring(L, rw_error_message(e));

@@ -61,6 +61,7 @@ rw_proxy_sink_config rw_proxy_sink_defaults(void) {
   c.connect_timeout = 5;
   c.request_timeout = 120;
   c.max_frame = 1u << 20;
+  c.window = 16u << 20;
   return c;
 }
 
@@ -93,6 +94,8 @@ rw_error *rw_proxy_sink_config_check(const rw_proxy_sink_config *c) {
     return rw_err(RW_E_INVALID, "proxy: session must be 1 to %d bytes", RWP_MAX_SESSION);
   if (!(c->connect_timeout > 0) || !(c->request_timeout > 0) || !(c->ping_interval >= 0))
     return rw_err(RW_E_INVALID, "proxy: connect_timeout and request_timeout must be > 0, ping_interval >= 0");
+  if (c->window < (1u << 20))
+    return rw_err(RW_E_INVALID, "proxy: window must be at least 1 MiB (got %" PRIu64 ")", c->window);
   if (c->max_frame < RWP_MIN_FRAME || c->max_frame > RWP_MAX_FRAME)
     return rw_err(RW_E_INVALID, "proxy: max_frame must be in %u..%u (got %" PRIu32 ")", RWP_MIN_FRAME,
                   RWP_MAX_FRAME, c->max_frame);
@@ -936,6 +939,7 @@ rw_sink *rw_proxy_sink_new(const rw_proxy_sink_config *cfg, rw_error **err) {
   rw_cond_init(&ps->cv);
   ps->base.ops = &proxy_ops;
   ps->base.max_inflight = cfg->connections;
+  ps->base.max_ahead = cfg->window;
   ps->base.has_precondition = cfg->has_if_generation_match || cfg->has_if_metageneration_match;
   ps->next_seq = 1;
   ps->frame_limit = cfg->max_frame;

@@ -90,6 +90,10 @@ struct rw_sink {
    * persisted when a final put finds the server short of bytes it accepted
    * (e.g. a proxy that died before passing them on). */
   int max_inflight;
+  /* With max_inflight > 1: the most bytes past the persisted offset the
+   * sink's server takes at once (a proxy's per-session cache); 0 = no bound
+   * but the writer's own cache. */
+  uint64_t max_ahead;
 };
 
 static inline void rw_sink_destroy(rw_sink *s) {

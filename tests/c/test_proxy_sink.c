@@ -60,6 +60,8 @@ typedef struct peer {
   int fds[MAX_PEER_CONNS], nconns;
   atomic_int writes, active, peak_active, retries_known, dup_without_retry, silenced;
   atomic_int expire_once;
+  uint64_t window; /* bytes past the contiguous prefix taken (0: any); past it: rw.out_of_window */
+  atomic_int out_of_window;
   int bye_after;  /* a connection says GOODBYE and closes after this many replies (0: never) */
   atomic_int byes; /* the next WRITE_AT is answered proto.expired, not run */
   int silent_after; /* a connection goes silent after this many WRITE_ATs (0: never), once */
@@ -206,6 +208,11 @@ static bool serve(pconn_t *c, rwp_frame *f, int *writes) {
     if (atomic_exchange(&c->p->expire_once, 0)) {
       pthread_mutex_unlock(&s->mu);
       return error_reply(c, m, RW_E_PROTO_EXPIRED);
+    }
+    if (c->p->window && m->u.write_at.offset + f->body_len > prefix + c->p->window) {
+      pthread_mutex_unlock(&s->mu);
+      atomic_fetch_add(&c->p->out_of_window, 1);
+      return error_reply(c, m, RW_E_OUT_OF_WINDOW);
     }
     if (m->u.write_at.offset + f->body_len <= s->cap) {
       memcpy(s->data + m->u.write_at.offset, f->body, f->body_len);
@@ -657,6 +664,24 @@ static void test_resume(void) {
   store_free(st);
 }
 
+/* A proxy takes bytes only up to its session cache past what it holds
+ * (rw.out_of_window beyond): the sink's window keeps every piece inside. */
+static void test_window(void) {
+  size_t n = (4u << 20) + 3;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  p->window = 1u << 20;
+  rw_proxy_sink_config c = config_for(p, NULL);
+  c.window = 1u << 20;
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(sink && sink->max_ahead == (1u << 20));
+  CHECK(upload(sink, st, n, NULL, NULL));
+  CHECK_EQ_INT(atomic_load(&p->out_of_window), 0);
+  peer_free(p);
+  store_free(st);
+}
+
 static void test_wrong_secret(void) {
   store *st = store_new(1 << 20);
   peer *p = peer_start(st, other_secret);
@@ -723,6 +748,7 @@ int main(void) {
   RUN(test_goodbye);
   RUN(test_connections_scale);
   RUN(test_resume);
+  RUN(test_window);
   RUN(test_wrong_secret);
   return ct_finish("test_proxy_sink");
 }

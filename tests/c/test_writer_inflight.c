@@ -25,10 +25,11 @@ typedef struct mem_sink {
   unsigned char *data, *have;
   uint64_t cap, persisted, total;
   bool finalized;
-  double p_lose; /* per put: forget every accepted byte above persisted */
-  uint64_t rng, lost;
+  double p_lose; /* per put (and every 8th put when > 0): forget every accepted byte above persisted */
+  uint64_t rng, lost, puts;
   int active, peak;
   uint64_t bad_puts; /* puts with bytes outside the cache's range */
+  uint64_t past_ahead; /* puts ending past persisted + max_ahead */
 } mem_sink;
 
 /* Persisted: the contiguous prefix, in whole 256 KiB blocks (a proxy passes
@@ -71,13 +72,14 @@ static rw_error *mem_put(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_sink_
   pthread_mutex_lock(&m->mu);
   m->active--;
   if (p->offset + p->len > m->cap) m->bad_puts++;
+  if (m->base.max_ahead && p->offset + p->len > m->persisted + m->base.max_ahead) m->past_ahead++;
   uint64_t at = p->offset;
   for (int i = 0; i < p->iovcnt && at + p->iov[i].iov_len <= m->cap; i++) {
     memcpy(m->data + at, p->iov[i].iov_base, p->iov[i].iov_len);
     memset(m->have + at, 1, p->iov[i].iov_len);
     at += p->iov[i].iov_len;
   }
-  if (m->p_lose > 0 && rw_rand_unit(&m->rng) < m->p_lose) mem_forget(m);
+  if (m->p_lose > 0 && (rw_rand_unit(&m->rng) < m->p_lose || ++m->puts % 8 == 0)) mem_forget(m);
   mem_settle(m);
   if (p->final) {
     uint64_t c = m->persisted;
@@ -312,6 +314,20 @@ static void test_resume_in_flight(void) {
   free(data);
 }
 
+/* A sink that takes at most max_ahead bytes past what it persisted (a
+ * proxy's session cache): no put ends beyond it, and the upload finishes
+ * (the writer asks for the persisted size while it waits). */
+static void test_max_ahead(void) {
+  size_t n = (5u << 20) + 1;
+  mem_sink *m = mem_new(n + (1u << 20), 4, 0);
+  m->base.max_ahead = 512u << 10; /* less than 4 pieces of 256 KiB */
+  rw_writer_stats st;
+  upload_and_check(m, &m->base, n, &st);
+  CHECK_EQ_INT(m->past_ahead, 0);
+  CHECK(m->peak >= 2);
+  mem_free(m);
+}
+
 int main(void) {
   rng = ct_seed();
   RUN(test_concurrent_puts);
@@ -320,5 +336,6 @@ int main(void) {
   RUN(test_faulty_inflight);
   RUN(test_abort_in_flight);
   RUN(test_resume_in_flight);
+  RUN(test_max_ahead);
   return ct_finish("test_writer_inflight");
 }
