@@ -446,7 +446,7 @@ static rw_error *checkout(proxy_sink *ps, rw_ctx *ctx, pconn **out) {
     pthread_mutex_unlock(&ps->mu);
     rw_error_unref(e);
     e = oe;
-    if (rw_ctx_err(ctx) || (e && !rw_error_retryable(e) && !rw_error_is(e, RW_E_NET_REFUSED))) break;
+    if (rw_ctx_done(ctx) || (e && !rw_error_retryable(e) && !rw_error_is(e, RW_E_NET_REFUSED))) break;
   }
   if (c->fd >= 0) {
     rw_error_unref(e);
@@ -571,7 +571,7 @@ static rw_error *call_seq(proxy_sink *ps, rw_ctx *ctx, rwp_msg *m, const void *b
     if (e) conn_err = true;
     else e = await_reply(ps, c, ctx, m, out, &conn_err);
     checkin(ps, c, conn_err);
-    if (!e || !conn_err || rw_ctx_err(ctx) || !resendable(e)) break;
+    if (!e || !conn_err || rw_ctx_done(ctx) || !resendable(e)) break;
     rw_error_log(RW_LOG_INFO, e, "proxy: resending the request on another connection after");
   }
   seq_done(ps, m->seq);
@@ -806,7 +806,7 @@ static rw_error *write_pieces(proxy_sink *ps, rw_ctx *ctx, const rw_sink_put *p,
     bool conn_err = false;
     e = batch_run(ps, c, ctx, &b, &conn_err);
     checkin(ps, c, conn_err);
-    if (!e || !conn_err || rw_ctx_err(ctx) || !resendable(e) || attempt + 1 >= tries) break;
+    if (!e || !conn_err || rw_ctx_done(ctx) || !resendable(e) || attempt + 1 >= tries) break;
     rw_error_log(RW_LOG_INFO, e, "proxy: resending the unanswered WRITE_ATs on another connection after");
     rw_error_unref(e);
     e = NULL;
