@@ -133,7 +133,9 @@ static void stats_publish(rw_proxy_server *s) {
 }
 
 static void accept_one(rw_proxy_server *s) {
-  int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  struct sockaddr_in peer = {0};
+  socklen_t plen = sizeof peer;
+  int fd = accept4(s->lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (fd < 0) return;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -151,9 +153,17 @@ static void accept_one(rw_proxy_server *s) {
   s->nconns++, s->live.accepted++;
   struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->w};
   epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev);
+  uint32_t wait_ms = req_rate_addr(s, ntohl(peer.sin_addr.s_addr));
   if (s->nconns > s->cfg.max_connections)
     conn_fatal(c, rw_err(RW_E_PROTO_BUSY, "the proxy has %d connections (its max_connections)",
                          s->cfg.max_connections));
+  else if (wait_ms) {
+    s->live.rate_limited++;
+    conn_send_error(c, 0, rw_err(RW_E_PROTO_RATE_LIMITED, "too many connections from this address"),
+                    false, 0, wait_ms);
+    c->closing = true;
+    conn_flush(c);
+  }
 }
 
 static void accept_all(rw_proxy_server *s) {
@@ -164,8 +174,10 @@ static void accept_all(rw_proxy_server *s) {
   }
 }
 
-/* Frees closed connections (their memory is not touched after the event). */
+/* Frees closed connections and dropped sessions once no event of the batch
+ * can name them. */
 static void reap(rw_proxy_server *s) {
+  sessions_reap(s);
   for (conn **pp = &s->conns; *pp;) {
     conn *c = *pp;
     if (!c->dead) {
@@ -229,13 +241,14 @@ static void *loop(void *arg) {
     reap(s);
     stats_publish(s);
   }
-  /* the jobs still running end promptly: the context is cancelled */
+  /* writers suspended first (their sessions stay; cancelling their parent
+   * context would fail them), then the jobs still running end promptly */
+  sessions_free_all(s);
   rw_ctx_cancel(s->ctx, rw_err(RW_E_PROTO_SHUTDOWN, "the proxy is stopping"));
   pthread_mutex_lock(&s->jobs_mu);
   while (s->jobs_running) pthread_cond_wait(&s->jobs_cv, &s->jobs_mu);
   pthread_mutex_unlock(&s->jobs_mu);
   req_jobs_done(s);
-  sessions_free_all(s);
   reap(s);
   stats_publish(s);
   return NULL;

@@ -266,7 +266,11 @@ void conn_on_readable(conn *c) {
 
 void conn_tick(conn *c, double now) {
   rw_proxy_server *s = c->srv;
-  if (c->closing) return;
+  if (c->closing) { /* a peer that does not read its last frames */
+    if (!c->closing_at) c->closing_at = now;
+    else if (now - c->closing_at > 2) conn_close(c);
+    return;
+  }
   if (c->state != C_AUTHED) {
     if (now - c->accepted_at >= s->cfg.auth_timeout) {
       s->live.auth_failed++;

@@ -51,7 +51,7 @@ typedef struct conn {
   uint32_t max_frame;
   uint16_t max_inflight;
   int inflight;             /* requests unanswered on this connection */
-  double accepted_at, last_rx;
+  double accepted_at, last_rx, closing_at;
   int pings_out;
   uint64_t ping_nonce;
   bool goodbye, closing, dead, want_out;
@@ -108,7 +108,8 @@ typedef struct job {
 
 typedef struct client_rl {
   struct client_rl *next;
-  uint64_t client_id;
+  uint64_t client_id;       /* or the IPv4 address when by_addr */
+  bool by_addr;
   rw_ratelimit *req, *bytes;
   double seen;
 } client_rl;
@@ -127,7 +128,7 @@ struct rw_proxy_server {
   rw_ctx *ctx;              /* cancelled at stop: GCS jobs end */
   rw_amo *amo;
   conn *conns;
-  session *sessions;
+  session *sessions, *dead_sessions;
   client_rl *rls;
   uint64_t next_conn_id, held;
   int nconns, nsessions;
@@ -160,7 +161,10 @@ void req_handle(conn *c, rwp_frame *f);
 void req_jobs_done(struct rw_proxy_server *s);
 void session_on_event(session *ss);
 void sessions_free_all(struct rw_proxy_server *s);
+void sessions_reap(struct rw_proxy_server *s);
 void req_expire(struct rw_proxy_server *s, double now);
+/* A new connection from ipv4 (host order): 0 when allowed, else ms to wait. */
+uint32_t req_rate_addr(struct rw_proxy_server *s, uint32_t ipv4);
 void shutdown_ops(struct rw_proxy_server *s);
 void body_unref(void *b);
 rw_error *body_alloc(struct rw_proxy_server *s, const rwp_frame *f, uint8_t **buf, body **out);

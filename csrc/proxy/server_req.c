@@ -253,7 +253,14 @@ static void session_drop(rw_proxy_server *s, session *ss) {
     s->nsessions--;
   }
   for (op *o = ss->ops, *n; o; o = n) n = o->next, op_free(o);
-  free(ss->uri), free(ss);
+  ss->ops = NULL, ss->writer = NULL, ss->state = S_GONE;
+  /* freed by sessions_reap: an event of this batch may still name it */
+  ss->next = s->dead_sessions, s->dead_sessions = ss;
+}
+
+void sessions_reap(rw_proxy_server *s) {
+  for (session *ss = s->dead_sessions, *n; ss; ss = n) n = ss->next, free(ss->uri), free(ss);
+  s->dead_sessions = NULL;
 }
 
 /* Fails every request waiting on the session (the writer failed). */
@@ -377,6 +384,7 @@ static void session_pump(rw_proxy_server *s, session *ss) {
 }
 
 void session_on_event(session *ss) {
+  if (ss->state != S_OPEN) return;
   rw_writer_drain(ss->writer);
   session_pump(ss->srv, ss);
 }
@@ -513,29 +521,41 @@ void shutdown_ops(rw_proxy_server *s) {
 
 /* ---- requests ---- */
 
-static client_rl *rate_for(rw_proxy_server *s, uint64_t client_id) {
+/* The buckets of a client (by_addr false) or of a source address (true:
+ * connections before AUTH, burst 64 so a client may open its pool at once). */
+static client_rl *rate_for(rw_proxy_server *s, uint64_t key, bool by_addr) {
   for (client_rl *r = s->rls; r; r = r->next)
-    if (r->client_id == client_id) return r;
+    if (r->client_id == key && r->by_addr == by_addr) return r;
   client_rl *r = calloc(1, sizeof *r);
   if (!r) return NULL;
   rw_error *e = NULL;
-  double rq = s->cfg.rate_requests, rb = s->cfg.rate_bytes;
-  if (rq > 0) r->req = rw_ratelimit_new(rq, rq < 1 ? 1 : rq, &e);
+  double rq = s->cfg.rate_requests, rb = by_addr ? 0 : s->cfg.rate_bytes;
+  double burst = by_addr ? (rq < 64 ? 64 : rq) : (rq < 1 ? 1 : rq);
+  if (rq > 0) r->req = rw_ratelimit_new(rq, burst, &e);
   if (rb > 0 && !e) r->bytes = rw_ratelimit_new(rb, rb < s->cfg.max_frame ? s->cfg.max_frame : rb, &e);
   if (e) {
     rw_error_unref(e);
     rw_ratelimit_free(r->req), free(r);
     return NULL;
   }
-  r->client_id = client_id;
+  r->client_id = key, r->by_addr = by_addr;
   r->next = s->rls, s->rls = r;
   return r;
+}
+
+uint32_t req_rate_addr(rw_proxy_server *s, uint32_t ipv4) {
+  if (s->cfg.rate_requests <= 0) return 0;
+  client_rl *r = rate_for(s, ipv4, true);
+  if (!r) return 1000;
+  r->seen = rw_proxy_now();
+  if (rw_ratelimit_try(r->req, 1)) return 0;
+  return (uint32_t)((1 - rw_ratelimit_tokens(r->req)) / s->cfg.rate_requests * 1000) + 1;
 }
 
 /* 0 when allowed, else the milliseconds to wait. */
 static uint32_t rate_check(rw_proxy_server *s, uint64_t client_id, double bytes) {
   if (s->cfg.rate_requests <= 0 && s->cfg.rate_bytes <= 0) return 0;
-  client_rl *r = rate_for(s, client_id);
+  client_rl *r = rate_for(s, client_id, false);
   if (!r) return 1000;
   r->seen = rw_proxy_now();
   if (r->req && !rw_ratelimit_try(r->req, 1)) {
@@ -622,6 +642,8 @@ static rw_error *run_on_session(conn *c, rwp_frame *f) {
 static rw_error *run(conn *c, rwp_frame *f) {
   rwp_str uri = f->msg.op == RWP_CREATE ? (rwp_str){0} : f->msg.op == RWP_WRITE_AT ? f->msg.u.write_at.session
                 : f->msg.op == RWP_COMPLETE ? f->msg.u.complete.session : f->msg.u.session_op.session;
+  if (f->msg.op == RWP_WRITE_AT && (!f->body_len || !c->pbody))
+    return rw_err(RW_E_INVALID, "WRITE_AT: the body must hold 1 .. max_frame bytes");
   if (f->msg.op != RWP_CREATE && !uri_ok(c->srv, uri))
     return rw_err(RW_E_INVALID, "%s: the session is not a session URI of this proxy's upstream",
                   rwp_op_name(f->msg.op));

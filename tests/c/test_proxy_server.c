@@ -13,6 +13,7 @@
 
 #include "ctest.h"
 #include "core/checksum.h"
+#include "io/writer.h"
 #include "proxy/frame.h"
 #include "proxy/server.h"
 #include "testbed/fakegcs.h"
@@ -176,21 +177,37 @@ static bool closes(cl *c) {
 
 /* ---- the world ---- */
 
+static _Atomic int error_lines;
+static void count_errors(void *ud, rw_log_level lvl, const char *line) {
+  (void)ud;
+  if (lvl != RW_LOG_ERROR) return;
+  error_lines++;
+  fprintf(stderr, "  logged: %s\n", line);
+}
+
 static rw_fakegcs *gcs;
 static uint32_t ping_ms = 5000;
+static int max_conns = 256;
+static uint64_t cache_cap = 256u << 20, sess_cache = 4u << 20;
 static rw_proxy_server *start_proxy(double rate_requests) {
   rw_proxy_secret secs[] = {{"", secret, 32}, {"k2", other, 32}};
   rw_proxy_config cfg = rw_proxy_defaults();
   cfg.ping_interval_ms = ping_ms;
   cfg.listen = "127.0.0.1:0", cfg.upstream = rw_fakegcs_url(gcs);
   cfg.secrets = secs, cfg.nsecrets = 2, cfg.rate_requests = rate_requests;
-  cfg.session_cache = 4u << 20;
+  cfg.session_cache = sess_cache, cfg.cache = cache_cap, cfg.max_connections = max_conns;
   rw_error *e = NULL;
   rw_proxy_server *p = rw_proxy_server_start(&cfg, &e);
   CHECK(p != NULL);
   if (e) fprintf(stderr, "  start: %s\n", rw_error_message(e));
   rw_error_unref(e);
   return p;
+}
+
+/* The stats as published once the loop went round (at least every 50 ms). */
+static rw_proxy_stats stats_of(rw_proxy_server *p) {
+  usleep(150 * 1000);
+  return rw_proxy_server_stats(p);
 }
 
 /* A request and its reply (REPLY decoded for op into *rep). */
@@ -262,7 +279,7 @@ static void test_upload(void) {
       rwp_frame_clear(&f);
     }
   }
-  rw_proxy_stats st = rw_proxy_server_stats(p);
+  rw_proxy_stats st = stats_of(p);
   CHECK(st.duplicates >= 1);
   /* COMPLETE with the crc32c, and once more as a duplicate */
   rwp_msg m = {.op = RWP_COMPLETE, .seq = seq_next++};
@@ -289,7 +306,7 @@ static void test_upload(void) {
   m = (rwp_msg){.op = RWP_WRITE_AT, .seq = dup_seq, .flags = RWP_FLAG_RETRY};
   m.u.write_at.session = rwp_cstr(session), m.u.write_at.offset = 0;
   CHECK(call(&a, m, data, PIECE, &f, NULL) == 1 && err_is(&f, RW_E_PROTO_EXPIRED));
-  st = rw_proxy_server_stats(p);
+  st = stats_of(p);
   fprintf(stderr, "  requests %llu duplicates %llu entries %llu held %llu\n", (unsigned long long)st.requests,
           (unsigned long long)st.duplicates, (unsigned long long)st.table_entries, (unsigned long long)st.held);
   CHECK(st.requests == (uint64_t)PIECES + 2);
@@ -440,7 +457,7 @@ static void test_hostile(void) {
   CHECK(rw_fakegcs_object_get(gcs, "bkt", "good", &o));
   CHECK(o.size == UPLOAD_LEN && o.data && memcmp(o.data, data, UPLOAD_LEN) == 0);
   rw_fakegcs_object_free(&o);
-  rw_proxy_stats s = rw_proxy_server_stats(p);
+  rw_proxy_stats s = stats_of(p);
   CHECK(s.auth_failed >= 4);
   cl_close(&g);
   rw_proxy_server_stop(p);
@@ -465,8 +482,22 @@ static void test_rate_limit(void) {
     rwp_frame_clear(&f);
   }
   CHECK(ok >= 2 && limited >= 2);
-  CHECK(rw_proxy_server_stats(p).rate_limited >= 2);
+  CHECK(stats_of(p).rate_limited >= 2);
   cl_close(&c);
+  /* before AUTH, per source address: connections past the burst (64) are refused */
+  static cl many[70];
+  int refused = 0;
+  for (int i = 0; i < 70; i++) cl_open(&many[i], rw_proxy_server_addr(p), 100 + (uint64_t)i);
+  usleep(300 * 1000);
+  for (int i = 0; i < 70; i++) {
+    rwp_frame g;
+    if (cl_recv(&many[i], &g, 0.001) == 1 && err_is(&g, RW_E_PROTO_RATE_LIMITED)) {
+      refused++;
+      CHECK(g.msg.u.error.retry_after_ms > 0);
+    }
+  }
+  CHECK(refused >= 4);
+  for (int i = 0; i < 70; i++) cl_close(&many[i]);
   rw_proxy_server_stop(p);
 }
 
@@ -563,13 +594,17 @@ static void test_pending_duplicate_and_stop(void) {
   }
   if (!far_replies) CHECK(cl_next(&b, &f, 20) == 1 && f.msg.op == RWP_REPLY && f.msg.seq == far_seq);
   CHECK(cl_next(&a, &f, 20) == 1 && f.msg.op == RWP_REPLY && f.msg.seq == far_seq);
-  rw_proxy_stats st = rw_proxy_server_stats(p);
+  rw_proxy_stats st = stats_of(p);
   CHECK(st.duplicates == 1);
   CHECK(st.requests == 1 + (uint64_t)FAR + 1); /* CREATE, FAR pieces, the far one once */
   fl.p_stall = 0;
   rw_fakegcs_set_faults(gcs, &fl);
   rw_fakegcs_requests_clear(gcs);
+  error_lines = 0;
+  rw_log_set_hook(count_errors, NULL); /* stopping fails no writer: nothing at error level */
   rw_proxy_server_stop(p);
+  rw_log_set_hook(NULL, NULL);
+  CHECK_EQ_INT(error_lines, 0);
   CHECK(cl_next(&a, &f, 3) == 1 && f.msg.op == RWP_GOODBYE);
   CHECK(closes(&a));
   size_t n = 0;
@@ -577,6 +612,136 @@ static void test_pending_duplicate_and_stop(void) {
   for (size_t i = 0; i < n; i++) CHECK(strcmp(log[i].method, "DELETE") != 0);
   rw_fakegcs_requests_free(log, n);
   cl_close(&a), cl_close(&b);
+}
+
+static uint64_t status(cl *c, bool *finalized, size_t *json_len) {
+  rwp_msg m = {.op = RWP_STATUS, .seq = seq_next++};
+  m.u.session_op.session = rwp_cstr(session);
+  rwp_frame f;
+  rwp_reply rep = {0};
+  CHECK(call(c, m, NULL, 0, &f, &rep) == 1 && f.msg.op == RWP_REPLY);
+  *finalized = rep.finalized, *json_len = f.body_len;
+  rwp_frame_clear(&f);
+  return rep.persisted;
+}
+
+/* The proxy keeps nothing another needs: half an upload through one proxy,
+ * that proxy stopped, the rest (resending what GCS may hold) through a
+ * second one; STATUS on the way; COMPLETE again through a third gives the
+ * object; ABORT of another session, twice (idempotent). */
+static void test_failover(void) {
+  rw_proxy_server *p1 = start_proxy(0);
+  uint64_t cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
+  cl a;
+  cl_open(&a, rw_proxy_server_addr(p1), cid);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL);
+  for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)rnd();
+  CHECK(create(&a, "moved"));
+  for (int i = 0; i < PIECES / 2; i++) write_piece(&a, i, true);
+  bool fin = true;
+  size_t jl = 1;
+  uint64_t persisted = 0;
+  for (int i = 0; i < 100 && persisted < RW_CHUNK_QUANTUM; i++) {
+    persisted = status(&a, &fin, &jl);
+    if (persisted < RW_CHUNK_QUANTUM) usleep(20 * 1000);
+  }
+  CHECK(persisted >= RW_CHUNK_QUANTUM && persisted <= (size_t)PIECE * PIECES / 2 && !fin && jl == 0);
+  rw_proxy_server_stop(p1);
+  cl_close(&a);
+  rw_proxy_server *p2 = start_proxy(0);
+  cl_open(&a, rw_proxy_server_addr(p2), cid);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL);
+  /* as a client that dropped what it saw persisted: from there on */
+  for (int i = (int)(persisted / PIECE); i < PIECES; i++) write_piece(&a, i, true);
+  rwp_msg m = {.op = RWP_COMPLETE, .seq = seq_next++};
+  m.u.complete.session = rwp_cstr(session), m.u.complete.total = UPLOAD_LEN;
+  m.u.complete.sums = RWP_SUM_CRC32C, m.u.complete.crc32c = rw_crc32c(0, data, UPLOAD_LEN);
+  rwp_frame f;
+  CHECK(call(&a, m, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_REPLY && f.body_len > 0);
+  if (f.msg.op == RWP_ERROR) fprintf(stderr, "  %.*s\n", f.msg.u.error.message.len, f.msg.u.error.message.p);
+  rwp_frame_clear(&f);
+  rw_fakegcs_object o;
+  CHECK(rw_fakegcs_object_get(gcs, "bkt", "moved", &o));
+  CHECK(o.size == UPLOAD_LEN && o.data && memcmp(o.data, data, UPLOAD_LEN) == 0);
+  rw_fakegcs_object_free(&o);
+  CHECK(status(&a, &fin, &jl) == UPLOAD_LEN && fin && jl > 0);
+  rw_proxy_server_stop(p2);
+  cl_close(&a);
+  /* a third proxy: COMPLETE of the finalized session gives the object; a
+   * wrong crc32c is a checksum mismatch */
+  rw_proxy_server *p3 = start_proxy(0);
+  cl_open(&a, rw_proxy_server_addr(p3), cid);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL);
+  m.seq = seq_next++;
+  CHECK(call(&a, m, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_REPLY && f.body_len > 0);
+  if (f.msg.op == RWP_ERROR) fprintf(stderr, "  %.*s\n", f.msg.u.error.message.len, f.msg.u.error.message.p);
+  rwp_frame_clear(&f);
+  m.seq = seq_next++, m.u.complete.crc32c ^= 1;
+  CHECK(call(&a, m, NULL, 0, &f, NULL) == 1 && err_is(&f, RW_E_CHECKSUM));
+  /* ABORT: a new session, some bytes, ABORT twice, then STATUS fails */
+  CHECK(create(&a, "dropped"));
+  write_piece(&a, 0, true);
+  for (int k = 0; k < 2; k++) {
+    rwp_msg ab = {.op = RWP_ABORT, .seq = seq_next++};
+    ab.u.session_op.session = rwp_cstr(session);
+    CHECK(call(&a, ab, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_REPLY);
+    if (f.msg.op == RWP_ERROR) fprintf(stderr, "  abort: %.*s\n", f.msg.u.error.code.len, f.msg.u.error.code.p);
+  }
+  rwp_msg st = {.op = RWP_STATUS, .seq = seq_next++};
+  st.u.session_op.session = rwp_cstr(session);
+  CHECK(call(&a, st, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_ERROR);
+  CHECK(!rw_fakegcs_object_get(gcs, "bkt", "dropped", &o));
+  cl_close(&a);
+  rw_proxy_server_stop(p3);
+}
+
+/* Bounds: connections past max_connections, and a body that would pass the
+ * process cache, get proto.busy (retryable) and a close; the others go on. */
+static void test_busy(void) {
+  max_conns = 2;
+  rw_proxy_server *p = start_proxy(0);
+  max_conns = 256;
+  cl c[3];
+  rwp_frame f;
+  for (int i = 0; i < 3; i++) cl_open(&c[i], rw_proxy_server_addr(p), 50 + (uint64_t)i);
+  CHECK(cl_recv(&c[2], &f, 3) == 1 && err_is(&f, RW_E_PROTO_BUSY) && (f.msg.u.error.flags2 & RWP_ERR_RETRYABLE));
+  CHECK(closes(&c[2]));
+  CHECK(cl_shake(&c[0], secret, "", 4) == NULL && cl_shake(&c[1], secret, "", 4) == NULL);
+  for (int i = 0; i < 3; i++) cl_close(&c[i]);
+  rw_proxy_server_stop(p);
+  /* 1 MiB of bodies in all; 4 sessions each hold 256 KiB while GCS stalls */
+  cache_cap = 1u << 20, sess_cache = 256u << 10;
+  p = start_proxy(0);
+  cache_cap = 256u << 20, sess_cache = 4u << 20;
+  cl a, b;
+  cl_open(&a, rw_proxy_server_addr(p), 60), cl_open(&b, rw_proxy_server_addr(p), 61);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL && cl_shake(&b, secret, "", 16) == NULL);
+  char sessions[5][RWP_MAX_SESSION + 1];
+  for (int i = 0; i < 5; i++) {
+    char name[16];
+    snprintf(name, sizeof name, "busy%d", i);
+    CHECK(create(&a, name));
+    memcpy(sessions[i], session, sizeof session);
+  }
+  rw_fakegcs_faults fl = {.seed = rnd(), .p_stall = 1, .stall_ms = 1000};
+  rw_fakegcs_set_faults(gcs, &fl);
+  for (int i = 0; i < 4; i++) {
+    memcpy(session, sessions[i], sizeof session);
+    write_piece(&a, 0, true);
+  }
+  memcpy(session, sessions[4], sizeof session);
+  rwp_msg m = {.op = RWP_WRITE_AT, .seq = seq_next++};
+  m.u.write_at.session = rwp_cstr(session);
+  cl_send(&a, m, data, PIECE);
+  CHECK(cl_next(&a, &f, 5) == 1 && err_is(&f, RW_E_PROTO_BUSY));
+  CHECK(closes(&a));
+  /* the other connection still works */
+  cl_send(&b, (rwp_msg){.op = RWP_PING, .u.ping.nonce = 3}, NULL, 0);
+  CHECK(cl_next(&b, &f, 3) == 1 && f.msg.op == RWP_PONG);
+  fl.p_stall = 0;
+  rw_fakegcs_set_faults(gcs, &fl);
+  cl_close(&a), cl_close(&b);
+  rw_proxy_server_stop(p);
 }
 
 int main(void) {
@@ -595,6 +760,8 @@ int main(void) {
   RUN(test_config);
   RUN(test_heartbeat);
   RUN(test_pending_duplicate_and_stop);
+  RUN(test_failover);
+  RUN(test_busy);
   rw_fakegcs_stop(gcs);
   return ct_finish("test_proxy_server");
 }
