@@ -149,6 +149,25 @@ describe("proxy_sink end to end", function()
     srv:stop()
   end)
 
+  it("keeps to the unanswered requests per connection the proxy chose (no proto.too_many, nothing resent)", function()
+    if not proxy_available() then
+      pending("rw.proxy.start is not in the module yet (branch h-psrv)")
+      return
+    end
+    local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
+    local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
+    local data = H.random_bytes(4 * MiB + 1)
+    local obj = assert(upload(rw.proxy_sink { addr = p:addr(), connections = 1, secret = secret, bucket = "b",
+                                             object = "one-conn", max_frame = 64 * KiB }, data))
+    assert.equal(#data, tonumber(obj.size))
+    check_object(srv, "one-conn", data)
+    local st = p:stats()
+    assert.equal(0, st.errors)
+    assert.equal(0, st.duplicates)
+    p:stop()
+    srv:stop()
+  end)
+
   it("keeps what it sends inside the proxy's session cache (window): 32 MiB, 8 MiB chunks on 4 connections", function()
     if not proxy_available() then
       pending("rw.proxy.start is not in the module yet (branch h-psrv)")

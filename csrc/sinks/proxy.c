@@ -21,6 +21,7 @@
 #include "proxy/frame.h"
 
 #define MAX_OUTSTANDING 1024
+#define PIPELINE 8 /* WRITE_ATs unanswered at once on one connection, at most (HELLO) */
 #define MISSED_PINGS 3
 
 typedef struct pconn {
@@ -29,6 +30,7 @@ typedef struct pconn {
   rwp_writer wr;
   rwp_reader *rd;
   double ping_interval;
+  unsigned max_inflight; /* requests unanswered at once on this connection (CHALLENGE) */
   int missed;
   uint64_t ping_nonce;
   uint8_t buf[64 * 1024];
@@ -298,7 +300,7 @@ static rw_error *send_hello(proxy_sink *ps, pconn *c, rw_ctx *ctx, handshake *h)
   rwp_msg m = {.op = RWP_HELLO, .client_id = ps->client_id};
   m.u.hello = (rwp_hello){.min_version = RWP_VERSION, .max_version = RWP_VERSION,
                           .max_frame = ps->cfg.max_frame,
-                          .max_inflight = (uint16_t)(ps->cfg.connections * 2),
+                          .max_inflight = PIPELINE, /* per connection (PROTOCOL.md 6) */
                           .key_id = rwp_cstr(ps->key_id)};
   rw_error *e = rwp_random(m.u.hello.client_nonce, RWP_NONCE_LEN);
   if (e) return e;
@@ -364,6 +366,7 @@ static rw_error *conn_open(proxy_sink *ps, pconn *c, const char *addr, rw_ctx *c
   pthread_mutex_lock(&ps->mu);
   if (h.ch.max_frame < ps->frame_limit) ps->frame_limit = h.ch.max_frame;
   pthread_mutex_unlock(&ps->mu);
+  c->max_inflight = h.ch.max_inflight < 1 ? 1 : h.ch.max_inflight > PIPELINE ? PIPELINE : h.ch.max_inflight;
   double pi = h.ch.ping_interval_ms ? h.ch.ping_interval_ms / 1000.0 : 5.0;
   c->ping_interval = ps->cfg.ping_interval > 0 ? ps->cfg.ping_interval : pi;
   return NULL;
@@ -675,13 +678,12 @@ static rw_error *proxy_query(rw_sink *s, rw_ctx *ctx, rw_sink_result *res) {
 
 /* ---- WRITE_AT: a put's frames pipelined on one connection ---- */
 
-#define PIPELINE 8 /* WRITE_ATs unanswered at once on one connection */
 
 typedef struct wframe {
-  uint64_t off, seq; /* seq 0: not sent yet */
+  uint64_t off, seq; /* seq 0: not sent yet (or expired: sent again as new) */
   const char *body;
   size_t len;
-  bool done;
+  bool done, unsent; /* unsent: not (yet) sent on the current connection */
 } wframe;
 
 typedef struct wbatch {
@@ -748,6 +750,7 @@ static rw_error *batch_take(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bo
     if (rw_error_is(e, RW_E_PROTO_EXPIRED)) {
       seq_done(ps, f->seq);
       f->seq = 0; /* sent again as a new request (PROTOCOL.md 7.4, 7.5) */
+      f->unsent = true;
       b->inflight--;
       rw_error_unref(e);
       e = NULL;
@@ -764,28 +767,27 @@ static rw_error *batch_take(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bo
   return e;
 }
 
-/* Sends what is unanswered on c (again, RETRY, for frames a lost connection
- * took), then new frames, PIPELINE at most unanswered, until all are done. */
+/* The next frame to send on the current connection: one a lost connection
+ * took or that expired (marked unsent), else the first never sent. */
+static wframe *next_to_send(wbatch *b) {
+  for (size_t i = 0; i < b->next; i++)
+    if (b->f[i].unsent && !b->f[i].done) return &b->f[i];
+  return b->next < b->n ? &b->f[b->next++] : NULL;
+}
+
+/* Sends the batch on c, at most the connection's max_inflight unanswered,
+ * until every frame is answered. */
 static rw_error *batch_run(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bool *conn_err) {
   b->inflight = 0;
-  for (size_t i = 0; i < b->next; i++) {
-    if (b->f[i].done) continue;
-    rw_error *e = send_write(ps, c, ctx, b, &b->f[i]);
-    if (e) return *conn_err = true, e;
-    b->inflight++;
-  }
+  for (size_t i = 0; i < b->next; i++) b->f[i].unsent = !b->f[i].done;
   while (b->done < b->n) {
-    while (b->inflight < PIPELINE && b->next < b->n) {
-      rw_error *e = send_write(ps, c, ctx, b, &b->f[b->next++]);
+    wframe *f;
+    while (b->inflight < c->max_inflight && (f = next_to_send(b))) {
+      f->unsent = false;
+      rw_error *e = send_write(ps, c, ctx, b, f);
       if (e) return *conn_err = true, e;
       b->inflight++;
     }
-    for (size_t i = 0; i < b->next && b->inflight < PIPELINE; i++) /* expired ones, as new */
-      if (!b->f[i].done && !b->f[i].seq) {
-        rw_error *e = send_write(ps, c, ctx, b, &b->f[i]);
-        if (e) return *conn_err = true, e;
-        b->inflight++;
-      }
     rw_error *e = batch_take(ps, c, ctx, b, conn_err);
     if (e) return e;
   }
