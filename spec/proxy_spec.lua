@@ -1,8 +1,8 @@
 -- rw.proxy_sink: uploads through reliablewriter proxies (RWP/1, docs/PROTOCOL.md).
 -- The client's protocol work (handshake, seq/RETRY, heartbeats, failover) is
--- tested in C against a scripted peer (tests/c/test_proxy_sink.c); these
--- specs cover the Lua face, and the end-to-end runs through the real proxy
--- (rw.proxy.start, branch h-psrv) once it is in the module.
+-- also tested in C against a scripted peer (tests/c/test_proxy_sink.c); these
+-- specs cover the Lua face and run end to end through the real proxy
+-- (rw.proxy.start and bin/reliablewriter-proxy; pending where they are missing).
 local H = require "helpers"
 local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
