@@ -290,6 +290,16 @@ static rw_error *remote_error(const rwp_frame *f) {
   return rw_err(code, "proxy: %.*s [%.*s]", (int)o->message.len, o->message.p, (int)o->id.len, o->id.p);
 }
 
+/* An ERROR after the handshake: a retryable one with retry_after_ms (a
+ * rate limit, a busy proxy) waits that long (at most 30 s, ctx permitting)
+ * before the request is tried again. */
+static rw_error *request_error(const rwp_frame *f, rw_ctx *ctx) {
+  rw_error *e = remote_error(f);
+  uint32_t ms = f->msg.u.error.retry_after_ms;
+  if (ms && rw_error_retryable(e)) rw_ctx_wait(ctx, (ms < 30000 ? ms : 30000) / 1000.0);
+  return e;
+}
+
 typedef struct handshake {
   rwp_encoded hello;
   uint8_t cnonce[RWP_NONCE_LEN], th[32];
@@ -522,12 +532,12 @@ static rw_error *await_reply(proxy_sink *ps, pconn *c, rw_ctx *ctx, const rwp_ms
     }
     if (f.msg.op == RWP_ERROR && f.msg.seq == 0) { /* about the connection */
       *conn_err = true;
-      e = remote_error(&f);
+      e = request_error(&f, ctx);
     } else if (f.msg.seq != m->seq) {
       rwp_frame_clear(&f); /* an old reply to a request given up on */
       continue;
     } else if (f.msg.op == RWP_ERROR) {
-      e = remote_error(&f);
+      e = request_error(&f, ctx);
     } else if (!(e = rwp_decode_reply(m->op, f.ops, f.hdr_len - RWP_HDR, &out->r))) {
       snprintf(out->session, sizeof out->session, "%.*s", (int)out->r.session.len, out->r.session.p);
       out->r.session = (rwp_str){out->session, out->r.session.len};
@@ -744,9 +754,9 @@ static rw_error *batch_take(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bo
   rwp_reply r;
   if (fr.msg.op == RWP_ERROR && fr.msg.seq == 0) {
     *conn_err = true;
-    e = remote_error(&fr);
+    e = request_error(&fr, ctx);
   } else if (f && fr.msg.op == RWP_ERROR) {
-    e = remote_error(&fr);
+    e = request_error(&fr, ctx);
     if (rw_error_is(e, RW_E_PROTO_EXPIRED)) {
       seq_done(ps, f->seq);
       f->seq = 0; /* sent again as a new request (PROTOCOL.md 7.4, 7.5) */

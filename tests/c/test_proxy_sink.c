@@ -60,6 +60,9 @@ typedef struct peer {
   int fds[MAX_PEER_CONNS], nconns;
   atomic_int writes, active, peak_active, retries_known, dup_without_retry, silenced;
   atomic_int expire_once;
+  atomic_int limit_once; /* the next WRITE_AT: proto.rate_limited, retry_after_ms 300, not run */
+  double limited_at, retried_at; /* when it was refused, when that offset came again (mu) */
+  uint64_t limited_off;
   uint64_t window; /* bytes past the contiguous prefix taken (0: any); past it: rw.out_of_window */
   atomic_int out_of_window;
   int bye_after;  /* a connection says GOODBYE and closes after this many replies (0: never) */
@@ -205,6 +208,22 @@ static bool serve(pconn_t *c, rwp_frame *f, int *writes) {
   bool ok = true;
   switch (m->op) {
   case RWP_WRITE_AT:
+    if (atomic_exchange(&c->p->limit_once, 0)) {
+      pthread_mutex_unlock(&s->mu);
+      pthread_mutex_lock(&c->p->mu);
+      c->p->limited_at = rw_mono_now();
+      c->p->limited_off = m->u.write_at.offset;
+      pthread_mutex_unlock(&c->p->mu);
+      rwp_msg er = {.op = RWP_ERROR, .seq = m->seq};
+      er.u.error = (rwp_error_op){.flags2 = RWP_ERR_RETRYABLE, .retry_after_ms = 300,
+                                  .code = rwp_cstr(RW_E_PROTO_RATE_LIMITED), .message = rwp_cstr("slow down"),
+                                  .id = rwp_cstr("T3")};
+      return send_msg(c, &er, NULL, 0);
+    }
+    pthread_mutex_lock(&c->p->mu);
+    if (c->p->limited_at > 0 && !(c->p->retried_at > 0) && m->u.write_at.offset == c->p->limited_off)
+      c->p->retried_at = rw_mono_now();
+    pthread_mutex_unlock(&c->p->mu);
     if (atomic_exchange(&c->p->expire_once, 0)) {
       pthread_mutex_unlock(&s->mu);
       return error_reply(c, m, RW_E_PROTO_EXPIRED);
@@ -682,6 +701,26 @@ static void test_window(void) {
   store_free(st);
 }
 
+/* proto.rate_limited with retry_after_ms: the refused bytes come again no
+ * sooner than that, however short the writer's own backoff. */
+static void test_retry_after(void) {
+  size_t n = (2u << 20) + 9;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  atomic_store(&p->limit_once, 1);
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(upload(sink, st, n, NULL, NULL));
+  pthread_mutex_lock(&p->mu);
+  double gap = p->retried_at - p->limited_at;
+  pthread_mutex_unlock(&p->mu);
+  fprintf(stderr, "rate limited: the bytes came again after %.3f s (retry_after 0.300 s)\n", gap);
+  CHECK(gap >= 0.29);
+  peer_free(p);
+  store_free(st);
+}
+
 static void test_wrong_secret(void) {
   store *st = store_new(1 << 20);
   peer *p = peer_start(st, other_secret);
@@ -749,6 +788,7 @@ int main(void) {
   RUN(test_connections_scale);
   RUN(test_resume);
   RUN(test_window);
+  RUN(test_retry_after);
   RUN(test_wrong_secret);
   return ct_finish("test_proxy_sink");
 }
