@@ -73,7 +73,7 @@ struct rw_writer {
    * moved nothing, and where the last one started. pumping = any of them. */
   int max_inflight, ntasks;
   bool prepping, polling;
-  uint64_t sched_end, rewind_at;
+  uint64_t sched_end, rewind_at, epoch;
   rw_backoff rewind_backoff;
   bool stopping, stop_delete; /* an abort/suspend is under way */
   bool autofree;              /* closed by rw_writer_close: stop_finish frees */
@@ -933,8 +933,21 @@ static bool poll_wanted_locked(rw_writer *w) {
   return w->closing && room < w->total; /* the rest cannot go out yet */
 }
 
+/* The sink's epoch moved: what it accepted past persisted may be lost;
+ * the next pieces start from persisted again. mu held. */
+static void epoch_check_locked(rw_writer *w, const rw_sink_result *res) {
+  if (w->max_inflight <= 1 || res->epoch == w->epoch) return;
+  w->epoch = res->epoch;
+  if (w->sched_end > w->persisted) {
+    rw_log(RW_LOG_INFO, "writer: the sink changed servers (epoch %" PRIu64 "): resending from %" PRIu64, res->epoch,
+           w->persisted);
+    w->sched_end = w->persisted;
+  }
+}
+
 /* A piece's answer: persisted may lag or be old news (replies cross). */
 static rw_error *apply_piece_locked(rw_writer *w, const rw_sink_result *res, const chunk *c) {
+  epoch_check_locked(w, res);
   if (res->finalized)
     return rw_err(RW_E_SESSION_CONFLICT,
                   "the server finalized the object (size %" PRIu64 ") on a non-final chunk "

@@ -52,6 +52,7 @@ typedef struct proxy_sink {
   size_t cur_addr;
   pconn *conns;
   uint32_t frame_limit; /* the smallest max_frame a connection negotiated */
+  uint64_t epoch;       /* moves at each failover: the old proxy's accepted bytes may be lost */
   rw_proxy_sink_counts stats;
 } proxy_sink;
 
@@ -455,6 +456,7 @@ static rw_error *checkout(proxy_sink *ps, rw_ctx *ctx, pconn **out) {
     if (oe && ps->cur_addr == i && ps->cfg.naddrs > 1) {
       ps->cur_addr = (i + 1) % ps->cfg.naddrs;
       ps->stats.failovers++;
+      ps->epoch++;
     }
     pthread_mutex_unlock(&ps->mu);
     rw_error_unref(e);
@@ -661,6 +663,13 @@ static rw_error *parse_object(const char *body, size_t len, rw_sink_object *obj)
   return NULL;
 }
 
+static uint64_t epoch_of(proxy_sink *ps) {
+  pthread_mutex_lock(&ps->mu);
+  uint64_t e = ps->epoch;
+  pthread_mutex_unlock(&ps->mu);
+  return e;
+}
+
 static const char *session_of(proxy_sink *ps, char *buf, size_t cap) {
   pthread_mutex_lock(&ps->mu);
   snprintf(buf, cap, "%s", ps->session ? ps->session : "");
@@ -682,6 +691,7 @@ static rw_error *proxy_query(rw_sink *s, rw_ctx *ctx, rw_sink_result *res) {
     if (res->finalized) e = parse_object(r.body, r.body_len, &res->obj);
     if (!e && res->finalized) res->persisted = res->obj.size;
   }
+  res->epoch = epoch_of(ps);
   free(r.body);
   return e;
 }
@@ -871,6 +881,7 @@ static rw_error *proxy_put(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_sin
   rw_error *e = write_pieces(ps, ctx, p, sess, &persisted);
   res->persisted = persisted;
   if (!e && p->final) e = complete(ps, ctx, p, sess, res);
+  res->epoch = epoch_of(ps);
   return e;
 }
 

@@ -36,6 +36,10 @@ typedef struct rw_sink_object {
 
 typedef struct rw_sink_result {
   uint64_t persisted; /* bytes the server confirms it holds (from 0) */
+  /* With max_inflight > 1: changes when the server may have lost bytes it
+   * accepted and had not persisted (a proxy failover); the writer then
+   * sends again from persisted. */
+  uint64_t epoch;
   bool finalized;     /* the object exists; obj is filled */
   rw_sink_object obj;
 } rw_sink_result;

@@ -26,7 +26,8 @@ typedef struct mem_sink {
   uint64_t cap, persisted, total;
   bool finalized;
   double p_lose; /* per put (and every 8th put when > 0): forget every accepted byte above persisted */
-  uint64_t rng, lost, puts;
+  uint64_t rng, lost, puts, epoch;
+  bool epochs; /* forgetting moves the epoch */
   int active, peak;
   uint64_t bad_puts; /* puts with bytes outside the cache's range */
   uint64_t past_ahead; /* puts ending past persisted + max_ahead */
@@ -45,10 +46,12 @@ static void mem_forget(mem_sink *m) {
   uint64_t from = m->persisted;
   if (from < m->cap) memset(m->have + from, 0, m->cap - from);
   m->lost++;
+  if (m->epochs) m->epoch++; /* says so, as a proxy sink does at a failover */
 }
 
 static void mem_result(mem_sink *m, rw_sink_result *res) {
   memset(res, 0, sizeof *res);
+  res->epoch = m->epoch;
   res->persisted = m->finalized ? m->total : m->persisted;
   if (!m->finalized) return;
   res->finalized = true;
@@ -328,6 +331,33 @@ static void test_max_ahead(void) {
   mem_free(m);
 }
 
+/* A sink that says it lost what it accepted (its epoch moves, as a proxy
+ * sink's does at a failover): the writer resends at once, not after a
+ * stall_timeout of polling. */
+static void test_epoch_resend(void) {
+  size_t n = (6u << 20) + 5;
+  mem_sink *m = mem_new(n + (1u << 20), 4, 0.05);
+  m->epochs = true;
+  rw_writer_config c = small_config();
+  c.stall_timeout = 30;
+  rw_error *err = NULL;
+  rw_writer *w = rw_writer_new(NULL, &m->base, &c, &err);
+  unsigned char *data = random_data(n);
+  double t0 = rw_mono_now();
+  CHECK(write_all(w, data, n));
+  CHECK(complete(w));
+  double dt = rw_mono_now() - t0;
+  rw_writer_free(w);
+  fprintf(stderr, "epoch moved %llu times; upload %.2f s\n", (unsigned long long)m->epoch, dt);
+  CHECK(m->epoch > 0);
+  CHECK(dt < 10);
+  pthread_mutex_lock(&m->mu);
+  CHECK(m->finalized && m->total == n && memcmp(m->data, data, n) == 0);
+  pthread_mutex_unlock(&m->mu);
+  mem_free(m);
+  free(data);
+}
+
 int main(void) {
   rng = ct_seed();
   RUN(test_concurrent_puts);
@@ -337,5 +367,6 @@ int main(void) {
   RUN(test_abort_in_flight);
   RUN(test_resume_in_flight);
   RUN(test_max_ahead);
+  RUN(test_epoch_resend);
   return ct_finish("test_writer_inflight");
 }
