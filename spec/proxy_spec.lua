@@ -245,15 +245,18 @@ describe("proxy_sink end to end", function()
     h:close()
     local pid_a, addr_a = spawn_proxy(srv:url(), sf)
     local pid_b, addr_b = spawn_proxy(srv:url(), sf)
-    local data = H.random_bytes(8 * MiB + 77)
+    -- the writer's defaults (64 MiB cache, stall_timeout 30 s): the bytes the killed proxy had
+    -- accepted are sent again at once (the sink's epoch), not after a stall_timeout
+    local data = H.random_bytes(32 * MiB + 77)
+    local t0 = H.now()
     local w = assert(rw.new(rw.context.background(), {
       sink = rw.proxy_sink { addr = { addr_a, addr_b }, connections = 4, secret = secret, bucket = "b",
                              object = "failover", ping_interval = 0.2 },
-      retry = fast_retry(), stall_timeout = 5, max_cache_size = 2 * MiB, max_chunk_size = 512 * KiB,
+      retry = fast_retry(),
     }))
     local off, killed = 0, false
     while off < #data do
-      local n = math.min(#data - off, 128 * KiB)
+      local n = math.min(#data - off, 256 * KiB)
       assert(w:WriteAt(off, data:sub(off + 1, off + n)))
       off = off + n
       if not killed and off > #data / 2 then
@@ -265,6 +268,7 @@ describe("proxy_sink end to end", function()
     w:close()
     assert.equal(#data, tonumber(obj.size))
     check_object(srv, "failover", data)
+    assert.truthy(H.now() - t0 < 20, ("the upload took %.1f s"):format(H.now() - t0))
     os.execute("kill -9 " .. pid_b .. " 2>/dev/null")
     os.remove(sf)
     srv:stop()
