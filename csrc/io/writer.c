@@ -66,6 +66,15 @@ struct rw_writer {
 
   rw_writer_state state;
   bool began, pumping, closing, aborting;
+  /* Several chunks in flight (sink->max_inflight > 1; see "in flight"
+   * below): tasks sending pieces, the end of the bytes handed to the sink
+   * (in flight or accepted, not yet persisted), a begin/sync task or a poll
+   * of the persisted size under way; the backoff of resends (rewinds) that
+   * moved nothing, and where the last one started. pumping = any of them. */
+  int max_inflight, ntasks;
+  bool prepping, polling;
+  uint64_t sched_end, rewind_at, epoch;
+  rw_backoff rewind_backoff;
   bool stopping, stop_delete; /* an abort/suspend is under way */
   bool autofree;              /* closed by rw_writer_close: stop_finish frees */
   rw_error *fatal;
@@ -281,6 +290,9 @@ rw_writer *rw_writer_new(rw_ctx *parent, rw_sink *sink, const rw_writer_config *
   w->blk_start = w->blk_pos = cfg->start_offset;
   if (w->blk_start % RW_CHUNK_QUANTUM) w->blk_start += RW_CHUNK_QUANTUM - w->blk_start % RW_CHUNK_QUANTUM;
   w->blk_ok = true;
+  w->max_inflight = sink->max_inflight > 1 ? sink->max_inflight : 1;
+  w->sched_end = w->rewind_at = cfg->start_offset;
+  rw_backoff_init(&w->rewind_backoff, &cfg->retry);
   /* A session handed in (rw.resume): ask the server what it holds first. */
   bool resume = cfg->resume || cfg->start_offset > 0;
   const char *handle = resume ? sink->ops->session(sink) : NULL;
@@ -354,9 +366,14 @@ static bool next_chunk_locked(rw_writer *w, chunk *c) {
 }
 
 static void pump_main(void *arg);
+static void multi_kick_locked(rw_writer *w);
 
 static void kick_locked(rw_writer *w) {
   chunk c;
+  if (w->max_inflight > 1) {
+    multi_kick_locked(w);
+    return;
+  }
   if (w->pumping || (!w->need_sync && !next_chunk_locked(w, &c))) return;
   w->pumping = true;
   if (!rw_pool_submit(w->pool, pump_main, w)) {
@@ -594,9 +611,9 @@ typedef struct attempt {
 
 /* Builds the request for the unpersisted rest of chunk c. mu held. */
 static rw_error *prepare_locked(rw_writer *w, const chunk *c, attempt *a) {
-  uint64_t end = c->off + c->len;
+  uint64_t end = c->off + c->len, from = w->persisted > c->off ? w->persisted : c->off;
   a->c = *c;
-  a->off = w->persisted < end ? w->persisted : end;
+  a->off = from < end ? from : end;
   a->len = end - a->off;
   a->iovcnt = 0;
   a->iov = NULL;
@@ -850,6 +867,325 @@ static void pump_main(void *arg) {
   w->pumping = false;
   notify_locked(w);
   pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- several chunks in flight (sink->max_inflight > 1) ----
+ * Consecutive pieces of the cache from sched_end on go out as their own puts,
+ * up to max_inflight at once, each a pool task with its own retries. A put's
+ * success means the sink accepted the piece; bytes leave the cache only below
+ * the persisted offset the sink reports. The final put goes alone, once every
+ * other piece is answered. When the server turns out to hold fewer bytes than
+ * it accepted (a final put or a long poll finds persisted short of sched_end:
+ * a proxy that died before passing them on), the writer resends from the
+ * persisted offset ("rewinds"). */
+
+static void multi_settle_locked(rw_writer *w) {
+  w->pumping = w->ntasks > 0 || w->prepping || w->polling;
+}
+
+static bool live_locked(rw_writer *w) {
+  return !w->fatal && !w->aborting && w->state < RW_WRITER_DONE;
+}
+
+/* Where pieces must end now: the sink's max_ahead past persisted. mu held. */
+static uint64_t ahead_end_locked(rw_writer *w) {
+  uint64_t a = w->sink->max_ahead;
+  return a && w->persisted + a > w->persisted ? w->persisted + a : UINT64_MAX;
+}
+
+/* The next piece from sched_end (not yet taken). mu held. */
+static bool next_piece_locked(rw_writer *w, chunk *c) {
+  if (!live_locked(w) || w->server_end > w->persisted || w->server_final) return false;
+  if (w->sched_end < w->persisted) w->sched_end = w->persisted;
+  uint64_t start = w->sched_end, end = data_end_locked(w), ahead = ahead_end_locked(w);
+  if (end > ahead) end = ahead;
+  if (w->closing && end >= w->total) {
+    uint64_t avail = w->total - start;
+    if (avail > w->cfg.max_chunk_size) {
+      *c = (chunk){start, w->cfg.max_chunk_size, false};
+      return true;
+    }
+    if (w->ntasks > 0 || w->polling) return false; /* the final put goes alone */
+    *c = (chunk){start, avail, true};
+    return true;
+  }
+  if (w->closing && end - start >= w->cfg.min_chunk_size) { /* up to the bound, before the end */
+    uint64_t n = end - start < w->cfg.max_chunk_size ? end - start : w->cfg.max_chunk_size;
+    *c = (chunk){start, n - n % RW_CHUNK_QUANTUM, false};
+    return c->len > 0;
+  }
+  uint64_t avail = end > start ? end - start : 0;
+  uint64_t n = avail < w->cfg.max_chunk_size ? avail : w->cfg.max_chunk_size;
+  n -= n % RW_CHUNK_QUANTUM;
+  if (n < w->cfg.min_chunk_size) return false;
+  *c = (chunk){start, n, false};
+  return true;
+}
+
+/* Every accepted byte waits for the server and no new piece can start
+ * until persisted moves (the cache or the sink's max_ahead is full, or
+ * Complete waits for room for the rest): ask the sink. mu held. */
+static bool poll_wanted_locked(rw_writer *w) {
+  if (!live_locked(w) || w->ntasks > 0 || w->sched_end <= w->persisted) return false;
+  uint64_t room = w->persisted + w->cfg.max_cache_size, ahead = ahead_end_locked(w);
+  if (ahead < room) room = ahead;
+  if (room < w->sched_end + w->cfg.min_chunk_size) return true;
+  return w->closing && room < w->total; /* the rest cannot go out yet */
+}
+
+/* The sink's epoch moved: what it accepted past persisted may be lost;
+ * the next pieces start from persisted again. mu held. */
+static void epoch_check_locked(rw_writer *w, const rw_sink_result *res) {
+  if (w->max_inflight <= 1 || res->epoch == w->epoch) return;
+  w->epoch = res->epoch;
+  if (w->sched_end > w->persisted) {
+    rw_log(RW_LOG_INFO, "writer: the sink changed servers (epoch %" PRIu64 "): resending from %" PRIu64, res->epoch,
+           w->persisted);
+    w->sched_end = w->persisted;
+  }
+}
+
+/* A piece's answer: persisted may lag or be old news (replies cross). */
+static rw_error *apply_piece_locked(rw_writer *w, const rw_sink_result *res, const chunk *c) {
+  epoch_check_locked(w, res);
+  if (res->finalized)
+    return rw_err(RW_E_SESSION_CONFLICT,
+                  "the server finalized the object (size %" PRIu64 ") on a non-final chunk "
+                  "[%" PRIu64 ", %" PRIu64 "); refusing to call that a success",
+                  res->obj.size, c->off, c->off + c->len);
+  if (res->persisted > w->max_sent)
+    return rw_err(RW_E_SESSION_CONFLICT,
+                  "the server persisted %" PRIu64 " bytes but only %" PRIu64
+                  " were sent (another writer on this session?)",
+                  res->persisted, w->max_sent);
+  advance_persisted_locked(w, res->persisted);
+  return NULL;
+}
+
+static rw_error *put_piece_once(rw_writer *w, const chunk *c) {
+  attempt a;
+  pthread_mutex_lock(&w->mu);
+  rw_error *e = prepare_locked(w, c, &a);
+  pthread_mutex_unlock(&w->mu);
+  if (e || !a.len) {
+    free(a.iov);
+    return e;
+  }
+  rw_sink_put p = {.offset = a.off, .iov = a.iov, .iovcnt = a.iovcnt, .len = a.len,
+                   .stall_timeout = w->cfg.stall_timeout};
+  rw_sink_result res = {0};
+  e = w->sink->ops->put(w->sink, w->ctx, &p, &res);
+  free(a.iov);
+  if (!e) {
+    pthread_mutex_lock(&w->mu);
+    e = apply_piece_locked(w, &res, c);
+    if (!e) w->chunks++;
+    pthread_mutex_unlock(&w->mu);
+  }
+  rw_sink_result_clear(&res);
+  return e;
+}
+
+static rw_error *send_piece(rw_writer *w, const chunk *c) {
+  rw_backoff b;
+  rw_backoff_init(&b, &w->cfg.retry);
+  for (;;) {
+    rw_error *e = put_piece_once(w, c);
+    if (!e) return NULL;
+    if (rw_error_is(e, RW_E_SESSION_CONFLICT)) return e;
+    if ((e = backoff_or_give_up(w, &b, e))) return e;
+  }
+}
+
+/* The server holds fewer bytes than it accepted: send again from what it
+ * persisted. A rewind that finds persisted where the last one left it
+ * backs off (the retry budget bounds a server that never keeps them). */
+static rw_error *rewind_to_persisted(rw_writer *w, const char *why) {
+  pthread_mutex_lock(&w->mu);
+  uint64_t from = w->persisted, had = w->sched_end;
+  bool stuck = from == w->rewind_at;
+  w->rewind_at = from;
+  if (!stuck) rw_backoff_reset(&w->rewind_backoff);
+  w->sched_end = from;
+  pthread_mutex_unlock(&w->mu);
+  rw_error *cause = rw_err(RW_E_NO_PROGRESS,
+                           "%s: the server holds %" PRIu64 " bytes, fewer than the %" PRIu64
+                           " it accepted; resending from %" PRIu64,
+                           why, from, had, from);
+  if (!stuck) {
+    rw_error_log(RW_LOG_INFO, cause, "resending");
+    rw_error_unref(cause);
+    return NULL;
+  }
+  return backoff_or_give_up(w, &w->rewind_backoff, cause);
+}
+
+static bool persisted_below(rw_writer *w, uint64_t off) {
+  pthread_mutex_lock(&w->mu);
+  bool below = w->persisted < off;
+  pthread_mutex_unlock(&w->mu);
+  return below;
+}
+
+static rw_error *send_final_piece(rw_writer *w, const chunk *c) {
+  rw_backoff b;
+  rw_backoff_init(&b, &w->cfg.retry);
+  for (;;) {
+    bool done = false, progressed = false, verdict = false;
+    rw_error *e = put_once(w, c, &done, &progressed, &verdict);
+    if (!e && done) return NULL;
+    if (!e && persisted_below(w, c->off)) return rewind_to_persisted(w, "final put");
+    if (!e && progressed) continue;
+    if (!e) e = rw_err(RW_E_NO_PROGRESS, "the server took none of the final chunk [%" PRIu64 ", %" PRIu64 ")",
+                       c->off, c->off + c->len);
+    if (verdict || rw_error_is(e, RW_E_SESSION_CONFLICT) || rw_error_is(e, RW_E_CHECKSUM)) return e;
+    if (ambiguous_final(c, e)) {
+      set_unsure(w, true);
+      if (!rw_error_retryable(e)) {
+        e = settle_final(w, c, e, &done);
+        return e || done ? e : rewind_to_persisted(w, "final put");
+      }
+    }
+    if ((e = backoff_or_give_up(w, &b, e))) return e;
+    if ((e = resync(w, &b, c, &done))) return e;
+    if (done) return NULL;
+    if (persisted_below(w, c->off)) return rewind_to_persisted(w, "status after a failed final put");
+  }
+}
+
+typedef struct piece_task {
+  rw_writer *w;
+  chunk c;
+} piece_task;
+
+static void task_end(rw_writer *w, rw_error *e) {
+  pthread_mutex_lock(&w->mu);
+  if (e && w->aborting) rw_error_unref(e);
+  else if (e) fail_locked(w, e);
+  multi_kick_locked(w);
+  multi_settle_locked(w);
+  notify_locked(w);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void piece_main(void *arg) {
+  piece_task *t = arg;
+  rw_writer *w = t->w;
+  chunk c = t->c;
+  free(t);
+  rw_error *e = c.final ? send_final_piece(w, &c) : send_piece(w, &c);
+  pthread_mutex_lock(&w->mu);
+  w->ntasks--;
+  pthread_mutex_unlock(&w->mu);
+  task_end(w, e);
+}
+
+/* Begin (the first time) or ask a resumed session what it holds. */
+static void prep_main(void *arg) {
+  rw_writer *w = arg;
+  rw_backoff b;
+  rw_backoff_init(&b, &w->cfg.retry);
+  pthread_mutex_lock(&w->mu);
+  bool sync = w->need_sync;
+  pthread_mutex_unlock(&w->mu);
+  rw_error *e = sync ? sync_session(w) : begin_with_retries(w, &b);
+  pthread_mutex_lock(&w->mu);
+  w->prepping = false;
+  pthread_mutex_unlock(&w->mu);
+  task_end(w, e);
+}
+
+/* One look at the persisted size. *moved: it advanced. */
+static rw_error *poll_once(rw_writer *w, bool *moved) {
+  rw_sink_result res = {0};
+  rw_error *e = w->sink->ops->query(w->sink, w->ctx, &res);
+  pthread_mutex_lock(&w->mu);
+  uint64_t before = w->persisted;
+  chunk all = {w->persisted, w->sched_end - w->persisted, false};
+  if (!e) e = apply_piece_locked(w, &res, &all);
+  *moved = w->persisted > before;
+  if (e && rw_error_retryable(e)) count_error_locked(w, e);
+  pthread_mutex_unlock(&w->mu);
+  rw_sink_result_clear(&res);
+  return e;
+}
+
+/* Polls the persisted size while every accepted byte waits for the server;
+ * no progress for stall_timeout: the server lost them, resend. */
+static void poll_main(void *arg) {
+  rw_writer *w = arg;
+  rw_backoff_config pc = {.min_wait = 0.005, .max_wait = 0.2, .total_wait = 1e12, .multiplier = 2};
+  rw_backoff b;
+  rw_backoff_init(&b, &pc);
+  double since = rw_mono_now();
+  rw_error *err = NULL;
+  for (;;) {
+    if ((err = rw_backoff_wait(&b, w->ctx))) break;
+    bool moved = false;
+    rw_error *e = poll_once(w, &moved);
+    if (e && !rw_error_retryable(e)) {
+      err = e;
+      break;
+    }
+    rw_error_unref(e);
+    if (moved) since = rw_mono_now();
+    pthread_mutex_lock(&w->mu);
+    bool want = poll_wanted_locked(w);
+    pthread_mutex_unlock(&w->mu);
+    if (!want) break;
+    if (rw_mono_now() - since > w->cfg.stall_timeout) {
+      err = rewind_to_persisted(w, "persisted size stalled");
+      break;
+    }
+  }
+  pthread_mutex_lock(&w->mu);
+  w->polling = false;
+  pthread_mutex_unlock(&w->mu);
+  task_end(w, err);
+}
+
+static bool submit_locked(rw_writer *w, void (*fn)(void *), void *arg) {
+  if (rw_pool_submit(w->pool, fn, arg)) return true;
+  fail_locked(w, rw_err(RW_E_INTERNAL, "could not start upload work (pool refused)"));
+  return false;
+}
+
+static void start_pieces_locked(rw_writer *w) {
+  chunk c;
+  while (w->ntasks < w->max_inflight && !w->polling && next_piece_locked(w, &c)) {
+    piece_task *t = malloc(sizeof *t);
+    if (!t) {
+      fail_locked(w, rw_err(RW_E_NOMEM, "out of memory starting a chunk"));
+      return;
+    }
+    *t = (piece_task){w, c};
+    w->ntasks++;
+    if (!submit_locked(w, piece_main, t)) {
+      w->ntasks--;
+      free(t);
+      return;
+    }
+    w->sched_end = c.off + c.len;
+  }
+}
+
+static void multi_kick_locked(rw_writer *w) {
+  chunk c;
+  if (!live_locked(w) || w->prepping) goto out;
+  if (!w->began || w->need_sync) {
+    if (w->ntasks == 0 && !w->polling && (w->need_sync || next_piece_locked(w, &c))) {
+      w->prepping = true;
+      if (!submit_locked(w, prep_main, w)) w->prepping = false;
+    }
+    goto out;
+  }
+  start_pieces_locked(w);
+  if (!w->polling && poll_wanted_locked(w)) {
+    w->polling = true;
+    if (!submit_locked(w, poll_main, w)) w->polling = false;
+  }
+out:
+  multi_settle_locked(w);
 }
 
 /* ---- the owner's API ---- */

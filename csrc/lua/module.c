@@ -4,6 +4,7 @@
 #include "lrw.h"
 
 typedef int (*opener)(lua_State *L);
+int rw_lua_open_proxysink(lua_State *L); /* l_proxysink.c: pushes rw.proxy_sink */
 int rw_lua_open_proxy(lua_State *L); /* l_proxy.c */
 
 static void log_line(int lvl, const char *line) { rw_log_line((rw_log_level)lvl, line); }
@@ -20,6 +21,7 @@ RW_LUA_EXPORT int luaopen_reliablewriter_core(lua_State *L) {
       {"writer", rw_lua_open_writer},       {"sinks", rw_lua_open_sinks},
       {"log", rw_lua_open_log},             {"reader", rw_lua_open_reader},
       {"proxy", rw_lua_open_proxy},         {"wakeup", rw_lua_open_wakeup},
+      {"proxy_sink", rw_lua_open_proxysink},
   };
   lua_newtable(L);
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {

@@ -3,8 +3,11 @@
  * A sink does one attempt of one operation and says exactly what happened; it
  * never retries. The writer owns retries, backoff, the cache and checksums.
  * Calls on one sink are made by one thread at a time (the writer serializes
- * them), from a pool thread; every call honours ctx promptly (a cancelled ctx
- * ends a transfer within tens of milliseconds, even mid-stall). */
+ * them), from a pool thread, unless the sink declares max_inflight > 1: then
+ * up to that many puts (and a query) run at once, on consecutive pieces of
+ * the cache, and the sink must be thread-safe. Every call honours ctx
+ * promptly (a cancelled ctx ends a transfer within tens of milliseconds, even
+ * mid-stall). */
 #ifndef RW_SINK_H
 #define RW_SINK_H
 
@@ -33,6 +36,10 @@ typedef struct rw_sink_object {
 
 typedef struct rw_sink_result {
   uint64_t persisted; /* bytes the server confirms it holds (from 0) */
+  /* With max_inflight > 1: changes when the server may have lost bytes it
+   * accepted and had not persisted (a proxy failover); the writer then
+   * sends again from persisted. */
+  uint64_t epoch;
   bool finalized;     /* the object exists; obj is filled */
   rw_sink_object obj;
 } rw_sink_result;
@@ -79,6 +86,18 @@ struct rw_sink {
    * if_metageneration_match): set by the sink; retry policy "conditional"
    * retries only such uploads. */
   bool has_precondition;
+  /* Chunks the sink takes in flight at once (set by the sink; 0 or 1: one
+   * call at a time, in order). With N > 1 a put's success means the server
+   * accepted the bytes; res->persisted says what it persisted (it may lag,
+   * and replies may arrive out of order: a smaller value is old news). The
+   * writer keeps every byte until persisted passes it, and resends from
+   * persisted when a final put finds the server short of bytes it accepted
+   * (e.g. a proxy that died before passing them on). */
+  int max_inflight;
+  /* With max_inflight > 1: the most bytes past the persisted offset the
+   * sink's server takes at once (a proxy's per-session cache); 0 = no bound
+   * but the writer's own cache. */
+  uint64_t max_ahead;
 };
 
 static inline void rw_sink_destroy(rw_sink *s) {

@@ -1,6 +1,7 @@
 /* Fault wrapper sink: see faulty.h. */
 #include "faulty.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ void rw_faulty_counters_read(const rw_faulty_counters *c, rw_faulty_stats *out) 
 typedef struct faulty_sink {
   rw_sink base;
   rw_sink *inner;
+  pthread_mutex_t rng_mu; /* puts may run at once (max_inflight > 1) */
   uint64_t rng;
   double p_error, p_partial, p_after;
   uint64_t align;
@@ -50,7 +52,9 @@ typedef struct faulty_sink {
 static const rw_sink_ops faulty_ops;
 
 static uint64_t next_rand(faulty_sink *f) { /* splitmix64 */
+  pthread_mutex_lock(&f->rng_mu);
   uint64_t z = (f->rng += 0x9E3779B97F4A7C15ull);
+  pthread_mutex_unlock(&f->rng_mu);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
@@ -71,6 +75,7 @@ static void faulty_destroy(rw_sink *s) {
   free(f->codes);
   rw_faulty_counters_unref(f->own);
   rw_faulty_counters_unref(f->shared);
+  pthread_mutex_destroy(&f->rng_mu);
   free(f);
 }
 
@@ -78,6 +83,8 @@ static rw_error *check_config(const rw_faulty_config *c) {
   if (!(c->p_error >= 0 && c->p_error <= 1)) return rw_err(RW_E_INVALID, "faulty: p_error must be in [0, 1]");
   if (!(c->p_partial >= 0 && c->p_after >= 0 && c->p_partial + c->p_after <= 1))
     return rw_err(RW_E_INVALID, "faulty: p_partial and p_after must be >= 0 with a sum <= 1");
+  if (c->max_inflight < 0 || c->max_inflight > 1024)
+    return rw_err(RW_E_INVALID, "faulty: max_inflight must be in [0, 1024] (got %d)", c->max_inflight);
   for (size_t i = 0; c->codes && i < c->ncodes; i++)
     if (!c->codes[i] || !*c->codes[i] || strlen(c->codes[i]) >= 40)
       return rw_err(RW_E_INVALID, "faulty: code #%zu is empty or too long", i + 1);
@@ -111,6 +118,8 @@ rw_sink *rw_faulty_sink_new(rw_sink *inner, const rw_faulty_config *cfg, rw_erro
     goto nomem;
   }
   f->base.ops = &faulty_ops;
+  f->base.max_inflight = cfg->max_inflight ? cfg->max_inflight : inner->max_inflight;
+  pthread_mutex_init(&f->rng_mu, NULL);
   f->inner = inner;
   f->rng = cfg->seed;
   f->p_error = cfg->p_error;

@@ -7,7 +7,8 @@
  *   partial (p_partial): a non-final prefix (a multiple of partial_align,
  *           when the put is long enough) goes to the inner sink, then the error;
  *   after   (p_after): the whole put goes through, then the reply is "lost".
- * begin and abort pass through. Deterministic for a given seed and call order. */
+ * begin and abort pass through. Deterministic for a given seed and call order.
+ * Thread-safe when the inner sink is: with max_inflight > 1 puts run at once. */
 #ifndef RW_FAULTY_SINK_H
 #define RW_FAULTY_SINK_H
 
@@ -35,6 +36,7 @@ typedef struct rw_faulty_config {
   double p_partial, p_after;      /* shares of put faults, see above */
   uint64_t partial_align;         /* 0: 256 KiB */
   rw_faulty_counters *counters;   /* optional; the sink takes its own reference */
+  int max_inflight;               /* declared to the writer; 0: the inner sink's */
 } rw_faulty_config;
 
 /* Takes ownership of inner, also on failure. */

@@ -206,6 +206,7 @@ function W.install(M, core, waiting)
   local sinks = core.sinks
   M.gcs = sinks.gcs
   M.file = sinks.file
+  M.proxy_sink = core.proxy_sink
 
   -- rw.new(ctx, opts): a ready writer, or nil, err.
   function M.new(ctx, opts)
@@ -254,12 +255,13 @@ function W.install(M, core, waiting)
     if not core.context.is_context(ctx) then argerror(1, "resume", "context expected, got " .. type(ctx)) end
     check_session(session)
     if type(opts) ~= "table" then argerror(3, "resume", "options table with a sink expected, got " .. type(opts)) end
-    if not sinks.is_sink(opts.sink) or opts.sink:kind() ~= "gcs" then
-      argerror(3, "resume", "option 'sink' must be an rw.gcs{...} sink: only GCS sessions can be resumed")
+    local kind = sinks.is_sink(opts.sink) and opts.sink:kind()
+    if kind ~= "gcs" and kind ~= "proxy" then
+      argerror(3, "resume", "option 'sink' must be an rw.gcs{...} or rw.proxy_sink{...} sink: only GCS sessions can be resumed")
     end
     local o = {}
     for k, v in pairs(opts) do o[k] = v end
-    o.sink = sinks.with_session(opts.sink, session.uri)
+    o.sink = kind == "proxy" and opts.sink:with_session(session.uri) or sinks.with_session(opts.sink, session.uri)
     local on_progress = o.on_progress
     o.on_progress = nil
     local w, err = cw.new(ctx, o, session)

@@ -1,0 +1,271 @@
+/* rw.proxy_sink{ addr =, connections =, secret =, key_id =, bucket =, object =,
+ * metadata =, if_generation_match =, if_metageneration_match =, session =,
+ * connect_timeout =, request_timeout =, ping_interval =, max_frame =, window = }:
+ * a sink descriptor for uploads through reliablewriter proxies (sinks/proxy.h).
+ *
+ * Like rw.gcs{}, a descriptor is a config: its __rw_sink seam makes a new
+ * sink for each writer. The secret is held only here and in the sinks made
+ * from it; it is never in tostring or an error, and is wiped by __gc. */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lrw.h"
+#include "proxy/auth.h"
+#include "proxy/frame.h"
+#include "sinks/proxy.h"
+
+#define PROXY_MT "reliablewriter.ProxySinkDescriptor"
+
+typedef struct pdesc {
+  rw_proxy_sink_config cfg; /* its strings and secret are owned by the descriptor */
+} pdesc;
+
+static void pdesc_release(pdesc *d) {
+  rw_proxy_sink_config *c = &d->cfg;
+  for (size_t i = 0; i < c->naddrs; i++) free((char *)c->addrs[i]);
+  if (c->secret) rwp_wipe((void *)c->secret, c->secret_len);
+  free((void *)c->secret);
+  free((char *)c->key_id), free((char *)c->bucket), free((char *)c->object);
+  free((char *)c->metadata), free((char *)c->session);
+  memset(d, 0, sizeof *d);
+}
+
+static int pdesc_gc(lua_State *L) {
+  pdesc_release(luaL_checkudata(L, 1, PROXY_MT));
+  return 0;
+}
+
+static pdesc *check_pdesc(lua_State *L, int idx) { return luaL_checkudata(L, idx, PROXY_MT); }
+
+static char *dup_lua(lua_State *L, const char *s, size_t len) {
+  char *c = malloc(len + 1);
+  if (!c) luaL_error(L, "out of memory");
+  memcpy(c, s, len);
+  c[len] = 0;
+  return c;
+}
+
+/* A string option: NULL when absent; non-empty when given. */
+static char *str_option(lua_State *L, int arg, const char *name, bool required, size_t *len) {
+  lua_getfield(L, arg, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    if (required) luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' is required", name));
+    return NULL;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+    luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a non-empty string (got %s)", name,
+                                          luaL_typename(L, -1)));
+  size_t n;
+  const char *s = lua_tolstring(L, -1, &n);
+  char *c = dup_lua(L, s, n);
+  lua_pop(L, 1);
+  if (len) *len = n;
+  return c;
+}
+
+/* addr = "host:port" or a list of them (failover order). */
+static void addr_option(lua_State *L, int arg, pdesc *d) {
+  lua_getfield(L, arg, "addr");
+  int t = lua_gettop(L);
+  if (lua_type(L, t) == LUA_TSTRING) {
+    d->cfg.addrs[d->cfg.naddrs++] = dup_lua(L, lua_tostring(L, t), lua_rawlen(L, t));
+  } else if (lua_istable(L, t)) {
+    size_t n = lua_rawlen(L, t);
+    if (n < 1 || n > RW_PROXY_SINK_MAX_ADDRS)
+      luaL_argerror(L, arg, lua_pushfstring(L, "option 'addr' must list 1 to %d addresses", RW_PROXY_SINK_MAX_ADDRS));
+    for (size_t i = 1; i <= n; i++) {
+      lua_rawgeti(L, t, (int)i);
+      if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_argerror(L, arg, lua_pushfstring(L, "option 'addr' #%d must be a \"host:port\" string", (int)i));
+      d->cfg.addrs[d->cfg.naddrs++] = dup_lua(L, lua_tostring(L, -1), lua_rawlen(L, -1));
+      lua_pop(L, 1);
+    }
+  } else {
+    luaL_argerror(L, arg, "option 'addr' must be \"host:port\" or a list of them");
+  }
+  lua_pop(L, 1);
+}
+
+/* metadata = a table, sent as a JSON object (CREATE's body). */
+static json_t *to_json(lua_State *L, int idx, int arg, int depth);
+
+static json_t *table_json(lua_State *L, int idx, int arg, int depth) {
+  size_t n = lua_rawlen(L, idx);
+  json_t *out = n ? json_array() : json_object();
+  if (n) {
+    for (size_t i = 1; i <= n; i++) {
+      lua_rawgeti(L, idx, (int)i);
+      json_array_append_new(out, to_json(L, lua_gettop(L), arg, depth + 1));
+      lua_pop(L, 1);
+    }
+    return out;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) == LUA_TSTRING) json_object_set_new(out, lua_tostring(L, -2), to_json(L, lua_gettop(L), arg, depth + 1));
+    lua_pop(L, 1);
+  }
+  return out;
+}
+
+/* Checked first (raising here leaks nothing): string keys, JSON values. */
+static void check_json(lua_State *L, int idx, int arg, int depth) {
+  int t = lua_type(L, idx);
+  if (depth > 16) luaL_argerror(L, arg, "option 'metadata' is nested too deeply");
+  if (t == LUA_TNUMBER && !isfinite(lua_tonumber(L, idx)))
+    luaL_argerror(L, arg, "option 'metadata' holds a non-finite number");
+  if (t == LUA_TSTRING || t == LUA_TNUMBER || t == LUA_TBOOLEAN) return;
+  if (t != LUA_TTABLE)
+    luaL_argerror(L, arg, lua_pushfstring(L, "option 'metadata' cannot hold a %s", luaL_typename(L, idx)));
+  bool array = lua_rawlen(L, idx) > 0;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (array ? lua_type(L, -2) != LUA_TNUMBER : lua_type(L, -2) != LUA_TSTRING)
+      luaL_argerror(L, arg, "option 'metadata' must have string keys (or be a list)");
+    check_json(L, lua_gettop(L), arg, depth + 1);
+    lua_pop(L, 1);
+  }
+}
+
+static json_t *to_json(lua_State *L, int idx, int arg, int depth) {
+  switch (lua_type(L, idx)) {
+  case LUA_TSTRING: return json_stringn(lua_tostring(L, idx), lua_rawlen(L, idx));
+  case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
+  case LUA_TNUMBER: {
+    double v = lua_tonumber(L, idx);
+    if (v == floor(v) && fabs(v) < 9007199254740992.0) return json_integer((json_int_t)v);
+    return json_real(v);
+  }
+  default: return table_json(L, idx, arg, depth);
+  }
+}
+
+static char *metadata_option(lua_State *L, int arg) {
+  lua_getfield(L, arg, "metadata");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (!lua_istable(L, -1) || lua_rawlen(L, -1) > 0)
+    luaL_argerror(L, arg, "option 'metadata' must be a table with names (a JSON object)");
+  check_json(L, lua_gettop(L), arg, 0);
+  json_t *j = to_json(L, lua_gettop(L), arg, 0);
+  char *text = json_dumps(j, JSON_COMPACT);
+  json_decref(j);
+  lua_pop(L, 1);
+  if (!text) luaL_error(L, "out of memory");
+  return text;
+}
+
+static void precondition(lua_State *L, int arg, const char *name, bool *has, uint64_t *v) {
+  lua_getfield(L, arg, name);
+  *has = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  *v = (uint64_t)rw_lua_opt_integer(L, arg, arg, name, 0, 0, INT64_C(9007199254740992));
+}
+
+static int proxy_sink_new(lua_State *L) {
+  static const char *const known[] = {"addr", "connections", "secret", "key_id", "bucket", "object",
+                                      "metadata", "if_generation_match", "if_metageneration_match",
+                                      "session", "connect_timeout", "request_timeout",
+                                      "ping_interval", "max_frame", "window", NULL};
+  luaL_checktype(L, 1, LUA_TTABLE);
+  rw_lua_check_options(L, 1, 1, known);
+  pdesc *d = lua_newuserdata(L, sizeof *d);
+  memset(d, 0, sizeof *d);
+  luaL_setmetatable(L, PROXY_MT);
+  rw_proxy_sink_config *c = &d->cfg;
+  *c = rw_proxy_sink_defaults();
+  addr_option(L, 1, d);
+  c->secret = str_option(L, 1, "secret", true, &c->secret_len);
+  c->key_id = str_option(L, 1, "key_id", false, NULL);
+  c->session = str_option(L, 1, "session", false, NULL);
+  c->bucket = str_option(L, 1, "bucket", !c->session, NULL);
+  c->object = str_option(L, 1, "object", !c->session, NULL);
+  c->metadata = metadata_option(L, 1);
+  precondition(L, 1, "if_generation_match", &c->has_if_generation_match, &c->if_generation_match);
+  precondition(L, 1, "if_metageneration_match", &c->has_if_metageneration_match, &c->if_metageneration_match);
+  c->connections = (int)rw_lua_opt_integer(L, 1, 1, "connections", 4, 1, RW_PROXY_SINK_MAX_CONNECTIONS);
+  c->connect_timeout = rw_lua_opt_number(L, 1, 1, "connect_timeout", c->connect_timeout, 0.001, 3600);
+  c->request_timeout = rw_lua_opt_number(L, 1, 1, "request_timeout", c->request_timeout, 0.001, 86400);
+  c->ping_interval = rw_lua_opt_number(L, 1, 1, "ping_interval", 0, 0, 3600);
+  c->max_frame = (uint32_t)rw_lua_opt_integer(L, 1, 1, "max_frame", c->max_frame, RWP_MIN_FRAME,
+                                              RWP_MAX_FRAME);
+  c->window = (uint64_t)rw_lua_opt_integer(L, 1, 1, "window", (int64_t)c->window, 1 << 20, INT64_C(1) << 40);
+  rw_error *e = rw_proxy_sink_config_check(c);
+  if (e) {
+    lua_pushstring(L, rw_error_message(e));
+    rw_error_unref(e);
+    return luaL_argerror(L, 1, lua_tostring(L, -1));
+  }
+  return 1;
+}
+
+static rw_sink *pdesc_make(lua_State *L, int idx, rw_error **err) {
+  *err = NULL;
+  return rw_proxy_sink_new(&check_pdesc(L, idx)->cfg, err);
+}
+
+static int pdesc_kind(lua_State *L) {
+  check_pdesc(L, 1);
+  lua_pushliteral(L, "proxy");
+  return 1;
+}
+
+static const char *dup_opt(lua_State *L, const char *s) { return s ? dup_lua(L, s, strlen(s)) : NULL; }
+
+/* d:with_session(uri): a copy of d that resumes the GCS session uri (what
+ * rw.resume uses; w:session() gives the uri). */
+static int pdesc_with_session(lua_State *L) {
+  pdesc *src = check_pdesc(L, 1);
+  size_t ulen;
+  const char *uri = luaL_checklstring(L, 2, &ulen);
+  if (ulen == 0 || ulen > RWP_MAX_SESSION)
+    luaL_argerror(L, 2, lua_pushfstring(L, "the session must be 1 to %d bytes", RWP_MAX_SESSION));
+  pdesc *d = lua_newuserdata(L, sizeof *d);
+  memset(d, 0, sizeof *d);
+  luaL_setmetatable(L, PROXY_MT);
+  rw_proxy_sink_config *c = &d->cfg, *o = &src->cfg;
+  *c = *o; /* the scalars; every string is copied below */
+  c->naddrs = 0;
+  c->secret = NULL, c->key_id = c->bucket = c->object = c->metadata = c->session = NULL;
+  for (size_t i = 0; i < o->naddrs; i++) c->addrs[c->naddrs++] = dup_opt(L, o->addrs[i]);
+  char *sec = malloc(o->secret_len);
+  if (!sec) return luaL_error(L, "out of memory");
+  memcpy(sec, o->secret, o->secret_len);
+  c->secret = sec;
+  c->key_id = dup_opt(L, o->key_id);
+  c->bucket = dup_opt(L, o->bucket);
+  c->object = dup_opt(L, o->object);
+  c->metadata = dup_opt(L, o->metadata);
+  c->session = dup_lua(L, uri, ulen);
+  return 1;
+}
+
+static int pdesc_tostring(lua_State *L) {
+  pdesc *d = check_pdesc(L, 1);
+  if (d->cfg.bucket)
+    lua_pushfstring(L, "sink proxy %s gs://%s/%s", d->cfg.addrs[0], d->cfg.bucket, d->cfg.object);
+  else
+    lua_pushfstring(L, "sink proxy %s (resumed session)", d->cfg.addrs[0] ? d->cfg.addrs[0] : "?");
+  return 1;
+}
+
+/* Pushes the constructor: core.proxy_sink (rw.proxy_sink). */
+int rw_lua_open_proxysink(lua_State *L) {
+  if (luaL_newmetatable(L, PROXY_MT)) {
+    static const luaL_Reg methods[] = {{"kind", pdesc_kind}, {"with_session", pdesc_with_session}, {NULL, NULL}};
+    static const luaL_Reg mt[] = {{"__gc", pdesc_gc}, {"__tostring", pdesc_tostring}, {NULL, NULL}};
+    static const rw_lua_sink_seam seam = {pdesc_make};
+    luaL_setfuncs(L, mt, 0);
+    rw_lua_set_seam(L, "__rw_sink", &seam);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, proxy_sink_new);
+  return 1;
+}

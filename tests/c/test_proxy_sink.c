@@ -1,0 +1,794 @@
+/* The proxy client sink (csrc/sinks/proxy.c) under the writer, against a
+ * small scripted RWP/1 peer built from the codec: uploads byte-identical
+ * over several connections, a silent connection dropped after 3 PINGs and
+ * its request resent (same seq, RETRY) on another, a proxy killed mid-upload
+ * with the upload finishing through the other address, a wrong secret, and
+ * bad options. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "core/backoff.h"
+#include "core/checksum.h"
+#include "core/clock.h"
+#include "ctest.h"
+#include "io/writer.h"
+#include "proxy/auth.h"
+#include "proxy/frame.h"
+#include "sinks/proxy.h"
+#include "testbed/chaos.h"
+#include "testbed/faults.h"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RW_SANITIZED 1
+#endif
+
+static uint64_t rng;
+static uint8_t secret[32], other_secret[32];
+
+/* ---- the "GCS" behind the peers: bytes at offsets, one session ---- */
+
+typedef struct store {
+  pthread_mutex_t mu;
+  unsigned char *data, *have;
+  uint64_t cap, total, prefix;
+  bool finalized;
+} store;
+
+static uint64_t store_prefix(store *s) { /* mu held; the prefix only grows */
+  while (s->prefix < s->cap && s->have[s->prefix]) s->prefix++;
+  return s->prefix;
+}
+
+/* ---- a scripted peer: one listener, a thread per connection ---- */
+
+#define MAX_PEER_CONNS 64
+typedef struct peer {
+  store *st;
+  const uint8_t *secret;
+  int lfd, port;
+  pthread_t acceptor;
+  atomic_bool stop;
+  pthread_mutex_t mu;
+  pthread_t threads[MAX_PEER_CONNS];
+  int fds[MAX_PEER_CONNS], nconns;
+  atomic_int writes, active, peak_active, retries_known, dup_without_retry, silenced;
+  atomic_int expire_once;
+  atomic_int limit_once; /* the next WRITE_AT: proto.rate_limited, retry_after_ms 300, not run */
+  double limited_at, retried_at; /* when it was refused, when that offset came again (mu) */
+  uint64_t limited_off;
+  uint64_t window; /* bytes past the contiguous prefix taken (0: any); past it: rw.out_of_window */
+  atomic_int out_of_window;
+  int bye_after;  /* a connection says GOODBYE and closes after this many replies (0: never) */
+  atomic_int byes; /* the next WRITE_AT is answered proto.expired, not run */
+  int silent_after; /* a connection goes silent after this many WRITE_ATs (0: never), once */
+  uint64_t seen[4096]; /* seqs seen (RETRY bookkeeping), under mu */
+  int nseen;
+} peer;
+
+typedef struct pconn_t {
+  peer *p;
+  int fd;
+  rwp_writer w;
+  rwp_reader *r;
+  uint8_t buf[65536];
+  size_t have, pos;
+} pconn_t;
+
+static bool send_msg(pconn_t *c, const rwp_msg *m, const void *body, size_t len) {
+  rwp_encoded e;
+  rw_error *err = rwp_encode(&c->w, m, body, len, &e);
+  if (err) {
+    rw_error_unref(err);
+    return false;
+  }
+  struct iovec iov[3];
+  int n = rwp_encoded_iov(&e, iov);
+  size_t total = 0;
+  for (int i = 0; i < n; i++) total += iov[i].iov_len;
+  struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+  ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+  return w == (ssize_t)total; /* blocking socket: all or an error */
+}
+
+/* Next frame; false on EOF, error or stop. */
+static bool recv_frame(pconn_t *c, rwp_frame *f) {
+  for (;;) {
+    while (c->pos < c->have) {
+      size_t used = 0;
+      bool got = false;
+      rw_error *e = rwp_reader_feed(c->r, c->buf + c->pos, c->have - c->pos, &used, f, &got);
+      c->pos += used;
+      if (e) {
+        rw_error_unref(e);
+        return false;
+      }
+      if (got) return true;
+    }
+    c->have = c->pos = 0;
+    struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+    while (poll(&pf, 1, 20) == 0)
+      if (atomic_load(&c->p->stop)) return false;
+    if (atomic_load(&c->p->stop)) return false;
+    ssize_t n = read(c->fd, c->buf, sizeof c->buf);
+    if (n <= 0) return false;
+    c->have = (size_t)n;
+  }
+}
+
+static bool server_handshake(pconn_t *c) {
+  rwp_frame f;
+  if (!recv_frame(c, &f) || f.msg.op != RWP_HELLO) return false;
+  uint8_t hello[RWP_HDR + RWP_MAX_OP], cnonce[32], th[32], want[32], k_c2s[32], k_s2c[32];
+  size_t hello_len = f.hdr_len;
+  memcpy(hello, f.raw, hello_len);
+  memcpy(cnonce, f.msg.u.hello.client_nonce, 32);
+  uint64_t client_id = f.msg.client_id;
+  uint32_t mf = f.msg.u.hello.max_frame < (256u << 10) ? f.msg.u.hello.max_frame : 256u << 10;
+  rwp_msg m = {.op = RWP_CHALLENGE};
+  m.u.challenge = (rwp_challenge){.version = 1, .max_frame = mf, .max_inflight = 8, .ping_interval_ms = 5000};
+  rw_error_unref(rwp_random(m.u.challenge.server_nonce, 32));
+  rwp_encoded e;
+  rw_error_unref(rwp_encode(&c->w, &m, NULL, 0, &e));
+  rwp_transcript_hash(hello, hello_len, e.head, e.head_len, th);
+  struct iovec iov[3];
+  struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)rwp_encoded_iov(&e, iov)};
+  if (sendmsg(c->fd, &mh, MSG_NOSIGNAL) <= 0) return false;
+  if (!recv_frame(c, &f) || f.msg.op != RWP_AUTH) return false;
+  rwp_client_proof(c->p->secret, 32, th, want);
+  if (!rwp_proof_equal(want, f.msg.u.auth.proof)) {
+    rwp_msg er = {.op = RWP_ERROR};
+    er.u.error = (rwp_error_op){.code = rwp_cstr(RW_E_PROTO_AUTH_FAILED), .message = rwp_cstr("authentication failed"),
+                                .id = rwp_cstr("T1")};
+    send_msg(c, &er, NULL, 0);
+    return false;
+  }
+  rwp_derive_keys(c->p->secret, 32, cnonce, m.u.challenge.server_nonce, client_id, k_c2s, k_s2c);
+  rwp_reader_set_key(c->r, k_c2s);
+  rwp_writer_set_key(&c->w, k_s2c);
+  rw_error_unref(rwp_reader_set_max_frame(c->r, mf));
+  c->w.max_frame = mf;
+  rwp_msg wm = {.op = RWP_WELCOME, .client_id = client_id};
+  rwp_server_proof(c->p->secret, 32, th, wm.u.welcome.proof);
+  wm.u.welcome.table_ttl_s = 600;
+  return send_msg(c, &wm, NULL, 0);
+}
+
+static void note_seq(peer *p, const rwp_msg *m) {
+  pthread_mutex_lock(&p->mu);
+  bool known = false;
+  for (int i = 0; i < p->nseen; i++) known |= p->seen[i] == m->seq;
+  if (known && (m->flags & RWP_FLAG_RETRY)) atomic_fetch_add(&p->retries_known, 1);
+  if (known && !(m->flags & RWP_FLAG_RETRY)) atomic_fetch_add(&p->dup_without_retry, 1);
+  if (!known && p->nseen < 4096) p->seen[p->nseen++] = m->seq;
+  pthread_mutex_unlock(&p->mu);
+}
+
+static char *object_json(store *s) {
+  char *j = malloc(256), crc[16];
+  rw_crc32c_base64(rw_crc32c(0, s->data, s->total), crc);
+  snprintf(j, 256, "{\"bucket\":\"b\",\"name\":\"o\",\"size\":\"%llu\",\"crc32c\":\"%s\"}",
+           (unsigned long long)s->total, crc);
+  return j;
+}
+
+static bool reply(pconn_t *c, const rwp_msg *req, uint64_t persisted, bool finalized, const char *body) {
+  rwp_msg m = {.op = RWP_REPLY, .seq = req->seq, .client_id = req->client_id};
+  m.u.reply = (rwp_reply){.for_op = req->op, .persisted = persisted, .finalized = finalized};
+  if (req->op == RWP_CREATE) m.u.reply.session = rwp_cstr("http://127.0.0.1:1/upload/s1");
+  return send_msg(c, &m, body, body ? strlen(body) : 0);
+}
+
+static bool error_reply(pconn_t *c, const rwp_msg *req, const char *code) {
+  rwp_msg m = {.op = RWP_ERROR, .seq = req->seq};
+  m.u.error = (rwp_error_op){.code = rwp_cstr(code), .message = rwp_cstr("scripted"), .id = rwp_cstr("T2")};
+  return send_msg(c, &m, NULL, 0);
+}
+
+/* One request; false: the connection goes silent or ends. */
+static bool serve(pconn_t *c, rwp_frame *f, int *writes) {
+  store *s = c->p->st;
+  rwp_msg *m = &f->msg;
+  if (m->op == RWP_PING) {
+    rwp_msg pong = {.op = RWP_PONG};
+    pong.u.ping.nonce = m->u.ping.nonce;
+    return send_msg(c, &pong, NULL, 0);
+  }
+  note_seq(c->p, m);
+  pthread_mutex_lock(&s->mu);
+  uint64_t prefix = store_prefix(s);
+  bool fin = s->finalized;
+  char *json = NULL;
+  bool ok = true;
+  switch (m->op) {
+  case RWP_WRITE_AT:
+    if (atomic_exchange(&c->p->limit_once, 0)) {
+      pthread_mutex_unlock(&s->mu);
+      pthread_mutex_lock(&c->p->mu);
+      c->p->limited_at = rw_mono_now();
+      c->p->limited_off = m->u.write_at.offset;
+      pthread_mutex_unlock(&c->p->mu);
+      rwp_msg er = {.op = RWP_ERROR, .seq = m->seq};
+      er.u.error = (rwp_error_op){.flags2 = RWP_ERR_RETRYABLE, .retry_after_ms = 300,
+                                  .code = rwp_cstr(RW_E_PROTO_RATE_LIMITED), .message = rwp_cstr("slow down"),
+                                  .id = rwp_cstr("T3")};
+      return send_msg(c, &er, NULL, 0);
+    }
+    pthread_mutex_lock(&c->p->mu);
+    if (c->p->limited_at > 0 && !(c->p->retried_at > 0) && m->u.write_at.offset == c->p->limited_off)
+      c->p->retried_at = rw_mono_now();
+    pthread_mutex_unlock(&c->p->mu);
+    if (atomic_exchange(&c->p->expire_once, 0)) {
+      pthread_mutex_unlock(&s->mu);
+      return error_reply(c, m, RW_E_PROTO_EXPIRED);
+    }
+    if (c->p->window && m->u.write_at.offset + f->body_len > prefix + c->p->window) {
+      pthread_mutex_unlock(&s->mu);
+      atomic_fetch_add(&c->p->out_of_window, 1);
+      return error_reply(c, m, RW_E_OUT_OF_WINDOW);
+    }
+    if (m->u.write_at.offset + f->body_len <= s->cap) {
+      memcpy(s->data + m->u.write_at.offset, f->body, f->body_len);
+      memset(s->have + m->u.write_at.offset, 1, f->body_len);
+    }
+    prefix = store_prefix(s);
+    pthread_mutex_unlock(&s->mu);
+    atomic_fetch_add(&c->p->writes, 1);
+    if (c->p->silent_after && ++*writes >= c->p->silent_after && !atomic_exchange(&c->p->silenced, 1))
+      return false; /* silent from here on: no reply, no PONG */
+    return reply(c, m, prefix - prefix % (256u << 10), false, NULL);
+  case RWP_COMPLETE:
+    if (!fin && prefix >= m->u.complete.total) {
+      s->total = m->u.complete.total;
+      s->finalized = fin = true;
+    }
+    if (fin) json = object_json(s);
+    pthread_mutex_unlock(&s->mu);
+    ok = fin ? reply(c, m, s->total, true, json) : error_reply(c, m, RW_E_GAP);
+    free(json);
+    return ok;
+  case RWP_STATUS:
+    if (fin) json = object_json(s);
+    pthread_mutex_unlock(&s->mu);
+    ok = reply(c, m, fin ? s->total : prefix, fin, json);
+    free(json);
+    return ok;
+  default:
+    pthread_mutex_unlock(&s->mu);
+    return reply(c, m, 0, false, NULL);
+  }
+}
+
+/* True when nothing arrives on c for ms milliseconds (and nothing is buffered). */
+static bool idle_for(pconn_t *c, int ms) {
+  struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+  return c->pos >= c->have && poll(&pf, 1, ms) == 0;
+}
+
+static void *conn_main(void *arg) {
+  pconn_t *c = arg;
+  peer *p = c->p;
+  rwp_writer_init(&c->w);
+  rw_error_unref(rwp_reader_new(RWP_SIDE_SERVER, NULL, NULL, &c->r));
+  int now = atomic_fetch_add(&p->active, 1) + 1, peak = atomic_load(&p->peak_active);
+  while (now > peak && !atomic_compare_exchange_weak(&p->peak_active, &peak, now)) {}
+  int writes = 0, served = 0;
+  bool live = server_handshake(c);
+  rwp_frame f;
+  while (live && recv_frame(c, &f)) {
+    bool request = f.msg.op != RWP_PING;
+    live = serve(c, &f, &writes);
+    rwp_frame_clear(&f);
+    served += request;
+    if (live && p->bye_after && served >= p->bye_after && idle_for(c, 2)) {
+      rwp_msg bye = {.op = RWP_GOODBYE};
+      send_msg(c, &bye, NULL, 0);
+      atomic_fetch_add(&p->byes, 1);
+      shutdown(c->fd, SHUT_RDWR);
+      break;
+    }
+  }
+  if (!live) /* silent: hold the connection open, answering nothing, until stopped */
+    while (!atomic_load(&p->stop) && recv_frame(c, &f)) rwp_frame_clear(&f);
+  atomic_fetch_sub(&p->active, 1);
+  rwp_reader_free(c->r);
+  shutdown(c->fd, SHUT_RDWR);
+  free(c);
+  return NULL;
+}
+
+static void *accept_main(void *arg) {
+  peer *p = arg;
+  while (!atomic_load(&p->stop)) {
+    struct pollfd pf = {.fd = p->lfd, .events = POLLIN};
+    if (poll(&pf, 1, 20) <= 0) continue;
+    int fd = accept(p->lfd, NULL, NULL);
+    if (fd < 0) continue;
+    int one = 1; /* replies are small frames: no Nagle wait behind a delayed ACK */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    pthread_mutex_lock(&p->mu);
+    if (p->nconns == MAX_PEER_CONNS) {
+      pthread_mutex_unlock(&p->mu);
+      close(fd);
+      continue;
+    }
+    pconn_t *c = calloc(1, sizeof *c);
+    c->p = p;
+    c->fd = fd;
+    p->fds[p->nconns] = fd;
+    pthread_create(&p->threads[p->nconns++], NULL, conn_main, c);
+    pthread_mutex_unlock(&p->mu);
+  }
+  return NULL;
+}
+
+static peer *peer_start(store *st, const uint8_t *sec) {
+  peer *p = calloc(1, sizeof *p);
+  p->st = st;
+  p->secret = sec;
+  pthread_mutex_init(&p->mu, NULL);
+  p->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  bind(p->lfd, (struct sockaddr *)&a, sizeof a);
+  listen(p->lfd, 64);
+  getsockname(p->lfd, (struct sockaddr *)&a, &al);
+  p->port = ntohs(a.sin_port);
+  pthread_create(&p->acceptor, NULL, accept_main, p);
+  return p;
+}
+
+/* Stops the peer like a kill -9: the listener and every connection close. */
+static void peer_kill(peer *p) {
+  if (atomic_exchange(&p->stop, true)) return;
+  pthread_join(p->acceptor, NULL);
+  close(p->lfd);
+  pthread_mutex_lock(&p->mu);
+  int n = p->nconns;
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 0; i < n; i++) pthread_join(p->threads[i], NULL);
+  for (int i = 0; i < n; i++) close(p->fds[i]);
+}
+
+static void peer_free(peer *p) {
+  peer_kill(p);
+  pthread_mutex_destroy(&p->mu);
+  free(p);
+}
+
+static store *store_new(uint64_t cap) {
+  store *s = calloc(1, sizeof *s);
+  pthread_mutex_init(&s->mu, NULL);
+  s->cap = cap;
+  s->data = calloc(1, cap);
+  s->have = calloc(1, cap);
+  return s;
+}
+
+static void store_free(store *s) {
+  pthread_mutex_destroy(&s->mu);
+  free(s->data), free(s->have), free(s);
+}
+
+/* ---- the client side ---- */
+
+static char addr_buf[4][32];
+
+static rw_proxy_sink_config config_for(peer *a, peer *b) {
+  rw_proxy_sink_config c = rw_proxy_sink_defaults();
+  snprintf(addr_buf[0], sizeof addr_buf[0], "127.0.0.1:%d", a->port);
+  c.addrs[c.naddrs++] = addr_buf[0];
+  if (b) {
+    snprintf(addr_buf[1], sizeof addr_buf[1], "127.0.0.1:%d", b->port);
+    c.addrs[c.naddrs++] = addr_buf[1];
+  }
+  c.secret = secret;
+  c.secret_len = sizeof secret;
+  c.bucket = "b";
+  c.object = "o";
+  c.ping_interval = 0.25; /* 3 missed: dropped after about 1 s of silence */
+  c.connect_timeout = 2;
+  return c;
+}
+
+static unsigned char *random_data(size_t n) {
+  unsigned char *d = malloc(n);
+  for (size_t i = 0; i < n; i++) d[i] = (unsigned char)rw_rand_next(&rng);
+  return d;
+}
+
+static void log_err(const char *what, rw_error *e) {
+  char buf[512];
+  rw_error_format(e, buf, sizeof buf);
+  fprintf(stderr, "%s: %s\n", what, buf);
+}
+
+static rw_proxy_sink_counts last_stats; /* the sink's, as the last upload ended */
+static long pace_ms;              /* a pause after each write (0: none) */
+
+/* Writes n random bytes through sink; true when the store holds them. */
+static bool upload(rw_sink *sink, store *st, size_t n, void (*midway)(void *), void *ud) {
+  memset(&last_stats, 0, sizeof last_stats);
+  rw_writer_config c = rw_writer_defaults();
+  c.max_cache_size = 2u << 20;
+  c.max_chunk_size = 512u << 10;
+  c.retry.min_wait = 0.001;
+  c.retry.max_wait = 0.05;
+  c.retry.total_wait = 20;
+  c.stall_timeout = 2;
+  rw_error *err = NULL;
+  rw_writer *w = rw_writer_new(NULL, sink, &c, &err);
+  if (!w) {
+    log_err("new", err);
+    rw_error_unref(err);
+    return false;
+  }
+  unsigned char *data = random_data(n);
+  size_t off = 0;
+  bool called = false;
+  while (off < n && !err) {
+    size_t piece = 1 + rw_rand_next(&rng) % (200u << 10), acc = 0;
+    if (piece > n - off) piece = n - off;
+    err = rw_writer_write_some(w, off, data + off, piece, NULL, NULL, &acc);
+    off += acc;
+    if (pace_ms) nanosleep(&(struct timespec){0, pace_ms * 1000000}, NULL);
+    if (!acc && !err) rw_writer_wait(w, NULL, true, off, 5);
+    if (midway && !called && off > n / 2) midway(ud), called = true;
+  }
+  if (!err) err = rw_writer_complete_start(w, UINT64_MAX);
+  double t0 = rw_mono_now();
+  while (!err && !rw_writer_finished(w) && rw_mono_now() - t0 < 30) rw_writer_wait(w, NULL, false, 0, 1);
+  if (!err) err = rw_writer_error(w);
+  bool ok = !err && rw_writer_object(w) != NULL;
+  if (err) log_err("upload", err);
+  rw_error_unref(err);
+  uint64_t persisted;
+  bool has_crc;
+  uint32_t crc;
+  char *sess = rw_writer_session(w, &persisted, &has_crc, &crc);
+  CHECK(sess && strcmp(sess, "http://127.0.0.1:1/upload/s1") == 0);
+  free(sess);
+  rw_proxy_sink_stats(sink, &last_stats); /* the writer owns the sink until freed */
+  rw_writer_free(w);
+  pthread_mutex_lock(&st->mu);
+  ok = ok && st->finalized && st->total == n && memcmp(st->data, data, n) == 0;
+  pthread_mutex_unlock(&st->mu);
+  free(data);
+  return ok;
+}
+
+static void test_upload(void) {
+  size_t n = (5u << 20) + 333;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(sink != NULL && sink->max_inflight == 4);
+  double t0 = rw_mono_now();
+  CHECK(upload(sink, st, n, NULL, NULL));
+  fprintf(stderr, "direct to the peer: %.1f MiB/s\n", n / 1048576.0 / (rw_mono_now() - t0));
+  fprintf(stderr, "peak connections at the peer: %d\n", atomic_load(&p->peak_active));
+  CHECK(atomic_load(&p->peak_active) >= 2);
+  CHECK_EQ_INT(atomic_load(&p->dup_without_retry), 0);
+  peer_free(p);
+  store_free(st);
+}
+
+/* A connection that stops answering (even PINGs) is dropped after 3 missed
+ * PINGs; its request goes out again, same seq, RETRY, on another one. */
+static void test_silent_connection(void) {
+  size_t n = (3u << 20) + 77;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  p->silent_after = 3;
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  double t0 = rw_mono_now();
+  CHECK(upload(sink, st, n, NULL, NULL));
+  fprintf(stderr, "silent connection: upload took %.2f s, %d requests resent with their seq\n",
+          rw_mono_now() - t0, atomic_load(&p->retries_known));
+  CHECK(atomic_load(&p->silenced) == 1);
+  CHECK(atomic_load(&p->retries_known) >= 1);
+  CHECK_EQ_INT(atomic_load(&p->dup_without_retry), 0);
+  peer_free(p);
+  store_free(st);
+}
+
+/* Two proxies; the first is killed mid-upload: the upload finishes
+ * through the second. */
+static void kill_peer(void *ud) { peer_kill(ud); }
+
+static void test_failover(void) {
+  size_t n = (6u << 20) + 4099;
+  store *st = store_new(n + (1u << 20));
+  peer *a = peer_start(st, secret), *b = peer_start(st, secret);
+  rw_proxy_sink_config c = config_for(a, b);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(upload(sink, st, n, kill_peer, a));
+  fprintf(stderr, "failover: writes at a %d, at b %d\n", atomic_load(&a->writes), atomic_load(&b->writes));
+  CHECK(atomic_load(&a->writes) > 0);
+  CHECK(atomic_load(&b->writes) > 0);
+  peer_free(a);
+  peer_free(b);
+  store_free(st);
+}
+
+/* The chaos proxy between the sink and the peer: resets, stalls, latency. */
+static void test_chaos(void) {
+  size_t n = (6u << 20) + 999;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  rw_faults_config fc = {.seed = rng | 1, .reset_per_mib = 1.0, .stall_per_mib = 0.3, .stall_for = 5,
+                         .latency = 0.002};
+  rw_error *err = NULL;
+  rw_faults *prof = rw_faults_new(&fc, &err);
+  char up[32];
+  snprintf(up, sizeof up, "127.0.0.1:%d", p->port);
+  rw_chaos_config cc = {.upstream = up, .profile = prof};
+  rw_chaos *chaos = rw_chaos_start(&cc, &err);
+  CHECK(chaos != NULL);
+  rw_proxy_sink_config c = config_for(p, NULL);
+  c.addrs[0] = rw_chaos_addr(chaos);
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(upload(sink, st, n, NULL, NULL));
+  rw_faults_stats fs;
+  rw_faults_stats_read(prof, &fs);
+  fprintf(stderr, "chaos: %llu resets, %llu stalls, %d requests resent with their seq\n",
+          (unsigned long long)fs.resets, (unsigned long long)fs.stalls, atomic_load(&p->retries_known));
+  CHECK(fs.resets + fs.stalls > 0);
+  CHECK_EQ_INT(atomic_load(&p->dup_without_retry), 0);
+  rw_chaos_stop(chaos);
+  rw_faults_unref(prof);
+  peer_free(p);
+  store_free(st);
+}
+
+/* proto.expired (the proxy's table forgot the request): sent again as a
+ * new request, the upload goes on. */
+static void test_expired(void) {
+  size_t n = (2u << 20) + 5;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  atomic_store(&p->expire_once, 1);
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(upload(sink, st, n, NULL, NULL));
+  CHECK_EQ_INT(atomic_load(&p->expire_once), 0);
+  peer_free(p);
+  store_free(st);
+}
+
+/* A proxy that says GOODBYE to a connection idle for 2 ms and closes it:
+ * the sink sees it before it uses that connection again, so requests do not
+ * go out on dead connections (a few may, racing the GOODBYE). */
+static void test_goodbye(void) {
+  size_t n = (3u << 20) + 17;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  p->bye_after = 2;
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  pace_ms = 10; /* connections go idle between pieces */
+  CHECK(upload(sink, st, n, NULL, NULL));
+  pace_ms = 0;
+  fprintf(stderr, "goodbye: %d connections closed by the proxy, %llu requests resent\n",
+          atomic_load(&p->byes), (unsigned long long)last_stats.resent);
+  CHECK(atomic_load(&p->byes) >= 4);
+  CHECK(last_stats.resent * 4 <= (uint64_t)atomic_load(&p->byes));
+  peer_free(p);
+  store_free(st);
+}
+
+/* Connections in flight pay off on a long path: the chaos relay delays
+ * every byte 10 ms each way; 4 connections against 1 on the same upload. */
+static double timed_upload(int connections, size_t n) {
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  rw_faults_config fc = {.seed = 1, .latency = 0.01};
+  rw_error *err = NULL;
+  rw_faults *prof = rw_faults_new(&fc, &err);
+  char up[32];
+  snprintf(up, sizeof up, "127.0.0.1:%d", p->port);
+  rw_chaos_config cc = {.upstream = up, .profile = prof};
+  rw_chaos *chaos = rw_chaos_start(&cc, &err);
+  rw_proxy_sink_config c = config_for(p, NULL);
+  c.addrs[0] = rw_chaos_addr(chaos);
+  c.connections = connections;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  double t0 = rw_mono_now();
+  CHECK(upload(sink, st, n, NULL, NULL));
+  double dt = rw_mono_now() - t0;
+  rw_chaos_stop(chaos);
+  rw_faults_unref(prof);
+  peer_free(p);
+  store_free(st);
+  return dt;
+}
+
+static void test_connections_scale(void) {
+  size_t n = 8u << 20;
+  double one = timed_upload(1, n), four = timed_upload(4, n);
+  fprintf(stderr, "10 ms each way, 8 MiB: 1 connection %.1f MiB/s, 4 connections %.1f MiB/s (%.2fx)\n",
+          8 / one, 8 / four, one / four);
+#ifndef RW_SANITIZED /* a timing claim: not under the sanitizers' slowdown */
+  CHECK(one / four >= 1.3);
+#endif
+}
+
+/* rw.resume through a proxy: a writer suspended halfway hands out the GCS
+ * session; a new sink with that session (and so a new client_id) resumes. */
+static void test_resume(void) {
+  size_t n = (4u << 20) + 11, half = 2u << 20;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_writer_config wc = rw_writer_defaults();
+  wc.max_cache_size = 1u << 20;
+  wc.max_chunk_size = 256u << 10;
+  rw_writer *w = rw_writer_new(NULL, rw_proxy_sink_new(&c, &err), &wc, &err);
+  unsigned char *data = random_data(n);
+  size_t off = 0;
+  while (off < half) {
+    size_t acc = 0;
+    rw_error_unref(rw_writer_write_some(w, off, data + off, half - off, NULL, NULL, &acc));
+    off += acc;
+    if (off < half) rw_writer_wait(w, NULL, true, off, 5);
+  }
+  rw_writer_suspend(w);
+  uint64_t persisted;
+  bool has_crc;
+  uint32_t crc;
+  char *sess = rw_writer_session(w, &persisted, &has_crc, &crc);
+  rw_writer_free(w);
+  CHECK(sess && persisted > 0 && persisted <= half);
+  rw_proxy_sink_config rc = config_for(p, NULL);
+  rc.session = sess;
+  wc.resume = true;
+  wc.start_offset = persisted;
+  wc.has_start_crc = has_crc;
+  wc.start_crc = crc;
+  w = rw_writer_new(NULL, rw_proxy_sink_new(&rc, &err), &wc, &err);
+  CHECK(w != NULL);
+  for (off = persisted; w && off < n;) {
+    size_t acc = 0;
+    rw_error *e = rw_writer_write_some(w, off, data + off, n - off, NULL, NULL, &acc);
+    if (e) log_err("resume write", e);
+    rw_error_unref(e);
+    off += acc;
+    if (off < n) rw_writer_wait(w, NULL, true, off, 5);
+  }
+  CHECK(w && !rw_writer_complete_start(w, n));
+  double t0 = rw_mono_now();
+  while (w && !rw_writer_finished(w) && rw_mono_now() - t0 < 20) rw_writer_wait(w, NULL, false, 0, 1);
+  CHECK(w && rw_writer_object(w) != NULL);
+  rw_writer_free(w);
+  pthread_mutex_lock(&st->mu);
+  CHECK(st->finalized && st->total == n && memcmp(st->data, data, n) == 0);
+  pthread_mutex_unlock(&st->mu);
+  free(sess);
+  free(data);
+  peer_free(p);
+  store_free(st);
+}
+
+/* A proxy takes bytes only up to its session cache past what it holds
+ * (rw.out_of_window beyond): the sink's window keeps every piece inside. */
+static void test_window(void) {
+  size_t n = (4u << 20) + 3;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  p->window = 1u << 20;
+  rw_proxy_sink_config c = config_for(p, NULL);
+  c.window = 1u << 20;
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(sink && sink->max_ahead == (1u << 20));
+  CHECK(upload(sink, st, n, NULL, NULL));
+  CHECK_EQ_INT(atomic_load(&p->out_of_window), 0);
+  peer_free(p);
+  store_free(st);
+}
+
+/* proto.rate_limited with retry_after_ms: the refused bytes come again no
+ * sooner than that, however short the writer's own backoff. */
+static void test_retry_after(void) {
+  size_t n = (2u << 20) + 9;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  atomic_store(&p->limit_once, 1);
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  CHECK(upload(sink, st, n, NULL, NULL));
+  pthread_mutex_lock(&p->mu);
+  double gap = p->retried_at - p->limited_at;
+  pthread_mutex_unlock(&p->mu);
+  fprintf(stderr, "rate limited: the bytes came again after %.3f s (retry_after 0.300 s)\n", gap);
+  CHECK(gap >= 0.29);
+  peer_free(p);
+  store_free(st);
+}
+
+static void test_wrong_secret(void) {
+  store *st = store_new(1 << 20);
+  peer *p = peer_start(st, other_secret);
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
+  double t0 = rw_mono_now();
+  err = sink->ops->begin(sink, ctx);
+  CHECK(err && rw_error_is(err, RW_E_PROTO_AUTH_FAILED) && !rw_error_retryable(err));
+  CHECK(rw_mono_now() - t0 < 2);
+  rw_error_unref(err);
+  rw_ctx_unref(ctx);
+  rw_sink_destroy(sink);
+  peer_free(p);
+  store_free(st);
+}
+
+static void expect_invalid(rw_proxy_sink_config c, const char *word) {
+  rw_error *err = NULL;
+  rw_sink *s = rw_proxy_sink_new(&c, &err);
+  CHECK(!s && err && rw_error_is(err, RW_E_INVALID) && strstr(rw_error_message(err), word));
+  if (err && !strstr(rw_error_message(err), word)) fprintf(stderr, "  got: %s\n", rw_error_message(err));
+  rw_error_unref(err);
+  rw_sink_destroy(s);
+}
+
+static void test_bad_options(void) {
+  rw_proxy_sink_config good = rw_proxy_sink_defaults();
+  good.addrs[good.naddrs++] = "127.0.0.1:9";
+  good.secret = secret, good.secret_len = 32, good.bucket = "b", good.object = "o";
+  rw_proxy_sink_config c = good;
+  c.naddrs = 0;
+  expect_invalid(c, "addr");
+  c = good;
+  c.addrs[0] = "127.0.0.1";
+  expect_invalid(c, "addr #1");
+  c = good;
+  c.addrs[0] = "127.0.0.1:99999";
+  expect_invalid(c, "port");
+  c = good;
+  c.connections = 0;
+  expect_invalid(c, "connections");
+  c = good;
+  c.secret_len = 16;
+  expect_invalid(c, "secret");
+  c = good;
+  c.bucket = "";
+  expect_invalid(c, "bucket");
+  c = good;
+  c.object = NULL;
+  expect_invalid(c, "object");
+}
+
+int main(void) {
+  rng = ct_seed();
+  for (size_t i = 0; i < 32; i++) secret[i] = (uint8_t)rw_rand_next(&rng), other_secret[i] = (uint8_t)~secret[i];
+  RUN(test_bad_options);
+  RUN(test_upload);
+  RUN(test_silent_connection);
+  RUN(test_failover);
+  RUN(test_chaos);
+  RUN(test_expired);
+  RUN(test_goodbye);
+  RUN(test_connections_scale);
+  RUN(test_resume);
+  RUN(test_window);
+  RUN(test_retry_after);
+  RUN(test_wrong_secret);
+  return ct_finish("test_proxy_sink");
+}
