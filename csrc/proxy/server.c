@@ -29,7 +29,7 @@ rw_proxy_config rw_proxy_defaults(void) {
   return (rw_proxy_config){.max_connections = 256,
                            .max_sessions = 256,
                            .cache = 256u << 20,
-                           .session_cache = 16u << 20,
+                           .session_cache = 64u << 20,
                            .max_frame = 1u << 20,
                            .max_inflight = 64,
                            .ping_interval_ms = 5000,

@@ -38,7 +38,7 @@ typedef struct rw_proxy_config {
   int max_connections;           /* over it: proto.busy and close; default 256 */
   int max_sessions;              /* sessions with a writer; over it proto.busy; default 256 */
   uint64_t cache;                /* bytes of request bodies held in all; default 256 MiB */
-  uint64_t session_cache;        /* each session writer's cache; default 16 MiB */
+  uint64_t session_cache;        /* each session writer's cache; default 64 MiB */
   uint32_t max_frame;            /* largest body offered (64 KiB .. 16 MiB); default 1 MiB */
   uint16_t max_inflight;         /* requests unanswered per connection; default 64 */
   uint32_t ping_interval_ms;     /* default 5000 */

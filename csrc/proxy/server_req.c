@@ -419,7 +419,12 @@ static rw_error *session_open(conn *c, rwp_str uri, session **out) {
 static rw_writer_config writer_config(rw_proxy_server *s, uint64_t persisted) {
   rw_writer_config wc = rw_writer_defaults();
   wc.max_cache_size = s->cfg.session_cache;
-  if (wc.max_chunk_size > wc.max_cache_size) wc.max_chunk_size = wc.max_cache_size;
+  /* Chunks of a quarter of the cache: one goes to GCS while the cache still
+   * takes the client's next bytes (a chunk the size of the cache made the
+   * session alternate between accepting and uploading). */
+  uint64_t quarter = s->cfg.session_cache / 4 / RW_CHUNK_QUANTUM * RW_CHUNK_QUANTUM;
+  if (quarter < RW_CHUNK_QUANTUM) quarter = RW_CHUNK_QUANTUM;
+  if (wc.max_chunk_size > quarter) wc.max_chunk_size = quarter;
   if (wc.min_chunk_size > wc.max_chunk_size) wc.min_chunk_size = wc.max_chunk_size;
   wc.crc32c = wc.md5 = false; /* the client's sums are compared with the object's */
   wc.resume = true, wc.start_offset = persisted;

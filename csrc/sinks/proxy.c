@@ -64,7 +64,7 @@ rw_proxy_sink_config rw_proxy_sink_defaults(void) {
   c.connect_timeout = 5;
   c.request_timeout = 120;
   c.max_frame = 1u << 20;
-  c.window = 16u << 20;
+  c.window = 64u << 20;
   return c;
 }
 

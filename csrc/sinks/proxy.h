@@ -43,7 +43,7 @@ typedef struct rw_proxy_sink_config {
   double ping_interval;       /* seconds of silence before a PING; 0 = the proxy's */
   uint32_t max_frame;         /* largest frame body asked for, default 1 MiB */
   uint64_t window;            /* bytes sent past the persisted offset at most: the proxy's
-                               * per-session cache (its default, 16 MiB); >= 1 MiB */
+                               * per-session cache (its default, 64 MiB); >= 1 MiB */
 } rw_proxy_sink_config;
 
 rw_proxy_sink_config rw_proxy_sink_defaults(void);

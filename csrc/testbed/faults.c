@@ -5,6 +5,7 @@
 #include "testbed/faults.h"
 
 #include <errno.h>
+#include <netinet/tcp.h>
 #include <fcntl.h>
 #include <math.h>
 #include <arpa/inet.h>
@@ -57,6 +58,14 @@ typedef struct marks {
   mark *v;
   size_t cap, head, n;
 } marks;
+
+/* A relay is a stretch of network, not an endpoint: it forwards what it has
+ * at once (no Nagle), so small frames (replies, acks) are not held back for
+ * the peer's delayed ACK. a may be -1 until accepted (the dialer). */
+static void no_delay(int fd) {
+  int one = 1;
+  if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
 
 static bool marks_push(marks *q, uint64_t end, double at) {
   if (q->n && q->v[(q->head + q->n - 1) % q->cap].at >= at) {
@@ -604,6 +613,7 @@ static bool accept_client(rw_faults_conn *c) {
   while (rc < 0 && errno == EINTR);
   if (rc <= 0 || p[0].revents) return false;
   c->fd[0] = accept4(c->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  no_delay(c->fd[0]);
   close_fd(&c->lfd);
   return c->fd[0] >= 0;
 }
@@ -632,6 +642,8 @@ static void *relay_main(void *arg) {
 
 static rw_faults_conn *conn_start(rw_faults *f, uint64_t index, int a, int b, int lfd, rw_error **err) {
   *err = NULL;
+  no_delay(a);
+  no_delay(b);
   rw_faults_conn *c = calloc(1, sizeof *c);
   int active = atomic_fetch_add(&f->active, 1) + 1;
   if (!c || active > f->cfg.max_connections) {
