@@ -364,30 +364,42 @@ static void put_header(uint8_t *h, const rwp_msg *m, size_t hdr_len, uint32_t bo
   put_be(h + 44, rw_crc32c(rw_crc32c(0, h, 44), h + RWP_HDR, hdr_len - RWP_HDR), 4);
 }
 
-/* HMAC(key, u64(n) || head || body) with one context (reused by the reader). */
+/* GMAC(key, iv = 0x00000000 || u64(n), aad = head || body): AES-256-GCM over
+ * no plaintext, the tag the MAC (PROTOCOL.md 4.4). One context (the reader
+ * reuses its own). GMAC runs several times faster than HMAC-SHA256 here
+ * (AES-NI and carry-less multiply), and the MAC covers every byte uploaded. */
 static rw_error *mac_start(EVP_MAC_CTX *ctx, const uint8_t key[32], uint64_t n,
                            const uint8_t *head, size_t head_len) {
-  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+  uint8_t iv[12] = {0};
+  put_be(iv + 4, n, 8);
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_CIPHER, "AES-256-GCM", 0),
+                         OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_IV, iv, sizeof iv),
                          OSSL_PARAM_construct_end()};
-  uint8_t nb[8];
-  put_be(nb, n, 8);
-  if (EVP_MAC_init(ctx, key, 32, params) && EVP_MAC_update(ctx, nb, 8) &&
-      EVP_MAC_update(ctx, head, head_len))
-    return NULL;
-  return rw_err(RW_E_INTERNAL, "rwp: HMAC-SHA256 init failed in OpenSSL");
+  if (EVP_MAC_init(ctx, key, 32, params) && EVP_MAC_update(ctx, head, head_len)) return NULL;
+  return rw_err(RW_E_INTERNAL, "rwp: GMAC (AES-256-GCM) init failed in OpenSSL");
 }
 
-static rw_error *mac_finish(EVP_MAC_CTX *ctx, uint8_t out[32]) {
+static rw_error *mac_finish(EVP_MAC_CTX *ctx, uint8_t out[RWP_MAC_LEN]) {
   size_t olen = 0;
-  if (EVP_MAC_final(ctx, out, &olen, 32) && olen == 32) return NULL;
-  return rw_err(RW_E_INTERNAL, "rwp: HMAC-SHA256 failed in OpenSSL");
+  if (EVP_MAC_final(ctx, out, &olen, RWP_MAC_LEN) && olen == RWP_MAC_LEN) return NULL;
+  return rw_err(RW_E_INTERNAL, "rwp: GMAC failed in OpenSSL");
 }
 
 static EVP_MAC_CTX *mac_ctx_new(void) {
-  EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  EVP_MAC *mac = EVP_MAC_fetch(NULL, "GMAC", NULL);
   EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
   EVP_MAC_free(mac); /* the context holds its own reference */
   return ctx;
+}
+
+rw_error *rwp_frame_mac(const uint8_t key[RWP_KEY_LEN], uint64_t n, const void *frame, size_t len,
+                        uint8_t out[RWP_MAC_LEN]) {
+  EVP_MAC_CTX *ctx = mac_ctx_new();
+  if (!ctx) return rw_err(RW_E_INTERNAL, "rwp: no GMAC in OpenSSL");
+  rw_error *err = mac_start(ctx, key, n, frame, len);
+  if (!err) err = mac_finish(ctx, out);
+  EVP_MAC_CTX_free(ctx);
+  return err;
 }
 
 /* ---- writer ---- */
@@ -428,9 +440,9 @@ static rw_error *check_msg(const rwp_writer *w, const rwp_msg *m, size_t body_le
 static rw_error *writer_mac(rwp_writer *w, rwp_encoded *out) {
   EVP_MAC_CTX *ctx = mac_ctx_new();
   rw_error *err = ctx ? mac_start(ctx, w->key, w->n, out->head, out->head_len)
-                      : rw_err(RW_E_INTERNAL, "rwp: no HMAC in OpenSSL");
+                      : rw_err(RW_E_INTERNAL, "rwp: no GMAC in OpenSSL");
   if (!err && out->body_len && !EVP_MAC_update(ctx, out->body, out->body_len))
-    err = rw_err(RW_E_INTERNAL, "rwp: HMAC-SHA256 update failed in OpenSSL");
+    err = rw_err(RW_E_INTERNAL, "rwp: GMAC update failed in OpenSSL");
   if (!err) err = mac_finish(ctx, out->mac);
   EVP_MAC_CTX_free(ctx);
   if (!err) out->mac_len = RWP_MAC_LEN, w->n++;
@@ -495,7 +507,7 @@ rw_error *rwp_reader_new(rwp_side side, rwp_body_fn body_fn, void *ud, rwp_reade
   r->mac = mac_ctx_new();
   if (!r->mac) {
     free(r);
-    return rw_err(RW_E_INTERNAL, "rwp reader: no HMAC in OpenSSL");
+    return rw_err(RW_E_INTERNAL, "rwp reader: no GMAC in OpenSSL");
   }
   r->side = side, r->body_fn = body_fn, r->ud = ud, r->max_frame = RWP_MIN_FRAME;
   *out = r;
@@ -690,7 +702,7 @@ rw_error *rwp_reader_feed(rwp_reader *r, const void *data, size_t len, size_t *u
     if ((err = advance(r, out, got)) || *got) break;
     if (off == len) break;
     off += take(r, p + off, len - off);
-    if (r->st == RD_DEAD) err = rw_err(RW_E_INTERNAL, "rwp reader: HMAC update failed in OpenSSL");
+    if (r->st == RD_DEAD) err = rw_err(RW_E_INTERNAL, "rwp reader: GMAC update failed in OpenSSL");
   }
   *used = off;
   return err;

@@ -38,7 +38,7 @@
 #define RWP_VERSION 1
 #define RWP_HDR 48
 #define RWP_MAX_OP 4096
-#define RWP_MAC_LEN 32
+#define RWP_MAC_LEN 16 /* GMAC tag (PROTOCOL.md 4.4) */
 #define RWP_MIN_FRAME (64u * 1024)        /* max_frame before and at least after negotiation */
 #define RWP_MAX_FRAME (16u * 1024 * 1024) /* the largest max_frame CHALLENGE may choose */
 #define RWP_MAX_METADATA (64u * 1024)     /* CREATE's body */
@@ -201,6 +201,12 @@ void rwp_writer_set_key(rwp_writer *w, const uint8_t key[RWP_KEY_LEN]);
 void rwp_writer_wipe(rwp_writer *w); /* wipes the key */
 /* Encodes m with its body (body_len bytes; NULL when 0) into out and, when
  * keyed, computes the MAC and counts the frame. */
+/* The MAC of frame n (its bytes without the MAC, head and body contiguous)
+ * under key: GMAC, PROTOCOL.md 4.4. For tests and tools that build frames by
+ * hand; the writer and reader compute it as they go. */
+rw_error *rwp_frame_mac(const uint8_t key[RWP_KEY_LEN], uint64_t n, const void *frame, size_t len,
+                        uint8_t out[RWP_MAC_LEN]);
+
 rw_error *rwp_encode(rwp_writer *w, const rwp_msg *m, const void *body, size_t body_len,
                      rwp_encoded *out);
 /* out as up to 3 iovecs; returns how many. */

@@ -1,7 +1,8 @@
 /* RWP/1 frame codec and handshake crypto (csrc/proxy/frame.h, auth.h):
  * round trips of every opcode, the reader fed in every slicing, every bound
  * of docs/PROTOCOL.md section 3.2, MACs against replay/reorder/other keys,
- * the handshake, and known-answer tests for HMAC-SHA256 and HKDF-SHA256. */
+ * the handshake, and known-answer tests for HMAC-SHA256, HKDF-SHA256 and the
+ * frame MAC (GMAC). */
 #include <stdint.h>
 
 #include "ctest.h"
@@ -58,6 +59,16 @@ static void test_kat(void) {
   hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865", want);
   CHECK(memcmp(out, want, 42) == 0);
   CHECK(is(rwp_hkdf_expand(prk, info, 10, out, 0), RW_E_INVALID));
+  /* The frame MAC is GMAC: AES-256-GCM, IV 0^32 || u64(n), no plaintext.
+   * McGrew-Viega GCM test case 13 (key 0^256, IV 0^96, empty A and P). */
+  uint8_t zkey[RWP_KEY_LEN] = {0}, tag[RWP_MAC_LEN], tag1[RWP_MAC_LEN], tag2[RWP_MAC_LEN];
+  CHECK(rwp_frame_mac(zkey, 0, "", 0, tag) == NULL);
+  hex("530f8afbc74536b9a963b4f1c4cb738b", want);
+  CHECK(memcmp(tag, want, RWP_MAC_LEN) == 0);
+  CHECK(rwp_frame_mac(zkey, 1, "", 0, tag1) == NULL); /* n is the IV's last 8 bytes */
+  CHECK(memcmp(tag, tag1, RWP_MAC_LEN) != 0);
+  CHECK(rwp_frame_mac(zkey, 0, "x", 1, tag2) == NULL); /* the frame is the additional data */
+  CHECK(memcmp(tag, tag2, RWP_MAC_LEN) != 0);
 }
 
 /* ---- random messages of every opcode ---- */
@@ -553,12 +564,8 @@ static size_t build(const rawf *x, uint8_t *out) {
   if (x->blen) memcpy(out + len, x->body, x->blen);
   len += x->blen;
   if (x->key) {
-    uint8_t nb[8];
-    be(nb, x->n, 8);
-    const void *parts[] = {nb, out};
-    size_t lens[] = {8, len};
-    CHECK(rwp_hmac(x->key, 32, parts, lens, 2, out + len) == NULL);
-    len += 32;
+    CHECK(rwp_frame_mac(x->key, x->n, out, len, out + len) == NULL);
+    len += RWP_MAC_LEN;
   }
   return len;
 }

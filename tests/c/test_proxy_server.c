@@ -328,11 +328,7 @@ static void send_unknown_op(cl *c) {
   uint32_t crc = rw_crc32c(0, tmp, 44 + hl - RWP_HDR);
   frame_buf[44] = (uint8_t)(crc >> 24), frame_buf[45] = (uint8_t)(crc >> 16);
   frame_buf[46] = (uint8_t)(crc >> 8), frame_buf[47] = (uint8_t)crc;
-  uint8_t nb[8];
-  for (int i = 0; i < 8; i++) nb[i] = (uint8_t)(n >> (56 - 8 * i));
-  const void *parts[] = {nb, frame_buf};
-  size_t lens[] = {8, hl};
-  CHECK(rwp_hmac(c->k_c2s, 32, parts, lens, 2, frame_buf + hl) == NULL);
+  CHECK(rwp_frame_mac(c->k_c2s, n, frame_buf, hl, frame_buf + hl) == NULL);
   send_all(c->fd, frame_buf, len);
 }
 

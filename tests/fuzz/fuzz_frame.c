@@ -56,13 +56,9 @@ static size_t seal(const uint8_t *in, size_t len, uint8_t *out, bool mac) {
     memcpy(out + o, in, hl + bl);
     be(out + o + 44, rw_crc32c(rw_crc32c(0, out + o, 44), out + o + RWP_HDR, hl - RWP_HDR), 4);
     if (mac) {
-      uint8_t nb[8];
-      be(nb, n++, 8);
-      const void *parts[] = {nb, out + o};
-      size_t lens[] = {8, hl + bl};
-      rw_error *err = rwp_hmac(key, 32, parts, lens, 2, out + o + hl + bl);
+      rw_error *err = rwp_frame_mac(key, n++, out + o, hl + bl, out + o + hl + bl);
       if (err) abort();
-      o += 32;
+      o += RWP_MAC_LEN;
     }
     o += hl + bl, in += hl + bl, len -= hl + bl;
   }

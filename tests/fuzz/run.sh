@@ -24,7 +24,7 @@ ASAN_OPTIONS=detect_leaks=1 ./build/fuzz/fuzz_http -max_total_time="$http_secs" 
 mkdir -p build/fuzz/corpus-frame
 clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   -Icsrc $(pkg-config --cflags libisal openssl) \
-  -o build/fuzz/fuzz_frame tests/fuzz/fuzz_frame.c csrc/proxy/*.c csrc/core/error.c csrc/core/checksum.c \
+  -o build/fuzz/fuzz_frame tests/fuzz/fuzz_frame.c csrc/proxy/frame.c csrc/proxy/auth.c csrc/core/error.c csrc/core/checksum.c \
   $(pkg-config --libs libisal openssl) -pthread -lm
 ASAN_OPTIONS=detect_leaks=1 ./build/fuzz/fuzz_frame -max_total_time="$frame_secs" -max_len=70000 \
   -timeout=20 -print_final_stats=1 -artifact_prefix=build/fuzz/frame- build/fuzz/corpus-frame
