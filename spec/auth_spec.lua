@@ -181,6 +181,36 @@ describe("auth", function()
     srv:stop()
   end)
 
+  it("the proxy holds the GCS credentials: its sessions share one token; clients hold only the proxy secret", function()
+    local srv = start()
+    local psecret = H.random_bytes(32)
+    local key = sa_file(srv:url() .. "/token", PRIV)
+    local px = assert(rw.proxy.start { upstream = srv:url(), secret = psecret, credentials_file = key })
+    local datas = {}
+    for i = 1, 3 do
+      datas[i] = H.random_bytes(MiB + 1000 * i)
+      local sink = rw.proxy_sink { addr = px:addr(), secret = psecret, bucket = "b", object = "px" .. i, connections = 2 }
+      assert(upload(sink, datas[i], 4))
+      check_object(srv, "px" .. i, datas[i])
+    end
+    assert.equal(1, srv:auth_stats().token_requests, "one token for every session of the proxy")
+    assert.equal(0, srv:auth_stats().unauthorized)
+    px:stop()
+    -- without credentials the proxy is anonymous: the fake refuses it
+    local anon = assert(rw.proxy.start { upstream = srv:url(), secret = psecret })
+    local lines, obj, err = H.capture_log(upload, rw.proxy_sink { addr = anon:addr(), secret = psecret, bucket = "b",
+                                                                  object = "anon" }, H.random_bytes(1000))
+    assert.is_nil(obj)
+    assert.truthy(tostring(err):find("401", 1, true), tostring(err))
+    assert.is_true(#lines >= 0)
+    anon:stop()
+    assert.truthy(H.raised(rw.proxy.start, { upstream = srv:url(), secret = psecret, credentials = "mine" })
+      :find("'credentials' must be \"default\"", 1, true))
+    local _, e2 = rw.proxy.start { upstream = srv:url(), secret = psecret, credentials_file = dir .. "/missing.json" }
+    assert.truthy(tostring(e2):find("missing.json", 1, true), tostring(e2))
+    srv:stop()
+  end)
+
   it("token_fn runs on the Lua thread, at first and again ahead of expiry", function()
     local srv = start { auth = { public_key = PUB, token_lifetime = 2 } }
     local calls, main = 0, coroutine.running()

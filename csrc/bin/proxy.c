@@ -2,7 +2,8 @@
  *
  *   reliablewriter-proxy --listen 127.0.0.1:PORT --upstream URL --secret-file F
  *       [--key-id ID] [--max-connections N] [--cache BYTES] [--rate-requests R]
- *       [--rate-bytes B] [--token-file F]
+ *       [--rate-bytes B] [--token-file F | --credentials-file F | --credentials default]
+ *       [--ca-file F]
  *
  * Prints "listening HOST:PORT" on stdout once it accepts connections; stops
  * cleanly on SIGINT/SIGTERM. Bad arguments: a message naming the flag, exit 2.
@@ -21,7 +22,8 @@ static void usage(void) {
   fprintf(stderr,
           "usage: reliablewriter-proxy --listen 127.0.0.1:PORT --upstream URL --secret-file F\n"
           "         [--key-id ID] [--max-connections N] [--cache BYTES] [--rate-requests R]\n"
-          "         [--rate-bytes B] [--token-file F]\n");
+          "         [--rate-bytes B] [--token-file F | --credentials-file F | --credentials default]\n"
+          "         [--ca-file F]\n");
   exit(2);
 }
 
@@ -75,6 +77,12 @@ static void parse(int argc, char **argv, opts *o) {
     else if (!strcmp(a, "--upstream")) o->cfg.upstream = v;
     else if (!strcmp(a, "--secret-file")) o->secret_file = v;
     else if (!strcmp(a, "--token-file")) o->token_file = v;
+    else if (!strcmp(a, "--credentials-file")) o->cfg.credentials_file = v;
+    else if (!strcmp(a, "--ca-file")) o->cfg.ca_file = v;
+    else if (!strcmp(a, "--credentials")) {
+      if (strcmp(v, "default")) arg_fail(a, v, "default (the ADC chain: GOOGLE_APPLICATION_CREDENTIALS, gcloud, metadata)");
+      o->cfg.credentials_default = true;
+    }
     else if (!strcmp(a, "--key-id")) {
       if (strlen(v) > 64) arg_fail(a, v, "at most 64 bytes");
       o->secret.key_id = v;
@@ -94,6 +102,8 @@ static void parse(int argc, char **argv, opts *o) {
   if (!o->cfg.listen) arg_fail("--listen", "", "given (127.0.0.1:PORT)");
   if (!o->cfg.upstream) arg_fail("--upstream", "", "given (the GCS endpoint URL)");
   if (!o->secret_file) arg_fail("--secret-file", "", "given (a file of 32 or more secret bytes)");
+  if ((o->token_file != NULL) + (o->cfg.credentials_file != NULL) + o->cfg.credentials_default > 1)
+    arg_fail("--token-file", o->token_file ? o->token_file : "", "not with --credentials-file or --credentials: one way to GCS");
   if (o->cfg.cache < o->cfg.max_frame) o->cfg.max_frame = (uint32_t)o->cfg.cache;
 }
 

@@ -1,5 +1,6 @@
 /* Lua face of the proxy server (csrc/proxy/server.h):
- *   rw.proxy.start{ listen =, upstream =, secret =, key_id =, secrets =, token =, ... }
+ *   rw.proxy.start{ listen =, upstream =, secret =, key_id =, secrets =, token =,
+ *                   credentials_file =, credentials = "default", ca_file =, ... }
  * returns a server with :addr(), :stats(), :stop(), __gc and __close.
  * Bad options raise naming the option and the rule; a failure to start
  * (port in use) returns nil, err. */
@@ -86,7 +87,8 @@ static int p_start(lua_State *L) {
   static const char *const known[] = {"listen", "upstream", "secret", "key_id", "secrets", "token",
                                       "max_connections", "max_sessions", "cache", "session_cache",
                                       "max_frame", "max_inflight", "ping_interval_ms", "table_ttl_s",
-                                      "auth_timeout", "rate_requests", "rate_bytes", NULL};
+                                      "auth_timeout", "rate_requests", "rate_bytes",
+                                      "credentials_file", "credentials", "ca_file", NULL};
   luaL_checktype(L, 1, LUA_TTABLE);
   rw_lua_check_options(L, 1, 1, known);
   rw_proxy_config c = rw_proxy_defaults();
@@ -95,6 +97,12 @@ static int p_start(lua_State *L) {
   c.upstream = opt_string(L, "upstream", NULL, "must be a string (the GCS endpoint URL)");
   if (!c.upstream) luaL_error(L, "bad argument #1 to 'start' (option 'upstream' is required: the GCS endpoint URL)");
   c.token = opt_string(L, "token", NULL, "must be a string (a bearer token)");
+  c.credentials_file = opt_string(L, "credentials_file", NULL, "must be a string (a key file's path)");
+  c.ca_file = opt_string(L, "ca_file", NULL, "must be a string (a CA bundle's path)");
+  const char *creds = opt_string(L, "credentials", NULL, "must be the string \"default\"");
+  if (creds && strcmp(creds, "default"))
+    luaL_error(L, "bad argument #1 to 'start' (option 'credentials' must be \"default\" (the ADC chain), got '%s')", creds);
+  c.credentials_default = creds != NULL;
   c.nsecrets = read_secrets(L, secs), c.secrets = secs;
   read_numbers(L, &c);
   rw_error *e = rw_proxy_config_check(&c);

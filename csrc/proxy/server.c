@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/workgroup.h"
+#include "net/auth.h"
 #include "proxy/server_int.h"
 
 double rw_proxy_now(void) {
@@ -65,6 +66,10 @@ rw_error *rw_proxy_config_check(const rw_proxy_config *c) {
   if (le) return le;
   if (!c->upstream || (strncmp(c->upstream, "http://", 7) && strncmp(c->upstream, "https://", 8)))
     return rw_err(RW_E_INVALID, "upstream: an http:// or https:// URL is required");
+  if ((c->token != NULL) + (c->credentials_file != NULL) + c->credentials_default > 1)
+    return rw_err(RW_E_INVALID, "token, credentials_file and credentials_default: at most one of them");
+  if (c->credentials_file && !*c->credentials_file)
+    return rw_err(RW_E_INVALID, "credentials_file: an empty path");
   if (c->max_connections < 1 || c->max_connections > 100000)
     return rw_err(RW_E_INVALID, "max_connections: 1 .. 100000");
   if (c->max_sessions < 1 || c->max_sessions > 100000)
@@ -263,7 +268,8 @@ static void free_server(rw_proxy_server *s) {
     n = r->next;
     rw_ratelimit_free(r->req), rw_ratelimit_free(r->bytes), free(r);
   }
-  free(s->secrets), free(s->upstream), free(s->token), free(s->listen);
+  free(s->secrets), free(s->upstream), free(s->token), free(s->listen), free(s->ca_file);
+  rw_cred_unref(s->cred);
   rw_amo_free(s->amo);
   if (s->lfd >= 0) close(s->lfd);
   if (s->wakefd >= 0) close(s->wakefd);
@@ -294,6 +300,15 @@ static rw_error *copy_config(rw_proxy_server *s, const rw_proxy_config *cfg) {
     memcpy(p->bytes, cfg->secrets[i].secret, p->len);
   }
   s->cfg.listen = s->cfg.upstream = s->cfg.token = NULL, s->cfg.secrets = NULL;
+  if (cfg->ca_file && !(s->ca_file = strdup(cfg->ca_file))) return rw_err(RW_E_NOMEM, "proxy: out of memory");
+  s->cfg.ca_file = s->cfg.credentials_file = NULL;
+  /* One credential for all sessions: its token cache is shared (issue 11). */
+  if (cfg->credentials_file || cfg->credentials_default) {
+    rw_cred_options o = {.kind = cfg->credentials_file ? RW_CRED_FILE : RW_CRED_DEFAULT,
+                         .path = cfg->credentials_file, .ca_file = cfg->ca_file};
+    rw_error *e = NULL;
+    if (!(s->cred = rw_cred_new(&o, &e))) return e;
+  }
   return NULL;
 }
 

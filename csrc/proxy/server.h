@@ -32,7 +32,13 @@ typedef struct rw_proxy_secret {
 typedef struct rw_proxy_config {
   const char *listen;            /* "127.0.0.1:PORT" (PORT 0: ephemeral); required */
   const char *upstream;          /* GCS endpoint URL (http or https); required */
-  const char *token;             /* bearer token for GCS; NULL: anonymous */
+  const char *token;             /* a fixed bearer token for GCS */
+  /* Without token: a credential for GCS (net/auth.h), made once and shared by
+   * every session: a key file (service account or authorized user), or the
+   * ADC chain with credentials_default; neither: anonymous. */
+  const char *credentials_file;
+  bool credentials_default;
+  const char *ca_file;           /* CA bundle (PEM) for the upstream and token URIs */
   const rw_proxy_secret *secrets;
   size_t nsecrets;               /* >= 1 */
   int max_connections;           /* over it: proto.busy and close; default 256 */

@@ -117,6 +117,8 @@ typedef struct client_rl {
 struct rw_proxy_server {
   rw_proxy_config cfg;
   char *upstream, *token, *listen;
+  struct rw_cred *cred; /* GCS credential of every session; NULL: token or anonymous */
+  char *ca_file;
   psecret *secrets;
   size_t nsecrets;
   char addr[64];

@@ -131,6 +131,7 @@ static rw_sink *job_sink(job *j, rw_error **err) {
   rw_proxy_server *s = j->srv;
   rw_gcs_config gc = {.bucket = j->bucket, .object = j->object, .endpoint = s->upstream,
                       .metadata_json = j->metadata, .session_uri = j->uri, .token = s->token,
+                      .cred = s->cred, .anonymous = !s->token && !s->cred, .ca_file = s->ca_file,
                       .has_if_generation_match = j->has_gen, .if_generation_match = j->gen,
                       .has_if_metageneration_match = j->has_metagen,
                       .if_metageneration_match = j->metagen, .abort_timeout = 5};
