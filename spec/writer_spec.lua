@@ -984,3 +984,81 @@ describe("writer on the file and faulty sinks", function()
     srv:stop()
   end)
 end)
+
+-- The strings a writer lets go are garbage that Lua's collector, paced by
+-- allocation, lets pile up to twice the live heap: the binding collects in
+-- step with the bytes released (l_writer.c, gc_keep_up), and never more often
+-- than the program's own heap makes affordable.
+describe("the Lua heap during a WriteAt loop of fresh strings", function()
+  -- n distinct random 64 KiB blocks; piece i (1 MiB) is block (i % n) 16 times
+  -- with i in its first 8 bytes: a fresh string each time (LuaJIT interns
+  -- strings: equal contents would be one string).
+  local function blocks(n)
+    local b = {}
+    for i = 1, n do b[i] = H.random_bytes(64 * KiB) end
+    return b
+  end
+  local function piece(b, i)
+    local k = b[i % #b + 1]
+    local parts = { ("%08x"):format(i), k:sub(9) }
+    for j = 3, 17 do parts[j] = k end
+    return table.concat(parts)
+  end
+
+  local function check_object(srv, name, b, mib)
+    local got = srv:object("b", name)
+    assert(got, name .. ": no object on the server")
+    assert.equal(mib * MiB, #got, name .. ": size (seed " .. H.seed .. ")")
+    for i = 0, mib - 1 do
+      assert(got:sub(i * MiB + 1, (i + 1) * MiB) == piece(b, i), ("%s: MiB %d differs (seed %d)"):format(name, i, H.seed))
+    end
+  end
+
+  -- Uploads mib MiB of fresh 1 MiB strings; returns the peak heap growth (KiB)
+  -- and how many collection cycles ended meanwhile.
+  local function upload(srv, name, b, mib, cache)
+    local cycles, counting = 0, true
+    local function sentinel() -- finalized once each cycle ends, then made again
+      local gc = function() cycles = cycles + 1; if counting then sentinel() end end
+      if newproxy then getmetatable(newproxy(true)).__gc = gc -- LuaJIT: __gc on userdata only
+      else setmetatable({}, { __gc = gc }) end
+    end
+    collectgarbage("collect")
+    local base, peak = collectgarbage("count"), 0
+    local w = assert(gcs_writer(srv, name, { max_cache_size = cache, max_chunk_size = 2 * MiB }))
+    sentinel()
+    for i = 0, mib - 1 do
+      assert(w:WriteAt(i * MiB, piece(b, i)))
+      peak = math.max(peak, collectgarbage("count") - base)
+    end
+    counting = false
+    assert(w:Complete())
+    return peak, cycles
+  end
+
+  it("stays below the cache plus a quarter of it (plus slack), not the bytes written", function()
+    local srv = start_server()
+    local b, cache = blocks(7), 8 * MiB
+    local peak = upload(srv, "heap", b, 96, cache)
+    io.stderr:write(("[heap] 96 MiB through an 8 MiB cache: peak Lua heap growth %.1f MiB (seed %d)\n"):format(peak / 1024, H.seed))
+    assert(peak <= (cache + cache / 2 + 4 * MiB) / 1024,
+      ("the Lua heap grew by %.1f MiB for an 8 MiB cache (seed %d)"):format(peak / 1024, H.seed))
+    check_object(srv, "heap", b, 96)
+    srv:stop()
+  end)
+
+  it("collects in proportion to the bytes written when the program's own heap is large", function()
+    local srv = start_server()
+    local b = blocks(5)
+    local own = {} -- 64 MiB the program keeps
+    for i = 1, 64 do own[i] = piece(b, 1000 + i) end
+    local _, cycles = upload(srv, "big-heap", b, 64, 8 * MiB)
+    io.stderr:write(("[heap] 64 MiB written beside a 64 MiB program heap: %d collection cycles\n"):format(cycles))
+    -- one every 4 MiB released would be 16; half the program's heap (32 MiB) is 2,
+    -- plus the cycles Lua makes on its own
+    assert(cycles <= 8, ("%d collection cycles for 64 MiB written (seed %d)"):format(cycles, H.seed))
+    assert.equal(64, #own)
+    check_object(srv, "big-heap", b, 64)
+    srv:stop()
+  end)
+end)
