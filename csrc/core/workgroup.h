@@ -2,7 +2,7 @@
  *
  * rw_pool: at most max_threads threads, started on demand (never at load),
  * idle ones exit after idle_timeout and are joined by the pool. The shared
- * pool (rw_pool_shared) is what writers use: thousands of writers share a
+ * pool (rw_pool_shared_acquire) is what writers use: thousands of writers share a
  * few threads. Every thread is joined by rw_pool_free / rw_pool_shared_release.
  *
  * The workgroup of the design (a limit, the first error cancels) is the Lua

@@ -1,6 +1,7 @@
 /* luaopen_reliablewriter_core: the C module under require "reliablewriter".
  * Nothing here starts a thread or touches the network: process-wide state is
  * made lazily on first use (nginx forks workers after loading modules). */
+#include "l_wait.h"
 #include "lrw.h"
 
 typedef int (*opener)(lua_State *L);
@@ -17,7 +18,7 @@ RW_LUA_EXPORT int luaopen_reliablewriter_core(lua_State *L) {
       {"backoff", rw_lua_open_backoff},     {"workgroup", rw_lua_open_workgroup},
       {"ratelimit", rw_lua_open_ratelimit}, {"util", rw_lua_open_util},
       {"writer", rw_lua_open_writer},       {"sinks", rw_lua_open_sinks},
-      {"log", rw_lua_open_log},
+      {"log", rw_lua_open_log},             {"wait_protocol", rw_lua_open_wait},
   };
   lua_newtable(L);
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
