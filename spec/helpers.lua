@@ -185,4 +185,23 @@ function H.tmp_files(dir)
   return n
 end
 
+-- Runs the Lua source in a fresh interpreter of this flavour (lua5.4 or
+-- luajit, with this checkout's modules), after the shell commands in
+-- `prefix` (e.g. "ulimit -n 64; "); returns what it printed (stdout and stderr).
+function H.run_lua(source, prefix)
+  local lua, cdir = "lua5.4", "build/lua5.4"
+  if rawget(_G, "jit") then lua, cdir = "luajit", "build/luajit" end
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(source)
+  f:close()
+  local cmd = ("sh -c '%sLUA_PATH=\"lua/?.lua;lua/?/init.lua;;\" LUA_CPATH=\"%s/?.so;;\" exec %s %s' 2>&1")
+    :format(prefix or "", cdir, lua, script)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  os.remove(script)
+  return out
+end
+
 return H

@@ -42,11 +42,7 @@ end)
 
 describe("each type's methods", function()
   it("are all defined by the C module: loading the Lua layer adds or changes none", function()
-    local lua, cdir = "lua5.4", "build/lua5.4"
-    if jit then lua, cdir = "luajit", "build/luajit" end
-    local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write([[
+    local out = H.run_lua([[
 local core = require "reliablewriter.core"
 local types = { "context", "backoff", "ratelimit", "writer" }
 local want = { context = { "wait", "done", "pollfd" }, backoff = { "wait", "next" },
@@ -68,11 +64,6 @@ for _, t in ipairs(types) do
 end
 print("checked")
 ]])
-    f:close()
-    local p = io.popen(("LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' %s %s 2>&1"):format(cdir, lua, script))
-    local out = p:read("a")
-    p:close()
-    os.remove(script)
     assert.equal("waited true\nchecked\n", out)
   end)
 end)
