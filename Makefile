@@ -101,7 +101,7 @@ bin/reliablewriter-%: csrc/bin/%.c $(LIB_SRC) $(TB_SRC) $(HDRS)
 comma := ,
 CTESTS := $(wildcard tests/c/test_*.c)
 define ctest_rules
-build/ctest-$(1)/%: tests/c/%.c tests/c/ctest.h $(LIB_SRC) $(TB_SRC) $(HDRS)
+build/ctest-$(1)/%: tests/c/%.c tests/c/ctest.h tests/c/writer_fixture.h $(LIB_SRC) $(TB_SRC) $(HDRS)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(ALL_CFLAGS) $(2) -Itests/c -o $$@ $$< $$(LIB_SRC) $$(TB_SRC) $$(TB_LDLIBS)
 check-$(1): $(CTESTS:tests/c/%.c=build/ctest-$(1)/%)

@@ -7,61 +7,12 @@ local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local KiB, MiB = 1024, 1024 * 1024
 
-local function tmp_dir()
-  local p = io.popen("mktemp -d /tmp/rw_file_safety_XXXXXX")
-  local d = p:read("l")
-  p:close()
-  assert(d and #d > 0, "mktemp -d failed")
-  return d
-end
-
-local function ran(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0 -- Lua 5.4 / LuaJIT
-end
+local function tmp_dir() return H.tmp_dir("rw_file_safety") end
+local ran, write, read, tmp_files, eventually = H.ran, H.write_file, H.read_file, H.tmp_files, H.eventually
 
 local function sh(cmd) assert(ran(cmd), "command failed: " .. cmd) end
 
-local function write(path, data)
-  local f = assert(io.open(path, "wb")); f:write(data); f:close()
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a"); f:close(); return s
-end
-
-local function tmp_files(dir)
-  local p = io.popen("ls -A '" .. dir .. "'")
-  local n = 0
-  for name in p:lines() do if name:match("%.rwtmp$") then n = n + 1 end end
-  p:close()
-  return n
-end
-
-local function eventually(fn, secs)
-  local t0 = H.now()
-  while H.now() - t0 < secs do
-    if fn() then return true end
-    rw.util.sleep(0.01)
-  end
-  return fn()
-end
-
-local function assert_same_bytes(got, want, what)
-  assert(got, what .. ": no object")
-  assert.equal(#want, #got, what .. ": size (seed " .. H.seed .. ")")
-  for _ = 1, 64 do
-    local i = math.random(1, math.max(1, #want))
-    assert.equal(want:byte(i), got:byte(i), ("%s: byte at offset %d (seed %d)"):format(what, i - 1, H.seed))
-  end
-  assert(got == want, what .. ": content differs (seed " .. H.seed .. ")")
-end
-
-local function fast_retry()
-  return { min_wait = 0.005, max_wait = 0.05, total_wait = 30, seed = H.seed % 100000 + 1 }
-end
+local assert_same_bytes, fast_retry = H.assert_same_bytes, H.fast_retry
 
 describe("write_file sources", function()
   local dir, w

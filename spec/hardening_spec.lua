@@ -7,92 +7,14 @@ local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local KiB, MiB = 1024, 1024 * 1024
 
-local function start_server()
-  return testbed.fakegcs.start { store = "memory", buckets = { "b" } }
-end
-
--- POST /retry_test with the instructions; returns the id.
-local function retry_test(srv, instructions)
-  local parts = {}
-  for method, list in pairs(instructions) do
-    local q = {}
-    for i, v in ipairs(list) do q[i] = '"' .. v .. '"' end
-    parts[#parts + 1] = ('"%s": [%s]'):format(method, table.concat(q, ","))
-  end
-  local body = '{"instructions": {' .. table.concat(parts, ",") .. '}}'
-  local p = io.popen(("curl -s -X POST -H 'Content-Type: application/json' --data '%s' %s/retry_test"):format(body, srv:url()))
-  local out = p:read("a")
-  p:close()
-  local id = out:match('"id"%s*:%s*"([^"]+)"')
-  assert(id, "retry_test gave no id: " .. out)
-  return id
-end
-
-local function retry_test_done(srv, id)
-  local p = io.popen(("curl -s %s/retry_test/%s"):format(srv:url(), id))
-  local out = p:read("a")
-  p:close()
-  return out:match('"completed"%s*:%s*true') ~= nil, out
-end
-
--- The HTTP status of a status query on a session URI (308 live, 404/499 gone).
-local function session_status(uri)
-  local p = io.popen(("curl -s -o /dev/null -w '%%{http_code}' -X PUT -H 'Content-Range: bytes */*' " ..
-    "-H 'Content-Length: 0' '%s'"):format(uri))
-  local code = tonumber(p:read("a"))
-  p:close()
-  return code
-end
+local start_server, retry_test, retry_test_done = H.start_server, H.retry_test, H.retry_test_done
+local session_status, fast_retry, gcs_opts, gcs_writer = H.session_status, H.fast_retry, H.gcs_opts, H.gcs_writer
+local eventually, session_uri, assert_same_bytes, lit = H.eventually, H.session_uri, H.assert_same_bytes, H.lit
 
 local function gone(uri)
   local s = session_status(uri)
   return s == 404 or s == 499 or s == 410
 end
-
-local function fast_retry(extra)
-  local r = { min_wait = 0.005, max_wait = 0.05, total_wait = 30, seed = H.seed % 100000 + 1 }
-  for k, v in pairs(extra or {}) do r[k] = v end
-  return r
-end
-
-local function gcs_opts(srv, name, opts, sink_opts)
-  local so = { bucket = "b", object = name, endpoint = srv:url() }
-  for k, v in pairs(sink_opts or {}) do so[k] = v end
-  local o = { sink = rw.gcs(so), retry = fast_retry(), stall_timeout = 5 }
-  for k, v in pairs(opts or {}) do o[k] = v end
-  return o
-end
-
-local function gcs_writer(srv, name, opts, sink_opts)
-  return rw.new(rw.context.background(), gcs_opts(srv, name, opts, sink_opts))
-end
-
-local function eventually(fn, secs)
-  local deadline = H.now() + (secs or 3)
-  repeat
-    if fn() then return true end
-    rw.util.sleep(0.01)
-  until H.now() > deadline
-  return fn()
-end
-
-local function session_uri(w)
-  assert.is_true(eventually(function() return w:session() ~= nil end, 5), "the writer never opened a session")
-  return w:session().uri
-end
-
-local function assert_same_bytes(got, want, what)
-  assert(got, what .. ": no object on the server")
-  assert.equal(#want, #got, what .. ": size")
-  for _ = 1, 32 do
-    local i = math.random(1, math.max(1, #want))
-    assert.equal(want:byte(i), got:byte(i), ("%s: byte at offset %d (seed %d)"):format(what, i - 1, H.seed))
-  end
-  assert(got == want, what .. ": content differs (seed " .. H.seed .. ")")
-end
-
--- Lua pattern for a literal string.
-local function lit(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
 
 -- The failure line the writer logged names the error's id.
 local function assert_failure_logged(lines, err)
@@ -454,12 +376,7 @@ describe("hardening (issue 8), writer side", function()
   end)
 
   it("#14 out of descriptors: rw.new is nil, rw.resource_exhausted, whichever descriptor is missing", function()
-    local jit = rawget(_G, "jit")
-    local lua, cdir = "lua5.4", "build/lua5.4"
-    if jit then lua, cdir = "luajit", "build/luajit" end
-    local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write([[
+    local out = H.run_lua([[
 local rw = require "reliablewriter"
 local testbed = require "reliablewriter.testbed"
 local srv = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
@@ -482,14 +399,7 @@ for k = 0, 16 do
 end
 for _, f in ipairs(files) do f:close() end
 srv:stop()
-]])
-    f:close()
-    local cmd = ("sh -c 'ulimit -n 64; LUA_PATH=\"lua/?.lua;lua/?/init.lua;;\" LUA_CPATH=\"%s/?.so;;\" exec %s %s' 2>&1")
-      :format(cdir, lua, script)
-    local p = io.popen(cmd)
-    local out = p:read("a")
-    p:close()
-    os.remove(script)
+]], "ulimit -n 64; ")
     assert.is_true(tonumber(out:match("filled=(%d+)")) > 0, out)
     assert.matches("writer made with %d+ free", out)
     assert.is_nil(out:find("raised:", 1, true), out)

@@ -87,33 +87,11 @@ describe("file sink safety", function()
   local KiB = 1024
   local dir
 
-  local function ran(cmd)
-    local ok = os.execute(cmd)
-    return ok == true or ok == 0 -- Lua 5.4 / LuaJIT
-  end
-  local function write(path, data) local f = assert(io.open(path, "wb")); f:write(data); f:close() end
-  local function read(path)
-    local f = io.open(path, "rb"); if not f then return nil end
-    local s = f:read("a"); f:close(); return s
-  end
-  local function tmp_files()
-    local p = io.popen("ls -A '" .. dir .. "'")
-    local n = 0
-    for name in p:lines() do if name:match("%.rwtmp$") then n = n + 1 end end
-    p:close()
-    return n
-  end
+  local ran, write, read, eventually = H.ran, H.write_file, H.read_file, H.eventually
+  local function tmp_files() return H.tmp_files(dir) end
   local function kind(path)
     local p = io.popen("stat -c %F '" .. path .. "' 2>/dev/null")
     local k = p:read("l"); p:close(); return k
-  end
-  local function eventually(fn, secs)
-    local t0 = H.now()
-    while H.now() - t0 < secs do
-      if fn() then return true end
-      rw.util.sleep(0.01)
-    end
-    return fn()
   end
   local function same(got, want, what)
     assert(got, what .. ": missing")
@@ -128,7 +106,7 @@ describe("file sink safety", function()
   end
 
   before_each(function()
-    local p = io.popen("mktemp -d /tmp/rw_sinks_spec_XXXXXX"); dir = p:read("l"); p:close()
+    dir = H.tmp_dir("rw_sinks_spec")
     assert(dir and #dir > 0)
   end)
   after_each(function() assert(ran("rm -rf '" .. dir .. "'")) end)

@@ -4,59 +4,9 @@ local testbed = require "reliablewriter.testbed"
 local rw = H.rw()
 local KiB, MiB = 1024, 1024 * 1024
 
-local function start_server(opts)
-  opts = opts or {}
-  opts.buckets = opts.buckets or { "b" }
-  opts.store = opts.store or "memory"
-  return testbed.fakegcs.start(opts)
-end
-
--- POST /retry_test with the instructions; returns the id.
-local function retry_test(srv, instructions)
-  local parts = {}
-  for method, list in pairs(instructions) do
-    local q = {}
-    for i, v in ipairs(list) do q[i] = '"' .. v .. '"' end
-    parts[#parts + 1] = ('"%s": [%s]'):format(method, table.concat(q, ","))
-  end
-  local body = '{"instructions": {' .. table.concat(parts, ",") .. '}}'
-  local p = io.popen(("curl -s -X POST -H 'Content-Type: application/json' --data '%s' %s/retry_test"):format(body, srv:url()))
-  local out = p:read("a")
-  p:close()
-  local id = out:match('"id"%s*:%s*"([^"]+)"')
-  assert(id, "retry_test gave no id: " .. out)
-  return id
-end
-
-local function retry_test_done(srv, id)
-  local p = io.popen(("curl -s %s/retry_test/%s"):format(srv:url(), id))
-  local out = p:read("a")
-  p:close()
-  return out:match('"completed"%s*:%s*true') ~= nil, out
-end
-
--- The HTTP status of a status query on a session URI (308 live, 404 gone).
-local function session_status(uri)
-  local p = io.popen(("curl -s -o /dev/null -w '%%{http_code}' -X PUT -H 'Content-Range: bytes */*' " ..
-    "-H 'Content-Length: 0' '%s'"):format(uri))
-  local code = tonumber(p:read("a"))
-  p:close()
-  return code
-end
-
-local function fast_retry(extra)
-  local r = { min_wait = 0.005, max_wait = 0.05, total_wait = 30, seed = H.seed % 100000 + 1 }
-  for k, v in pairs(extra or {}) do r[k] = v end
-  return r
-end
-
-local function gcs_writer(srv, name, opts, sink_opts)
-  local so = { bucket = "b", object = name, endpoint = srv:url() }
-  for k, v in pairs(sink_opts or {}) do so[k] = v end
-  local o = { sink = rw.gcs(so), retry = fast_retry(), stall_timeout = 5 }
-  for k, v in pairs(opts or {}) do o[k] = v end
-  return rw.new(rw.context.background(), o)
-end
+local start_server, retry_test, retry_test_done = H.start_server, H.retry_test, H.retry_test_done
+local session_status, fast_retry, gcs_writer = H.session_status, H.fast_retry, H.gcs_writer
+local eventually, session_uri, assert_same_bytes, lit = H.eventually, H.session_uri, H.assert_same_bytes, H.lit
 
 -- Writes data in random pieces, in order.
 local function write_random_pieces(w, data, max_piece)
@@ -67,19 +17,6 @@ local function write_random_pieces(w, data, max_piece)
     off = off + n
   end
 end
-
-local function assert_same_bytes(got, want, what)
-  assert(got, what .. ": no object on the server")
-  assert.equal(#want, #got, what .. ": size")
-  for _ = 1, 32 do -- random offsets first: a clearer failure than one huge compare
-    local i = math.random(1, math.max(1, #want))
-    assert.equal(want:byte(i), got:byte(i), ("%s: byte at offset %d (seed %d)"):format(what, i - 1, H.seed))
-  end
-  assert(got == want, what .. ": content differs (seed " .. H.seed .. ")")
-end
-
--- Lua pattern that matches s literally.
-local function lit(s) return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0")) end
 
 -- Asserts that the captured log (H.capture_log) holds the line the writer's
 -- failure made: at error level, "upload failed", naming err's id and code.
@@ -100,6 +37,34 @@ describe("the module", function()
     assert.is_false(ok)
     assert.matches("broken writer.lua", tostring(err))
     assert.equal(rw, require "reliablewriter")
+  end)
+end)
+
+describe("each type's methods", function()
+  it("are all defined by the C module: loading the Lua layer adds or changes none", function()
+    local out = H.run_lua([[
+local core = require "reliablewriter.core"
+local types = { "context", "backoff", "ratelimit", "writer" }
+local want = { context = { "wait", "done", "pollfd" }, backoff = { "wait", "next" },
+               ratelimit = { "wait", "try" },
+               writer = { "WriteAt", "write_file", "Complete", "Abort", "wait", "poll", "timeout", "stats" } }
+local snap = {}
+for _, t in ipairs(types) do
+  snap[t] = {}
+  for k, v in pairs(core[t].methods) do snap[t][k] = v end
+  for _, k in ipairs(want[t]) do if not snap[t][k] then print("missing " .. t .. ":" .. k) end end
+end
+-- a waiting method works with the C module alone (the policy loads on first use)
+print("waited " .. tostring(core.context.background():with_timeout(0.01):wait()))
+require "reliablewriter"
+for _, t in ipairs(types) do
+  for k, v in pairs(core[t].methods) do
+    if snap[t][k] ~= v then print((snap[t][k] and "changed " or "added ") .. t .. ":" .. k) end
+  end
+end
+print("checked")
+]])
+    assert.equal("waited true\nchecked\n", out)
   end)
 end)
 
@@ -450,25 +415,6 @@ describe("writer lifetimes, contexts and options (fake GCS)", function()
   local srv
   setup(function() srv = start_server() end)
   teardown(function() srv:stop() end)
-
-  local function session_uri(w)
-    local deadline = H.now() + 5
-    while H.now() < deadline do
-      local s = w:session()
-      if s then return s.uri end
-      rw.util.sleep(0.01)
-    end
-    error("the writer never opened a session")
-  end
-
-  local function eventually(fn, secs)
-    local deadline = H.now() + (secs or 3)
-    repeat
-      if fn() then return true end
-      rw.util.sleep(0.02)
-    until H.now() > deadline
-    return fn()
-  end
 
   it("close() on an unfinished writer aborts it and deletes the session", function()
     local w = assert(gcs_writer(srv, "closed-early", { max_chunk_size = 256 * KiB }))
@@ -1063,6 +1009,89 @@ describe("writer on the file and faulty sinks", function()
     end
     assert(wg:wait())
     for i = 1, 6 do assert_same_bytes(srv:object("b", "wg-" .. i), datas[i], "wg-" .. i) end
+    srv:stop()
+  end)
+end)
+
+-- The strings a writer lets go are garbage that Lua's collector, paced by
+-- allocation, lets pile up to twice the live heap: the binding collects in
+-- step with the bytes released (l_writer.c, gc_keep_up), and never more often
+-- than the program's own heap makes affordable.
+describe("the Lua heap during a WriteAt loop of fresh strings", function()
+  -- n distinct random 64 KiB blocks; piece i (1 MiB) is block (i % n) 16 times
+  -- with i in its first 8 bytes: a fresh string each time (LuaJIT interns
+  -- strings: equal contents would be one string).
+  local function blocks(n)
+    local b = {}
+    for i = 1, n do b[i] = H.random_bytes(64 * KiB) end
+    return b
+  end
+  local function piece(b, i)
+    local k = b[i % #b + 1]
+    local parts = { ("%08x"):format(i), k:sub(9) }
+    for j = 3, 17 do parts[j] = k end
+    return table.concat(parts)
+  end
+
+  local function check_object(srv, name, b, mib)
+    local got = srv:object("b", name)
+    assert(got, name .. ": no object on the server")
+    assert.equal(mib * MiB, #got, name .. ": size (seed " .. H.seed .. ")")
+    for i = 0, mib - 1 do
+      assert(got:sub(i * MiB + 1, (i + 1) * MiB) == piece(b, i), ("%s: MiB %d differs (seed %d)"):format(name, i, H.seed))
+    end
+  end
+
+  -- Uploads mib MiB of fresh 1 MiB strings; returns the peak heap growth and
+  -- the heap before (KiB), and how many collection cycles ended meanwhile.
+  local function upload(srv, name, b, mib, cache)
+    local cycles, counting = 0, true
+    local function sentinel() -- finalized once each cycle ends, then made again
+      local gc = function() cycles = cycles + 1; if counting then sentinel() end end
+      if newproxy then getmetatable(newproxy(true)).__gc = gc -- LuaJIT: __gc on userdata only
+      else setmetatable({}, { __gc = gc }) end
+    end
+    collectgarbage("collect")
+    local base, peak = collectgarbage("count"), 0
+    local w = assert(gcs_writer(srv, name, { max_cache_size = cache, max_chunk_size = 2 * MiB }))
+    sentinel()
+    for i = 0, mib - 1 do
+      assert(w:WriteAt(i * MiB, piece(b, i)))
+      peak = math.max(peak, collectgarbage("count") - base)
+    end
+    counting = false
+    assert(w:Complete())
+    return peak, base, cycles
+  end
+
+  it("stays below the cache plus a quarter of it (plus slack), not the bytes written", function()
+    local srv = start_server()
+    local b, cache = blocks(7), 8 * MiB
+    local peak, base = upload(srv, "heap", b, 96, cache)
+    -- collections come every max(cache / 4, 4 MiB, half the program's own heap)
+    -- released bytes; without them the heap grows to about twice what is live
+    -- (cache + base) before Lua's collector catches up
+    local bound = (cache + cache / 2 + 4 * MiB) / 1024 + base / 2
+    io.stderr:write(("[heap] 96 MiB through an 8 MiB cache: peak Lua heap growth %.1f MiB over %.1f MiB, bound %.1f (seed %d)\n")
+      :format(peak / 1024, base / 1024, bound / 1024, H.seed))
+    assert(peak <= bound, ("the Lua heap grew by %.1f MiB over %.1f MiB for an 8 MiB cache (seed %d)")
+      :format(peak / 1024, base / 1024, H.seed))
+    check_object(srv, "heap", b, 96)
+    srv:stop()
+  end)
+
+  it("collects in proportion to the bytes written when the program's own heap is large", function()
+    local srv = start_server()
+    local b = blocks(5)
+    local own = {} -- 64 MiB the program keeps
+    for i = 1, 64 do own[i] = piece(b, 1000 + i) end
+    local _, _, cycles = upload(srv, "big-heap", b, 64, 8 * MiB)
+    io.stderr:write(("[heap] 64 MiB written beside a 64 MiB program heap: %d collection cycles\n"):format(cycles))
+    -- one every 4 MiB released would be 16; half the program's heap (32 MiB) is 2,
+    -- plus the cycles Lua makes on its own
+    assert(cycles <= 8, ("%d collection cycles for 64 MiB written (seed %d)"):format(cycles, H.seed))
+    assert.equal(64, #own)
+    check_object(srv, "big-heap", b, 64)
     srv:stop()
   end)
 end)

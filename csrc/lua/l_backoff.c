@@ -1,8 +1,10 @@
-/* Lua face of rw_backoff. b:wait(ctx) is in lua/reliablewriter/init.lua (it
- * sleeps through the waiting policy). */
+/* Lua face of rw_backoff. b:wait(ctx) sleeps through the waiting policy
+ * (l_wait.h). */
 #include <math.h>
+#include <string.h>
 
 #include "core/backoff.h"
+#include "l_wait.h"
 #include "lrw.h"
 
 #define BACKOFF_MT "reliablewriter.Backoff"
@@ -63,14 +65,37 @@ static int backoff_attempts(lua_State *L) {
   return 1;
 }
 
+/* ctx ended: nil, its error; else true. */
+static int sleep_resume(lua_State *L) {
+  if (strcmp(luaL_checkstring(L, 2), "done") == 0) {
+    lua_getfield(L, 1, "ctx");
+    return rw_lua_fail(L, rw_ctx_err(rw_lua_checkctx(L, -1)));
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* b:wait(ctx): sleeps the next delay; true, or nil, err (budget or ctx). */
+static int backoff_wait(lua_State *L) {
+  rw_backoff *b = check(L);
+  rw_lua_method_ctx(L, 2, 1, "wait", false); /* the sleep's op watches it */
+  double d;
+  rw_error *e = rw_backoff_next(b, &d);
+  if (e) return rw_lua_fail(L, e);
+  rw_lua_new_sleep_op(L, 2, d, sleep_resume);
+  return rw_lua_wait(L);
+}
+
 int rw_lua_open_backoff(lua_State *L) {
   static const luaL_Reg methods[] = {{"next", backoff_next},
                                      {"reset", backoff_reset},
                                      {"remaining", backoff_remaining},
                                      {"attempts", backoff_attempts},
                                      {NULL, NULL}};
+  static const luaL_Reg waiting[] = {{"wait", backoff_wait}, {NULL, NULL}};
   luaL_newmetatable(L, BACKOFF_MT);
   luaL_newlib(L, methods);
+  rw_lua_set_waiting_methods(L, waiting);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");
   static const luaL_Reg fns[] = {{"new", backoff_new}, {NULL, NULL}};

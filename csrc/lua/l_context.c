@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "core/clock.h"
+#include "l_wait.h"
 #include "lrw.h"
 
 #define CTX_MT "reliablewriter.Context"
@@ -25,6 +26,14 @@ rw_ctx *rw_lua_checkctx(lua_State *L, int idx) {
 rw_ctx *rw_lua_optctx(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return NULL;
   return rw_lua_checkctx(L, idx);
+}
+
+rw_ctx *rw_lua_method_ctx(lua_State *L, int idx, int pos, const char *fname, bool optional) {
+  if (optional && lua_isnoneornil(L, idx)) return NULL;
+  lctx *u = luaL_testudata(L, idx, CTX_MT);
+  if (!u) rw_lua_method_argerror(L, pos, fname, "context expected, got %s", luaL_typename(L, idx));
+  if (!u->c) rw_lua_closed_error(L, "context");
+  return u->c;
 }
 
 static int push_new(lua_State *L, rw_ctx *c) {
@@ -77,12 +86,65 @@ static int ctx_deadline(lua_State *L) {
   return 1;
 }
 
-/* Blocking wait in C. The Lua layer decides when to use it (see waiting.lua). */
+/* wait_blocking([timeout]): a condition-variable wait in C, whatever the
+ * waiting policy (ctx:wait is the one that honours it). */
 static int ctx_wait_blocking(lua_State *L) {
   rw_ctx *c = rw_lua_checkctx(L, 1);
   double t = lua_isnoneornil(L, 2) ? -1 : rw_lua_check_number_range(L, 2, "timeout", 0, 1e9);
   lua_pushboolean(L, rw_ctx_wait(c, t));
   return 1;
+}
+
+/* ---- ctx:wait([timeout]): true when the context is done, false after timeout ---- */
+
+static rw_ctx *op_self(lua_State *L) {
+  lua_getfield(L, 1, "ctx");
+  rw_ctx *c = rw_lua_checkctx(L, -1);
+  lua_pop(L, 1);
+  return c;
+}
+
+static int wait_ready(lua_State *L) {
+  lua_pushboolean(L, rw_ctx_done(op_self(L)));
+  return 1;
+}
+
+static int wait_timeout(lua_State *L) {
+  double t = rw_ctx_timeout(op_self(L));
+  if (t < 0) return 0;
+  lua_pushnumber(L, t);
+  return 1;
+}
+
+static int wait_block(lua_State *L) {
+  rw_ctx *c = op_self(L);
+  rw_ctx_wait(c, lua_isnoneornil(L, 2) ? -1 : lua_tonumber(L, 2));
+  return 0;
+}
+
+static int wait_resume(lua_State *L) { return wait_ready(L); }
+
+static int ctx_wait(lua_State *L) {
+  rw_ctx *c = rw_lua_checkctx(L, 1);
+  double t = -1;
+  if (!lua_isnoneornil(L, 2)) {
+    t = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) : NAN;
+    if (!(t >= 0)) rw_lua_method_argerror(L, 1, "wait", "timeout must be a number >= 0");
+  }
+  if (rw_ctx_done(c) || t == 0) {
+    lua_pushboolean(L, rw_ctx_done(c));
+    return 1;
+  }
+  int op = rw_lua_new_op(L, wait_ready, wait_block, wait_resume);
+  lua_pushcfunction(L, wait_timeout);
+  lua_setfield(L, op, "timeout");
+  lua_pushvalue(L, 1);
+  lua_setfield(L, op, "ctx"); /* a workgroup watches it: no eventfd needed */
+  if (t > 0) {
+    lua_pushnumber(L, t);
+    lua_setfield(L, op, "seconds");
+  }
+  return rw_lua_wait(L);
 }
 
 /* poll(): true once done; false while live. */
@@ -161,7 +223,9 @@ int rw_lua_open_context(lua_State *L) {
                                   {NULL, NULL}};
   luaL_newmetatable(L, CTX_MT);
   luaL_setfuncs(L, meta, 0);
+  static const luaL_Reg waiting[] = {{"wait", ctx_wait}, {NULL, NULL}};
   luaL_newlib(L, methods);
+  rw_lua_set_waiting_methods(L, waiting);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");
   /* module table: background(), live_count(), is_context(), methods */

@@ -348,6 +348,23 @@ static int desc_serve_token(lua_State *L) {
   return 1;
 }
 
+/* For the writer's binding: when the descriptor at idx has a token_fn, true;
+ * rw_lua_sink_serve_token calls it (on this, the Lua thread) when its
+ * credential wants a token. */
+bool rw_lua_sink_has_token_fn(lua_State *L, int idx) {
+  desc *d = luaL_testudata(L, idx, DESC_MT);
+  if (!d || !d->cred) return false;
+  uv_get(L, idx, "token_fn");
+  bool yes = lua_isfunction(L, -1);
+  lua_pop(L, 1);
+  return yes;
+}
+
+void rw_lua_sink_serve_token(lua_State *L, int idx) {
+  desc *d = luaL_testudata(L, idx, DESC_MT);
+  if (d) rw_error_unref(serve_token(L, idx, d)); /* a failure was handed to the credential */
+}
+
 /* desc:_has_token_fn() */
 static int desc_has_token_fn(lua_State *L) {
   check_desc(L, 1);

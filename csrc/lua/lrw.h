@@ -95,6 +95,11 @@ void rw_lua_set_seam(lua_State *L, const char *field, const void *s);
 bool rw_lua_is_sink(lua_State *L, int idx);
 /* Makes a new sink from the descriptor at idx (through its __rw_sink), or
  * returns NULL with *err. */
+/* A sink descriptor's token_fn (issue 11), for the writer's pump: whether it
+ * has one, and serving it (called on the Lua thread when its credential
+ * wants a token; a failure goes to the credential, whose requests fail). */
+bool rw_lua_sink_has_token_fn(lua_State *L, int idx);
+void rw_lua_sink_serve_token(lua_State *L, int idx);
 struct rw_sink *rw_lua_sink_make(lua_State *L, int idx, rw_error **err);
 
 /* l_sinks.c: a reader's source from an rw.gcs{} descriptor (l_reader.c). */

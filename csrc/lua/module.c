@@ -1,6 +1,7 @@
 /* luaopen_reliablewriter_core: the C module under require "reliablewriter".
  * Nothing here starts a thread or touches the network: process-wide state is
  * made lazily on first use (nginx forks workers after loading modules). */
+#include "l_wait.h"
 #include "lrw.h"
 
 typedef int (*opener)(lua_State *L);
@@ -21,7 +22,7 @@ RW_LUA_EXPORT int luaopen_reliablewriter_core(lua_State *L) {
       {"writer", rw_lua_open_writer},       {"sinks", rw_lua_open_sinks},
       {"log", rw_lua_open_log},             {"reader", rw_lua_open_reader},
       {"proxy", rw_lua_open_proxy},         {"wakeup", rw_lua_open_wakeup},
-      {"proxy_sink", rw_lua_open_proxysink},
+      {"proxy_sink", rw_lua_open_proxysink}, {"wait_protocol", rw_lua_open_wait},
   };
   lua_newtable(L);
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {

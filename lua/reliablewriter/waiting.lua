@@ -216,4 +216,25 @@ function M.sleep(ctx, seconds)
   return true
 end
 
+-- The C side's waiting methods (csrc/lua/l_wait.h) call run(step, ...): a
+-- step returns the method's results, or WAIT and an op to wait on with
+-- wait_for above; the op's resume(op, why) is the next step.
+local protocol = core.wait_protocol
+local WAIT = protocol.WAIT
+
+local function drive(...)
+  local tag, op = ...
+  if tag ~= WAIT then return ... end
+  local w = {
+    ready = function() return op.ready(op) end,
+    fds = op.fds,
+    timeout = op.timeout and function() return op.timeout(op) end or nil,
+    block = function(t) return op.block(op, t) end,
+  }
+  return drive(op.resume(op, M.wait_for(w, op.ctx, op.seconds)))
+end
+
+function M.run(step, ...) return drive(step(...)) end
+protocol.run = M.run
+
 return M

@@ -1,4 +1,4 @@
-/* Unit tests for errors, contexts, backoff, rate limiter, pool and workgroup. */
+/* Unit tests for errors, contexts, backoff, rate limiter, the pool and logging. */
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -276,144 +276,133 @@ static void test_ratelimit_set_rate(void) {
   rw_ratelimit_free(rl);
 }
 
+/* ---- the pool under the writers ---- */
+
 static atomic_int ran, concurrent, max_concurrent;
 
-static rw_error *sleepy(rw_ctx *ctx, void *arg) {
+/* A job: counts itself, notes how many jobs run at once, waits on the gate
+ * (a context the test cancels) or 10 ms. */
+static void job_sleepy(void *gate) {
   int now = atomic_fetch_add(&concurrent, 1) + 1;
   int m = atomic_load(&max_concurrent);
   while (now > m && !atomic_compare_exchange_weak(&max_concurrent, &m, now)) {
   }
-  rw_ctx_wait(ctx, 0.01);
+  rw_ctx_wait(gate, 0.01);
   atomic_fetch_sub(&concurrent, 1);
   atomic_fetch_add(&ran, 1);
-  return (intptr_t)arg == 7 ? rw_err("test.fail", "task 7 failed") : NULL;
 }
 
-static rw_error *blocker(rw_ctx *ctx, void *arg) {
-  rw_ctx_wait(ctx, 10);
-  return rw_ctx_err(ctx);
+static void reset_counts(void) {
+  atomic_store(&ran, 0);
+  atomic_store(&concurrent, 0);
+  atomic_store(&max_concurrent, 0);
 }
 
-static void test_workgroup(void) {
-  rw_error *err = NULL;
-  rw_pool *pool = rw_pool_new(4, 0.2, &err);
-  rw_workgroup *wg = rw_workgroup_new(NULL, 3, pool, &err);
-  for (intptr_t i = 0; i < 20; i++) {
-    rw_error *e = rw_workgroup_go(wg, sleepy, (void *)(i == 5 ? 0 : i + 100));
-    CHECK(e == NULL);
-  }
-  CHECK(rw_workgroup_wait(wg) == NULL);
-  CHECK_EQ_INT(atomic_load(&ran), 20);
-  CHECK(atomic_load(&max_concurrent) <= 3);
-  CHECK(rw_pool_peak_threads(pool) <= 4);
-  rw_workgroup_free(wg);
-  /* first error cancels the group; blocked tasks wake */
-  wg = rw_workgroup_new(NULL, 4, pool, &err);
-  double t0 = rw_mono_now();
-  rw_workgroup_go(wg, blocker, NULL);
-  rw_workgroup_go(wg, blocker, NULL);
-  rw_workgroup_go(wg, sleepy, (void *)7);
-  rw_error *e = rw_workgroup_wait(wg);
-  CHECK(e && rw_error_is(e, "test.fail"));
-  CHECK(rw_mono_now() - t0 < 2);
-  rw_error_unref(e);
-  e = rw_workgroup_go(wg, sleepy, NULL); /* group is done */
-  CHECK(e != NULL);
-  rw_error_unref(e);
-  rw_workgroup_free(wg);
-  /* idle threads exit and are joined */
-  struct timespec ts = {0, 500 * 1000000};
+static void nap(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
   nanosleep(&ts, NULL);
+}
+
+/* At most max_threads jobs at once, every queued job runs, free waits for them. */
+static void test_pool_bound(void) {
+  rw_error *err = NULL;
+  rw_pool *pool = rw_pool_new(3, 0.2, &err);
+  CHECK(pool != NULL);
+  rw_ctx *gate = rw_ctx_background();
+  reset_counts();
+  int n = 10 + (int)(seed % 20);
+  for (int i = 0; i < n; i++) CHECK(rw_pool_submit(pool, job_sleepy, gate));
+  CHECK(rw_pool_threads(pool) <= 3);
+  rw_ctx_cancel(gate, NULL);
+  /* idle threads exit after idle_timeout and are joined by the next submit or free */
+  for (int i = 0; i < 200 && (atomic_load(&ran) < n || rw_pool_threads(pool) > 0); i++) nap(10);
+  CHECK_EQ_INT(atomic_load(&ran), n);
   CHECK_EQ_INT(rw_pool_threads(pool), 0);
+  CHECK(atomic_load(&max_concurrent) <= 3 && atomic_load(&max_concurrent) >= 1);
+  CHECK(rw_pool_peak_threads(pool) <= 3);
+  CHECK_EQ_INT(rw_pool_max_threads(pool), 3);
+  /* jobs still queued when free is called run before it returns */
+  rw_ctx *slow = rw_ctx_background();
+  reset_counts();
+  for (int i = 0; i < 6; i++) CHECK(rw_pool_submit(pool, job_sleepy, slow));
   rw_pool_free(pool);
-  CHECK(rw_workgroup_new(NULL, 0, NULL, &err) == NULL && err);
+  CHECK_EQ_INT(atomic_load(&ran), 6);
+  CHECK(atomic_load(&max_concurrent) <= 3);
+  rw_ctx_unref(slow);
+  rw_ctx_unref(gate);
+  CHECK(rw_pool_new(0, 1, &err) == NULL && err && rw_error_is(err, RW_E_INVALID));
   rw_error_unref(err);
 }
 
-static atomic_int extra_runs;
+typedef struct {
+  rw_pool *pool;
+  rw_ctx *gate;
+  atomic_int accepted; /* jobs the pool took while it was stopping */
+} resubmit;
 
-static rw_error *count_run(rw_ctx *ctx, void *arg) {
-  atomic_fetch_add(&extra_runs, 1);
+/* A running job that submits another once the test opens its gate. */
+static void job_resubmit(void *arg) {
+  resubmit *r = arg;
+  rw_ctx_wait(r->gate, 10);
+  if (rw_pool_submit(r->pool, job_sleepy, r->gate)) atomic_fetch_add(&r->accepted, 1);
+  atomic_fetch_add(&ran, 1);
+}
+
+static void *free_pool(void *p) {
+  rw_pool_free(p);
   return NULL;
 }
 
-/* Runs until the test opens the gate (a context of its own). */
-static rw_error *gated(rw_ctx *ctx, void *gate) {
-  rw_ctx_wait(gate, 10);
-  return NULL;
-}
-
-static rw_error *fail_first(rw_ctx *ctx, void *arg) { return rw_err("test.first", "the first error"); }
-
-/* Waits for the group to be cancelled, then fails: too late to be first. */
-static rw_error *fail_late(rw_ctx *ctx, void *arg) {
-  rw_ctx_wait(ctx, 10);
-  return rw_err("test.second", "a later error");
-}
-
-static void test_workgroup_api(void) {
+/* Nothing runs after rw_pool_free returns: a job submitted while the pool
+ * stops either runs before free returns or is refused (and never runs). */
+static void test_pool_nothing_after_free(void) {
   rw_error *err = NULL;
-  rw_pool *pool = rw_pool_new(4, 0.2, &err);
-  /* try_go: runs while a slot is free, refuses (without running fn) when not */
-  rw_workgroup *wg = rw_workgroup_new(NULL, 2, pool, &err);
-  CHECK(rw_workgroup_error(wg) == NULL);
-  CHECK_EQ_INT(rw_workgroup_running(wg), 0);
+  resubmit r = {rw_pool_new(2, 5, &err), rw_ctx_background(), 0};
+  reset_counts();
+  CHECK(rw_pool_submit(r.pool, job_resubmit, &r));
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, free_pool, r.pool) == 0);
+  nap(50); /* free is waiting for the job (most of the time: the check below holds either way) */
+  rw_ctx_cancel(r.gate, NULL);
+  pthread_join(t, NULL);
+  int after_free = atomic_load(&ran);
+  CHECK_EQ_INT(after_free, 1 + atomic_load(&r.accepted));
+  nap(50);
+  CHECK_EQ_INT(atomic_load(&ran), after_free);
+  rw_ctx_unref(r.gate);
+}
+
+static atomic_int task_released;
+
+/* What a writer's last job does: drop the shared pool from inside it. */
+static void job_release_shared(void *arg) {
+  rw_pool_shared_release_from_task();
+  atomic_store(&task_released, 1);
+}
+
+/* The shared pool: counted acquires, the last release joins it; a release
+ * from a task retires it and the next acquire takes it back. */
+static void test_pool_shared(void) {
+  CHECK(rw_pool_shared_peek() == NULL);
+  rw_pool *a = rw_pool_shared_acquire(), *b = rw_pool_shared_acquire();
+  CHECK(a != NULL && a == b && rw_pool_shared_peek() == a);
+  rw_pool_shared_release();
+  CHECK(rw_pool_shared_peek() == a); /* one owner left */
+  atomic_store(&task_released, 0);
+  CHECK(rw_pool_submit(a, job_release_shared, NULL));
+  for (int i = 0; i < 200 && (!atomic_load(&task_released) || rw_pool_threads(a) > 0); i++) nap(10);
+  CHECK(atomic_load(&task_released));
+  CHECK_EQ_INT(rw_pool_threads(a), 0); /* retired: its idle thread left at once, not after 2 s */
+  rw_pool *c = rw_pool_shared_acquire(); /* takes the retired pool back and reaps its thread */
+  CHECK(c == a);
+  reset_counts();
   rw_ctx *gate = rw_ctx_background();
-  atomic_store(&extra_runs, 0);
-  CHECK(rw_workgroup_try_go(wg, gated, gate));
-  CHECK(rw_workgroup_try_go(wg, gated, gate));
-  CHECK_EQ_INT(rw_workgroup_running(wg), 2);
-  CHECK(!rw_workgroup_try_go(wg, count_run, NULL));
   rw_ctx_cancel(gate, NULL);
-  CHECK(rw_workgroup_wait(wg) == NULL);
-  CHECK_EQ_INT(rw_workgroup_running(wg), 0);
-  CHECK_EQ_INT(atomic_load(&extra_runs), 0); /* the refused task never ran */
-  CHECK(rw_workgroup_try_go(wg, count_run, NULL));
-  CHECK(rw_workgroup_wait(wg) == NULL);
-  CHECK_EQ_INT(atomic_load(&extra_runs), 1);
-  CHECK(rw_workgroup_error(wg) == NULL);
-  rw_workgroup_free(wg);
+  CHECK(rw_pool_submit(c, job_sleepy, gate));
+  rw_pool_shared_release(); /* the last owner: joins every thread */
+  CHECK_EQ_INT(atomic_load(&ran), 1);
+  CHECK(rw_pool_shared_peek() == NULL);
   rw_ctx_unref(gate);
-
-  /* the first error: kept by the group, and the cause of its ctx's cancellation */
-  rw_ctx *parent = rw_ctx_background();
-  wg = rw_workgroup_new(parent, 4, pool, &err);
-  rw_ctx *gctx = rw_workgroup_ctx(wg);
-  CHECK(gctx != NULL && gctx != parent && !rw_ctx_done(gctx));
-  CHECK(rw_workgroup_go(wg, fail_late, NULL) == NULL);
-  CHECK(rw_workgroup_go(wg, fail_first, NULL) == NULL);
-  CHECK(rw_ctx_wait(gctx, 5)); /* cancelled by fail_first */
-  rw_error *first = rw_workgroup_error(wg);
-  CHECK(first && strcmp(rw_error_code(first), "test.first") == 0);
-  rw_error *why = rw_ctx_err(gctx);
-  CHECK(why && first && strcmp(rw_error_id(why), rw_error_id(first)) == 0);
-  rw_error_unref(why);
-  CHECK(!rw_ctx_done(parent)); /* a group never cancels its parent */
-  rw_error *e = rw_workgroup_wait(wg);
-  CHECK(e && first && strcmp(rw_error_id(e), rw_error_id(first)) == 0); /* not test.second */
-  rw_error_unref(e);
-  e = rw_workgroup_error(wg);
-  CHECK(e && first && strcmp(rw_error_id(e), rw_error_id(first)) == 0);
-  rw_error_unref(e);
-  CHECK_EQ_INT(rw_workgroup_running(wg), 0);
-  CHECK(!rw_workgroup_try_go(wg, count_run, NULL)); /* the group is done */
-  CHECK_EQ_INT(atomic_load(&extra_runs), 1);
-  rw_error_unref(first);
-  rw_workgroup_free(wg);
-  rw_ctx_unref(parent);
-
-  /* cancelling the parent ends the group's ctx */
-  parent = rw_ctx_background();
-  wg = rw_workgroup_new(parent, 1, pool, &err);
-  rw_ctx_cancel(parent, rw_err("test.parent", "parent gone"));
-  e = rw_ctx_err(rw_workgroup_ctx(wg));
-  CHECK(e && rw_error_is(e, "test.parent"));
-  rw_error_unref(e);
-  CHECK(!rw_workgroup_try_go(wg, count_run, NULL));
-  CHECK(rw_workgroup_error(wg) == NULL); /* no task failed */
-  rw_workgroup_free(wg);
-  rw_ctx_unref(parent);
-  rw_pool_free(pool);
 }
 
 /* ---- logging ---- */
@@ -517,8 +506,9 @@ int main(void) {
   RUN(test_ratelimit);
   RUN(test_backoff_remaining);
   RUN(test_ratelimit_set_rate);
-  RUN(test_workgroup);
-  RUN(test_workgroup_api);
+  RUN(test_pool_bound);
+  RUN(test_pool_nothing_after_free);
+  RUN(test_pool_shared);
   RUN(test_logging);
   return ct_finish("test_core");
 }

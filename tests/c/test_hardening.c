@@ -9,12 +9,9 @@
 #include <sys/wait.h>
 #include <fcntl.h>
 
-#include "core/clock.h"
-#include "core/backoff.h"
 #include "ctest.h"
-#include "testbed/fakegcs.h"
-#include "io/writer.h"
 #include "sinks/gcs.h"
+#include "writer_fixture.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define RW_SANITIZED 1
@@ -23,27 +20,6 @@
 #define RW_SANITIZED 1
 #endif
 #endif
-
-static uint64_t rng;
-
-static unsigned char *random_data(size_t n) {
-  unsigned char *d = malloc(n);
-  for (size_t i = 0; i < n; i++) d[i] = (unsigned char)rw_rand_next(&rng);
-  return d;
-}
-
-static rw_writer_config small_config(void) {
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = 1u << 20;
-  c.min_chunk_size = 256u << 10;
-  c.max_chunk_size = 256u << 10;
-  c.retry.min_wait = 0.001;
-  c.retry.max_wait = 0.01;
-  c.retry.total_wait = 10;
-  c.retry.seed = rng | 1;
-  c.stall_timeout = 5;
-  return c;
-}
 
 /* Runs fn in a child process; true when it exited 0 (its own CHECKs passed). */
 static bool in_child(int (*fn)(void)) {
@@ -86,7 +62,7 @@ static int eventfd_child(void) {
   int fds[64], n = 0;
   while (n < 64 && (fds[n] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0) n++;
   CHECK(n > 0 && n < 64);
-  rw_writer_config c = small_config();
+  rw_writer_config c = small_config(256u << 10);
   rw_error *err = NULL;
   rw_writer *w = rw_writer_new(NULL, stub_sink(), &c, &err);
   CHECK(w == NULL);
@@ -211,35 +187,6 @@ static void *read_sessions(void *arg) {
   return NULL;
 }
 
-static bool write_all(rw_writer *w, const unsigned char *data, size_t n) {
-  size_t off = 0;
-  while (off < n) {
-    size_t acc = 0;
-    rw_error *e = rw_writer_write_some(w, off, data + off, n - off, NULL, NULL, &acc);
-    if (e) {
-      rw_error_unref(e);
-      return false;
-    }
-    off += acc;
-    if (off < n) rw_writer_wait(w, NULL, true, off, 5);
-    rw_writer_drain(w);
-  }
-  return true;
-}
-
-static bool complete(rw_writer *w) {
-  rw_error *e = rw_writer_complete_start(w, UINT64_MAX);
-  if (!e) {
-    double until = rw_mono_now() + 30;
-    while (!rw_writer_finished(w) && rw_mono_now() < until) rw_writer_wait(w, NULL, false, 0, 0.1);
-    rw_writer_drain(w);
-    e = rw_writer_error(w);
-  }
-  bool ok = !e && rw_writer_object(w) != NULL;
-  rw_error_unref(e);
-  return ok;
-}
-
 static void session_round(rw_fakegcs *srv, int round) {
   char name[32];
   snprintf(name, sizeof name, "race-%d", round);
@@ -247,7 +194,7 @@ static void session_round(rw_fakegcs *srv, int round) {
   rw_gcs_config g = {.bucket = "b", .object = name, .endpoint = rw_fakegcs_url(srv)};
   rw_sink *sink = rw_gcs_sink_new(&g, &err);
   CHECK(sink != NULL);
-  rw_writer_config c = small_config();
+  rw_writer_config c = small_config(256u << 10);
   rw_writer *w = sink ? rw_writer_new(NULL, sink, &c, &err) : NULL;
   CHECK(w != NULL);
   if (!w) {
@@ -264,7 +211,7 @@ static void session_round(rw_fakegcs *srv, int round) {
   CHECK(pthread_create(&t, NULL, read_sessions, &r) == 0);
   size_t n = (1u << 20) + 1000 + rw_rand_next(&rng) % (256u << 10);
   unsigned char *data = random_data(n);
-  CHECK(write_all(w, data, n));
+  CHECK(write_all(w, data, n, 0, NULL));
   CHECK(complete(w));
   atomic_store(&r.stop, true);
   pthread_join(t, NULL);
@@ -284,15 +231,9 @@ static void session_round(rw_fakegcs *srv, int round) {
 }
 
 static void test_session_race(void) {
-  rw_error *err = NULL;
-  static const char *const buckets[] = {"b", NULL};
-  rw_fakegcs_config fcfg = {.buckets = buckets};
-  rw_fakegcs *srv = rw_fakegcs_start(&fcfg, &err);
+  rw_fakegcs *srv = start_fake();
   CHECK(srv != NULL);
-  if (!srv) {
-    rw_error_unref(err);
-    return;
-  }
+  if (!srv) return;
   for (int round = 0; round < 4; round++) session_round(srv, round);
   rw_fakegcs_stop(srv);
 }

@@ -4,83 +4,15 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-#include "core/backoff.h"
-#include "core/clock.h"
 #include "ctest.h"
-#include "testbed/fakegcs.h"
-#include "io/writer.h"
-#include "testbed/faulty.h"
 #include "sinks/file.h"
 #include "sinks/gcs.h"
+#include "testbed/faulty.h"
+#include "writer_fixture.h"
 
-static uint64_t rng;
 static atomic_int released;
 
 static void count_release(void *ud) { atomic_fetch_add(&released, 1); }
-
-static unsigned char *random_data(size_t n) {
-  unsigned char *d = malloc(n);
-  for (size_t i = 0; i < n; i++) d[i] = (unsigned char)rw_rand_next(&rng);
-  return d;
-}
-
-static rw_writer_config small_config(void) {
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = 1u << 20;
-  c.min_chunk_size = 256u << 10;
-  c.max_chunk_size = 512u << 10;
-  c.retry.min_wait = 0.001;
-  c.retry.max_wait = 0.01;
-  c.retry.total_wait = 10;
-  c.stall_timeout = 5;
-  return c;
-}
-
-/* Writes all of data in random pieces, waiting for room. */
-static bool write_all(rw_writer *w, const unsigned char *data, size_t n) {
-  size_t off = 0;
-  while (off < n) {
-    size_t piece = 1 + rw_rand_next(&rng) % (200u << 10);
-    if (piece > n - off) piece = n - off;
-    size_t done = 0;
-    while (done < piece) {
-      size_t acc = 0;
-      rw_error *e = rw_writer_write_some(w, off + done, data + off + done, piece - done,
-                                         count_release, NULL, &acc);
-      if (e) {
-        char buf[512];
-        rw_error_format(e, buf, sizeof buf);
-        fprintf(stderr, "write: %s\n", buf);
-        rw_error_unref(e);
-        return false;
-      }
-      done += acc;
-      if (done < piece) rw_writer_wait(w, NULL, true, off + done, 5);
-      rw_writer_drain(w);
-    }
-    off += piece;
-  }
-  return true;
-}
-
-static bool complete(rw_writer *w) {
-  rw_error *e = rw_writer_complete_start(w, UINT64_MAX);
-  if (e) {
-    rw_error_unref(e);
-    return false;
-  }
-  rw_writer_wait(w, NULL, false, 0, 30);
-  rw_writer_drain(w);
-  e = rw_writer_error(w);
-  bool ok = !e && rw_writer_object(w) != NULL;
-  if (e) {
-    char buf[512];
-    rw_error_format(e, buf, sizeof buf);
-    fprintf(stderr, "complete: %s\n", buf);
-  }
-  rw_error_unref(e);
-  return ok;
-}
 
 static void test_faulty_file(void) {
   char path[] = "/tmp/rw-test-writer-XXXXXX";
@@ -93,13 +25,13 @@ static void test_faulty_file(void) {
                          .p_partial = 0.3, .p_after = 0.2};
   rw_sink *sink = rw_faulty_sink_new(file, &fc, &err);
   CHECK(sink != NULL);
-  rw_writer_config c = small_config();
+  rw_writer_config c = small_config(512u << 10);
   rw_writer *w = rw_writer_new(NULL, sink, &c, &err);
   CHECK(w != NULL);
   size_t n = (6u << 20) + 12345; /* 13 puts: no fault at all is 1 in 8000 */
   unsigned char *data = random_data(n);
   atomic_store(&released, 0);
-  CHECK(write_all(w, data, n));
+  CHECK(write_all(w, data, n, 200u << 10, count_release));
   CHECK(complete(w));
   rw_writer_stats st = rw_writer_get_stats(w);
   CHECK_EQ_INT(st.persisted, n);
@@ -120,20 +52,18 @@ static void test_faulty_file(void) {
 
 static void test_gcs_with_faults(void) {
   rw_error *err = NULL;
-  static const char *const buckets[] = {"b", NULL};
-  rw_fakegcs_config fcfg = {.buckets = buckets};
-  rw_fakegcs *srv = rw_fakegcs_start(&fcfg, &err);
+  rw_fakegcs *srv = start_fake();
   CHECK(srv != NULL);
   rw_fakegcs_faults faults = {.seed = rng | 1, .p_503 = 0.1, .p_reset = 0.05, .p_partial = 0.1};
   rw_fakegcs_set_faults(srv, &faults);
   rw_gcs_config g = {.bucket = "b", .object = "o", .endpoint = rw_fakegcs_url(srv)};
   rw_sink *sink = rw_gcs_sink_new(&g, &err);
-  rw_writer_config c = small_config();
+  rw_writer_config c = small_config(512u << 10);
   c.md5 = true;
   rw_writer *w = rw_writer_new(NULL, sink, &c, &err);
   size_t n = (4u << 20) + 77;
   unsigned char *data = random_data(n);
-  CHECK(write_all(w, data, n));
+  CHECK(write_all(w, data, n, 200u << 10, count_release));
   CHECK(complete(w));
   rw_writer_free(w);
   rw_fakegcs_object obj;
@@ -158,15 +88,13 @@ static void *abort_soon(void *arg) {
 
 static void test_abort_race(void) {
   rw_error *err = NULL;
-  static const char *const buckets[] = {"b", NULL};
-  rw_fakegcs_config fcfg = {.buckets = buckets};
-  rw_fakegcs *srv = rw_fakegcs_start(&fcfg, &err);
+  rw_fakegcs *srv = start_fake();
   rw_fakegcs_faults faults = {.seed = 3, .p_stall = 0.5, .stall_ms = 3000};
   rw_fakegcs_set_faults(srv, &faults);
   for (int round = 0; round < 3; round++) {
     rw_gcs_config g = {.bucket = "b", .object = "a", .endpoint = rw_fakegcs_url(srv)};
     rw_sink *sink = rw_gcs_sink_new(&g, &err);
-    rw_writer_config c = small_config();
+    rw_writer_config c = small_config(512u << 10);
     rw_writer *w = rw_writer_new(NULL, sink, &c, &err);
     size_t n = 1u << 20;
     unsigned char *data = random_data(n);
@@ -190,13 +118,11 @@ static void test_abort_race(void) {
 /* abort_start never blocks; stopped() turns true once the work is joined. */
 static void test_abort_start(void) {
   rw_error *err = NULL;
-  static const char *const buckets[] = {"b", NULL};
-  rw_fakegcs_config fcfg = {.buckets = buckets};
-  rw_fakegcs *srv = rw_fakegcs_start(&fcfg, &err);
+  rw_fakegcs *srv = start_fake();
   rw_fakegcs_faults faults = {.seed = 5, .p_stall = 1, .stall_ms = 3000};
   rw_fakegcs_set_faults(srv, &faults);
   rw_gcs_config g = {.bucket = "b", .object = "s", .endpoint = rw_fakegcs_url(srv)};
-  rw_writer_config c = small_config();
+  rw_writer_config c = small_config(512u << 10);
   rw_writer *w = rw_writer_new(NULL, rw_gcs_sink_new(&g, &err), &c, &err);
   size_t n = 512u << 10, acc = 0;
   unsigned char *data = random_data(n);
