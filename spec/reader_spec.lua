@@ -44,14 +44,19 @@ describe("reader", function()
     local data = H.random_bytes(2 * 1024 * 1024 + math.random(0, 99999))
     put("rand", data)
     local r = reader("rand")
+    local nonempty = 0
     for i = 1, 1000 do
       local off = math.random(0, #data)
       local len = math.random(0, math.min(#data - off, i % 10 == 0 and 300000 or 5000))
+      if len > 0 then nonempty = nonempty + 1 end
       local s, err = r:ReadAt(off, len)
       assert(s, err)
       if s ~= data:sub(off + 1, off + len) then error(("seed %d: bytes differ at [%d, +%d)"):format(H.seed, off, len)) end
     end
-    assert.equal(1000, r:stats().requests)
+    -- one GET per read that has bytes (a 0-length read needs none), plus any
+    -- hedge a slow moment of a loaded machine caused
+    local st = r:stats()
+    assert.equal(nonempty, st.requests - st.hedges_issued, ("seed %d"):format(H.seed))
     r:close()
   end)
 
