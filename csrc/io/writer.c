@@ -484,6 +484,7 @@ static void persist_hash(persist_job *j) {
 }
 
 static void blocks_append_locked(rw_writer *w, const persist_job *j) {
+  if (!j->nblocks) return;
   if (w->nblk + j->nblocks > w->capblk) {
     size_t cap = w->capblk ? w->capblk : 64;
     while (cap < w->nblk + j->nblocks) cap *= 2;
