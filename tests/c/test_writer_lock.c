@@ -27,6 +27,7 @@ typedef struct mem_sink {
   unsigned char *data, *have;
   uint64_t cap, persisted, total;
   bool finalized;
+  atomic_bool gate_closed; /* query waits (bounded) until the test opens it */
 } mem_sink;
 
 static void mem_settle(mem_sink *m) {
@@ -76,6 +77,11 @@ static rw_error *mem_put(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_sink_
 static rw_error *mem_query(rw_sink *s, rw_ctx *ctx, rw_sink_result *res) {
   (void)ctx;
   mem_sink *m = (mem_sink *)s;
+  double until = rw_mono_now() + 20;
+  while (atomic_load(&m->gate_closed) && rw_mono_now() < until) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
   pthread_mutex_lock(&m->mu);
   mem_result(m, res);
   pthread_mutex_unlock(&m->mu);
@@ -115,6 +121,9 @@ typedef struct hook {
   atomic_int inside, overlapped, calls;
   atomic_uint_fast64_t last_to, disorder;
   unsigned first_ms, each_ms; /* sleep on the first call, on every later one */
+  bool pool_only;             /* calls on the owner thread neither count nor sleep */
+  pthread_t owner;
+  atomic_int owner_calls;
 } hook;
 
 static void sleep_ms(unsigned ms) {
@@ -128,6 +137,12 @@ static void hook_fn(void *ud, uint64_t from, uint64_t to) {
   uint64_t last = atomic_load(&h->last_to);
   if (last && from != last) atomic_fetch_add(&h->disorder, 1);
   if (to <= from) atomic_fetch_add(&h->disorder, 1);
+  if (h->pool_only && pthread_equal(pthread_self(), h->owner)) {
+    atomic_fetch_add(&h->owner_calls, 1);
+    atomic_store(&h->last_to, to);
+    atomic_fetch_sub(&h->inside, 1);
+    return;
+  }
   int n = atomic_fetch_add(&h->calls, 1);
   sleep_ms(n == 0 ? h->first_ms : h->each_ms);
   atomic_store(&h->last_to, to);
@@ -332,10 +347,67 @@ static void test_inflight_confirmers(void) {
   free(data);
 }
 
+/* After a resume the server already holds the first bytes: the caller's
+ * writes of them are hashed, not resent. While a pool thread hashes the
+ * part the session query found (slowly), the owner's next write of held
+ * bytes hands its range to that thread instead of waiting for the lock. */
+static void test_resume_handoff(void) {
+  size_t n = 32u << 20, held = 16u << 20, first = 8u << 20;
+  mem_sink *m = mem_new(n, 1);
+  unsigned char *data = random_data(n);
+  memcpy(m->data, data, held);
+  memset(m->have, 1, held);
+  m->persisted = held;
+  atomic_store(&m->gate_closed, true);
+  rw_writer_config c = rw_writer_defaults();
+  c.max_cache_size = n;
+  c.min_chunk_size = c.max_chunk_size = 4u << 20;
+  c.resume = true;
+  rw_error *err = NULL;
+  rw_writer *w = rw_writer_new(NULL, &m->base, &c, &err);
+  CHECK(w != NULL);
+  if (!w) {
+    rw_error_unref(err);
+    mem_free(m);
+    free(data);
+    return;
+  }
+  hook h = {.first_ms = SLOW_MS, .each_ms = 0, .pool_only = true, .owner = pthread_self()};
+  rw_writer_set_hash_hook(w, hook_fn, &h);
+  CHECK(write_at(w, 0, data, first)); /* before the session query answers */
+  atomic_store(&m->gate_closed, false);
+  CHECK(wait_hashing(&h)); /* the query's answer: [0, first) is hashed on the pool */
+  double t0 = rw_mono_now();
+  size_t acc = 0;
+  rw_error *e = rw_writer_write_some(w, first, data + first, held - first, NULL, NULL, &acc);
+  double dt = rw_mono_now() - t0;
+  fprintf(stderr, "write of held bytes while the pool hashes (hook sleeps %u ms): %.3f ms\n", SLOW_MS,
+          dt * 1e3);
+  CHECK(dt < QUICK_S);
+  CHECK(e == NULL && acc == held - first);
+  rw_error_unref(e);
+  CHECK(write_at(w, held, data + held, n - held));
+  CHECK(complete(w)); /* the object's crc32c is compared with ours */
+  CHECK(m->total == n && memcmp(m->data, data, n) == 0);
+  rw_writer_stats st = rw_writer_get_stats(w);
+  CHECK(st.persisted == n);
+  CHECK(atomic_load(&h.overlapped) == 0 && atomic_load(&h.disorder) == 0);
+  CHECK(atomic_load(&h.last_to) == n);
+  uint64_t p = 0;
+  bool has_crc = false;
+  uint32_t crc = 0;
+  free(rw_writer_session(w, &p, &has_crc, &crc));
+  CHECK(p == n && has_crc && crc == rw_crc32c(0, data, n));
+  rw_writer_free(w);
+  mem_free(m);
+  free(data);
+}
+
 int main(void) {
   rng = ct_seed();
   RUN(test_owner_not_blocked);
   RUN(test_measure_stall);
   RUN(test_inflight_confirmers);
+  RUN(test_resume_handoff);
   return ct_finish("test_writer_lock");
 }
