@@ -63,6 +63,13 @@ struct rw_writer {
   size_t nblk, capblk;
   uint64_t blk_start, blk_pos;
   bool blk_ok;
+  /* The hashing section (advance_persisted_locked): a thread hashes newly
+   * confirmed bytes [persisted, hash_to) without mu; others hand it theirs. */
+  bool hashing;
+  uint64_t hash_to;
+  /* Tests only: runs before each stretch of confirmed bytes is hashed. */
+  void (*hash_hook)(void *ud, uint64_t from, uint64_t to);
+  void *hash_hook_ud;
 
   rw_writer_state state;
   bool began, pumping, closing, aborting;
@@ -414,55 +421,137 @@ static rw_error *verify_object_locked(rw_writer *w, const rw_sink_object *o) {
   return NULL;
 }
 
-/* Feeds persisted bytes to the per-block CRCs. mu held. */
-static void blocks_feed_locked(rw_writer *w, const char *p, size_t len) {
-  while (len && w->blk_ok) {
-    uint64_t pos = w->blk_pos, boundary = (pos / RW_CHUNK_QUANTUM + 1) * RW_CHUNK_QUANTUM;
+/* A stretch [from, to) of newly confirmed bytes, hashed without mu: its
+ * view, the hash state it starts from (taken under mu) and, once hashed, the
+ * state it ends with and the CRCs of the whole 256 KiB blocks it closed. */
+typedef struct persist_job {
+  uint64_t from, to, blk_start, blk_pos;
+  struct iovec *iov;
+  int n;
+  bool crc_ok, blk_ok;
+  uint32_t crc, blk_run, *blocks;
+  size_t nblocks;
+  void (*hook)(void *ud, uint64_t from, uint64_t to);
+  void *hook_ud;
+} persist_job;
+
+/* Feeds confirmed bytes to the per-block CRCs of j (room for every block
+ * that [from, to) can close was made by persist_take_locked). */
+static void blocks_feed(persist_job *j, const char *p, size_t len) {
+  while (len) {
+    uint64_t pos = j->blk_pos, boundary = (pos / RW_CHUNK_QUANTUM + 1) * RW_CHUNK_QUANTUM;
     size_t take = boundary - pos < len ? (size_t)(boundary - pos) : len;
-    if (pos >= w->blk_start) w->blk_run = rw_crc32c(w->blk_run, p, take);
-    w->blk_pos += take;
+    if (pos >= j->blk_start) j->blk_run = rw_crc32c(j->blk_run, p, take);
+    j->blk_pos += take;
     p += take;
     len -= take;
-    if (w->blk_pos != boundary) continue;
-    if (boundary - RW_CHUNK_QUANTUM >= w->blk_start) {
-      if (w->nblk == w->capblk) {
-        size_t cap = w->capblk ? 2 * w->capblk : 64;
-        uint32_t *b = realloc(w->blk, cap * sizeof *b);
-        if (!b) {
-          w->blk_ok = false; /* no memory: stop checking rewrites, never fail the upload */
-          return;
-        }
-        w->blk = b;
-        w->capblk = cap;
-      }
-      w->blk[w->nblk++] = w->blk_run;
-    }
-    w->blk_run = 0;
+    if (j->blk_pos != boundary) continue;
+    if (boundary - RW_CHUNK_QUANTUM >= j->blk_start) j->blocks[j->nblocks++] = j->blk_run;
+    j->blk_run = 0;
   }
 }
 
-/* Moves persisted to p, hashing the newly persisted bytes for the session
- * checksum and the block CRCs, and dropping them from the cache. mu held. */
-static void advance_persisted_locked(rw_writer *w, uint64_t p) {
-  if (p <= w->persisted) return;
-  if (w->crc_persisted_ok || w->blk_ok) {
-    int n = rw_sgbuf_view_count(w->cache, w->persisted, p - w->persisted);
-    struct iovec *iov = n > 0 ? malloc((size_t)n * sizeof *iov) : NULL;
-    if (iov && rw_sgbuf_view(w->cache, w->persisted, p - w->persisted, iov, n) == n) {
-      for (int i = 0; i < n; i++) {
-        if (w->crc_persisted_ok)
-          w->crc_persisted = rw_crc32c(w->crc_persisted, iov[i].iov_base, iov[i].iov_len);
-        blocks_feed_locked(w, iov[i].iov_base, iov[i].iov_len);
-      }
-    } else {
-      w->crc_persisted_ok = w->blk_ok = false;
-    }
-    free(iov);
+/* Takes the next stretch to hash: [persisted, hash_to). The bytes below
+ * hash_to stay in the cache until persist_publish_locked releases them, and
+ * only the one hasher does that. mu held. */
+static void persist_take_locked(rw_writer *w, persist_job *j) {
+  *j = (persist_job){.from = w->persisted, .to = w->hash_to, .blk_start = w->blk_start,
+                     .blk_pos = w->blk_pos, .crc_ok = w->crc_persisted_ok, .blk_ok = w->blk_ok,
+                     .crc = w->crc_persisted, .blk_run = w->blk_run,
+                     .hook = w->hash_hook, .hook_ud = w->hash_hook_ud};
+  if (!j->crc_ok && !j->blk_ok) return;
+  uint64_t len = j->to - j->from;
+  int n = rw_sgbuf_view_count(w->cache, j->from, len);
+  j->iov = n > 0 ? malloc((size_t)n * sizeof *j->iov) : NULL;
+  if (!j->iov || rw_sgbuf_view(w->cache, j->from, len, j->iov, n) != n) {
+    free(j->iov);
+    j->iov = NULL;
+    j->crc_ok = j->blk_ok = false; /* cannot vouch for either any more */
+    return;
   }
-  rw_sgbuf_release_upto(w->cache, p);
-  w->persisted = p;
+  j->n = n;
+  if (j->blk_ok && !(j->blocks = malloc((size_t)(len / RW_CHUNK_QUANTUM + 1) * sizeof *j->blocks)))
+    j->blk_ok = false; /* no memory: stop checking rewrites, never fail the upload */
+}
+
+/* Runs without mu. */
+static void persist_hash(persist_job *j) {
+  if (j->hook) j->hook(j->hook_ud, j->from, j->to);
+  for (int i = 0; i < j->n; i++) {
+    if (j->crc_ok) j->crc = rw_crc32c(j->crc, j->iov[i].iov_base, j->iov[i].iov_len);
+    if (j->blk_ok) blocks_feed(j, j->iov[i].iov_base, j->iov[i].iov_len);
+  }
+}
+
+static void blocks_append_locked(rw_writer *w, const persist_job *j) {
+  if (!j->nblocks) return;
+  if (w->nblk + j->nblocks > w->capblk) {
+    size_t cap = w->capblk ? w->capblk : 64;
+    while (cap < w->nblk + j->nblocks) cap *= 2;
+    uint32_t *b = realloc(w->blk, cap * sizeof *b);
+    if (!b) {
+      w->blk_ok = false; /* no memory: stop checking rewrites, never fail the upload */
+      return;
+    }
+    w->blk = b;
+    w->capblk = cap;
+  }
+  memcpy(w->blk + w->nblk, j->blocks, j->nblocks * sizeof *j->blocks);
+  w->nblk += j->nblocks;
+}
+
+/* Publishes a hashed stretch: the checksums, then persisted moves and the
+ * bytes leave the cache. mu held. */
+static void persist_publish_locked(rw_writer *w, persist_job *j) {
+  w->crc_persisted_ok = w->crc_persisted_ok && j->crc_ok; /* the owner may have given up on it */
+  if (w->crc_persisted_ok) w->crc_persisted = j->crc;
+  if (w->blk_ok && j->blk_ok) blocks_append_locked(w, j);
+  else w->blk_ok = false;
+  w->blk_run = j->blk_run;
+  w->blk_pos = j->blk_pos;
+  free(j->iov);
+  free(j->blocks);
+  rw_sgbuf_release_upto(w->cache, j->to);
+  w->persisted = j->to;
   budget_settle_locked(w);
   notify_locked(w);
+}
+
+static void finish_if_ready_locked(rw_writer *w);
+
+/* The hashing section: one thread at a time hashes [persisted, hash_to)
+ * without mu, publishes, and goes on while others handed it more. Entered
+ * and left with mu held. */
+static void hash_section_locked(rw_writer *w) {
+  w->hashing = true;
+  while (w->hash_to > w->persisted) {
+    persist_job j;
+    persist_take_locked(w, &j);
+    pthread_mutex_unlock(&w->mu);
+    persist_hash(&j);
+    pthread_mutex_lock(&w->mu);
+    persist_publish_locked(w, &j);
+  }
+  w->hashing = false;
+  finish_if_ready_locked(w); /* an owner's absorb may have handed its range over */
+  notify_locked(w);
+}
+
+/* Moves persisted to p: the newly confirmed bytes are hashed for the session
+ * checksum and the block CRCs, in offset order, without mu (nothing in the
+ * owner's calls waits for hashing), then dropped from the cache. When another
+ * thread is hashing, the range is handed to it; wait (pool threads): return
+ * only once persisted reached p; the owner thread never waits. mu held (it
+ * is released meanwhile). */
+static void advance_persisted_locked(rw_writer *w, uint64_t p, bool wait) {
+  if (p <= w->persisted) return;
+  if (p > w->hash_to) w->hash_to = p;
+  if (w->hashing) {
+    if (!wait) return;
+    while (w->hashing && w->persisted < p) pthread_cond_wait(&w->cv, &w->mu);
+    if (w->persisted >= p) return;
+  }
+  hash_section_locked(w);
 }
 
 /* Applies what the sink said. *done: the chunk (or the object) is finished. */
@@ -481,7 +570,7 @@ static rw_error *apply_locked(rw_writer *w, rw_sink_result *res, const chunk *c,
     rw_error *e = verify_object_locked(w, &res->obj);
     if (e) return e;
     w->final_rejected = false;
-    advance_persisted_locked(w, w->total);
+    advance_persisted_locked(w, w->total, true);
     object_clear(&w->obj);
     w->obj = res->obj;
     memset(&res->obj, 0, sizeof res->obj);
@@ -504,7 +593,7 @@ static rw_error *apply_locked(rw_writer *w, rw_sink_result *res, const chunk *c,
                   " were sent (another writer on this session?)",
                   p, w->max_sent);
   *progressed = p > w->persisted;
-  advance_persisted_locked(w, p);
+  advance_persisted_locked(w, p, true);
   if (!c->final && p >= c->off + c->len) {
     w->chunks++;
     *done = true;
@@ -532,11 +621,15 @@ static void finish_from_server_locked(rw_writer *w) {
 /* Takes the bytes the server already holds (after a resume) as persisted
  * once the caller has supplied them: hashed for the final checksum, never
  * resent. mu held. */
-static void absorb_locked(rw_writer *w) {
+static void absorb_locked(rw_writer *w, bool owner) {
   if (w->server_end > w->persisted) {
     uint64_t end = rw_sgbuf_contiguous_end(w->cache);
-    advance_persisted_locked(w, end < w->server_end ? end : w->server_end);
+    advance_persisted_locked(w, end < w->server_end ? end : w->server_end, !owner);
   }
+  finish_if_ready_locked(w);
+}
+
+static void finish_if_ready_locked(rw_writer *w) {
   if (w->server_final && w->closing && w->state == RW_WRITER_COMPLETING && w->persisted >= w->server_end)
     finish_from_server_locked(w);
 }
@@ -596,7 +689,7 @@ static rw_error *sync_apply_locked(rw_writer *w, rw_sink_result *res) {
   rw_error *e = server_conflict_locked(w);
   if (e) return e;
   if (w->server_end > w->max_sent) w->max_sent = w->server_end;
-  absorb_locked(w);
+  absorb_locked(w, false);
   notify_locked(w);
   return NULL;
 }
@@ -958,7 +1051,7 @@ static rw_error *apply_piece_locked(rw_writer *w, const rw_sink_result *res, con
                   "the server persisted %" PRIu64 " bytes but only %" PRIu64
                   " were sent (another writer on this session?)",
                   res->persisted, w->max_sent);
-  advance_persisted_locked(w, res->persisted);
+  advance_persisted_locked(w, res->persisted, true);
   return NULL;
 }
 
@@ -1326,7 +1419,7 @@ rw_error *rw_writer_write_some(rw_writer *w, uint64_t off, const void *data, siz
   *accepted = (size_t)(skip + n);
   w->written += n;
   hash_take_locked(w, &hj);
-  absorb_locked(w);
+  absorb_locked(w, true);
   kick_locked(w);
 out:
   pthread_mutex_unlock(&w->mu);
@@ -1375,7 +1468,7 @@ rw_error *rw_writer_complete_start(rw_writer *w, uint64_t total) {
   }
   rw_error *conflict = server_conflict_locked(w);
   if (conflict) fail_locked(w, conflict);
-  absorb_locked(w);
+  absorb_locked(w, true);
   kick_locked(w);
   notify_locked(w);
 out:
@@ -1509,6 +1602,13 @@ rw_writer_stats rw_writer_get_stats(rw_writer *w) {
                        .chunks = w->chunks, .backoff_ms = w->backoff_ms, .state = w->state};
   pthread_mutex_unlock(&w->mu);
   return s;
+}
+
+void rw_writer_set_hash_hook(rw_writer *w, void (*fn)(void *ud, uint64_t from, uint64_t to), void *ud) {
+  pthread_mutex_lock(&w->mu);
+  w->hash_hook = fn;
+  w->hash_hook_ud = ud;
+  pthread_mutex_unlock(&w->mu);
 }
 
 void rw_writer_each_error(rw_writer *w, void (*fn)(void *, const char *, uint64_t), void *ud) {

@@ -143,6 +143,12 @@ void rw_writer_set_process_budget(uint64_t bytes);
 void rw_writer_process_budget(uint64_t *limit, uint64_t *used);
 
 rw_writer_stats rw_writer_get_stats(rw_writer *w);
+/* Tests only: fn(ud, from, to) runs on the thread that hashes bytes
+ * [from, to) the sink newly confirmed, just before it hashes them, without
+ * the writer's lock (stretches come one at a time, in offset order). Set it
+ * before the first write. */
+void rw_writer_set_hash_hook(rw_writer *w, void (*fn)(void *ud, uint64_t from, uint64_t to),
+                             void *ud);
 /* Calls fn(code, count) for each error code seen. */
 void rw_writer_each_error(rw_writer *w, void (*fn)(void *ud, const char *code, uint64_t n),
                           void *ud);
