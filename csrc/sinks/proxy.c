@@ -490,7 +490,22 @@ static void hb_kick(void) {
   pthread_mutex_unlock(&hb.mu);
 }
 
+/* fork: only the forking thread lives on in the child, so the child has no
+ * heartbeat thread, and the sinks it inherited share their sockets with the
+ * parent: the child's heartbeat (if it starts one) never watches them. The
+ * parent's thread is between passes (hb.mu held across the fork). */
+static void hb_fork_prepare(void) { pthread_mutex_lock(&hb.mu); }
+static void hb_fork_parent(void) { pthread_mutex_unlock(&hb.mu); }
+static void hb_fork_child(void) {
+  pthread_mutex_init(&hb.mu, NULL);
+  if (hb.wakefd >= 0) close(hb.wakefd);
+  hb.wakefd = -1, hb.running = false, hb.gen++, hb.sinks = NULL;
+}
+static void hb_once_init(void) { pthread_atfork(hb_fork_prepare, hb_fork_parent, hb_fork_child); }
+
 static void hb_register(proxy_sink *ps) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, hb_once_init); /* the first sink, never module load */
   pthread_mutex_lock(&hb.mu);
   ps->hb_id = ++hb.next_id;
   ps->hb_next = hb.sinks;

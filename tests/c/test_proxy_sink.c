@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "core/backoff.h"
@@ -948,6 +949,45 @@ static void test_heartbeat_threads(void) {
   store_free(st);
 }
 
+/* fork (nginx forks its workers; a script may fork too): the child has no
+ * heartbeat thread, starts its own for its own sink and joins it with that
+ * sink; the sink it inherited (sockets shared with the parent) is not
+ * watched there, and the parent's sink goes on working. */
+static void test_heartbeat_fork(void) {
+#ifndef RW_SANITIZED /* the sanitizers do not support threads after a multi-threaded fork */
+  store *st = store_new(1u << 20);
+  peer *p = peer_start(st, secret);
+  rw_sink *parent = idle_sink(p);
+  CHECK_EQ_INT(heartbeat_threads(), 1);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10); /* bounded: a join of the parent's thread would hang here */
+    int failed = ct_failed, before = heartbeat_threads();
+    rw_sink *own = idle_sink(p);
+    int during = heartbeat_threads();
+    rw_sink_destroy(own);
+    int after = heartbeat_threads();
+    rw_sink_destroy(parent); /* closes the child's copies of its sockets only */
+    fprintf(stderr, "child: heartbeat threads %d before, %d with its own sink, %d after\n", before, during,
+            after);
+    _exit(before == 0 && during == 1 && after == 0 && ct_failed == failed ? 0 : 1);
+  }
+  int status = -1;
+  CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK_EQ_INT(heartbeat_threads(), 1);
+  CHECK(put_checked(parent, st, 64u << 10));
+  rw_proxy_sink_counts n;
+  rw_proxy_sink_stats(parent, &n);
+  CHECK_EQ_INT((int)n.connects, 1);
+  rw_sink_destroy(parent);
+  CHECK_EQ_INT(heartbeat_threads(), 0);
+  peer_free(p);
+  store_free(st);
+#endif
+}
+
 static void expect_invalid(rw_proxy_sink_config c, const char *word) {
   rw_error *err = NULL;
   rw_sink *s = rw_proxy_sink_new(&c, &err);
@@ -1003,5 +1043,6 @@ int main(void) {
   RUN(test_idle_sends_pings);
   RUN(test_idle_unanswered);
   RUN(test_heartbeat_threads);
+  RUN(test_heartbeat_fork);
   return ct_finish("test_proxy_sink");
 }
