@@ -447,7 +447,8 @@ static void conn_refresh(pconn *c, rw_ctx *ctx) {
  * connection it takes it as a put does (busy, under the sink's mutex) for one
  * short pass, so frames keep their MAC counter order (one writer at a time);
  * a put that wants a connection meanwhile waits for that pass only
- * (hb_holding). Lock order: hb.mu, then a sink's mu. */
+ * (hb_holding). With no idle connection it sleeps until kicked. Lock order:
+ * hb.mu, then a sink's mu. */
 
 static struct {
   pthread_mutex_t mu;
@@ -492,8 +493,8 @@ static void hb_kick(void) {
 
 /* fork: only the forking thread lives on in the child, so the child has no
  * heartbeat thread, and the sinks it inherited share their sockets with the
- * parent: the child's heartbeat (if it starts one) never watches them. The
- * parent's thread is between passes (hb.mu held across the fork). */
+ * parent: the child's heartbeat (if it starts one) never watches them.
+ * hb.mu is held across the fork, so the list is whole in the child. */
 static void hb_fork_prepare(void) { pthread_mutex_lock(&hb.mu); }
 static void hb_fork_parent(void) { pthread_mutex_unlock(&hb.mu); }
 static void hb_fork_child(void) {
@@ -522,6 +523,9 @@ static void hb_unregister(proxy_sink *ps) {
       *pp = ps->hb_next;
       break;
     }
+  pthread_mutex_lock(&ps->mu); /* out of the list: a pass already begun ends first */
+  while (ps->hb_holding) pthread_cond_wait(&ps->cv, &ps->mu);
+  pthread_mutex_unlock(&ps->mu);
   bool stop = hb.running && !hb.sinks;
   pthread_t tid = hb.tid;
   int fd = hb.wakefd;
@@ -597,18 +601,24 @@ static hb_outcome hb_tend_conn(pconn *c, bool readable) {
 }
 
 /* Every watched connection that is readable or due gets its pass. */
+/* hb.mu is not held during a pass (other sinks' puts kick meanwhile): a
+ * destroy waits for hb_holding to fall to 0 instead. */
 static void hb_tend(const hb_watch *w, const struct pollfd *pf, int n) {
-  pthread_mutex_lock(&hb.mu);
   double now = rw_mono_now();
   for (int i = 0; i < n; i++) {
-    proxy_sink *ps = pf[i].revents || w[i].due <= now ? hb_find(&w[i]) : NULL;
-    if (!ps) continue;
-    pthread_mutex_lock(&ps->mu);
-    pconn *c = &ps->conns[w[i].conn];
-    bool mine = !c->busy && c->fd == w[i].fd;
-    if (mine) c->busy = true, ps->hb_holding++;
-    pthread_mutex_unlock(&ps->mu);
-    if (!mine) continue; /* a put took it meanwhile */
+    if (!pf[i].revents && w[i].due > now) continue;
+    pthread_mutex_lock(&hb.mu);
+    proxy_sink *ps = hb_find(&w[i]);
+    pconn *c = ps ? &ps->conns[w[i].conn] : NULL;
+    bool mine = false;
+    if (ps) {
+      pthread_mutex_lock(&ps->mu);
+      mine = !c->busy && c->fd == w[i].fd;
+      if (mine) c->busy = true, ps->hb_holding++;
+      pthread_mutex_unlock(&ps->mu);
+    }
+    pthread_mutex_unlock(&hb.mu);
+    if (!mine) continue; /* gone, or a put took it meanwhile */
     hb_outcome o = hb_tend_conn(c, pf[i].revents != 0);
     pthread_mutex_lock(&ps->mu);
     c->busy = false, ps->hb_holding--;
@@ -617,7 +627,6 @@ static void hb_tend(const hb_watch *w, const struct pollfd *pf, int n) {
     pthread_cond_broadcast(&ps->cv);
     pthread_mutex_unlock(&ps->mu);
   }
-  pthread_mutex_unlock(&hb.mu);
 }
 
 static void *hb_main(void *arg) {
@@ -637,7 +646,7 @@ static void *hb_main(void *arg) {
     pf[0] = (struct pollfd){.fd = wakefd, .events = POLLIN};
     for (int i = 0; i < n; i++) pf[i + 1] = (struct pollfd){.fd = w[i].fd, .events = POLLIN};
     double left = next - rw_mono_now();
-    int ms = left <= 0 ? 0 : left >= 1 ? 1000 : (int)ceil(left * 1000);
+    int ms = !n ? -1 : left <= 0 ? 0 : left >= 1 ? 1000 : (int)ceil(left * 1000); /* none: a kick wakes it */
     if (poll(pf, (nfds_t)n + 1, ms) < 0)
       for (int i = 0; i <= n; i++) pf[i].revents = 0;
     uint64_t v;
