@@ -494,7 +494,7 @@ static void hb_kick(void) {
 /* fork: only the forking thread lives on in the child, so the child has no
  * heartbeat thread, and the sinks it inherited share their sockets with the
  * parent: the child's heartbeat (if it starts one) never watches them.
- * hb.mu is held across the fork, so the list is whole in the child. */
+ * hb.mu is held across the fork: no thread is mid-update of it. */
 static void hb_fork_prepare(void) { pthread_mutex_lock(&hb.mu); }
 static void hb_fork_parent(void) { pthread_mutex_unlock(&hb.mu); }
 static void hb_fork_child(void) {
