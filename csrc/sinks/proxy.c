@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@ typedef struct pconn {
   unsigned max_inflight; /* requests unanswered at once on this connection (CHALLENGE) */
   int missed;
   uint64_t ping_nonce;
+  double last_rx, last_ping; /* monotonic: the last frame in, the last PING out */
   uint8_t buf[64 * 1024];
   size_t have, pos;
 } pconn;
@@ -54,9 +56,13 @@ typedef struct proxy_sink {
   uint32_t frame_limit; /* the smallest max_frame a connection negotiated */
   uint64_t epoch;       /* moves at each failover: the old proxy's accepted bytes may be lost */
   rw_proxy_sink_counts stats;
+  int hb_holding;              /* connections the heartbeat thread holds this moment (mu) */
+  struct proxy_sink *hb_next;  /* the heartbeat's list of sinks (hb.mu) */
+  uint64_t hb_id;              /* unique in the process: a sink, not an address (hb.mu) */
 } proxy_sink;
 
 static const rw_sink_ops proxy_ops;
+static void hb_kick(void);
 
 rw_proxy_sink_config rw_proxy_sink_defaults(void) {
   rw_proxy_sink_config c = {0};
@@ -246,6 +252,7 @@ static rw_error *conn_recv(proxy_sink *ps, pconn *c, rw_ctx *ctx, double until, 
       if (e) return e;
       if (!got) continue;
       c->missed = 0;
+      c->last_rx = rw_mono_now();
       if (f->msg.op == RWP_PING && (e = send_ping_msg(c, RWP_PONG, f->msg.u.ping.nonce, ctx))) return e;
       if (f->msg.op == RWP_PING || f->msg.op == RWP_PONG || f->msg.op == RWP_GOODBYE) {
         rwp_frame_clear(f);
@@ -264,6 +271,7 @@ static rw_error *conn_recv(proxy_sink *ps, pconn *c, rw_ctx *ctx, double until, 
         return rw_err(RW_E_STALL, "proxy: %d PINGs unanswered (%.1f s apart): dropping the connection",
                       MISSED_PINGS, c->ping_interval);
       c->missed++;
+      c->last_ping = rw_mono_now();
       pthread_mutex_lock(&ps->mu);
       ps->stats.pings++;
       pthread_mutex_unlock(&ps->mu);
@@ -413,6 +421,8 @@ static void conn_refresh(pconn *c, rw_ctx *ctx) {
         return;
       }
       if (!got) continue;
+      c->missed = 0; /* any frame is a sign of life (PROTOCOL.md 8) */
+      c->last_rx = rw_mono_now();
       if (f.msg.op == RWP_PING) e = send_ping_msg(c, RWP_PONG, f.msg.u.ping.nonce, ctx);
       bye |= f.msg.op == RWP_GOODBYE || (f.msg.op == RWP_ERROR && f.msg.seq == 0);
       rwp_frame_clear(&f);
@@ -426,10 +436,234 @@ static void conn_refresh(pconn *c, rw_ctx *ctx) {
   if (bye) conn_close(c);
 }
 
+/* ---- heartbeats on idle connections: one thread for the process ----
+ *
+ * A connection no put holds is watched by one heartbeat thread shared by
+ * every proxy sink (DESIGN.md: bounded threads). The first connection given
+ * back idle starts it (never module load: nginx forks after loading); the
+ * last sink's destroy stops and joins it. It answers the proxy's PINGs,
+ * sends a PING after ping_interval of silence, and closes a connection after
+ * MISSED_PINGS unanswered, so the next put opens a fresh one. To touch a
+ * connection it takes it as a put does (busy, under the sink's mutex) for one
+ * short pass, so frames keep their MAC counter order (one writer at a time);
+ * a put that wants a connection meanwhile waits for that pass only
+ * (hb_holding). With no idle connection it sleeps until kicked. Lock order:
+ * hb.mu, then a sink's mu. */
+
+static struct {
+  pthread_mutex_t mu;
+  proxy_sink *sinks; /* every live proxy sink */
+  uint64_t next_id;
+  bool running;
+  unsigned gen; /* a thread runs while gen is the one it started with */
+  pthread_t tid;
+  int wakefd; /* the running thread's eventfd */
+} hb = {.mu = PTHREAD_MUTEX_INITIALIZER, .wakefd = -1};
+
+typedef struct hb_watch {
+  proxy_sink *ps;
+  uint64_t id;
+  int conn, fd;
+  double due; /* a PING (or the close) is due then */
+} hb_watch;
+
+static void hb_wake_locked(void) {
+  uint64_t one = 1;
+  if (hb.wakefd >= 0 && write(hb.wakefd, &one, sizeof one) < 0) { /* a full counter: awake anyway */
+  }
+}
+
+static void *hb_main(void *arg);
+
+/* A put gave a connection back: the thread runs and looks at it. Without a
+ * thread (none could start) idle connections are refreshed at checkout. */
+static void hb_kick(void) {
+  pthread_mutex_lock(&hb.mu);
+  if (!hb.running && hb.sinks) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    hb.gen++;
+    hb.wakefd = fd;
+    if (fd >= 0 && pthread_create(&hb.tid, NULL, hb_main, (void *)(uintptr_t)hb.gen) == 0) hb.running = true;
+    else if (fd >= 0) close(fd), hb.wakefd = -1;
+    if (hb.running) pthread_setname_np(hb.tid, "rw-heartbeat"); /* named before anyone looks */
+  }
+  hb_wake_locked();
+  pthread_mutex_unlock(&hb.mu);
+}
+
+/* fork: only the forking thread lives on in the child, so the child has no
+ * heartbeat thread, and the sinks it inherited share their sockets with the
+ * parent: the child's heartbeat (if it starts one) never watches them.
+ * hb.mu is held across the fork: no thread is mid-update of it. */
+static void hb_fork_prepare(void) { pthread_mutex_lock(&hb.mu); }
+static void hb_fork_parent(void) { pthread_mutex_unlock(&hb.mu); }
+static void hb_fork_child(void) {
+  pthread_mutex_init(&hb.mu, NULL);
+  if (hb.wakefd >= 0) close(hb.wakefd);
+  hb.wakefd = -1, hb.running = false, hb.gen++, hb.sinks = NULL;
+}
+static void hb_once_init(void) { pthread_atfork(hb_fork_prepare, hb_fork_parent, hb_fork_child); }
+
+static void hb_register(proxy_sink *ps) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, hb_once_init); /* the first sink, never module load */
+  pthread_mutex_lock(&hb.mu);
+  ps->hb_id = ++hb.next_id;
+  ps->hb_next = hb.sinks;
+  hb.sinks = ps;
+  pthread_mutex_unlock(&hb.mu);
+}
+
+/* The sink leaves the list: the thread never touches it again. After the
+ * last one the thread is stopped and joined. */
+static void hb_unregister(proxy_sink *ps) {
+  pthread_mutex_lock(&hb.mu);
+  for (proxy_sink **pp = &hb.sinks; *pp; pp = &(*pp)->hb_next)
+    if (*pp == ps) {
+      *pp = ps->hb_next;
+      break;
+    }
+  pthread_mutex_lock(&ps->mu); /* out of the list: a pass already begun ends first */
+  while (ps->hb_holding) pthread_cond_wait(&ps->cv, &ps->mu);
+  pthread_mutex_unlock(&ps->mu);
+  bool stop = hb.running && !hb.sinks;
+  pthread_t tid = hb.tid;
+  int fd = hb.wakefd;
+  if (stop) {
+    hb_wake_locked();
+    hb.gen++, hb.running = false, hb.wakefd = -1;
+  }
+  pthread_mutex_unlock(&hb.mu);
+  if (!stop) return;
+  pthread_join(tid, NULL);
+  close(fd);
+}
+
+/* The idle connections of every sink, and the first time one is due.
+ * -1: this thread is to stop. */
+static int hb_gather(unsigned gen, hb_watch **w, size_t *cap, double *next) {
+  pthread_mutex_lock(&hb.mu);
+  if (hb.gen != gen) {
+    pthread_mutex_unlock(&hb.mu);
+    return -1;
+  }
+  int n = 0;
+  *next = rw_mono_now() + 1;
+  for (proxy_sink *ps = hb.sinks; ps; ps = ps->hb_next) {
+    pthread_mutex_lock(&ps->mu);
+    for (int i = 0; i < ps->cfg.connections; i++) {
+      pconn *c = &ps->conns[i];
+      if (c->busy || c->fd < 0) continue;
+      if ((size_t)n == *cap) {
+        hb_watch *g = realloc(*w, 2 * *cap * sizeof **w);
+        if (!g) continue; /* watched once memory allows; refreshed at checkout anyway */
+        *w = g, *cap *= 2;
+      }
+      double due = (c->last_rx > c->last_ping ? c->last_rx : c->last_ping) + c->ping_interval;
+      (*w)[n++] = (hb_watch){.ps = ps, .id = ps->hb_id, .conn = i, .fd = c->fd, .due = due};
+      if (due < *next) *next = due;
+    }
+    pthread_mutex_unlock(&ps->mu);
+  }
+  pthread_mutex_unlock(&hb.mu);
+  return n;
+}
+
+static proxy_sink *hb_find(const hb_watch *w) { /* hb.mu held */
+  for (proxy_sink *ps = hb.sinks; ps; ps = ps->hb_next)
+    if (ps == w->ps && ps->hb_id == w->id) return ps;
+  return NULL;
+}
+
+typedef enum { HB_KEPT, HB_PINGED, HB_DROPPED } hb_outcome;
+
+/* One pass over an idle connection the thread holds: frames in (PINGs
+ * answered, EOF or GOODBYE closes), then a PING when one is due, or the
+ * close after MISSED_PINGS unanswered. Sends have 1 s: a connection that
+ * cannot take a PING by then is gone. */
+static hb_outcome hb_tend_conn(pconn *c, bool readable) {
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 1);
+  if (!ctx) return HB_KEPT;
+  hb_outcome out = HB_KEPT;
+  if (readable || c->pos < c->have) conn_refresh(c, ctx);
+  double now = rw_mono_now();
+  double base = c->last_rx > c->last_ping ? c->last_rx : c->last_ping;
+  if (c->fd >= 0 && now >= base + c->ping_interval) {
+    rw_error *e = NULL;
+    if (c->missed >= MISSED_PINGS) out = HB_DROPPED;
+    else if ((e = send_ping_msg(c, RWP_PING, ++c->ping_nonce, ctx))) out = HB_DROPPED;
+    else c->missed++, c->last_ping = now, out = HB_PINGED;
+    rw_error_unref(e);
+    if (out == HB_DROPPED) conn_close(c);
+  }
+  rw_ctx_unref(ctx);
+  return out;
+}
+
+/* Every watched connection that is readable or due gets its pass. */
+/* hb.mu is not held during a pass (other sinks' puts kick meanwhile): a
+ * destroy waits for hb_holding to fall to 0 instead. */
+static void hb_tend(const hb_watch *w, const struct pollfd *pf, int n) {
+  double now = rw_mono_now();
+  for (int i = 0; i < n; i++) {
+    if (!pf[i].revents && w[i].due > now) continue;
+    pthread_mutex_lock(&hb.mu);
+    proxy_sink *ps = hb_find(&w[i]);
+    pconn *c = ps ? &ps->conns[w[i].conn] : NULL;
+    bool mine = false;
+    if (ps) {
+      pthread_mutex_lock(&ps->mu);
+      mine = !c->busy && c->fd == w[i].fd;
+      if (mine) c->busy = true, ps->hb_holding++;
+      pthread_mutex_unlock(&ps->mu);
+    }
+    pthread_mutex_unlock(&hb.mu);
+    if (!mine) continue; /* gone, or a put took it meanwhile */
+    hb_outcome o = hb_tend_conn(c, pf[i].revents != 0);
+    pthread_mutex_lock(&ps->mu);
+    c->busy = false, ps->hb_holding--;
+    if (o == HB_PINGED) ps->stats.pings++;
+    if (o == HB_DROPPED) ps->stats.dropped++;
+    pthread_cond_broadcast(&ps->cv);
+    pthread_mutex_unlock(&ps->mu);
+  }
+}
+
+static void *hb_main(void *arg) {
+  unsigned gen = (unsigned)(uintptr_t)arg;
+  pthread_mutex_lock(&hb.mu);
+  int wakefd = hb.wakefd;
+  pthread_mutex_unlock(&hb.mu);
+  size_t cap = 16;
+  hb_watch *w = malloc(cap * sizeof *w);
+  struct pollfd *pf = NULL;
+  double next;
+  int n;
+  while (w && (n = hb_gather(gen, &w, &cap, &next)) >= 0) {
+    struct pollfd *g = realloc(pf, (cap + 1) * sizeof *pf);
+    if (!g) break;
+    pf = g;
+    pf[0] = (struct pollfd){.fd = wakefd, .events = POLLIN};
+    for (int i = 0; i < n; i++) pf[i + 1] = (struct pollfd){.fd = w[i].fd, .events = POLLIN};
+    double left = next - rw_mono_now();
+    int ms = !n ? -1 : left <= 0 ? 0 : left >= 1 ? 1000 : (int)ceil(left * 1000); /* none: a kick wakes it */
+    if (poll(pf, (nfds_t)n + 1, ms) < 0)
+      for (int i = 0; i <= n; i++) pf[i].revents = 0;
+    uint64_t v;
+    if (pf[0].revents && read(wakefd, &v, sizeof v) < 0) { /* EAGAIN: another read took it */
+    }
+    hb_tend(w, pf + 1, n);
+  }
+  free(w);
+  free(pf);
+  return NULL;
+}
+
 /* ---- the connection pool and requests ---- */
 
 static bool has_free(void *arg) {
   proxy_sink *ps = arg;
+  if (ps->hb_holding) return false; /* the heartbeat hands it back in a moment */
   for (int i = 0; i < ps->cfg.connections; i++)
     if (!ps->conns[i].busy) return true;
   return false;
@@ -477,11 +711,13 @@ static rw_error *checkout(proxy_sink *ps, rw_ctx *ctx, pconn **out) {
 
 static void checkin(proxy_sink *ps, pconn *c, bool drop) {
   if (drop) conn_close(c);
+  c->last_rx = rw_mono_now(); /* the put's last reply: the idle clock starts here */
   pthread_mutex_lock(&ps->mu);
   if (drop) ps->stats.dropped++;
   c->busy = false;
   pthread_cond_broadcast(&ps->cv);
   pthread_mutex_unlock(&ps->mu);
+  if (!drop) hb_kick();
 }
 
 static uint64_t seq_new(proxy_sink *ps) {
@@ -908,6 +1144,7 @@ static const char *proxy_session(rw_sink *s) {
 
 static void proxy_destroy(rw_sink *s) {
   proxy_sink *ps = (proxy_sink *)s;
+  hb_unregister(ps); /* the heartbeat thread lets go of our connections first */
   for (int i = 0; ps->conns && i < ps->cfg.connections; i++) conn_close(&ps->conns[i]);
   free(ps->conns);
   for (size_t i = 0; i < RW_PROXY_SINK_MAX_ADDRS; i++) free(ps->addrs[i]);
@@ -975,6 +1212,7 @@ rw_sink *rw_proxy_sink_new(const rw_proxy_sink_config *cfg, rw_error **err) {
       proxy_destroy(&ps->base);
       return NULL;
     }
+  hb_register(ps);
   return &ps->base;
 nomem:
   *err = rw_err(RW_E_NOMEM, "proxy: out of memory making the sink");

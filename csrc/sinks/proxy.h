@@ -11,6 +11,9 @@
  * and its request resent on another; a proxy that cannot be reached moves
  * the sink to the next address (the proxies keep no state of their own: the
  * GCS session is the upload's state, and STATUS says where it stands).
+ * Idle connections are watched by one heartbeat thread for the process
+ * (started lazily, joined with the last sink): PINGs answered, PINGs of
+ * their own after ping_interval, closed after 3 unanswered.
  *
  * Thread-safe (puts and a query at once, as the writer makes them). The
  * secret is copied, never logged and wiped on destroy. */

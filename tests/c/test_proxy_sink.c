@@ -5,6 +5,7 @@
  * with the upload finishing through the other address, a wrong secret, and
  * bad options. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -12,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "core/backoff.h"
@@ -70,6 +72,10 @@ typedef struct peer {
   int silent_after; /* a connection goes silent after this many WRITE_ATs (0: never), once */
   uint64_t seen[4096]; /* seqs seen (RETRY bookkeeping), under mu */
   int nseen;
+  int ping_every_ms;   /* a connection idle this long gets a PING from the peer (0: never) */
+  atomic_bool mute_pings; /* the client's PINGs go unanswered */
+  atomic_int pings_got, pongs_got, eofs, eof_pings; /* eof_pings: PINGs the last closed connection got */
+  double max_pong_delay; /* the slowest PONG to the peer's PINGs (mu) */
 } peer;
 
 typedef struct pconn_t {
@@ -79,6 +85,10 @@ typedef struct pconn_t {
   rwp_reader *r;
   uint8_t buf[65536];
   size_t have, pos;
+  bool authed, ping_out;
+  double last_in, ping_at; /* the last frame in; the peer's last PING out */
+  uint64_t nonce;
+  int pings_in;
 } pconn_t;
 
 static bool send_msg(pconn_t *c, const rwp_msg *m, const void *body, size_t len) {
@@ -97,6 +107,27 @@ static bool send_msg(pconn_t *c, const rwp_msg *m, const void *body, size_t len)
   return w == (ssize_t)total; /* blocking socket: all or an error */
 }
 
+/* The peer's own heartbeat: a PING when the connection was idle for
+ * ping_every_ms (its reader runs in the same thread: one writer). */
+static void peer_ping_if_idle(pconn_t *c) {
+  double now = rw_mono_now(), last = c->last_in > c->ping_at ? c->last_in : c->ping_at;
+  if (!c->authed || !c->p->ping_every_ms || now - last < c->p->ping_every_ms / 1000.0) return;
+  rwp_msg m = {.op = RWP_PING};
+  m.u.ping.nonce = ++c->nonce;
+  c->ping_at = now;
+  c->ping_out = send_msg(c, &m, NULL, 0);
+}
+
+static void peer_got_pong(pconn_t *c, uint64_t nonce) {
+  atomic_fetch_add(&c->p->pongs_got, 1);
+  if (!c->ping_out || nonce != c->nonce) return;
+  c->ping_out = false;
+  pthread_mutex_lock(&c->p->mu);
+  double d = rw_mono_now() - c->ping_at;
+  if (d > c->p->max_pong_delay) c->p->max_pong_delay = d;
+  pthread_mutex_unlock(&c->p->mu);
+}
+
 /* Next frame; false on EOF, error or stop. */
 static bool recv_frame(pconn_t *c, rwp_frame *f) {
   for (;;) {
@@ -109,12 +140,16 @@ static bool recv_frame(pconn_t *c, rwp_frame *f) {
         rw_error_unref(e);
         return false;
       }
+      if (got) c->last_in = rw_mono_now();
       if (got) return true;
     }
     c->have = c->pos = 0;
     struct pollfd pf = {.fd = c->fd, .events = POLLIN};
-    while (poll(&pf, 1, 20) == 0)
+    int tick = c->p->ping_every_ms && c->p->ping_every_ms < 20 ? c->p->ping_every_ms : 20;
+    while (poll(&pf, 1, tick) == 0) {
       if (atomic_load(&c->p->stop)) return false;
+      peer_ping_if_idle(c);
+    }
     if (atomic_load(&c->p->stop)) return false;
     ssize_t n = read(c->fd, c->buf, sizeof c->buf);
     if (n <= 0) return false;
@@ -195,7 +230,14 @@ static bool error_reply(pconn_t *c, const rwp_msg *req, const char *code) {
 static bool serve(pconn_t *c, rwp_frame *f, int *writes) {
   store *s = c->p->st;
   rwp_msg *m = &f->msg;
+  if (m->op == RWP_PONG) {
+    peer_got_pong(c, m->u.ping.nonce);
+    return true;
+  }
   if (m->op == RWP_PING) {
+    atomic_fetch_add(&c->p->pings_got, 1);
+    c->pings_in++;
+    if (atomic_load(&c->p->mute_pings)) return true;
     rwp_msg pong = {.op = RWP_PONG};
     pong.u.ping.nonce = m->u.ping.nonce;
     return send_msg(c, &pong, NULL, 0);
@@ -280,9 +322,11 @@ static void *conn_main(void *arg) {
   while (now > peak && !atomic_compare_exchange_weak(&p->peak_active, &peak, now)) {}
   int writes = 0, served = 0;
   bool live = server_handshake(c);
+  c->authed = live;
+  c->last_in = rw_mono_now();
   rwp_frame f;
   while (live && recv_frame(c, &f)) {
-    bool request = f.msg.op != RWP_PING;
+    bool request = f.msg.op != RWP_PING && f.msg.op != RWP_PONG;
     live = serve(c, &f, &writes);
     rwp_frame_clear(&f);
     served += request;
@@ -296,6 +340,10 @@ static void *conn_main(void *arg) {
   }
   if (!live) /* silent: hold the connection open, answering nothing, until stopped */
     while (!atomic_load(&p->stop) && recv_frame(c, &f)) rwp_frame_clear(&f);
+  if (!atomic_load(&p->stop)) { /* the client closed it */
+    atomic_store(&p->eof_pings, c->pings_in);
+    atomic_fetch_add(&p->eofs, 1);
+  }
   atomic_fetch_sub(&p->active, 1);
   rwp_reader_free(c->r);
   shutdown(c->fd, SHUT_RDWR);
@@ -739,6 +787,234 @@ static void test_wrong_secret(void) {
   store_free(st);
 }
 
+/* ---- heartbeats on idle connections (PROTOCOL.md 8) ---- */
+
+static void sleep_s(double s) {
+  struct timespec ts = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
+  nanosleep(&ts, NULL);
+}
+
+/* A sink with one connection open and idle (after CREATE). */
+static rw_sink *idle_sink(peer *p) {
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
+  if (sink) err = sink->ops->begin(sink, ctx);
+  if (err) log_err("begin", err);
+  CHECK(sink && !err);
+  rw_error_unref(err);
+  rw_ctx_unref(ctx);
+  return sink;
+}
+
+/* A put of n random bytes at 0, not final; true when it succeeded and the
+ * store holds the bytes. */
+static bool put_checked(rw_sink *sink, store *st, size_t n) {
+  unsigned char *data = random_data(n);
+  struct iovec iov = {data, n};
+  rw_sink_put put = {.offset = 0, .iov = &iov, .iovcnt = 1, .len = n, .stall_timeout = 2};
+  rw_sink_result res;
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
+  rw_error *e = sink->ops->put(sink, ctx, &put, &res);
+  if (e) log_err("put", e);
+  bool ok = !e;
+  rw_error_unref(e);
+  rw_sink_result_clear(&res);
+  rw_ctx_unref(ctx);
+  pthread_mutex_lock(&st->mu);
+  for (size_t i = 0; ok && i < n; i++) ok = st->have[i] && st->data[i] == data[i];
+  pthread_mutex_unlock(&st->mu);
+  free(data);
+  return ok;
+}
+
+/* The proxy PINGs an idle connection every 100 ms: every PING is answered
+ * within the client's ping interval (0.25 s), with no put running; then a
+ * put reuses the connection. */
+static void test_idle_answers_pings(void) {
+  store *st = store_new(1u << 20);
+  peer *p = peer_start(st, secret);
+  p->ping_every_ms = 100;
+  rw_sink *sink = idle_sink(p);
+  sleep_s(1.0);
+  int pongs = atomic_load(&p->pongs_got);
+  pthread_mutex_lock(&p->mu);
+  double worst = p->max_pong_delay;
+  pthread_mutex_unlock(&p->mu);
+  fprintf(stderr, "idle: %d PINGs of the peer answered in 1 s, the slowest PONG after %.3f s\n", pongs, worst);
+  CHECK(pongs >= 5); /* about 9: one each 100-120 ms */
+  CHECK(worst < 0.25);
+  CHECK(put_checked(sink, st, 300u << 10));
+  rw_proxy_sink_counts n;
+  rw_proxy_sink_stats(sink, &n);
+  CHECK_EQ_INT((int)n.connects, 1);
+  CHECK_EQ_INT((int)n.dropped, 0);
+  rw_sink_destroy(sink);
+  peer_free(p);
+  store_free(st);
+}
+
+/* A quiet proxy that answers: the idle connection PINGs every 0.25 s on
+ * its own and stays open; a put right after reuses it. */
+static void test_idle_sends_pings(void) {
+  store *st = store_new(1u << 20);
+  peer *p = peer_start(st, secret);
+  rw_sink *sink = idle_sink(p);
+  sleep_s(1.2);
+  rw_proxy_sink_counts n;
+  rw_proxy_sink_stats(sink, &n);
+  fprintf(stderr, "idle: the peer got %d PINGs of the client in 1.2 s (the sink counts %d)\n",
+          atomic_load(&p->pings_got), (int)n.pings);
+  CHECK(atomic_load(&p->pings_got) >= 3);
+  CHECK(n.pings >= 3);
+  CHECK_EQ_INT(atomic_load(&p->eofs), 0);
+  CHECK(put_checked(sink, st, 200u << 10));
+  rw_proxy_sink_stats(sink, &n);
+  CHECK_EQ_INT((int)n.connects, 1);
+  CHECK_EQ_INT((int)n.dropped, 0);
+  rw_sink_destroy(sink);
+  peer_free(p);
+  store_free(st);
+}
+
+/* A proxy that stops answering PINGs: the idle connection is closed after
+ * 3 of them (about 4 intervals of silence); the next put opens a fresh one
+ * and succeeds. */
+static void test_idle_unanswered(void) {
+  store *st = store_new(1u << 20);
+  peer *p = peer_start(st, secret);
+  atomic_store(&p->mute_pings, true);
+  double t0 = rw_mono_now();
+  rw_sink *sink = idle_sink(p);
+  while (!atomic_load(&p->eofs) && rw_mono_now() - t0 < 5) sleep_s(0.01);
+  double dt = rw_mono_now() - t0;
+  fprintf(stderr, "unanswered: the client closed the connection after %.2f s and %d PINGs\n", dt,
+          atomic_load(&p->eof_pings));
+  CHECK_EQ_INT(atomic_load(&p->eofs), 1);
+  CHECK_EQ_INT(atomic_load(&p->eof_pings), 3);
+  CHECK(dt >= 0.9 && dt < 2.5);
+  rw_proxy_sink_counts n;
+  rw_proxy_sink_stats(sink, &n);
+  CHECK_EQ_INT((int)n.dropped, 1);
+  CHECK(put_checked(sink, st, 100u << 10));
+  rw_proxy_sink_stats(sink, &n);
+  CHECK_EQ_INT((int)n.connects, 2);
+  rw_sink_destroy(sink);
+  peer_free(p);
+  store_free(st);
+}
+
+/* Threads of this process named rw-heartbeat. */
+static int heartbeat_threads(void) {
+  DIR *d = opendir("/proc/self/task");
+  int n = 0;
+  for (struct dirent *e; d && (e = readdir(d));) {
+    char path[300], name[32] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+    FILE *f = e->d_name[0] != '.' ? fopen(path, "r") : NULL;
+    if (f && fgets(name, sizeof name, f) && strncmp(name, "rw-heartbeat", 12) == 0) n++;
+    if (f) fclose(f);
+  }
+  if (d) closedir(d);
+  return n;
+}
+
+/* One heartbeat thread for the process however many sinks, started by the
+ * first idle connection, joined with the last sink. */
+static void test_heartbeat_threads(void) {
+  store *st = store_new(1u << 20);
+  peer *p = peer_start(st, secret);
+  CHECK_EQ_INT(heartbeat_threads(), 0);
+  rw_proxy_sink_config c = config_for(p, NULL);
+  rw_error *err = NULL;
+  rw_sink *lazy = rw_proxy_sink_new(&c, &err);
+  CHECK_EQ_INT(heartbeat_threads(), 0); /* no connection yet: no thread */
+  rw_sink *s[5];
+  for (int i = 0; i < 5; i++) s[i] = idle_sink(p);
+  int during = heartbeat_threads();
+  sleep_s(0.6); /* PINGs flow on 5 connections */
+  fprintf(stderr, "heartbeat threads: %d with 5 idle sinks, %d PINGs from them\n", during,
+          atomic_load(&p->pings_got));
+  CHECK_EQ_INT(during, 1);
+  CHECK(atomic_load(&p->pings_got) >= 5);
+  for (int i = 0; i < 5; i++) rw_sink_destroy(s[i]);
+  CHECK_EQ_INT(heartbeat_threads(), 1); /* one sink is left */
+  rw_sink_destroy(lazy);
+  CHECK_EQ_INT(heartbeat_threads(), 0);
+  s[0] = idle_sink(p); /* and again after that */
+  CHECK_EQ_INT(heartbeat_threads(), 1);
+  rw_sink_destroy(s[0]);
+  CHECK_EQ_INT(heartbeat_threads(), 0);
+  peer_free(p);
+  store_free(st);
+}
+
+/* fork (nginx forks its workers; a script may fork too): the child has no
+ * heartbeat thread, starts its own for its own sink and joins it with that
+ * sink; the sink it inherited (sockets shared with the parent) is not
+ * watched there, and the parent's sink goes on working. */
+static void test_heartbeat_fork(void) {
+#ifndef RW_SANITIZED /* the sanitizers do not support threads after a multi-threaded fork */
+  store *st = store_new(1u << 20);
+  peer *p = peer_start(st, secret);
+  rw_sink *parent = idle_sink(p);
+  CHECK_EQ_INT(heartbeat_threads(), 1);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10); /* bounded: a join of the parent's thread would hang here */
+    int failed = ct_failed, before = heartbeat_threads();
+    rw_sink *own = idle_sink(p);
+    int during = heartbeat_threads();
+    rw_sink_destroy(own);
+    int after = heartbeat_threads();
+    rw_sink_destroy(parent); /* closes the child's copies of its sockets only */
+    fprintf(stderr, "child: heartbeat threads %d before, %d with its own sink, %d after\n", before, during,
+            after);
+    _exit(before == 0 && during == 1 && after == 0 && ct_failed == failed ? 0 : 1);
+  }
+  int status = -1;
+  CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK_EQ_INT(heartbeat_threads(), 1);
+  CHECK(put_checked(parent, st, 64u << 10));
+  rw_proxy_sink_counts n;
+  rw_proxy_sink_stats(parent, &n);
+  CHECK_EQ_INT((int)n.connects, 1);
+  rw_sink_destroy(parent);
+  CHECK_EQ_INT(heartbeat_threads(), 0);
+  peer_free(p);
+  store_free(st);
+#endif
+}
+
+/* Heartbeats and puts on the same connections at once: the peer PINGs
+ * every idle moment (2 ms) and the sink PINGs after 10 ms, while a paced
+ * upload keeps taking connections back from the heartbeat. No frame out of
+ * MAC order (the peer would close the connection), nothing dropped. */
+static void test_heartbeat_during_upload(void) {
+  size_t n = (3u << 20) + 31;
+  store *st = store_new(n + (1u << 20));
+  peer *p = peer_start(st, secret);
+  p->ping_every_ms = 2;
+  rw_proxy_sink_config c = config_for(p, NULL);
+  c.ping_interval = 0.01;
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  pace_ms = 10;
+  CHECK(upload(sink, st, n, NULL, NULL));
+  pace_ms = 0;
+  fprintf(stderr, "heartbeats during an upload: %d PONGs to the peer, %d PINGs of the sink, %llu connects, "
+          "%llu dropped\n", atomic_load(&p->pongs_got), atomic_load(&p->pings_got),
+          (unsigned long long)last_stats.connects, (unsigned long long)last_stats.dropped);
+  CHECK(atomic_load(&p->pongs_got) > 0);
+  CHECK_EQ_INT((int)last_stats.dropped, 0);
+  CHECK_EQ_INT(atomic_load(&p->dup_without_retry), 0);
+  peer_free(p);
+  store_free(st);
+}
+
 static void expect_invalid(rw_proxy_sink_config c, const char *word) {
   rw_error *err = NULL;
   rw_sink *s = rw_proxy_sink_new(&c, &err);
@@ -790,5 +1066,11 @@ int main(void) {
   RUN(test_window);
   RUN(test_retry_after);
   RUN(test_wrong_secret);
+  RUN(test_idle_answers_pings);
+  RUN(test_idle_sends_pings);
+  RUN(test_idle_unanswered);
+  RUN(test_heartbeat_threads);
+  RUN(test_heartbeat_fork);
+  RUN(test_heartbeat_during_upload);
   return ct_finish("test_proxy_sink");
 }
