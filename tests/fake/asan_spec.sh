@@ -10,7 +10,7 @@ mkdir -p "$out/reliablewriter" "$out/nopreload"
 pkgs="libcurl libmicrohttpd jansson libisal openssl"
 # core.so and testbed.so as the Makefile makes them (the test bed with its own
 # hidden copy of the core's C objects).
-core_c=$(ls csrc/core/*.c csrc/net/*.c csrc/sinks/*.c csrc/io/*.c)
+core_c=$(ls csrc/core/*.c csrc/net/*.c csrc/sinks/*.c csrc/io/*.c csrc/proxy/*.c)
 asan_so() {
   local so=$1; shift
   cc -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden -pthread -O1 -g -fsanitize=address,undefined \
