@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,13 +112,17 @@ static int u_realpath(lua_State *L) {
   return 1;
 }
 
-/* write_private(path, text): replaces path with text atomically (a temp file
- * beside it, path.tmp, mode 0600, fsync, rename), for small files that hold a secret
- * such as a session URI (rwup's state). true, or nil, err. */
+/* write_private(path, text [, sync]): replaces path with text atomically (a
+ * temp file beside it, path.tmp, mode 0600, rename), for small files that hold
+ * a secret such as a session URI (rwup's state). sync (default true) fsyncs
+ * the temp file first: durable across a power cut, at the price of a journal
+ * commit; without it the file still survives the process being killed.
+ * true, or nil, err. */
 static int u_write_private(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   size_t len;
   const char *text = luaL_checklstring(L, 2, &len);
+  bool sync = lua_isnoneornil(L, 3) || lua_toboolean(L, 3);
   size_t plen = strlen(path);
   if (plen == 0 || plen > 4000) return luaL_argerror(L, 1, "path must have 1 to 4000 bytes");
   char tmp[4096];
@@ -133,7 +138,7 @@ static int u_write_private(lua_State *L) {
     if (n <= 0) goto fail_fd;
     off += (size_t)n;
   }
-  if (fsync(fd) != 0 || close(fd) != 0) {
+  if ((sync && fsync(fd) != 0) || close(fd) != 0) {
     fd = -1;
     goto fail_unlink;
   }

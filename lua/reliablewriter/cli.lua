@@ -380,10 +380,13 @@ local function upload(o, env, run)
     run.last_save, run.saved_persisted = now, s.persisted
     local dir = state_path:match("^(.*)/[^/]*$")
     if dir and not run.state_dir_made then mkdir_p(dir); run.state_dir_made = true end
-    -- the session URI lets anyone holding it write the object: the file is 0600
+    -- the session URI lets anyone holding it write the object: the file is
+    -- 0600. Not fsynced: it must survive rwup being killed, which the page
+    -- cache does; after a power cut a lost state only means starting over
+    -- (and an fsync's journal commit on this thread would stall the upload).
     local ok, e = rw.util.write_private(state_path, json().encode({ version = 1, source = src_abs, destination = dst.text,
       size = st.size, mtime = ("%.9f"):format(st.mtime), ino = st.ino, uri = s.uri, persisted = s.persisted, crc32c = s.crc32c,
-      started = run.started }))
+      started = run.started }), false)
     if not ok then run.warn(("cannot write the state file %s: %s"):format(state_path, tostring(e))) end
   end
   run.save_state = save_state
