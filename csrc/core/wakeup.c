@@ -77,7 +77,11 @@ static void fire(rw_wakeup *wk, uint64_t data, uint32_t events) {
     return;
   }
   if (s->conn >= 0) {
-    ssize_t n = write(s->conn, "!", 1); /* EAGAIN: a byte is waiting already */
+    /* MSG_NOSIGNAL: a peer that hung up (a request that ended) is EPIPE
+     * here, never a SIGPIPE that kills a process which does not ignore it
+     * (nginx does; a test or a plain Lua program may not). EAGAIN: a byte is
+     * waiting already. */
+    ssize_t n = send(s->conn, "!", 1, MSG_NOSIGNAL);
     (void)n;
   }
 }
