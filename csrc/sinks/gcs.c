@@ -282,7 +282,7 @@ static rw_error *send_req(gcs_sink *g, rw_ctx *ctx, const gcs_req *r, rw_http_re
 }
 
 /* The server's own words: error.message from a JSON error, else the body. */
-static char *server_message(const rw_http_response *res) {
+char *rw_gcs_server_message(const rw_http_response *res) {
   if (!res->body || !res->body_len) return strdup("(no body)");
   json_error_t je;
   json_t *j = json_loadb(res->body, res->body_len, 0, &je);
@@ -293,7 +293,7 @@ static char *server_message(const rw_http_response *res) {
 }
 
 static rw_error *http_failure(const gcs_req *r, const rw_http_response *res) {
-  char *msg = server_message(res);
+  char *msg = rw_gcs_server_message(res);
   rw_error *e = rw_err_http(res->status, "%s: HTTP %d: %s", r->what, res->status, msg ? msg : "");
   free(msg);
   return e;
@@ -391,7 +391,7 @@ static bool checksum_rejected(const rw_http_response *res, const char *msg) {
 }
 
 static rw_error *put_failure(const gcs_req *r, const rw_http_response *res, bool sent_hash) {
-  char *msg = server_message(res);
+  char *msg = rw_gcs_server_message(res);
   rw_error *e;
   if (sent_hash && checksum_rejected(res, msg))
     e = rw_error_make(RW_E_CHECKSUM, res->status, NULL, __FILE__, __LINE__, __func__,

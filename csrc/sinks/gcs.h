@@ -63,4 +63,10 @@ char *rw_gcs_endpoint_resolve(const char *endpoint);
 /* Replaces the bearer token (thread safe; used by the next request). */
 rw_error *rw_gcs_sink_set_token(rw_sink *s, const char *token);
 
+/* The server's own words for a failed reply: error.message of a JSON error
+ * body, else the body's first 300 bytes, "(no body)" without one; malloc'd
+ * (NULL when out of memory). The sink and the reader's source share it. */
+struct rw_http_response;
+char *rw_gcs_server_message(const struct rw_http_response *res);
+
 #endif

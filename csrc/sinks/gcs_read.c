@@ -172,19 +172,8 @@ static rw_error *send_get(const rw_gcs_source *s, rw_http *h, rw_ctx *ctx, rw_ht
   return e;
 }
 
-/* The server's own words: error.message from a JSON error, else the body. */
-static char *server_message(const rw_http_response *res) {
-  if (!res->body || !res->body_len) return strdup("(no body)");
-  json_error_t je;
-  json_t *j = json_loadb(res->body, res->body_len, 0, &je);
-  const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
-  char *out = msg ? strdup(msg) : str_printf("%.300s", res->body);
-  json_decref(j);
-  return out;
-}
-
 static rw_error *http_failure(const rw_gcs_source *s, const char *what, const rw_http_response *res) {
-  char *msg = server_message(res);
+  char *msg = rw_gcs_server_message(res);
   rw_error *e = res->status == 404
                     ? rw_error_make(RW_E_NOT_FOUND, 404, NULL, __FILE__, __LINE__, __func__,
                                     "%s %s: HTTP 404: %s", what, s->name, msg ? msg : "")
