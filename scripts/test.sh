@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export GCE_METADATA_HOST=127.0.0.1:1 GCE_METADATA_IP=127.0.0.1:1 NO_GCE_CHECK=True
 unset STORAGE_EMULATOR_HOST CLOUD_STORAGE_EMULATOR_ENDPOINT
 
-passed=0; failed=0; failures=()
+passed=0; failed=0; failures=(); failure_logs=()
 out_dir=$(mktemp -d /tmp/rw-test.XXXXXX)
 trap 'rm -rf "$out_dir"' EXIT
 
@@ -43,7 +43,7 @@ step() {
   rc=${PIPESTATUS[0]}
   log_clean "$name" "$out" || { [[ $rc -eq 0 ]] && rc=1 && echo "=== $name: its tests passed, but it printed library errors"; }
   if [[ $rc -eq 0 ]]; then passed=$((passed + 1)); echo "=== $name: ok ($((SECONDS - t0)) s)"
-  else failed=$((failed + 1)); failures+=("$name"); echo "=== $name: FAILED ($((SECONDS - t0)) s)"; fi
+  else failed=$((failed + 1)); failures+=("$name"); failure_logs+=("$out"); echo "=== $name: FAILED ($((SECONDS - t0)) s)"; fi
 }
 
 t_start=$SECONDS
@@ -63,8 +63,17 @@ for t in tests/*/run.sh; do
   [[ -f "$t" ]] && step "$t" bash "$t"
 done
 
+# A digest of each failed suite last, where a reader of only the tail of the
+# output (a CI summary) sees it: the lines that name failures and errors.
+digest() {
+  grep -a -A2 --no-group-separator -E 'Failure ->|Error ->|[0-9]+ failures? / |not ok|FAILED|FAIL:|ERROR SUMMARY: [1-9]|definitely lost|Invalid (read|write)|uninitialised|reliablewriter error:|Assertion|AddressSanitizer|ThreadSanitizer|runtime error|Segmentation|Aborted|Killed|timed out' "$1" \
+    | grep -a -v -E ' 0 failures / 0 errors' | head -16 | cut -c1-300 | sed 's/^/    /'
+}
 echo
 for f in "${failures[@]+"${failures[@]}"}"; do echo "failed: $f"; done
+for i in "${!failure_logs[@]}"; do
+  echo "digest of ${failures[$i]}:"; digest "${failure_logs[$i]}"
+done
 echo "make test took $(( (SECONDS - t_start) / 60 )) min $(( (SECONDS - t_start) % 60 )) s"
 echo "suites: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
