@@ -2,6 +2,7 @@
 #include "lrw.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ERROR_MT "reliablewriter.Error"
@@ -247,6 +248,43 @@ int rw_lua_opt_choice(lua_State *L, int idx, int arg, const char *name, int def,
   return def;
 }
 
+char *rw_lua_strndup(lua_State *L, const char *s, size_t len) {
+  if (!s) return NULL;
+  char *c = malloc(len + 1);
+  if (!c) luaL_error(L, "out of memory");
+  memcpy(c, s, len);
+  c[len] = 0;
+  return c;
+}
+
+char *rw_lua_strdup(lua_State *L, const char *s) { return s ? rw_lua_strndup(L, s, strlen(s)) : NULL; }
+
+bool rw_lua_opt_given(lua_State *L, int idx, const char *name) {
+  lua_getfield(L, idx, name);
+  bool given = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  return given;
+}
+
+char *rw_lua_opt_string(lua_State *L, int idx, int arg, const char *name, bool required,
+                        size_t *len) {
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    if (required) luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' is required", name));
+    return NULL;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+    luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a non-empty string (got %s)", name,
+                                          luaL_typename(L, -1)));
+  size_t n;
+  const char *s = lua_tolstring(L, -1, &n);
+  char *c = rw_lua_strndup(L, s, n);
+  lua_pop(L, 1);
+  if (len) *len = n;
+  return c;
+}
+
 double rw_lua_check_number_range(lua_State *L, int arg, const char *what, double min,
                                  double max) {
   double v = luaL_checknumber(L, arg);
@@ -260,6 +298,18 @@ double rw_lua_check_number_range(lua_State *L, int arg, const char *what, double
 
 int rw_lua_closed_error(lua_State *L, const char *what) {
   return luaL_error(L, "attempt to use a closed %s", what);
+}
+
+void rw_lua_new_class(lua_State *L, const char *name, const luaL_Reg *mt, const luaL_Reg *methods,
+                      const char *seam_field, const void *seam) {
+  if (luaL_newmetatable(L, name)) {
+    luaL_setfuncs(L, mt, 0);
+    if (seam_field) rw_lua_set_seam(L, seam_field, seam);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
 }
 
 /* ---- seams (lrw.h) ---- */
