@@ -6,8 +6,6 @@
  * Like rw.gcs{}, a descriptor is a config: its __rw_sink seam makes a new
  * sink for each writer. The secret is held only here and in the sinks made
  * from it; it is never in tostring or an error, and is wiped by __gc. */
-#include <jansson.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,77 +60,6 @@ static void addr_option(lua_State *L, int arg, pdesc *d) {
   lua_pop(L, 1);
 }
 
-/* metadata = a table, sent as a JSON object (CREATE's body). */
-static json_t *to_json(lua_State *L, int idx, int arg, int depth);
-
-static json_t *table_json(lua_State *L, int idx, int arg, int depth) {
-  size_t n = lua_rawlen(L, idx);
-  json_t *out = n ? json_array() : json_object();
-  if (n) {
-    for (size_t i = 1; i <= n; i++) {
-      lua_rawgeti(L, idx, (int)i);
-      json_array_append_new(out, to_json(L, lua_gettop(L), arg, depth + 1));
-      lua_pop(L, 1);
-    }
-    return out;
-  }
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (lua_type(L, -2) == LUA_TSTRING) json_object_set_new(out, lua_tostring(L, -2), to_json(L, lua_gettop(L), arg, depth + 1));
-    lua_pop(L, 1);
-  }
-  return out;
-}
-
-/* Checked first (raising here leaks nothing): string keys, JSON values. */
-static void check_json(lua_State *L, int idx, int arg, int depth) {
-  int t = lua_type(L, idx);
-  if (depth > 16) luaL_argerror(L, arg, "option 'metadata' is nested too deeply");
-  if (t == LUA_TNUMBER && !isfinite(lua_tonumber(L, idx)))
-    luaL_argerror(L, arg, "option 'metadata' holds a non-finite number");
-  if (t == LUA_TSTRING || t == LUA_TNUMBER || t == LUA_TBOOLEAN) return;
-  if (t != LUA_TTABLE)
-    luaL_argerror(L, arg, lua_pushfstring(L, "option 'metadata' cannot hold a %s", luaL_typename(L, idx)));
-  bool array = lua_rawlen(L, idx) > 0;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (array ? lua_type(L, -2) != LUA_TNUMBER : lua_type(L, -2) != LUA_TSTRING)
-      luaL_argerror(L, arg, "option 'metadata' must have string keys (or be a list)");
-    check_json(L, lua_gettop(L), arg, depth + 1);
-    lua_pop(L, 1);
-  }
-}
-
-static json_t *to_json(lua_State *L, int idx, int arg, int depth) {
-  switch (lua_type(L, idx)) {
-  case LUA_TSTRING: return json_stringn(lua_tostring(L, idx), lua_rawlen(L, idx));
-  case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
-  case LUA_TNUMBER: {
-    double v = lua_tonumber(L, idx);
-    if (v == floor(v) && fabs(v) < 9007199254740992.0) return json_integer((json_int_t)v);
-    return json_real(v);
-  }
-  default: return table_json(L, idx, arg, depth);
-  }
-}
-
-static char *metadata_option(lua_State *L, int arg) {
-  lua_getfield(L, arg, "metadata");
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return NULL;
-  }
-  if (!lua_istable(L, -1) || lua_rawlen(L, -1) > 0)
-    luaL_argerror(L, arg, "option 'metadata' must be a table with names (a JSON object)");
-  check_json(L, lua_gettop(L), arg, 0);
-  json_t *j = to_json(L, lua_gettop(L), arg, 0);
-  char *text = json_dumps(j, JSON_COMPACT);
-  json_decref(j);
-  lua_pop(L, 1);
-  if (!text) luaL_error(L, "out of memory");
-  return text;
-}
-
 static void precondition(lua_State *L, int arg, const char *name, bool *has, uint64_t *v) {
   *has = rw_lua_opt_given(L, arg, name);
   *v = (uint64_t)rw_lua_opt_integer(L, arg, arg, name, 0, 0, INT64_C(9007199254740992));
@@ -156,7 +83,7 @@ static int proxy_sink_new(lua_State *L) {
   c->session = rw_lua_opt_string(L, 1, 1, "session", false, NULL);
   c->bucket = rw_lua_opt_string(L, 1, 1, "bucket", !c->session, NULL);
   c->object = rw_lua_opt_string(L, 1, 1, "object", !c->session, NULL);
-  c->metadata = metadata_option(L, 1);
+  c->metadata = rw_lua_opt_json_object(L, 1, 1, "metadata");
   precondition(L, 1, "if_generation_match", &c->has_if_generation_match, &c->if_generation_match);
   precondition(L, 1, "if_metageneration_match", &c->has_if_metageneration_match, &c->if_metageneration_match);
   c->connections = (int)rw_lua_opt_integer(L, 1, 1, "connections", 4, 1, RW_PROXY_SINK_MAX_CONNECTIONS);

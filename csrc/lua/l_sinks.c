@@ -7,8 +7,6 @@
  * { faults = profile or its options table, faults_profile = profile }. The
  * profile is the test bed's; the core reaches it only through its metatable's
  * __rw_dialer seam. */
-#include <jansson.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,106 +91,6 @@ static void uv_get(lua_State *L, int idx, const char *name) {
   get_uservalue(L, idx);
   lua_getfield(L, -1, name);
   lua_remove(L, -2);
-}
-
-/* ---- Lua table -> JSON ---- */
-
-static json_t *to_json(lua_State *L, int idx, int arg, int depth);
-
-/* Raises on anything to_json cannot take, before any JSON is allocated (a
- * raise in the middle of the conversion would leak it). */
-static void check_json(lua_State *L, int idx, int arg, int depth) {
-  if (depth > 16) luaL_argerror(L, arg, "option 'metadata' is nested too deeply");
-  switch (lua_type(L, idx)) {
-  case LUA_TSTRING:
-  case LUA_TBOOLEAN: return;
-  case LUA_TNUMBER:
-    if (!isfinite(lua_tonumber(L, idx))) luaL_argerror(L, arg, "option 'metadata' holds a non-finite number");
-    return;
-  case LUA_TTABLE:
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-      if (lua_type(L, -2) != LUA_TSTRING && lua_type(L, -2) != LUA_TNUMBER)
-        luaL_argerror(L, arg, "option 'metadata' must have string keys");
-      check_json(L, lua_gettop(L), arg, depth + 1);
-      lua_pop(L, 1);
-    }
-    return;
-  default:
-    luaL_argerror(L, arg, lua_pushfstring(L, "option 'metadata' cannot hold a %s", luaL_typename(L, idx)));
-  }
-}
-
-static bool is_array(lua_State *L, int idx) {
-  size_t n = lua_rawlen(L, idx), count = 0;
-  if (n == 0) return false;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    lua_pop(L, 1);
-    count++;
-  }
-  return count == n;
-}
-
-static json_t *table_to_json(lua_State *L, int idx, int arg, int depth) {
-  if (is_array(L, idx)) {
-    json_t *a = json_array();
-    for (size_t i = 1; i <= lua_rawlen(L, idx); i++) {
-      lua_rawgeti(L, idx, (int)i);
-      json_array_append_new(a, to_json(L, lua_gettop(L), arg, depth + 1));
-      lua_pop(L, 1);
-    }
-    return a;
-  }
-  json_t *o = json_object();
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (lua_type(L, -2) != LUA_TSTRING) {
-      json_decref(o);
-      luaL_argerror(L, arg, "option 'metadata' must have string keys");
-    }
-    json_object_set_new(o, lua_tostring(L, -2), to_json(L, lua_gettop(L), arg, depth + 1));
-    lua_pop(L, 1);
-  }
-  return o;
-}
-
-static json_t *to_json(lua_State *L, int idx, int arg, int depth) {
-  if (depth > 16) luaL_argerror(L, arg, "option 'metadata' is nested too deeply");
-  switch (lua_type(L, idx)) {
-  case LUA_TSTRING: return json_stringn(lua_tostring(L, idx), lua_rawlen(L, idx));
-  case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
-  case LUA_TNUMBER: {
-    double v = lua_tonumber(L, idx);
-    if (!isfinite(v)) luaL_argerror(L, arg, "option 'metadata' holds a non-finite number");
-    if (v == floor(v) && fabs(v) < 9007199254740992.0) return json_integer((json_int_t)v);
-    return json_real(v);
-  }
-  case LUA_TTABLE: return table_to_json(L, idx, arg, depth);
-  default:
-    luaL_argerror(L, arg, lua_pushfstring(L, "option 'metadata' cannot hold a %s", luaL_typename(L, idx)));
-    return NULL;
-  }
-}
-
-static char *metadata_option(lua_State *L, int idx, int arg) {
-  lua_getfield(L, idx, "metadata");
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return NULL;
-  }
-  if (!lua_istable(L, -1)) luaL_argerror(L, arg, "option 'metadata' must be a table");
-  check_json(L, lua_gettop(L), arg, 0);
-  json_t *j = to_json(L, lua_gettop(L), arg, 0);
-  if (!json_is_object(j)) {
-    json_decref(j);
-    luaL_argerror(L, arg, "option 'metadata' must be a table with names (a JSON object)");
-  }
-  char *text = json_dumps(j, JSON_COMPACT);
-  json_decref(j);
-  lua_pop(L, 1);
-  if (!text) luaL_error(L, "out of memory");
-  return text;
 }
 
 /* ---- gcs ---- */
@@ -396,7 +294,7 @@ static int sinks_gcs(lua_State *L) {
   d->object = rw_lua_opt_string(L, 1, 1, "object", !resume, NULL);
   d->endpoint = rw_lua_opt_string(L, 1, 1, "endpoint", false, NULL);
   d->token = rw_lua_opt_string(L, 1, 1, "token", false, NULL);
-  d->metadata_json = metadata_option(L, 1, 1);
+  d->metadata_json = rw_lua_opt_json_object(L, 1, 1, "metadata");
   d->has_igm = rw_lua_opt_given(L, 1, "if_generation_match");
   d->igm = rw_lua_opt_integer(L, 1, 1, "if_generation_match", 0, 0, INT64_C(9007199254740992));
   d->has_imgm = rw_lua_opt_given(L, 1, "if_metageneration_match");

@@ -43,6 +43,11 @@ char *rw_lua_opt_string(lua_State *L, int idx, int arg, const char *name, bool r
 /* True when t[name] is given (not nil): for options whose absence means
  * "not set" rather than a default. */
 bool rw_lua_opt_given(lua_State *L, int idx, const char *name);
+/* JSON object option: t[name], a table with string keys whose values are
+ * strings, booleans, finite numbers, lists (keys exactly 1..n) or such
+ * tables again (16 deep at most), as compact JSON text (malloc'd, the caller
+ * frees); NULL when absent. Raises naming the option and the rule. */
+char *rw_lua_opt_json_object(lua_State *L, int idx, int arg, const char *name);
 /* A malloc'd copy of s (len bytes, then a 0), or NULL when s is NULL;
  * raises "out of memory". */
 char *rw_lua_strndup(lua_State *L, const char *s, size_t len);
