@@ -142,9 +142,7 @@ static void test_resume_in_flight(void) {
   size_t n = (4u << 20) + 321, held = 1u << 20;
   mem_sink *m = mem_new(n + (1u << 20), 4, 0);
   unsigned char *data = random_data(n);
-  memcpy(m->data, data, held);
-  memset(m->have, 1, held);
-  m->persisted = held;
+  mem_hold(m, data, held);
   rw_writer_config c = inflight_config();
   c.resume = true;
   rw_writer *w = new_writer(&m->base, &c);

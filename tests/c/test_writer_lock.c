@@ -55,6 +55,19 @@ static bool wait_hashing(hook *h) {
   return atomic_load(&h->calls) > 0;
 }
 
+/* A writer on m: the defaults with a cache of `cache` bytes and chunks of
+ * `chunk`; NULL (a CHECK failed, m freed) when it cannot be made. */
+static rw_writer *lock_writer(mem_sink *m, uint64_t cache, uint64_t chunk, bool resume) {
+  rw_writer_config c = rw_writer_defaults();
+  c.max_cache_size = cache;
+  c.min_chunk_size = c.max_chunk_size = chunk;
+  c.resume = resume;
+  rw_writer *w = new_writer(&m->base, &c);
+  CHECK(w != NULL);
+  if (!w) mem_free(m);
+  return w;
+}
+
 #define BIG (64u << 20)
 #define SLOW_MS 400u
 #define QUICK_S 0.05 /* "at once": far below SLOW_MS, loose enough for TSan */
@@ -63,15 +76,8 @@ static bool wait_hashing(hook *h) {
  * stats, room, drain and a write all return at once. */
 static void test_owner_not_blocked(void) {
   mem_sink *m = mem_new(2 * (size_t)BIG, 1, 0);
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = 2 * (uint64_t)BIG;
-  c.min_chunk_size = c.max_chunk_size = BIG;
-  rw_writer *w = new_writer(&m->base, &c);
-  CHECK(w != NULL);
-  if (!w) {
-    mem_free(m);
-    return;
-  }
+  rw_writer *w = lock_writer(m, 2 * (uint64_t)BIG, BIG, false);
+  if (!w) return;
   hook h = {.first_ms = SLOW_MS, .each_ms = 0};
   rw_writer_set_hash_hook(w, hook_fn, &h);
   unsigned char *data = random_data(2 * (size_t)BIG);
@@ -110,15 +116,8 @@ static void test_owner_not_blocked(void) {
  * hashing of 64 MiB confirmations runs (printed, not asserted). */
 static void test_measure_stall(void) {
   mem_sink *m = mem_new(4 * (size_t)BIG, 1, 0);
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = 2 * (uint64_t)BIG;
-  c.min_chunk_size = c.max_chunk_size = BIG;
-  rw_writer *w = new_writer(&m->base, &c);
-  CHECK(w != NULL);
-  if (!w) {
-    mem_free(m);
-    return;
-  }
+  rw_writer *w = lock_writer(m, 2 * (uint64_t)BIG, BIG, false);
+  if (!w) return;
   unsigned char *data = random_data(4 * (size_t)BIG);
   double t0 = rw_mono_now();
   uint32_t crc = rw_crc32c(0, data, BIG);
@@ -158,15 +157,8 @@ static void test_measure_stall(void) {
 static void test_inflight_confirmers(void) {
   size_t n = 24u << 20;
   mem_sink *m = mem_new(n, 4, 0);
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = 8u << 20;
-  c.min_chunk_size = c.max_chunk_size = 1u << 20;
-  rw_writer *w = new_writer(&m->base, &c);
-  CHECK(w != NULL);
-  if (!w) {
-    mem_free(m);
-    return;
-  }
+  rw_writer *w = lock_writer(m, 8u << 20, 1u << 20, false);
+  if (!w) return;
   hook h = {.first_ms = 5, .each_ms = 5};
   rw_writer_set_hash_hook(w, hook_fn, &h);
   unsigned char *data = random_data(n);
@@ -204,18 +196,10 @@ static void test_resume_handoff(void) {
   size_t n = 32u << 20, held = 16u << 20, first = 8u << 20;
   mem_sink *m = mem_new(n, 1, 0);
   unsigned char *data = random_data(n);
-  memcpy(m->data, data, held);
-  memset(m->have, 1, held);
-  m->persisted = held;
+  mem_hold(m, data, held);
   atomic_store(&m->gate_closed, true);
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = n;
-  c.min_chunk_size = c.max_chunk_size = 4u << 20;
-  c.resume = true;
-  rw_writer *w = new_writer(&m->base, &c);
-  CHECK(w != NULL);
+  rw_writer *w = lock_writer(m, n, 4u << 20, true);
   if (!w) {
-    mem_free(m);
     free(data);
     return;
   }

@@ -249,6 +249,13 @@ static inline mem_sink *mem_new(uint64_t cap, int max_inflight, double p_lose) {
   return m;
 }
 
+/* As after an earlier run: m already holds (and persisted) data[0, held). */
+static inline void mem_hold(mem_sink *m, const unsigned char *data, uint64_t held) {
+  memcpy(m->data, data, held);
+  memset(m->have, 1, held);
+  m->persisted = held;
+}
+
 static inline void mem_free(mem_sink *m) {
   pthread_mutex_destroy(&m->mu);
   free(m->data);
