@@ -41,14 +41,15 @@ local function assert_same_bytes(got, want, what)
   assert(got == want, what .. ": content differs (seed " .. H.seed .. ")")
 end
 
--- Runs rwup in a child process; returns exit code, stdout, stderr.
+-- Runs rwup in a child process (killed after 60 s: 124 or 137 then);
+-- returns exit code, stdout, stderr.
 local function rwup(env, args, stdin_file)
   local out, err = tmp .. "/out", tmp .. "/err"
   local envs = {}
   for k, v in pairs(env) do envs[#envs + 1] = k .. "=" .. shq(v) end
   local quoted = {}
   for i, a in ipairs(args) do quoted[i] = shq(a) end
-  local cmd = ("env %s lua5.4 bin/rwup %s <%s >%s 2>%s"):format(table.concat(envs, " "),
+  local cmd = ("timeout -k 2 60 env %s lua5.4 bin/rwup %s <%s >%s 2>%s"):format(table.concat(envs, " "),
     table.concat(quoted, " "), shq(stdin_file or "/dev/null"), shq(out), shq(err))
   local _, _, code = os.execute(cmd)
   return code, slurp(out) or "", slurp(err) or ""
@@ -358,5 +359,126 @@ describe("rwup exit codes", function()
     bad:stop()
     assert.equal(3, code, err)
     assert.truthy(err:find("rw.retry_budget_exhausted", 1, true), err)
+  end)
+end)
+
+-- A state file for SRC f -> dst as rwup writes it (docs/CLI.md, Resume), with
+-- `over` replacing fields (cjson.null removes one); returns its path.
+local function state_for(f, dst, over)
+  local st = assert(rw.util.stat(f))
+  local s = { version = 1, source = rw.util.realpath(f), destination = dst, size = st.size,
+              mtime = ("%.9f"):format(st.mtime), ino = st.ino, persisted = 0, started = "2026-01-01T00:00:00Z" }
+  for k, v in pairs(over or {}) do
+    if v == cjson.null then s[k] = nil else s[k] = v end
+  end
+  return s
+end
+
+describe("rwup verification", function()
+  it("exits 5 when GCS holds other bytes than the file (gcs.checksum_mismatch): no object is made", function()
+    -- a session that already holds 2 MiB of other bytes; rwup's state (persisted 0, as after a
+    -- crash before its first save) points at it: the server's bytes are taken as held, and the
+    -- final CRC32C, over the file's bytes, is refused
+    local held = 2 * MiB
+    local a = assert(rw.new(rw.context.background(), { sink = rw.gcs { bucket = "b", object = "verify",
+      endpoint = srv:url() }, retry = H.fast_retry(), max_chunk_size = 1 * MiB, max_cache_size = 2 * MiB }))
+    assert(a:WriteAt(0, H.random_bytes(held)))
+    assert(H.eventually(function() a:poll(); return a:stats().persisted == held end, 10), "the session never held 2 MiB")
+    local session = a:Suspend()
+    a:close()
+    local f = tmp .. "/verify.bin"
+    spit(f, H.random_bytes(held + math.random(1, 300 * KiB)))
+    local sp = tmp .. "/verify-state.json"
+    spit(sp, cjson.encode(state_for(f, "gs://b/verify", { uri = session.uri })))
+    local code, _, err = rwup(fast_env(), { "cp", "--state", sp, "--chunk", "256K", "--cache", "1M", f, "gs://b/verify" })
+    assert.equal(5, code, err)
+    assert.truthy(err:find("rwup: " .. f .. " -> gs://b/verify failed: ", 1, true), err)
+    assert.truthy(err:find("gcs.checksum_mismatch", 1, true), err)
+    assert.truthy(err:find("%[E%x+%-%d+%]"), "the error's id: " .. err)
+    assert.falsy(err:find("reliablewriter error", 1, true), "the error is printed once, by rwup: " .. err)
+    assert.is_nil(srv:object("b", "verify"))
+  end)
+end)
+
+describe("rwup hostile state files", function()
+  -- Each state file is refused before any request: exit 1 (failed, not retryable: the same
+  -- command fails the same way), a message naming the file and the rule, no request to the
+  -- endpoint and none to the address in the state (another server here).
+  it("refuses a truncated, non-JSON, mistyped, out-of-range or off-origin state: exit 1, no request", function()
+    local own = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
+    local other = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
+    local f = tmp .. "/hostile.bin"
+    spit(f, H.random_bytes(300 * KiB + math.random(0, 1000)))
+    local size = #slurp(f)
+    local function uri_on(s) return s:url() .. "/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=x1" end
+    local good = state_for(f, "gs://b/hostile", { uri = uri_on(own) })
+    local function with(over)
+      local s = {}
+      for k, v in pairs(good) do s[k] = v end
+      for k, v in pairs(over) do if v == cjson.null then s[k] = nil else s[k] = v end end
+      return cjson.encode(s)
+    end
+    local cases = {
+      { "truncated", cjson.encode(good):sub(1, 57), "is not JSON" },
+      { "not JSON", "state: yes\n", "is not JSON" },
+      { "a list", "[1, 2, 3]", "must be a JSON object with \"version\": 1" },
+      { "deeply nested", ("["):rep(5000), "is not JSON" },
+      { "too big", with({ started = ("x"):rep(100 * KiB) }), "is larger than 64 KiB" },
+      { "no version", with({ version = cjson.null }), "must be a JSON object with \"version\": 1" },
+      { "uri a number", with({ uri = 42 }), "'uri' must be an http(s) URL" },
+      { "uri ftp", with({ uri = "ftp://127.0.0.1:1/x" }), "'uri' must be an http(s) URL" },
+      { "persisted a string", with({ persisted = "12" }), "'persisted' must be a whole number" },
+      { "persisted negative", with({ persisted = -5 }), "'persisted' must be a whole number" },
+      { "persisted fractional", with({ persisted = 1.5 }), "'persisted' must be a whole number" },
+      { "persisted huge", with({ persisted = 1e300 }), "'persisted' must be a whole number" },
+      { "persisted past the size", with({ persisted = size + 256 * KiB }), "'persisted' must be a whole number from 0 to 'size'" },
+      { "size huge", with({ size = 2 ^ 80 }), "'size' must be a whole number" },
+      { "crc32c a number", with({ crc32c = 5 }), "'crc32c' must be" },
+      { "source a table", with({ source = { 1 } }), "'source' must be a string" },
+      { "upload URL on another host", with({ uri = uri_on(other) }), "is not on the endpoint's origin" },
+    }
+    for _, c in ipairs(cases) do
+      local sp = tmp .. "/hostile-state.json"
+      spit(sp, c[2])
+      own:clear_requests()
+      local code, _, err = rwup({ STORAGE_EMULATOR_HOST = own:url(), XDG_STATE_HOME = tmp .. "/state3", HOME = tmp },
+        { "cp", "--state", sp, f, "gs://b/hostile" })
+      assert.equal(1, code, c[1] .. ": " .. err)
+      assert.truthy(err:find("state file " .. sp, 1, true), c[1] .. ": the file is named: " .. err)
+      assert.truthy(err:find(c[3], 1, true), ("%s: %q not in %q"):format(c[1], c[3], err))
+      assert.truthy(err:find("--no-resume", 1, true), c[1] .. ": what to do: " .. err)
+      assert.falsy(err:find("reliablewriter error", 1, true), c[1] .. ": " .. err)
+      assert.falsy(err:find("%.lua:%d+:"), c[1] .. ": a message for people, not a Lua location: " .. err)
+      assert.equal(0, #own:requests(), c[1] .. ": a request to the endpoint")
+      assert.equal(0, #other:requests(), c[1] .. ": a request to the address in the state")
+      assert.is_nil(own:object("b", "hostile"), c[1])
+      assert.truthy(slurp(sp), c[1] .. ": the state file is left for the user to look at")
+    end
+    -- and --no-resume starts over whatever the state holds
+    local code, _, err = rwup({ STORAGE_EMULATOR_HOST = own:url(), XDG_STATE_HOME = tmp .. "/state3", HOME = tmp },
+      { "cp", "--no-resume", "--state", tmp .. "/hostile-state.json", f, "gs://b/hostile" })
+    assert.equal(0, code, err)
+    assert_same_bytes(own:object("b", "hostile"), slurp(f), "hostile --no-resume")
+    assert.equal(0, #other:requests())
+    own:stop()
+    other:stop()
+  end)
+
+  it("refuses a state path that is a FIFO or a directory without reading it (a FIFO would block)", function()
+    local own = testbed.fakegcs.start { store = "memory", buckets = { "b" } }
+    local f = tmp .. "/fifo-src.bin"
+    spit(f, H.random_bytes(1000))
+    local fifo, dir = tmp .. "/state.fifo", tmp .. "/state.dir"
+    assert(os.execute("mkfifo " .. shq(fifo) .. " && mkdir -p " .. shq(dir)))
+    for _, sp in ipairs { fifo, dir } do
+      local t0 = H.now()
+      local code, _, err = rwup({ STORAGE_EMULATOR_HOST = own:url(), XDG_STATE_HOME = tmp .. "/state3", HOME = tmp },
+        { "cp", "--state", sp, f, "gs://b/fifo" })
+      assert.equal(1, code, sp .. ": " .. err)
+      assert.truthy(err:find("state file " .. sp .. " is not a regular file", 1, true), err)
+      assert.truthy(H.now() - t0 < 5, "refused at once")
+      assert.equal(0, #own:requests())
+    end
+    own:stop()
   end)
 end)

@@ -50,6 +50,9 @@ describe("proxy_sink", function()
     bad({ object = "" }, "'object' must be a non-empty string")
     bad({ metadata = "x" }, "option 'metadata' must be a table")
     bad({ metadata = { f = print } }, "metadata")
+    bad({ metadata = { 1, 2 } }, "option 'metadata' must be a table with names (a JSON object)")
+    bad({ metadata = { tags = { 1, 2, x = 3 } } }, "option 'metadata' must have string keys (or be a list)")
+    bad({ metadata = { a = { b = { c = 1 / 0 } } } }, "option 'metadata' holds a non-finite number")
     bad({ if_generation_match = -1 }, "if_generation_match")
     bad({ max_frame = 1024 }, "max_frame")
     bad({ ping_interval = -1 }, "ping_interval")
@@ -57,6 +60,23 @@ describe("proxy_sink", function()
     bad({ adr = "x" }, "unknown option 'adr'")
     local msg = H.raised(rw.proxy_sink, { addr = "127.0.0.1:1", secret = secret, object = "o" })
     assert.truthy(msg:find("'bucket' is required", 1, true), msg)
+  end)
+
+  it("refuses a metadata table that is neither a list nor has string keys, at any depth (it crashed)", function()
+    -- {1, nil, 3}: a border of 3 with 2 keys; {[1]=1, [3]=3} likewise. The
+    -- proxy sink's own copy of the JSON conversion read the missing element
+    -- as a table (SIGSEGV); rw.gcs{} has the same rule through the same code.
+    for _, md in ipairs { { a = { 1, nil, 3 } }, { a = { [1] = 1, [3] = 3 } }, { a = { 1, 2, [10] = 5 } },
+                          { a = { [1.5] = 1 } } } do
+      local msg = H.raised(rw.proxy_sink, { addr = "127.0.0.1:1", secret = secret, bucket = "b", object = "o",
+                                            metadata = md })
+      assert.truthy(msg:find("option 'metadata' must have string keys (or be a list)", 1, true), msg)
+      msg = H.raised(rw.gcs, { bucket = "b", object = "o", metadata = md })
+      assert.truthy(msg:find("option 'metadata' must have string keys (or be a list)", 1, true), msg)
+    end
+    local d = rw.proxy_sink { addr = "127.0.0.1:1", secret = secret, bucket = "b", object = "o",
+                              metadata = { tags = { "a", { k = true } }, empty = {}, n = 1.5 } }
+    assert.equal("proxy", d:kind())
   end)
 
   it("serves as a writer's sink: a proxy that cannot be reached fails the upload with net.refused", function()
@@ -133,108 +153,108 @@ describe("proxy_sink end to end", function()
     return obj, err
   end
 
-  it("uploads through the proxy byte-identical", function()
+  -- The fake GCS and the real proxy (rw.proxy.start) in front of it, for
+  -- fn(srv, p); both stopped after it, also when it fails. Pending while
+  -- rw.proxy.start is missing.
+  local function with_proxy(fn)
     if not proxy_available() then
       pending("rw.proxy.start is not in the module yet (branch h-psrv)")
       return
     end
     local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
     local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
-    local data = H.random_bytes(3 * MiB + 123)
-    local obj = assert(upload(rw.proxy_sink { addr = p:addr(), connections = 4, secret = secret,
-                                             bucket = "b", object = "through-proxy" }, data))
-    assert.equal(#data, tonumber(obj.size))
-    check_object(srv, "through-proxy", data)
+    local ok, err = pcall(fn, srv, p)
     p:stop()
     srv:stop()
+    if not ok then error(err, 0) end
+  end
+
+  it("uploads through the proxy byte-identical", function()
+    with_proxy(function(srv, p)
+      local data = H.random_bytes(3 * MiB + 123)
+      local obj = assert(upload(rw.proxy_sink { addr = p:addr(), connections = 4, secret = secret,
+                                               bucket = "b", object = "through-proxy" }, data))
+      assert.equal(#data, tonumber(obj.size))
+      check_object(srv, "through-proxy", data)
+    end)
   end)
 
   it("keeps to the unanswered requests per connection the proxy chose (no proto.too_many, nothing resent)", function()
-    if not proxy_available() then
-      pending("rw.proxy.start is not in the module yet (branch h-psrv)")
-      return
-    end
-    local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
-    local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
-    local data = H.random_bytes(4 * MiB + 1)
-    local obj = assert(upload(rw.proxy_sink { addr = p:addr(), connections = 1, secret = secret, bucket = "b",
-                                             object = "one-conn", max_frame = 64 * KiB }, data))
-    assert.equal(#data, tonumber(obj.size))
-    check_object(srv, "one-conn", data)
-    local st = p:stats()
-    assert.equal(0, st.errors)
-    assert.equal(0, st.duplicates)
-    p:stop()
-    srv:stop()
+    with_proxy(function(srv, p)
+      local data = H.random_bytes(4 * MiB + 1)
+      local obj = assert(upload(rw.proxy_sink { addr = p:addr(), connections = 1, secret = secret, bucket = "b",
+                                               object = "one-conn", max_frame = 64 * KiB }, data))
+      assert.equal(#data, tonumber(obj.size))
+      check_object(srv, "one-conn", data)
+      local st = p:stats()
+      assert.equal(0, st.errors)
+      assert.equal(0, st.duplicates)
+    end)
   end)
 
   it("keeps what it sends inside the proxy's session cache (window): 32 MiB, 8 MiB chunks on 4 connections", function()
-    if not proxy_available() then
-      pending("rw.proxy.start is not in the module yet (branch h-psrv)")
-      return
-    end
-    local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
-    local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
-    local data = H.random_bytes(32 * MiB + 3)
-    local w = assert(rw.new(rw.context.background(), {
-      sink = rw.proxy_sink { addr = p:addr(), connections = 4, secret = secret, bucket = "b", object = "big" },
-      retry = fast_retry(), max_cache_size = 64 * MiB, max_chunk_size = 8 * MiB,
-    }))
-    assert(w:WriteAt(0, data))
-    local obj = assert(w:Complete())
-    w:close()
-    assert.equal(#data, tonumber(obj.size))
-    check_object(srv, "big", data)
-    p:stop()
-    srv:stop()
+    with_proxy(function(srv, p)
+      local data = H.random_bytes(32 * MiB + 3)
+      local w = assert(rw.new(rw.context.background(), {
+        sink = rw.proxy_sink { addr = p:addr(), connections = 4, secret = secret, bucket = "b", object = "big" },
+        retry = fast_retry(), max_cache_size = 64 * MiB, max_chunk_size = 8 * MiB,
+      }))
+      assert(w:WriteAt(0, data))
+      local obj = assert(w:Complete())
+      w:close()
+      assert.equal(#data, tonumber(obj.size))
+      check_object(srv, "big", data)
+    end)
   end)
 
   it("uploads byte-identical with the chaos proxy between client and proxy (resets, stalls, latency)", function()
-    if not proxy_available() then
-      pending("rw.proxy.start is not in the module yet (branch h-psrv)")
-      return
-    end
-    local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
-    local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
-    local profile = testbed.faults.profile { seed = H.seed % 100000 + 1, reset_per_mib = 0.5,
-                                             stall_per_mib = 0.2, stall_for = 5, latency = 0.002 }
-    local chaos = assert(testbed.faults.proxy { upstream = p:addr(), profile = profile })
-    local data = H.random_bytes(4 * MiB + 5)
-    local obj = assert(upload(rw.proxy_sink { addr = chaos:addr(), connections = 4, secret = secret,
-                                             bucket = "b", object = "chaos", ping_interval = 0.1 }, data))
-    assert.equal(#data, tonumber(obj.size))
-    check_object(srv, "chaos", data)
-    chaos:stop()
-    p:stop()
-    srv:stop()
+    with_proxy(function(srv, p)
+      local profile = testbed.faults.profile { seed = H.seed % 100000 + 1, reset_per_mib = 0.5,
+                                               stall_per_mib = 0.2, stall_for = 5, latency = 0.002 }
+      local chaos = assert(testbed.faults.proxy { upstream = p:addr(), profile = profile })
+      local data = H.random_bytes(4 * MiB + 5)
+      local obj = assert(upload(rw.proxy_sink { addr = chaos:addr(), connections = 4, secret = secret,
+                                               bucket = "b", object = "chaos", ping_interval = 0.1 }, data))
+      chaos:stop()
+      assert.equal(#data, tonumber(obj.size))
+      check_object(srv, "chaos", data)
+    end)
   end)
 
-  -- Two proxies as child processes (bin/reliablewriter-proxy); the first is
-  -- killed with SIGKILL mid-upload and the upload finishes through the second.
-  local function spawn_proxy(upstream, secret_file)
-    for _ = 1, 20 do
-      local port = math.random(20000, 60000)
-      local f = io.popen(("bin/reliablewriter-proxy --listen 127.0.0.1:%d --upstream %s --secret-file %s " ..
-        ">/dev/null 2>&1 & echo $!"):format(port, upstream, secret_file))
-      local pid = tonumber(f:read("l"))
-      f:close()
-      local t0 = H.now()
-      while H.now() - t0 < 2 do
-        local r = os.execute(("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null"):format(port))
-        if r == true or r == 0 then
-          return pid, "127.0.0.1:" .. port
-        end
-        os.execute("sleep 0.05")
-      end
-      os.execute("kill -9 " .. pid .. " 2>/dev/null")
+  -- bin/reliablewriter-proxy as a child process on a port it picks: { pid,
+  -- addr (what it printed: "listening HOST:PORT"), stop() (SIGKILL; again is
+  -- a no-op) }. Raises when no address comes within 5 s.
+  local function start_proxy_child(upstream, secret_file)
+    local out = os.tmpname()
+    local f = assert(io.popen(("bin/reliablewriter-proxy --listen 127.0.0.1:0 --upstream %s --secret-file %s " ..
+      ">%s 2>/dev/null & echo $!"):format(upstream, secret_file, out)))
+    local child = { pid = tonumber(f:read("l")) }
+    f:close()
+    function child.stop()
+      if child.pid then os.execute("kill -9 " .. child.pid .. " 2>/dev/null") end
+      child.pid = nil
+      os.remove(out)
     end
-    error("could not start bin/reliablewriter-proxy")
+    local t0 = H.now()
+    while H.now() - t0 < 5 and not child.addr do
+      local h = io.open(out, "rb")
+      child.addr = h and (h:read("l") or ""):match("^listening (%S+)")
+      if h then h:close() end
+      if not child.addr then os.execute("sleep 0.05") end
+    end
+    if not child.addr then
+      child.stop()
+      error("bin/reliablewriter-proxy printed no address within 5 s")
+    end
+    return child
   end
 
+  -- Two proxies as child processes; the first is killed with SIGKILL
+  -- mid-upload and the upload finishes through the second.
   it("fails over to the second proxy when the first is killed (SIGKILL) mid-upload", function()
     local f = io.open("bin/reliablewriter-proxy", "rb")
     if not f then
-      pending("bin/reliablewriter-proxy is not built yet (branch h-psrv)")
+      pending("bin/reliablewriter-proxy is not built yet (make bins)")
       return
     end
     f:close()
@@ -243,58 +263,54 @@ describe("proxy_sink end to end", function()
     local h = assert(io.open(sf, "wb"))
     h:write(secret)
     h:close()
-    local pid_a, addr_a = spawn_proxy(srv:url(), sf)
-    local pid_b, addr_b = spawn_proxy(srv:url(), sf)
-    -- the writer's defaults (64 MiB cache, stall_timeout 30 s): the bytes the killed proxy had
-    -- accepted are sent again at once (the sink's epoch), not after a stall_timeout
-    local data = H.random_bytes(32 * MiB + 77)
-    local t0 = H.now()
-    local w = assert(rw.new(rw.context.background(), {
-      sink = rw.proxy_sink { addr = { addr_a, addr_b }, connections = 4, secret = secret, bucket = "b",
-                             object = "failover", ping_interval = 0.2 },
-      retry = fast_retry(),
-    }))
-    local off, killed = 0, false
-    while off < #data do
-      local n = math.min(#data - off, 256 * KiB)
-      assert(w:WriteAt(off, data:sub(off + 1, off + n)))
-      off = off + n
-      if not killed and off > #data / 2 then
-        os.execute("kill -9 " .. pid_a)
-        killed = true
+    local a, b = start_proxy_child(srv:url(), sf), start_proxy_child(srv:url(), sf)
+    local ok, err = pcall(function()
+      -- the writer's defaults (64 MiB cache, stall_timeout 30 s): the bytes the killed proxy had
+      -- accepted are sent again at once (the sink's epoch), not after a stall_timeout
+      local data = H.random_bytes(32 * MiB + 77)
+      local t0 = H.now()
+      local w = assert(rw.new(rw.context.background(), {
+        sink = rw.proxy_sink { addr = { a.addr, b.addr }, connections = 4, secret = secret, bucket = "b",
+                               object = "failover", ping_interval = 0.2 },
+        retry = fast_retry(),
+      }))
+      local off = 0
+      while off < #data do
+        local n = math.min(#data - off, 256 * KiB)
+        assert(w:WriteAt(off, data:sub(off + 1, off + n)))
+        off = off + n
+        if off > #data / 2 then a.stop() end
       end
-    end
-    local obj = assert(w:Complete())
-    w:close()
-    assert.equal(#data, tonumber(obj.size))
-    check_object(srv, "failover", data)
-    assert.truthy(H.now() - t0 < 20, ("the upload took %.1f s"):format(H.now() - t0))
-    os.execute("kill -9 " .. pid_b .. " 2>/dev/null")
+      local obj = assert(w:Complete())
+      w:close()
+      assert.equal(#data, tonumber(obj.size))
+      check_object(srv, "failover", data)
+      assert.truthy(H.now() - t0 < 20, ("the upload took %.1f s"):format(H.now() - t0))
+    end)
+    a.stop()
+    b.stop()
     os.remove(sf)
     srv:stop()
+    if not ok then error(err, 0) end
   end)
 
   it("drops a silent proxy connection after 3 missed PINGs and completes on another", function()
-    if not proxy_available() then
-      pending("rw.proxy.start is not in the module yet (branch h-psrv)")
-      return
-    end
-    local srv = testbed.fakegcs.start { buckets = { "b" }, store = "memory" }
-    local p = rw.proxy.start { listen = "127.0.0.1:0", upstream = srv:url(), secret = secret }
-    -- a relay that goes silent (a stall with no end) on its first connections
-    local profile = testbed.faults.profile { seed = H.seed % 100000 + 1, stall_per_mib = 1, stall_for = -1 }
-    local chaos = assert(testbed.faults.proxy { upstream = p:addr(), profile = profile })
-    local data = H.random_bytes(6 * MiB + 9)
-    local t0 = H.now()
-    local obj = assert(upload(rw.proxy_sink { addr = chaos:addr(), connections = 4, secret = secret,
-                                             bucket = "b", object = "silent", ping_interval = 0.2 }, data))
-    assert.equal(#data, tonumber(obj.size))
-    check_object(srv, "silent", data)
-    local st = profile:stats(); io.stderr:write(("[proxy] silent relay: %d stalls, %d connections, %d bytes up, %.2f s\n"):format(st.stalls, st.connections, st.bytes_up, H.now() - t0))
-    assert.truthy(st.stalls > 0)
-    assert.truthy(H.now() - t0 < 60, "bounded: each silent connection costs about 3 PING intervals")
-    chaos:stop()
-    p:stop()
-    srv:stop()
+    with_proxy(function(srv, p)
+      -- a relay that goes silent (a stall with no end) on its first connections
+      local profile = testbed.faults.profile { seed = H.seed % 100000 + 1, stall_per_mib = 1, stall_for = -1 }
+      local chaos = assert(testbed.faults.proxy { upstream = p:addr(), profile = profile })
+      local data = H.random_bytes(6 * MiB + 9)
+      local t0 = H.now()
+      local obj = assert(upload(rw.proxy_sink { addr = chaos:addr(), connections = 4, secret = secret,
+                                               bucket = "b", object = "silent", ping_interval = 0.2 }, data))
+      chaos:stop()
+      assert.equal(#data, tonumber(obj.size))
+      check_object(srv, "silent", data)
+      local st = profile:stats()
+      io.stderr:write(("[proxy] silent relay: %d stalls, %d connections, %d bytes up, %.2f s\n"):format(
+        st.stalls, st.connections, st.bytes_up, H.now() - t0))
+      assert.truthy(st.stalls > 0)
+      assert.truthy(H.now() - t0 < 60, "bounded: each silent connection costs about 3 PING intervals")
+    end)
   end)
 end)

@@ -6,8 +6,6 @@
  * Like rw.gcs{}, a descriptor is a config: its __rw_sink seam makes a new
  * sink for each writer. The secret is held only here and in the sinks made
  * from it; it is never in tostring or an error, and is wiped by __gc. */
-#include <jansson.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,39 +37,12 @@ static int pdesc_gc(lua_State *L) {
 
 static pdesc *check_pdesc(lua_State *L, int idx) { return luaL_checkudata(L, idx, PROXY_MT); }
 
-static char *dup_lua(lua_State *L, const char *s, size_t len) {
-  char *c = malloc(len + 1);
-  if (!c) luaL_error(L, "out of memory");
-  memcpy(c, s, len);
-  c[len] = 0;
-  return c;
-}
-
-/* A string option: NULL when absent; non-empty when given. */
-static char *str_option(lua_State *L, int arg, const char *name, bool required, size_t *len) {
-  lua_getfield(L, arg, name);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    if (required) luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' is required", name));
-    return NULL;
-  }
-  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
-    luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a non-empty string (got %s)", name,
-                                          luaL_typename(L, -1)));
-  size_t n;
-  const char *s = lua_tolstring(L, -1, &n);
-  char *c = dup_lua(L, s, n);
-  lua_pop(L, 1);
-  if (len) *len = n;
-  return c;
-}
-
 /* addr = "host:port" or a list of them (failover order). */
 static void addr_option(lua_State *L, int arg, pdesc *d) {
   lua_getfield(L, arg, "addr");
   int t = lua_gettop(L);
   if (lua_type(L, t) == LUA_TSTRING) {
-    d->cfg.addrs[d->cfg.naddrs++] = dup_lua(L, lua_tostring(L, t), lua_rawlen(L, t));
+    d->cfg.addrs[d->cfg.naddrs++] = rw_lua_strndup(L, lua_tostring(L, t), lua_rawlen(L, t));
   } else if (lua_istable(L, t)) {
     size_t n = lua_rawlen(L, t);
     if (n < 1 || n > RW_PROXY_SINK_MAX_ADDRS)
@@ -80,7 +51,7 @@ static void addr_option(lua_State *L, int arg, pdesc *d) {
       lua_rawgeti(L, t, (int)i);
       if (lua_type(L, -1) != LUA_TSTRING)
         luaL_argerror(L, arg, lua_pushfstring(L, "option 'addr' #%d must be a \"host:port\" string", (int)i));
-      d->cfg.addrs[d->cfg.naddrs++] = dup_lua(L, lua_tostring(L, -1), lua_rawlen(L, -1));
+      d->cfg.addrs[d->cfg.naddrs++] = rw_lua_strndup(L, lua_tostring(L, -1), lua_rawlen(L, -1));
       lua_pop(L, 1);
     }
   } else {
@@ -89,81 +60,8 @@ static void addr_option(lua_State *L, int arg, pdesc *d) {
   lua_pop(L, 1);
 }
 
-/* metadata = a table, sent as a JSON object (CREATE's body). */
-static json_t *to_json(lua_State *L, int idx, int arg, int depth);
-
-static json_t *table_json(lua_State *L, int idx, int arg, int depth) {
-  size_t n = lua_rawlen(L, idx);
-  json_t *out = n ? json_array() : json_object();
-  if (n) {
-    for (size_t i = 1; i <= n; i++) {
-      lua_rawgeti(L, idx, (int)i);
-      json_array_append_new(out, to_json(L, lua_gettop(L), arg, depth + 1));
-      lua_pop(L, 1);
-    }
-    return out;
-  }
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (lua_type(L, -2) == LUA_TSTRING) json_object_set_new(out, lua_tostring(L, -2), to_json(L, lua_gettop(L), arg, depth + 1));
-    lua_pop(L, 1);
-  }
-  return out;
-}
-
-/* Checked first (raising here leaks nothing): string keys, JSON values. */
-static void check_json(lua_State *L, int idx, int arg, int depth) {
-  int t = lua_type(L, idx);
-  if (depth > 16) luaL_argerror(L, arg, "option 'metadata' is nested too deeply");
-  if (t == LUA_TNUMBER && !isfinite(lua_tonumber(L, idx)))
-    luaL_argerror(L, arg, "option 'metadata' holds a non-finite number");
-  if (t == LUA_TSTRING || t == LUA_TNUMBER || t == LUA_TBOOLEAN) return;
-  if (t != LUA_TTABLE)
-    luaL_argerror(L, arg, lua_pushfstring(L, "option 'metadata' cannot hold a %s", luaL_typename(L, idx)));
-  bool array = lua_rawlen(L, idx) > 0;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (array ? lua_type(L, -2) != LUA_TNUMBER : lua_type(L, -2) != LUA_TSTRING)
-      luaL_argerror(L, arg, "option 'metadata' must have string keys (or be a list)");
-    check_json(L, lua_gettop(L), arg, depth + 1);
-    lua_pop(L, 1);
-  }
-}
-
-static json_t *to_json(lua_State *L, int idx, int arg, int depth) {
-  switch (lua_type(L, idx)) {
-  case LUA_TSTRING: return json_stringn(lua_tostring(L, idx), lua_rawlen(L, idx));
-  case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
-  case LUA_TNUMBER: {
-    double v = lua_tonumber(L, idx);
-    if (v == floor(v) && fabs(v) < 9007199254740992.0) return json_integer((json_int_t)v);
-    return json_real(v);
-  }
-  default: return table_json(L, idx, arg, depth);
-  }
-}
-
-static char *metadata_option(lua_State *L, int arg) {
-  lua_getfield(L, arg, "metadata");
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return NULL;
-  }
-  if (!lua_istable(L, -1) || lua_rawlen(L, -1) > 0)
-    luaL_argerror(L, arg, "option 'metadata' must be a table with names (a JSON object)");
-  check_json(L, lua_gettop(L), arg, 0);
-  json_t *j = to_json(L, lua_gettop(L), arg, 0);
-  char *text = json_dumps(j, JSON_COMPACT);
-  json_decref(j);
-  lua_pop(L, 1);
-  if (!text) luaL_error(L, "out of memory");
-  return text;
-}
-
 static void precondition(lua_State *L, int arg, const char *name, bool *has, uint64_t *v) {
-  lua_getfield(L, arg, name);
-  *has = !lua_isnil(L, -1);
-  lua_pop(L, 1);
+  *has = rw_lua_opt_given(L, arg, name);
   *v = (uint64_t)rw_lua_opt_integer(L, arg, arg, name, 0, 0, INT64_C(9007199254740992));
 }
 
@@ -180,12 +78,12 @@ static int proxy_sink_new(lua_State *L) {
   rw_proxy_sink_config *c = &d->cfg;
   *c = rw_proxy_sink_defaults();
   addr_option(L, 1, d);
-  c->secret = str_option(L, 1, "secret", true, &c->secret_len);
-  c->key_id = str_option(L, 1, "key_id", false, NULL);
-  c->session = str_option(L, 1, "session", false, NULL);
-  c->bucket = str_option(L, 1, "bucket", !c->session, NULL);
-  c->object = str_option(L, 1, "object", !c->session, NULL);
-  c->metadata = metadata_option(L, 1);
+  c->secret = rw_lua_opt_string(L, 1, 1, "secret", true, &c->secret_len);
+  c->key_id = rw_lua_opt_string(L, 1, 1, "key_id", false, NULL);
+  c->session = rw_lua_opt_string(L, 1, 1, "session", false, NULL);
+  c->bucket = rw_lua_opt_string(L, 1, 1, "bucket", !c->session, NULL);
+  c->object = rw_lua_opt_string(L, 1, 1, "object", !c->session, NULL);
+  c->metadata = rw_lua_opt_json_object(L, 1, 1, "metadata");
   precondition(L, 1, "if_generation_match", &c->has_if_generation_match, &c->if_generation_match);
   precondition(L, 1, "if_metageneration_match", &c->has_if_metageneration_match, &c->if_metageneration_match);
   c->connections = (int)rw_lua_opt_integer(L, 1, 1, "connections", 4, 1, RW_PROXY_SINK_MAX_CONNECTIONS);
@@ -215,8 +113,6 @@ static int pdesc_kind(lua_State *L) {
   return 1;
 }
 
-static const char *dup_opt(lua_State *L, const char *s) { return s ? dup_lua(L, s, strlen(s)) : NULL; }
-
 /* d:with_session(uri): a copy of d that resumes the GCS session uri (what
  * rw.resume uses; w:session() gives the uri). */
 static int pdesc_with_session(lua_State *L) {
@@ -232,16 +128,16 @@ static int pdesc_with_session(lua_State *L) {
   *c = *o; /* the scalars; every string is copied below */
   c->naddrs = 0;
   c->secret = NULL, c->key_id = c->bucket = c->object = c->metadata = c->session = NULL;
-  for (size_t i = 0; i < o->naddrs; i++) c->addrs[c->naddrs++] = dup_opt(L, o->addrs[i]);
+  for (size_t i = 0; i < o->naddrs; i++) c->addrs[c->naddrs++] = rw_lua_strdup(L, o->addrs[i]);
   char *sec = malloc(o->secret_len);
   if (!sec) return luaL_error(L, "out of memory");
   memcpy(sec, o->secret, o->secret_len);
   c->secret = sec;
-  c->key_id = dup_opt(L, o->key_id);
-  c->bucket = dup_opt(L, o->bucket);
-  c->object = dup_opt(L, o->object);
-  c->metadata = dup_opt(L, o->metadata);
-  c->session = dup_lua(L, uri, ulen);
+  c->key_id = rw_lua_strdup(L, o->key_id);
+  c->bucket = rw_lua_strdup(L, o->bucket);
+  c->object = rw_lua_strdup(L, o->object);
+  c->metadata = rw_lua_strdup(L, o->metadata);
+  c->session = rw_lua_strndup(L, uri, ulen);
   return 1;
 }
 
@@ -256,16 +152,10 @@ static int pdesc_tostring(lua_State *L) {
 
 /* Pushes the constructor: core.proxy_sink (rw.proxy_sink). */
 int rw_lua_open_proxysink(lua_State *L) {
-  if (luaL_newmetatable(L, PROXY_MT)) {
-    static const luaL_Reg methods[] = {{"kind", pdesc_kind}, {"with_session", pdesc_with_session}, {NULL, NULL}};
-    static const luaL_Reg mt[] = {{"__gc", pdesc_gc}, {"__tostring", pdesc_tostring}, {NULL, NULL}};
-    static const rw_lua_sink_seam seam = {pdesc_make};
-    luaL_setfuncs(L, mt, 0);
-    rw_lua_set_seam(L, "__rw_sink", &seam);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg methods[] = {{"kind", pdesc_kind}, {"with_session", pdesc_with_session}, {NULL, NULL}};
+  static const luaL_Reg mt[] = {{"__gc", pdesc_gc}, {"__tostring", pdesc_tostring}, {NULL, NULL}};
+  static const rw_lua_sink_seam seam = {pdesc_make};
+  rw_lua_new_class(L, PROXY_MT, mt, methods, "__rw_sink", &seam);
   lua_pushcfunction(L, proxy_sink_new);
   return 1;
 }

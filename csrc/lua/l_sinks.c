@@ -7,8 +7,6 @@
  * { faults = profile or its options table, faults_profile = profile }. The
  * profile is the test bed's; the core reaches it only through its metatable's
  * __rw_dialer seam. */
-#include <jansson.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,13 +38,8 @@ typedef struct desc {
   char *path;
 } desc;
 
-#if LUA_VERSION_NUM < 502
-#define set_uservalue(L, idx) lua_setfenv(L, idx)
-#define get_uservalue(L, idx) lua_getfenv(L, idx)
-#else
-#define set_uservalue(L, idx) lua_setuservalue(L, idx)
-#define get_uservalue(L, idx) lua_getuservalue(L, idx)
-#endif
+#define set_uservalue rw_lua_setuservalue
+#define get_uservalue rw_lua_getuservalue
 
 /* ---- descriptor userdata ---- */
 
@@ -100,128 +93,6 @@ static void uv_get(lua_State *L, int idx, const char *name) {
   lua_remove(L, -2);
 }
 
-static char *dup_or_raise(lua_State *L, const char *s) {
-  char *c = strdup(s);
-  if (!c) luaL_error(L, "out of memory");
-  return c;
-}
-
-/* Optional string option (non-empty when given). */
-static char *opt_string(lua_State *L, int idx, int arg, const char *name, bool required) {
-  lua_getfield(L, idx, name);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    if (required) luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' is required", name));
-    return NULL;
-  }
-  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
-    luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a non-empty string (got %s)", name,
-                                          luaL_typename(L, -1)));
-  char *s = dup_or_raise(L, lua_tostring(L, -1));
-  lua_pop(L, 1);
-  return s;
-}
-
-/* ---- Lua table -> JSON ---- */
-
-static json_t *to_json(lua_State *L, int idx, int arg, int depth);
-
-/* Raises on anything to_json cannot take, before any JSON is allocated (a
- * raise in the middle of the conversion would leak it). */
-static void check_json(lua_State *L, int idx, int arg, int depth) {
-  if (depth > 16) luaL_argerror(L, arg, "option 'metadata' is nested too deeply");
-  switch (lua_type(L, idx)) {
-  case LUA_TSTRING:
-  case LUA_TBOOLEAN: return;
-  case LUA_TNUMBER:
-    if (!isfinite(lua_tonumber(L, idx))) luaL_argerror(L, arg, "option 'metadata' holds a non-finite number");
-    return;
-  case LUA_TTABLE:
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-      if (lua_type(L, -2) != LUA_TSTRING && lua_type(L, -2) != LUA_TNUMBER)
-        luaL_argerror(L, arg, "option 'metadata' must have string keys");
-      check_json(L, lua_gettop(L), arg, depth + 1);
-      lua_pop(L, 1);
-    }
-    return;
-  default:
-    luaL_argerror(L, arg, lua_pushfstring(L, "option 'metadata' cannot hold a %s", luaL_typename(L, idx)));
-  }
-}
-
-static bool is_array(lua_State *L, int idx) {
-  size_t n = lua_rawlen(L, idx), count = 0;
-  if (n == 0) return false;
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    lua_pop(L, 1);
-    count++;
-  }
-  return count == n;
-}
-
-static json_t *table_to_json(lua_State *L, int idx, int arg, int depth) {
-  if (is_array(L, idx)) {
-    json_t *a = json_array();
-    for (size_t i = 1; i <= lua_rawlen(L, idx); i++) {
-      lua_rawgeti(L, idx, (int)i);
-      json_array_append_new(a, to_json(L, lua_gettop(L), arg, depth + 1));
-      lua_pop(L, 1);
-    }
-    return a;
-  }
-  json_t *o = json_object();
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (lua_type(L, -2) != LUA_TSTRING) {
-      json_decref(o);
-      luaL_argerror(L, arg, "option 'metadata' must have string keys");
-    }
-    json_object_set_new(o, lua_tostring(L, -2), to_json(L, lua_gettop(L), arg, depth + 1));
-    lua_pop(L, 1);
-  }
-  return o;
-}
-
-static json_t *to_json(lua_State *L, int idx, int arg, int depth) {
-  if (depth > 16) luaL_argerror(L, arg, "option 'metadata' is nested too deeply");
-  switch (lua_type(L, idx)) {
-  case LUA_TSTRING: return json_stringn(lua_tostring(L, idx), lua_rawlen(L, idx));
-  case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
-  case LUA_TNUMBER: {
-    double v = lua_tonumber(L, idx);
-    if (!isfinite(v)) luaL_argerror(L, arg, "option 'metadata' holds a non-finite number");
-    if (v == floor(v) && fabs(v) < 9007199254740992.0) return json_integer((json_int_t)v);
-    return json_real(v);
-  }
-  case LUA_TTABLE: return table_to_json(L, idx, arg, depth);
-  default:
-    luaL_argerror(L, arg, lua_pushfstring(L, "option 'metadata' cannot hold a %s", luaL_typename(L, idx)));
-    return NULL;
-  }
-}
-
-static char *metadata_option(lua_State *L, int idx, int arg) {
-  lua_getfield(L, idx, "metadata");
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return NULL;
-  }
-  if (!lua_istable(L, -1)) luaL_argerror(L, arg, "option 'metadata' must be a table");
-  check_json(L, lua_gettop(L), arg, 0);
-  json_t *j = to_json(L, lua_gettop(L), arg, 0);
-  if (!json_is_object(j)) {
-    json_decref(j);
-    luaL_argerror(L, arg, "option 'metadata' must be a table with names (a JSON object)");
-  }
-  char *text = json_dumps(j, JSON_COMPACT);
-  json_decref(j);
-  lua_pop(L, 1);
-  if (!text) luaL_error(L, "out of memory");
-  return text;
-}
-
 /* ---- gcs ---- */
 
 static void headers_option(lua_State *L, int idx, int arg, desc *d) {
@@ -242,9 +113,9 @@ static void headers_option(lua_State *L, int idx, int arg, desc *d) {
     d->headers = hs;
     hs[d->nheaders].name = NULL;
     hs[d->nheaders].value = NULL;
-    hs[d->nheaders].name = dup_or_raise(L, lua_tostring(L, -2));
+    hs[d->nheaders].name = rw_lua_strdup(L, lua_tostring(L, -2));
     d->nheaders++;
-    hs[d->nheaders - 1].value = dup_or_raise(L, lua_tostring(L, -1));
+    hs[d->nheaders - 1].value = rw_lua_strdup(L, lua_tostring(L, -1));
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
@@ -289,7 +160,7 @@ static void creds_option(lua_State *L, int self, desc *d) {
     new_cred(L, d, &o);
   }
   lua_pop(L, 1);
-  char *path = opt_string(L, 1, 1, "credentials_file", false);
+  char *path = rw_lua_opt_string(L, 1, 1, "credentials_file", false, NULL);
   if (path) {
     o.kind = RW_CRED_FILE;
     o.path = path;
@@ -303,10 +174,7 @@ static void creds_option(lua_State *L, int self, desc *d) {
     }
   }
   static const char *const modes[] = {"default", "anonymous", NULL};
-  lua_getfield(L, 1, "credentials");
-  bool has_mode = !lua_isnil(L, -1);
-  lua_pop(L, 1);
-  if (!has_mode) return;
+  if (!rw_lua_opt_given(L, 1, "credentials")) return;
   int mode = rw_lua_opt_choice(L, 1, 1, "credentials", 0, modes);
   o.kind = RW_CRED_DEFAULT;
   if (mode == 0) new_cred(L, d, &o);
@@ -420,28 +288,22 @@ static int sinks_gcs(lua_State *L) {
   rw_lua_check_options(L, 1, 1, known);
   desc *d = push_desc(L, DESC_GCS);
   int self = lua_gettop(L);
-  lua_getfield(L, 1, "session_uri");
-  bool resume = !lua_isnil(L, -1);
-  lua_pop(L, 1);
-  d->session_uri = opt_string(L, 1, 1, "session_uri", false);
-  d->bucket = opt_string(L, 1, 1, "bucket", !resume);
-  d->object = opt_string(L, 1, 1, "object", !resume);
-  d->endpoint = opt_string(L, 1, 1, "endpoint", false);
-  d->token = opt_string(L, 1, 1, "token", false);
-  d->metadata_json = metadata_option(L, 1, 1);
-  lua_getfield(L, 1, "if_generation_match");
-  d->has_igm = !lua_isnil(L, -1);
-  lua_pop(L, 1);
+  bool resume = rw_lua_opt_given(L, 1, "session_uri");
+  d->session_uri = rw_lua_opt_string(L, 1, 1, "session_uri", false, NULL);
+  d->bucket = rw_lua_opt_string(L, 1, 1, "bucket", !resume, NULL);
+  d->object = rw_lua_opt_string(L, 1, 1, "object", !resume, NULL);
+  d->endpoint = rw_lua_opt_string(L, 1, 1, "endpoint", false, NULL);
+  d->token = rw_lua_opt_string(L, 1, 1, "token", false, NULL);
+  d->metadata_json = rw_lua_opt_json_object(L, 1, 1, "metadata");
+  d->has_igm = rw_lua_opt_given(L, 1, "if_generation_match");
   d->igm = rw_lua_opt_integer(L, 1, 1, "if_generation_match", 0, 0, INT64_C(9007199254740992));
-  lua_getfield(L, 1, "if_metageneration_match");
-  d->has_imgm = !lua_isnil(L, -1);
-  lua_pop(L, 1);
+  d->has_imgm = rw_lua_opt_given(L, 1, "if_metageneration_match");
   d->imgm = rw_lua_opt_integer(L, 1, 1, "if_metageneration_match", 0, 0, INT64_C(9007199254740992));
   d->connect_timeout = rw_lua_opt_number(L, 1, 1, "connect_timeout", 10, 0.001, 3600);
   d->generation = rw_lua_opt_integer(L, 1, 1, "generation", 0, 1, INT64_C(9007199254740992));
   headers_option(L, 1, 1, d);
   faults_option(L, self);
-  d->ca_file = opt_string(L, 1, 1, "ca_file", false);
+  d->ca_file = rw_lua_opt_string(L, 1, 1, "ca_file", false, NULL);
   creds_option(L, self, d);
   rw_gcs_config c = gcs_config(d);
   rw_error *e = NULL;
@@ -461,7 +323,7 @@ static int sinks_file(lua_State *L) {
   static const char *const known[] = {"path", NULL};
   rw_lua_check_options(L, 1, 1, known);
   desc *d = push_desc(L, DESC_FILE);
-  d->path = opt_string(L, 1, 1, "path", true);
+  d->path = rw_lua_opt_string(L, 1, 1, "path", true, NULL);
   return 1;
 }
 
@@ -548,8 +410,6 @@ static int sinks_is_sink(lua_State *L) {
 /* derive(desc, {session_uri=, connect_timeout=}): a copy of a gcs descriptor
  * with those set (rw.resume and the writer's connect_timeout use it). Other
  * kinds (file, the test bed's faulty) come back unchanged. */
-static char *dup_opt(lua_State *L, const char *s) { return s ? dup_or_raise(L, s) : NULL; }
-
 static int sinks_derive(lua_State *L) {
   if (!rw_lua_is_sink(L, 1)) check_desc(L, 1); /* raises */
   desc *src = luaL_testudata(L, 1, DESC_MT);   /* NULL: the test bed's (faulty) */
@@ -560,15 +420,15 @@ static int sinks_derive(lua_State *L) {
     lua_pushvalue(L, 1);
     return 1;
   }
-  char *uri = opt_string(L, 2, 2, "session_uri", false);
+  char *uri = rw_lua_opt_string(L, 2, 2, "session_uri", false, NULL);
   double ct = rw_lua_opt_number(L, 2, 2, "connect_timeout", src->connect_timeout, 0, 3600);
   desc *d = push_desc(L, DESC_GCS);
-  d->bucket = dup_opt(L, src->bucket);
-  d->object = dup_opt(L, src->object);
-  d->endpoint = dup_opt(L, src->endpoint);
-  d->metadata_json = dup_opt(L, src->metadata_json);
-  d->token = dup_opt(L, src->token);
-  d->session_uri = uri ? uri : dup_opt(L, src->session_uri);
+  d->bucket = rw_lua_strdup(L, src->bucket);
+  d->object = rw_lua_strdup(L, src->object);
+  d->endpoint = rw_lua_strdup(L, src->endpoint);
+  d->metadata_json = rw_lua_strdup(L, src->metadata_json);
+  d->token = rw_lua_strdup(L, src->token);
+  d->session_uri = uri ? uri : rw_lua_strdup(L, src->session_uri);
   d->has_igm = src->has_igm;
   d->igm = src->igm;
   d->has_imgm = src->has_imgm;
@@ -577,13 +437,13 @@ static int sinks_derive(lua_State *L) {
   d->generation = src->generation;
   d->cred = src->cred ? rw_cred_ref(src->cred) : NULL;
   d->anonymous = src->anonymous;
-  d->ca_file = dup_opt(L, src->ca_file);
+  d->ca_file = rw_lua_strdup(L, src->ca_file);
   if (src->nheaders) {
     d->headers = calloc(src->nheaders, sizeof *d->headers);
     if (!d->headers) return luaL_error(L, "out of memory");
     for (size_t i = 0; i < src->nheaders; i++) {
-      d->headers[i].name = dup_or_raise(L, src->headers[i].name);
-      d->headers[i].value = dup_or_raise(L, src->headers[i].value);
+      d->headers[i].name = rw_lua_strdup(L, src->headers[i].name);
+      d->headers[i].value = rw_lua_strdup(L, src->headers[i].value);
       d->nheaders = i + 1;
     }
   }
@@ -604,20 +464,14 @@ static int sinks_with_session(lua_State *L) {
 }
 
 int rw_lua_open_sinks(lua_State *L) {
-  if (luaL_newmetatable(L, DESC_MT)) {
-    static const luaL_Reg methods[] = {{"kind", desc_kind},
-                                       {"faults", desc_faults},
-                                       {"_serve_token", desc_serve_token},
-                                       {"_has_token_fn", desc_has_token_fn},
-                                       {NULL, NULL}};
-    static const luaL_Reg mt[] = {{"__gc", desc_gc}, {"__tostring", desc_tostring}, {NULL, NULL}};
-    static const rw_lua_sink_seam seam = {desc_make};
-    luaL_setfuncs(L, mt, 0);
-    rw_lua_set_seam(L, "__rw_sink", &seam);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg methods[] = {{"kind", desc_kind},
+                                     {"faults", desc_faults},
+                                     {"_serve_token", desc_serve_token},
+                                     {"_has_token_fn", desc_has_token_fn},
+                                     {NULL, NULL}};
+  static const luaL_Reg mt[] = {{"__gc", desc_gc}, {"__tostring", desc_tostring}, {NULL, NULL}};
+  static const rw_lua_sink_seam seam = {desc_make};
+  rw_lua_new_class(L, DESC_MT, mt, methods, "__rw_sink", &seam);
   static const luaL_Reg fns[] = {{"gcs", sinks_gcs},
                                  {"file", sinks_file},
                                  {"is_sink", sinks_is_sink},

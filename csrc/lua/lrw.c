@@ -1,7 +1,9 @@
 /* Shared binding helpers and the error object type. */
 #include "lrw.h"
 
+#include <jansson.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ERROR_MT "reliablewriter.Error"
@@ -247,6 +249,132 @@ int rw_lua_opt_choice(lua_State *L, int idx, int arg, const char *name, int def,
   return def;
 }
 
+char *rw_lua_strndup(lua_State *L, const char *s, size_t len) {
+  if (!s) return NULL;
+  char *c = malloc(len + 1);
+  if (!c) luaL_error(L, "out of memory");
+  memcpy(c, s, len);
+  c[len] = 0;
+  return c;
+}
+
+char *rw_lua_strdup(lua_State *L, const char *s) { return s ? rw_lua_strndup(L, s, strlen(s)) : NULL; }
+
+bool rw_lua_opt_given(lua_State *L, int idx, const char *name) {
+  lua_getfield(L, idx, name);
+  bool given = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  return given;
+}
+
+char *rw_lua_opt_string(lua_State *L, int idx, int arg, const char *name, bool required,
+                        size_t *len) {
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    if (required) luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' is required", name));
+    return NULL;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+    luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a non-empty string (got %s)", name,
+                                          luaL_typename(L, -1)));
+  size_t n;
+  const char *s = lua_tolstring(L, -1, &n);
+  char *c = rw_lua_strndup(L, s, n);
+  lua_pop(L, 1);
+  if (len) *len = n;
+  return c;
+}
+
+/* ---- JSON options ---- */
+
+#define JSON_MAX_DEPTH 16
+
+/* A list: keys exactly 1..n, n > 0. */
+static bool json_is_list(lua_State *L, int idx) {
+  size_t n = lua_rawlen(L, idx), count = 0;
+  if (n == 0) return false;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    count++;
+  }
+  return count == n;
+}
+
+/* Raises on anything json_value cannot take, before any JSON is made (a
+ * raise in the middle of the conversion would leak it). */
+static void json_check(lua_State *L, int idx, int arg, const char *name, int depth) {
+  if (depth > JSON_MAX_DEPTH) luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' is nested too deeply", name));
+  switch (lua_type(L, idx)) {
+  case LUA_TSTRING:
+  case LUA_TBOOLEAN: return;
+  case LUA_TNUMBER:
+    if (!isfinite(lua_tonumber(L, idx)))
+      luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' holds a non-finite number", name));
+    return;
+  case LUA_TTABLE: break;
+  default:
+    luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' cannot hold a %s", name, luaL_typename(L, idx)));
+  }
+  bool list = json_is_list(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (!list && lua_type(L, -2) != LUA_TSTRING)
+      luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must have string keys (or be a list)", name));
+    json_check(L, lua_gettop(L), arg, name, depth + 1);
+    lua_pop(L, 1);
+  }
+}
+
+/* A value json_check accepted (so this never raises). */
+static json_t *json_value(lua_State *L, int idx) {
+  switch (lua_type(L, idx)) {
+  case LUA_TSTRING: return json_stringn(lua_tostring(L, idx), lua_rawlen(L, idx));
+  case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
+  case LUA_TNUMBER: {
+    double v = lua_tonumber(L, idx);
+    if (v == floor(v) && fabs(v) < 9007199254740992.0) return json_integer((json_int_t)v);
+    return json_real(v);
+  }
+  default: break;
+  }
+  if (json_is_list(L, idx)) {
+    json_t *a = json_array();
+    for (size_t i = 1; i <= lua_rawlen(L, idx); i++) {
+      lua_rawgeti(L, idx, (int)i);
+      json_array_append_new(a, json_value(L, lua_gettop(L)));
+      lua_pop(L, 1);
+    }
+    return a;
+  }
+  json_t *o = json_object();
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    json_object_set_new(o, lua_tostring(L, -2), json_value(L, lua_gettop(L)));
+    lua_pop(L, 1);
+  }
+  return o;
+}
+
+char *rw_lua_opt_json_object(lua_State *L, int idx, int arg, const char *name) {
+  lua_getfield(L, idx, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  int t = lua_gettop(L);
+  if (!lua_istable(L, t) || json_is_list(L, t))
+    luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a table with names (a JSON object)", name));
+  json_check(L, t, arg, name, 0);
+  json_t *j = json_value(L, t);
+  char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+  json_decref(j);
+  lua_pop(L, 1);
+  if (!text) luaL_error(L, "out of memory");
+  return text;
+}
+
 double rw_lua_check_number_range(lua_State *L, int arg, const char *what, double min,
                                  double max) {
   double v = luaL_checknumber(L, arg);
@@ -260,6 +388,18 @@ double rw_lua_check_number_range(lua_State *L, int arg, const char *what, double
 
 int rw_lua_closed_error(lua_State *L, const char *what) {
   return luaL_error(L, "attempt to use a closed %s", what);
+}
+
+void rw_lua_new_class(lua_State *L, const char *name, const luaL_Reg *mt, const luaL_Reg *methods,
+                      const char *seam_field, const void *seam) {
+  if (luaL_newmetatable(L, name)) {
+    luaL_setfuncs(L, mt, 0);
+    if (seam_field) rw_lua_set_seam(L, seam_field, seam);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
 }
 
 /* ---- seams (lrw.h) ---- */

@@ -34,6 +34,25 @@ int64_t rw_lua_opt_integer(lua_State *L, int idx, int arg, const char *name, int
 /* String option that must be one of choices (NULL-terminated). Returns the index. */
 int rw_lua_opt_choice(lua_State *L, int idx, int arg, const char *name, int def,
                       const char *const choices[]);
+/* String option: a copy of t[name] (malloc'd, the caller frees), NULL when
+ * absent. Raises "option 'x' is required" when required and absent, and
+ * "option 'x' must be a non-empty string (got T)" when not one. *len (when
+ * len is not NULL) gets its length: the copy may hold zero bytes. */
+char *rw_lua_opt_string(lua_State *L, int idx, int arg, const char *name, bool required,
+                        size_t *len);
+/* True when t[name] is given (not nil): for options whose absence means
+ * "not set" rather than a default. */
+bool rw_lua_opt_given(lua_State *L, int idx, const char *name);
+/* JSON object option: t[name], a table with string keys whose values are
+ * strings, booleans, finite numbers, lists (keys exactly 1..n) or such
+ * tables again (16 deep at most), as compact JSON text (malloc'd, the caller
+ * frees); NULL when absent. Raises naming the option and the rule. */
+char *rw_lua_opt_json_object(lua_State *L, int idx, int arg, const char *name);
+/* A malloc'd copy of s (len bytes, then a 0), or NULL when s is NULL;
+ * raises "out of memory". */
+char *rw_lua_strndup(lua_State *L, const char *s, size_t len);
+/* The same for a 0-terminated s. */
+char *rw_lua_strdup(lua_State *L, const char *s);
 /* Checks a plain number argument: finite and within [min,max]. */
 double rw_lua_check_number_range(lua_State *L, int arg, const char *what, double min, double max);
 
@@ -43,6 +62,21 @@ rw_ctx *rw_lua_checkctx(lua_State *L, int idx);
 rw_ctx *rw_lua_optctx(lua_State *L, int idx);
 /* Pushes a new Lua context object that takes c's reference. */
 void rw_lua_push_ctx(lua_State *L, rw_ctx *c);
+
+/* A userdata's uservalue (Lua 5.4) or environment table (LuaJIT). */
+#if LUA_VERSION_NUM < 502
+#define rw_lua_setuservalue(L, idx) lua_setfenv(L, idx)
+#define rw_lua_getuservalue(L, idx) lua_getfenv(L, idx)
+#else
+#define rw_lua_setuservalue(L, idx) lua_setuservalue(L, idx)
+#define rw_lua_getuservalue(L, idx) lua_getuservalue(L, idx)
+#endif
+
+/* Registers the metatable `name` once: the metamethods mt, methods as its
+ * __index, and (when seam_field is not NULL) the seam (see below) in field
+ * seam_field. Leaves the stack as it was. */
+void rw_lua_new_class(lua_State *L, const char *name, const luaL_Reg *mt, const luaL_Reg *methods,
+                      const char *seam_field, const void *seam);
 
 /* "attempt to use a closed <what>". */
 int rw_lua_closed_error(lua_State *L, const char *what);

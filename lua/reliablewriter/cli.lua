@@ -275,16 +275,61 @@ end
 
 -- ----------------------------------------------------------------- state
 
-local function load_state(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local text = f:read("a")
-  f:close()
-  local ok, st = pcall(json().decode, text)
-  if not ok or type(st) ~= "table" or st.version ~= 1 or type(st.uri) ~= "string" then
-    return nil, "unreadable"
+-- A state file is input like any other: it may be truncated, edited, or
+-- planted. Anything but what rwup writes is refused (nil, why) before a
+-- request is made; no file is nil. The rule goes into "state file PATH: why".
+local STATE_MAX = 64 * KiB
+
+local function whole(v, max)
+  return type(v) == "number" and v == v and v >= 0 and v <= max and v % 1 == 0
+end
+
+local function got(v)
+  return type(v) == "string" and ("'%s'"):format(v:sub(1, 80)) or tostring(v)
+end
+
+local function check_state(st)
+  if type(st) ~= "table" or st.version ~= 1 then return 'must be a JSON object with "version": 1' end
+  for _, k in ipairs { "source", "destination", "mtime" } do
+    if type(st[k]) ~= "string" then return ("'%s' must be a string (got %s)"):format(k, got(st[k])) end
   end
+  for _, k in ipairs { "size", "ino" } do
+    if not whole(st[k], 2 ^ 53) then return ("'%s' must be a whole number from 0 to 2^53 (got %s)"):format(k, got(st[k])) end
+  end
+  local uri = st.uri
+  if type(uri) ~= "string" or #uri > 2048 or not uri:match("^[Hh][Tt][Tt][Pp][Ss]?://[^/?#%s]+[/?]%S*$") then
+    return ("'uri' must be an http(s) URL of at most 2048 bytes (got %s)"):format(got(uri))
+  end
+  if not whole(st.persisted, st.size) then
+    return ("'persisted' must be a whole number from 0 to 'size' %d (got %s)"):format(st.size, got(st.persisted))
+  end
+  local c = st.crc32c
+  if c ~= nil and (type(c) ~= "string" or not c:match("^[%w+/][%w+/][%w+/][%w+/][%w+/][AQgw]==$")) then
+    return ("'crc32c' must be the base64 CRC32C of the persisted bytes, 8 characters (got %s)"):format(got(c))
+  end
+  if st.started ~= nil and type(st.started) ~= "string" then return "'started' must be a string" end
+end
+
+-- The state at path (nil when there is none), or nil, why.
+local function load_state(path)
+  local info = rw.util.stat(path)
+  if not info then return nil end
+  if info.type ~= "file" then return nil, ("is not a regular file (a %s)"):format(info.type) end
+  local f, err = io.open(path, "r")
+  if not f then return nil, ("cannot be read: %s"):format(err) end
+  local text = f:read(STATE_MAX + 1) or ""
+  f:close()
+  if #text > STATE_MAX then return nil, "is larger than 64 KiB: not a state rwup wrote" end
+  local ok, st = pcall(json().decode, text)
+  if not ok then return nil, ("is not JSON (%s)"):format(tostring(st):gsub("^.-:%d+: ", "")) end
+  local why = check_state(st)
+  if why then return nil, why end
   return st
+end
+
+local function state_refused(path, why)
+  return ("state file %s%s%s; delete it, or run with --no-resume to start over"):format(path,
+    why:match("^is ") and " " or ": ", why)
 end
 
 -- ---------------------------------------------------------------- upload
@@ -340,7 +385,7 @@ local function upload(o, env, run)
     if state_path and not o["no-resume"] then
       local why
       state, why = load_state(state_path)
-      if why then run.warn(("state file %s is unreadable: starting over"):format(state_path)) end
+      if why then return EXIT.failed, state_refused(state_path, why) end
       if state and (state.source ~= src_abs or state.destination ~= dst.text) then
         run.warn(("state file %s is for %s -> %s, not this copy: starting over"):format(
           state_path, tostring(state.source), tostring(state.destination)))
@@ -360,6 +405,9 @@ local function upload(o, env, run)
     if w then
       start = state.persisted
       run.resumed = state.persisted
+    elseif err and err.code == "gcs.protocol" then
+      -- the session URI is off the endpoint's origin: nothing was sent to it
+      return EXIT.failed, state_refused(state_path, ("'uri' is not on the endpoint's origin: %s"):format(err.message))
     else
       run.warn(("cannot resume the interrupted upload (%s): starting over"):format(tostring(err)))
     end

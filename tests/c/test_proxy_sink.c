@@ -511,43 +511,104 @@ static bool upload(rw_sink *sink, store *st, size_t n, void (*midway)(void *), v
   return ok;
 }
 
+/* ---- one test's setup: a store, the scripted peer(s) in front of it,
+ * optionally the chaos relay between the sink and the first peer, and the
+ * sink's config pointing at them ---- */
+
+typedef struct bed {
+  store *st;
+  peer *p, *p2;     /* p2: a second peer on the same store (failover), or NULL */
+  rw_faults *prof;  /* the chaos relay's profile, or NULL */
+  rw_chaos *chaos;  /* or NULL */
+  rw_proxy_sink_config cfg;
+} bed;
+
+/* A store of cap bytes, a peer knowing sec, cfg = config_for(p). */
+static void bed_start(bed *b, uint64_t cap, const uint8_t *sec) {
+  memset(b, 0, sizeof *b);
+  b->st = store_new(cap);
+  b->p = peer_start(b->st, sec);
+  b->cfg = config_for(b->p, NULL);
+}
+
+/* Adds a second peer on the same store, the sink's second address. */
+static void bed_second_peer(bed *b) {
+  b->p2 = peer_start(b->st, secret);
+  b->cfg = config_for(b->p, b->p2);
+}
+
+/* Puts the chaos relay (faults fc) between the sink and the first peer. */
+static bool bed_chaos(bed *b, const rw_faults_config *fc) {
+  rw_error *err = NULL;
+  b->prof = rw_faults_new(fc, &err);
+  char up[32];
+  snprintf(up, sizeof up, "127.0.0.1:%d", b->p->port);
+  rw_chaos_config cc = {.upstream = up, .profile = b->prof};
+  if (b->prof) b->chaos = rw_chaos_start(&cc, &err);
+  if (!b->chaos) {
+    log_err("chaos", err);
+    rw_error_unref(err);
+    return false;
+  }
+  b->cfg.addrs[0] = rw_chaos_addr(b->chaos);
+  return true;
+}
+
+/* A sink from b->cfg, or NULL (the error printed). */
+static rw_sink *bed_sink(bed *b) {
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&b->cfg, &err);
+  if (!sink) log_err("rw_proxy_sink_new", err);
+  rw_error_unref(err);
+  return sink;
+}
+
+/* Uploads n random bytes through a new sink: true when the store holds them. */
+static bool bed_upload(bed *b, size_t n, void (*midway)(void *), void *ud) {
+  rw_sink *sink = bed_sink(b);
+  return sink && upload(sink, b->st, n, midway, ud);
+}
+
+/* Stops what bed_start and the others started, in reverse order. */
+static void bed_stop(bed *b) {
+  if (b->chaos) rw_chaos_stop(b->chaos);
+  rw_faults_unref(b->prof);
+  if (b->p2) peer_free(b->p2);
+  peer_free(b->p);
+  store_free(b->st);
+}
+
 static void test_upload(void) {
   size_t n = (5u << 20) + 333;
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
-  rw_proxy_sink_config c = config_for(p, NULL);
-  rw_error *err = NULL;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
+  rw_sink *sink = bed_sink(&b);
   CHECK(sink != NULL && sink->max_inflight == 4);
   double t0 = rw_mono_now();
-  CHECK(upload(sink, st, n, NULL, NULL));
+  CHECK(sink && upload(sink, b.st, n, NULL, NULL));
   fprintf(stderr, "direct to the peer: %.1f MiB/s\n", n / 1048576.0 / (rw_mono_now() - t0));
-  fprintf(stderr, "peak connections at the peer: %d\n", atomic_load(&p->peak_active));
-  CHECK(atomic_load(&p->peak_active) >= 2);
-  CHECK_EQ_INT(atomic_load(&p->dup_without_retry), 0);
-  peer_free(p);
-  store_free(st);
+  fprintf(stderr, "peak connections at the peer: %d\n", atomic_load(&b.p->peak_active));
+  CHECK(atomic_load(&b.p->peak_active) >= 2);
+  CHECK_EQ_INT(atomic_load(&b.p->dup_without_retry), 0);
+  bed_stop(&b);
 }
 
 /* A connection that stops answering (even PINGs) is dropped after 3 missed
  * PINGs; its request goes out again, same seq, RETRY, on another one. */
 static void test_silent_connection(void) {
   size_t n = (3u << 20) + 77;
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
+  peer *p = b.p;
   p->silent_after = 3;
-  rw_proxy_sink_config c = config_for(p, NULL);
-  rw_error *err = NULL;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
   double t0 = rw_mono_now();
-  CHECK(upload(sink, st, n, NULL, NULL));
+  CHECK(bed_upload(&b, n, NULL, NULL));
   fprintf(stderr, "silent connection: upload took %.2f s, %d requests resent with their seq\n",
           rw_mono_now() - t0, atomic_load(&p->retries_known));
   CHECK(atomic_load(&p->silenced) == 1);
   CHECK(atomic_load(&p->retries_known) >= 1);
   CHECK_EQ_INT(atomic_load(&p->dup_without_retry), 0);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 /* Two proxies; the first is killed mid-upload: the upload finishes
@@ -556,64 +617,45 @@ static void kill_peer(void *ud) { peer_kill(ud); }
 
 static void test_failover(void) {
   size_t n = (6u << 20) + 4099;
-  store *st = store_new(n + (1u << 20));
-  peer *a = peer_start(st, secret), *b = peer_start(st, secret);
-  rw_proxy_sink_config c = config_for(a, b);
-  rw_error *err = NULL;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
-  CHECK(upload(sink, st, n, kill_peer, a));
-  fprintf(stderr, "failover: writes at a %d, at b %d\n", atomic_load(&a->writes), atomic_load(&b->writes));
-  CHECK(atomic_load(&a->writes) > 0);
-  CHECK(atomic_load(&b->writes) > 0);
-  peer_free(a);
-  peer_free(b);
-  store_free(st);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
+  bed_second_peer(&b);
+  CHECK(bed_upload(&b, n, kill_peer, b.p));
+  fprintf(stderr, "failover: writes at a %d, at b %d\n", atomic_load(&b.p->writes), atomic_load(&b.p2->writes));
+  CHECK(atomic_load(&b.p->writes) > 0);
+  CHECK(atomic_load(&b.p2->writes) > 0);
+  bed_stop(&b);
 }
 
 /* The chaos proxy between the sink and the peer: resets, stalls, latency. */
 static void test_chaos(void) {
   size_t n = (6u << 20) + 999;
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
   rw_faults_config fc = {.seed = rng | 1, .reset_per_mib = 1.0, .stall_per_mib = 0.3, .stall_for = 5,
                          .latency = 0.002};
-  rw_error *err = NULL;
-  rw_faults *prof = rw_faults_new(&fc, &err);
-  char up[32];
-  snprintf(up, sizeof up, "127.0.0.1:%d", p->port);
-  rw_chaos_config cc = {.upstream = up, .profile = prof};
-  rw_chaos *chaos = rw_chaos_start(&cc, &err);
-  CHECK(chaos != NULL);
-  rw_proxy_sink_config c = config_for(p, NULL);
-  c.addrs[0] = rw_chaos_addr(chaos);
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
-  CHECK(upload(sink, st, n, NULL, NULL));
-  rw_faults_stats fs;
-  rw_faults_stats_read(prof, &fs);
+  bool relayed = bed_chaos(&b, &fc);
+  CHECK(relayed);
+  CHECK(relayed && bed_upload(&b, n, NULL, NULL));
+  rw_faults_stats fs = {0};
+  if (relayed) rw_faults_stats_read(b.prof, &fs);
   fprintf(stderr, "chaos: %llu resets, %llu stalls, %d requests resent with their seq\n",
-          (unsigned long long)fs.resets, (unsigned long long)fs.stalls, atomic_load(&p->retries_known));
+          (unsigned long long)fs.resets, (unsigned long long)fs.stalls, atomic_load(&b.p->retries_known));
   CHECK(fs.resets + fs.stalls > 0);
-  CHECK_EQ_INT(atomic_load(&p->dup_without_retry), 0);
-  rw_chaos_stop(chaos);
-  rw_faults_unref(prof);
-  peer_free(p);
-  store_free(st);
+  CHECK_EQ_INT(atomic_load(&b.p->dup_without_retry), 0);
+  bed_stop(&b);
 }
 
 /* proto.expired (the proxy's table forgot the request): sent again as a
  * new request, the upload goes on. */
 static void test_expired(void) {
   size_t n = (2u << 20) + 5;
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
-  atomic_store(&p->expire_once, 1);
-  rw_proxy_sink_config c = config_for(p, NULL);
-  rw_error *err = NULL;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
-  CHECK(upload(sink, st, n, NULL, NULL));
-  CHECK_EQ_INT(atomic_load(&p->expire_once), 0);
-  peer_free(p);
-  store_free(st);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
+  atomic_store(&b.p->expire_once, 1);
+  CHECK(bed_upload(&b, n, NULL, NULL));
+  CHECK_EQ_INT(atomic_load(&b.p->expire_once), 0);
+  bed_stop(&b);
 }
 
 /* A proxy that says GOODBYE to a connection idle for 2 ms and closes it:
@@ -621,46 +663,32 @@ static void test_expired(void) {
  * go out on dead connections (a few may, racing the GOODBYE). */
 static void test_goodbye(void) {
   size_t n = (3u << 20) + 17;
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
-  p->bye_after = 2;
-  rw_proxy_sink_config c = config_for(p, NULL);
-  rw_error *err = NULL;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
+  b.p->bye_after = 2;
   pace_ms = 10; /* connections go idle between pieces */
-  CHECK(upload(sink, st, n, NULL, NULL));
+  CHECK(bed_upload(&b, n, NULL, NULL));
   pace_ms = 0;
   fprintf(stderr, "goodbye: %d connections closed by the proxy, %llu requests resent\n",
-          atomic_load(&p->byes), (unsigned long long)last_stats.resent);
-  CHECK(atomic_load(&p->byes) >= 4);
-  CHECK(last_stats.resent * 4 <= (uint64_t)atomic_load(&p->byes));
-  peer_free(p);
-  store_free(st);
+          atomic_load(&b.p->byes), (unsigned long long)last_stats.resent);
+  CHECK(atomic_load(&b.p->byes) >= 4);
+  CHECK(last_stats.resent * 4 <= (uint64_t)atomic_load(&b.p->byes));
+  bed_stop(&b);
 }
 
 /* Connections in flight pay off on a long path: the chaos relay delays
  * every byte 10 ms each way; 4 connections against 1 on the same upload. */
 static double timed_upload(int connections, size_t n) {
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
   rw_faults_config fc = {.seed = 1, .latency = 0.01};
-  rw_error *err = NULL;
-  rw_faults *prof = rw_faults_new(&fc, &err);
-  char up[32];
-  snprintf(up, sizeof up, "127.0.0.1:%d", p->port);
-  rw_chaos_config cc = {.upstream = up, .profile = prof};
-  rw_chaos *chaos = rw_chaos_start(&cc, &err);
-  rw_proxy_sink_config c = config_for(p, NULL);
-  c.addrs[0] = rw_chaos_addr(chaos);
-  c.connections = connections;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  bool relayed = bed_chaos(&b, &fc);
+  CHECK(relayed);
+  b.cfg.connections = connections;
   double t0 = rw_mono_now();
-  CHECK(upload(sink, st, n, NULL, NULL));
+  CHECK(relayed && bed_upload(&b, n, NULL, NULL));
   double dt = rw_mono_now() - t0;
-  rw_chaos_stop(chaos);
-  rw_faults_unref(prof);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
   return dt;
 }
 
@@ -678,14 +706,14 @@ static void test_connections_scale(void) {
  * session; a new sink with that session (and so a new client_id) resumes. */
 static void test_resume(void) {
   size_t n = (4u << 20) + 11, half = 2u << 20;
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
-  rw_proxy_sink_config c = config_for(p, NULL);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
+  store *st = b.st;
   rw_error *err = NULL;
   rw_writer_config wc = rw_writer_defaults();
   wc.max_cache_size = 1u << 20;
   wc.max_chunk_size = 256u << 10;
-  rw_writer *w = rw_writer_new(NULL, rw_proxy_sink_new(&c, &err), &wc, &err);
+  rw_writer *w = rw_writer_new(NULL, bed_sink(&b), &wc, &err);
   unsigned char *data = random_data(n);
   size_t off = 0;
   while (off < half) {
@@ -701,13 +729,12 @@ static void test_resume(void) {
   char *sess = rw_writer_session(w, &persisted, &has_crc, &crc);
   rw_writer_free(w);
   CHECK(sess && persisted > 0 && persisted <= half);
-  rw_proxy_sink_config rc = config_for(p, NULL);
-  rc.session = sess;
+  b.cfg.session = sess;
   wc.resume = true;
   wc.start_offset = persisted;
   wc.has_start_crc = has_crc;
   wc.start_crc = crc;
-  w = rw_writer_new(NULL, rw_proxy_sink_new(&rc, &err), &wc, &err);
+  w = rw_writer_new(NULL, bed_sink(&b), &wc, &err);
   CHECK(w != NULL);
   for (off = persisted; w && off < n;) {
     size_t acc = 0;
@@ -727,64 +754,58 @@ static void test_resume(void) {
   pthread_mutex_unlock(&st->mu);
   free(sess);
   free(data);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 /* A proxy takes bytes only up to its session cache past what it holds
  * (rw.out_of_window beyond): the sink's window keeps every piece inside. */
 static void test_window(void) {
   size_t n = (4u << 20) + 3;
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
+  store *st = b.st;
+  peer *p = b.p;
   p->window = 1u << 20;
-  rw_proxy_sink_config c = config_for(p, NULL);
-  c.window = 1u << 20;
-  rw_error *err = NULL;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  b.cfg.window = 1u << 20;
+  rw_sink *sink = bed_sink(&b);
   CHECK(sink && sink->max_ahead == (1u << 20));
   CHECK(upload(sink, st, n, NULL, NULL));
   CHECK_EQ_INT(atomic_load(&p->out_of_window), 0);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 /* proto.rate_limited with retry_after_ms: the refused bytes come again no
  * sooner than that, however short the writer's own backoff. */
 static void test_retry_after(void) {
   size_t n = (2u << 20) + 9;
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
+  store *st = b.st;
+  peer *p = b.p;
   atomic_store(&p->limit_once, 1);
-  rw_proxy_sink_config c = config_for(p, NULL);
-  rw_error *err = NULL;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  rw_sink *sink = bed_sink(&b);
   CHECK(upload(sink, st, n, NULL, NULL));
   pthread_mutex_lock(&p->mu);
   double gap = p->retried_at - p->limited_at;
   pthread_mutex_unlock(&p->mu);
   fprintf(stderr, "rate limited: the bytes came again after %.3f s (retry_after 0.300 s)\n", gap);
   CHECK(gap >= 0.29);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 static void test_wrong_secret(void) {
-  store *st = store_new(1 << 20);
-  peer *p = peer_start(st, other_secret);
-  rw_proxy_sink_config c = config_for(p, NULL);
-  rw_error *err = NULL;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  bed b;
+  bed_start(&b, 1 << 20, other_secret);
+  rw_sink *sink = bed_sink(&b);
   rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
   double t0 = rw_mono_now();
-  err = sink->ops->begin(sink, ctx);
+  rw_error *err = sink->ops->begin(sink, ctx);
   CHECK(err && rw_error_is(err, RW_E_PROTO_AUTH_FAILED) && !rw_error_retryable(err));
   CHECK(rw_mono_now() - t0 < 2);
   rw_error_unref(err);
   rw_ctx_unref(ctx);
   rw_sink_destroy(sink);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 /* ---- heartbeats on idle connections (PROTOCOL.md 8) ---- */
@@ -833,8 +854,10 @@ static bool put_checked(rw_sink *sink, store *st, size_t n) {
  * within the client's ping interval (0.25 s), with no put running; then a
  * put reuses the connection. */
 static void test_idle_answers_pings(void) {
-  store *st = store_new(1u << 20);
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, 1u << 20, secret);
+  store *st = b.st;
+  peer *p = b.p;
   p->ping_every_ms = 100;
   rw_sink *sink = idle_sink(p);
   sleep_s(1.0);
@@ -851,15 +874,16 @@ static void test_idle_answers_pings(void) {
   CHECK_EQ_INT((int)n.connects, 1);
   CHECK_EQ_INT((int)n.dropped, 0);
   rw_sink_destroy(sink);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 /* A quiet proxy that answers: the idle connection PINGs every 0.25 s on
  * its own and stays open; a put right after reuses it. */
 static void test_idle_sends_pings(void) {
-  store *st = store_new(1u << 20);
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, 1u << 20, secret);
+  store *st = b.st;
+  peer *p = b.p;
   rw_sink *sink = idle_sink(p);
   sleep_s(1.2);
   rw_proxy_sink_counts n;
@@ -874,16 +898,17 @@ static void test_idle_sends_pings(void) {
   CHECK_EQ_INT((int)n.connects, 1);
   CHECK_EQ_INT((int)n.dropped, 0);
   rw_sink_destroy(sink);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 /* A proxy that stops answering PINGs: the idle connection is closed after
  * 3 of them (about 4 intervals of silence); the next put opens a fresh one
  * and succeeds. */
 static void test_idle_unanswered(void) {
-  store *st = store_new(1u << 20);
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, 1u << 20, secret);
+  store *st = b.st;
+  peer *p = b.p;
   atomic_store(&p->mute_pings, true);
   double t0 = rw_mono_now();
   rw_sink *sink = idle_sink(p);
@@ -901,8 +926,7 @@ static void test_idle_unanswered(void) {
   rw_proxy_sink_stats(sink, &n);
   CHECK_EQ_INT((int)n.connects, 2);
   rw_sink_destroy(sink);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 /* Threads of this process named rw-heartbeat. */
@@ -923,12 +947,11 @@ static int heartbeat_threads(void) {
 /* One heartbeat thread for the process however many sinks, started by the
  * first idle connection, joined with the last sink. */
 static void test_heartbeat_threads(void) {
-  store *st = store_new(1u << 20);
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, 1u << 20, secret);
+  peer *p = b.p;
   CHECK_EQ_INT(heartbeat_threads(), 0);
-  rw_proxy_sink_config c = config_for(p, NULL);
-  rw_error *err = NULL;
-  rw_sink *lazy = rw_proxy_sink_new(&c, &err);
+  rw_sink *lazy = bed_sink(&b);
   CHECK_EQ_INT(heartbeat_threads(), 0); /* no connection yet: no thread */
   rw_sink *s[5];
   for (int i = 0; i < 5; i++) s[i] = idle_sink(p);
@@ -946,8 +969,7 @@ static void test_heartbeat_threads(void) {
   CHECK_EQ_INT(heartbeat_threads(), 1);
   rw_sink_destroy(s[0]);
   CHECK_EQ_INT(heartbeat_threads(), 0);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 /* fork (nginx forks its workers; a script may fork too): the child has no
@@ -956,8 +978,10 @@ static void test_heartbeat_threads(void) {
  * watched there, and the parent's sink goes on working. */
 static void test_heartbeat_fork(void) {
 #ifndef RW_SANITIZED /* the sanitizers do not support threads after a multi-threaded fork */
-  store *st = store_new(1u << 20);
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, 1u << 20, secret);
+  store *st = b.st;
+  peer *p = b.p;
   rw_sink *parent = idle_sink(p);
   CHECK_EQ_INT(heartbeat_threads(), 1);
   fflush(stderr);
@@ -984,8 +1008,7 @@ static void test_heartbeat_fork(void) {
   CHECK_EQ_INT((int)n.connects, 1);
   rw_sink_destroy(parent);
   CHECK_EQ_INT(heartbeat_threads(), 0);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 #endif
 }
 
@@ -995,13 +1018,13 @@ static void test_heartbeat_fork(void) {
  * MAC order (the peer would close the connection), nothing dropped. */
 static void test_heartbeat_during_upload(void) {
   size_t n = (3u << 20) + 31;
-  store *st = store_new(n + (1u << 20));
-  peer *p = peer_start(st, secret);
+  bed b;
+  bed_start(&b, n + (1u << 20), secret);
+  store *st = b.st;
+  peer *p = b.p;
   p->ping_every_ms = 2;
-  rw_proxy_sink_config c = config_for(p, NULL);
-  c.ping_interval = 0.01;
-  rw_error *err = NULL;
-  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  b.cfg.ping_interval = 0.01;
+  rw_sink *sink = bed_sink(&b);
   pace_ms = 10;
   CHECK(upload(sink, st, n, NULL, NULL));
   pace_ms = 0;
@@ -1011,8 +1034,7 @@ static void test_heartbeat_during_upload(void) {
   CHECK(atomic_load(&p->pongs_got) > 0);
   CHECK_EQ_INT((int)last_stats.dropped, 0);
   CHECK_EQ_INT(atomic_load(&p->dup_without_retry), 0);
-  peer_free(p);
-  store_free(st);
+  bed_stop(&b);
 }
 
 static void expect_invalid(rw_proxy_sink_config c, const char *word) {

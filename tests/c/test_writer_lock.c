@@ -15,105 +15,7 @@
 #include "core/clock.h"
 #include "ctest.h"
 #include "io/writer.h"
-
-static uint64_t rng;
-
-/* ---- a memory sink: takes puts at any offset, persists the contiguous
- * prefix in whole 256 KiB blocks ---- */
-
-typedef struct mem_sink {
-  rw_sink base;
-  pthread_mutex_t mu;
-  unsigned char *data, *have;
-  uint64_t cap, persisted, total;
-  bool finalized;
-  atomic_bool gate_closed; /* query waits (bounded) until the test opens it */
-} mem_sink;
-
-static void mem_settle(mem_sink *m) {
-  uint64_t c = m->persisted;
-  while (c < m->cap && m->have[c]) c++;
-  c -= c % RW_CHUNK_QUANTUM;
-  if (c > m->persisted) m->persisted = c;
-}
-
-static void mem_result(mem_sink *m, rw_sink_result *res) {
-  memset(res, 0, sizeof *res);
-  res->persisted = m->finalized ? m->total : m->persisted;
-  if (!m->finalized) return;
-  res->finalized = true;
-  res->obj.size = m->total;
-  char b64[16];
-  rw_crc32c_base64(rw_crc32c(0, m->data, m->total), b64);
-  res->obj.crc32c = strdup(b64);
-}
-
-static rw_error *mem_put(rw_sink *s, rw_ctx *ctx, const rw_sink_put *p, rw_sink_result *res) {
-  (void)ctx;
-  mem_sink *m = (mem_sink *)s;
-  struct timespec ts = {0, 1000000}; /* lets puts overlap */
-  nanosleep(&ts, NULL);
-  pthread_mutex_lock(&m->mu);
-  uint64_t at = p->offset;
-  for (int i = 0; i < p->iovcnt && at + p->iov[i].iov_len <= m->cap; i++) {
-    memcpy(m->data + at, p->iov[i].iov_base, p->iov[i].iov_len);
-    memset(m->have + at, 1, p->iov[i].iov_len);
-    at += p->iov[i].iov_len;
-  }
-  mem_settle(m);
-  if (p->final && at == p->offset + p->len) {
-    uint64_t c = m->persisted;
-    while (c < m->cap && m->have[c]) c++;
-    if (c >= at) {
-      m->total = m->persisted = at;
-      m->finalized = true;
-    }
-  }
-  mem_result(m, res);
-  pthread_mutex_unlock(&m->mu);
-  return NULL;
-}
-
-static rw_error *mem_query(rw_sink *s, rw_ctx *ctx, rw_sink_result *res) {
-  (void)ctx;
-  mem_sink *m = (mem_sink *)s;
-  double until = rw_mono_now() + 20;
-  while (atomic_load(&m->gate_closed) && rw_mono_now() < until) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
-  }
-  pthread_mutex_lock(&m->mu);
-  mem_result(m, res);
-  pthread_mutex_unlock(&m->mu);
-  return NULL;
-}
-
-static rw_error *mem_begin(rw_sink *s, rw_ctx *ctx) { (void)s, (void)ctx; return NULL; }
-static rw_error *mem_abort(rw_sink *s, rw_ctx *ctx) { (void)s, (void)ctx; return NULL; }
-static const char *mem_session(rw_sink *s) { (void)s; return "mem://lock"; }
-static void mem_destroy(rw_sink *s) { (void)s; } /* owned by the test */
-
-static const rw_sink_ops mem_ops = {.kind = "mem", .begin = mem_begin, .put = mem_put,
-                                    .query = mem_query, .abort = mem_abort,
-                                    .session = mem_session, .destroy = mem_destroy};
-
-static mem_sink *mem_new(uint64_t cap, int max_inflight) {
-  mem_sink *m = calloc(1, sizeof *m);
-  m->base.ops = &mem_ops;
-  m->base.max_inflight = max_inflight;
-  pthread_mutex_init(&m->mu, NULL);
-  m->cap = cap;
-  m->data = calloc(1, cap);
-  m->have = calloc(1, cap);
-  return m;
-}
-
-static void mem_free(mem_sink *m) {
-  pthread_mutex_destroy(&m->mu);
-  free(m->data);
-  free(m->have);
-  free(m);
-}
+#include "writer_fixture.h"
 
 /* ---- the hook: slow hashing, watched ---- */
 
@@ -125,11 +27,6 @@ typedef struct hook {
   pthread_t owner;
   atomic_int owner_calls;
 } hook;
-
-static void sleep_ms(unsigned ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
 
 static void hook_fn(void *ud, uint64_t from, uint64_t to) {
   hook *h = ud;
@@ -144,60 +41,31 @@ static void hook_fn(void *ud, uint64_t from, uint64_t to) {
     return;
   }
   int n = atomic_fetch_add(&h->calls, 1);
-  sleep_ms(n == 0 ? h->first_ms : h->each_ms);
+  fx_sleep_ms(n == 0 ? h->first_ms : h->each_ms);
   atomic_store(&h->last_to, to);
   atomic_fetch_sub(&h->inside, 1);
 }
 
 /* ---- driving the writer ---- */
 
-static unsigned char *random_data(size_t n) {
-  unsigned char *d = malloc(n);
-  for (size_t i = 0; i < n; i++) d[i] = (unsigned char)rw_rand_next(&rng);
-  return d;
-}
-
-static void log_err(const char *what, rw_error *e) {
-  char buf[512];
-  rw_error_format(e, buf, sizeof buf);
-  fprintf(stderr, "%s: %s\n", what, buf);
-}
-
-static bool write_at(rw_writer *w, uint64_t off, const unsigned char *data, size_t n) {
-  size_t done = 0;
-  double t0 = rw_mono_now();
-  while (done < n && rw_mono_now() - t0 < 30) {
-    size_t acc = 0;
-    rw_error *e = rw_writer_write_some(w, off + done, data + done, n - done, NULL, NULL, &acc);
-    if (e) {
-      log_err("write", e);
-      rw_error_unref(e);
-      return false;
-    }
-    done += acc;
-    if (!acc) rw_writer_wait(w, NULL, true, off + done, 1);
-    rw_writer_drain(w);
-  }
-  return done == n;
-}
-
-static bool complete(rw_writer *w) {
-  rw_error *e = rw_writer_complete_start(w, UINT64_MAX);
-  double t0 = rw_mono_now();
-  while (!e && !rw_writer_finished(w) && rw_mono_now() - t0 < 30) rw_writer_wait(w, NULL, false, 0, 1);
-  rw_writer_drain(w);
-  if (!e) e = rw_writer_error(w);
-  if (e) log_err("complete", e);
-  bool ok = !e && rw_writer_object(w) != NULL;
-  rw_error_unref(e);
-  return ok;
-}
-
 /* Waits (bounded) until the hook has been entered. */
 static bool wait_hashing(hook *h) {
   double t0 = rw_mono_now();
-  while (atomic_load(&h->calls) == 0 && rw_mono_now() - t0 < 20) sleep_ms(1);
+  while (atomic_load(&h->calls) == 0 && rw_mono_now() - t0 < 20) fx_sleep_ms(1);
   return atomic_load(&h->calls) > 0;
+}
+
+/* A writer on m: the defaults with a cache of `cache` bytes and chunks of
+ * `chunk`; NULL (a CHECK failed, m freed) when it cannot be made. */
+static rw_writer *lock_writer(mem_sink *m, uint64_t cache, uint64_t chunk, bool resume) {
+  rw_writer_config c = rw_writer_defaults();
+  c.max_cache_size = cache;
+  c.min_chunk_size = c.max_chunk_size = chunk;
+  c.resume = resume;
+  rw_writer *w = new_writer(&m->base, &c);
+  CHECK(w != NULL);
+  if (!w) mem_free(m);
+  return w;
 }
 
 #define BIG (64u << 20)
@@ -207,22 +75,13 @@ static bool wait_hashing(hook *h) {
 /* While one 64 MiB chunk's confirmation is being hashed (slowly), the owner's
  * stats, room, drain and a write all return at once. */
 static void test_owner_not_blocked(void) {
-  mem_sink *m = mem_new(2 * (size_t)BIG, 1);
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = 2 * (uint64_t)BIG;
-  c.min_chunk_size = c.max_chunk_size = BIG;
-  rw_error *err = NULL;
-  rw_writer *w = rw_writer_new(NULL, &m->base, &c, &err);
-  CHECK(w != NULL);
-  if (!w) {
-    rw_error_unref(err);
-    mem_free(m);
-    return;
-  }
+  mem_sink *m = mem_new(2 * (size_t)BIG, 1, 0);
+  rw_writer *w = lock_writer(m, 2 * (uint64_t)BIG, BIG, false);
+  if (!w) return;
   hook h = {.first_ms = SLOW_MS, .each_ms = 0};
   rw_writer_set_hash_hook(w, hook_fn, &h);
   unsigned char *data = random_data(2 * (size_t)BIG);
-  CHECK(write_at(w, 0, data, BIG)); /* one whole chunk: sent and confirmed */
+  CHECK(write_at(w, 0, data, BIG, 0, NULL)); /* one whole chunk: sent and confirmed */
   CHECK(wait_hashing(&h));
   double t0 = rw_mono_now();
   rw_writer_stats st = rw_writer_get_stats(w);
@@ -242,7 +101,7 @@ static void test_owner_not_blocked(void) {
   CHECK(e == NULL);
   rw_error_unref(e);
   CHECK(acc == 1u << 20);
-  CHECK(write_at(w, BIG + acc, data + BIG + acc, BIG - acc));
+  CHECK(write_at(w, BIG + acc, data + BIG + acc, BIG - acc, 0, NULL));
   CHECK(complete(w));
   st = rw_writer_get_stats(w);
   CHECK(st.persisted == 2 * (uint64_t)BIG);
@@ -256,18 +115,9 @@ static void test_owner_not_blocked(void) {
 /* The same without a hook: how long the owner's calls take while real
  * hashing of 64 MiB confirmations runs (printed, not asserted). */
 static void test_measure_stall(void) {
-  mem_sink *m = mem_new(4 * (size_t)BIG, 1);
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = 2 * (uint64_t)BIG;
-  c.min_chunk_size = c.max_chunk_size = BIG;
-  rw_error *err = NULL;
-  rw_writer *w = rw_writer_new(NULL, &m->base, &c, &err);
-  CHECK(w != NULL);
-  if (!w) {
-    rw_error_unref(err);
-    mem_free(m);
-    return;
-  }
+  mem_sink *m = mem_new(4 * (size_t)BIG, 1, 0);
+  rw_writer *w = lock_writer(m, 2 * (uint64_t)BIG, BIG, false);
+  if (!w) return;
   unsigned char *data = random_data(4 * (size_t)BIG);
   double t0 = rw_mono_now();
   uint32_t crc = rw_crc32c(0, data, BIG);
@@ -285,7 +135,7 @@ static void test_measure_stall(void) {
     rw_error *e = rw_writer_write_some(w, off, data + off, 1u << 20, NULL, NULL, &acc);
     if (e) {
       CHECK(e == NULL);
-      log_err("write", e);
+      print_error("write", e);
       rw_error_unref(e);
       break;
     }
@@ -306,24 +156,15 @@ static void test_measure_stall(void) {
  * CRCs still catch a rewrite of persisted bytes. */
 static void test_inflight_confirmers(void) {
   size_t n = 24u << 20;
-  mem_sink *m = mem_new(n, 4);
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = 8u << 20;
-  c.min_chunk_size = c.max_chunk_size = 1u << 20;
-  rw_error *err = NULL;
-  rw_writer *w = rw_writer_new(NULL, &m->base, &c, &err);
-  CHECK(w != NULL);
-  if (!w) {
-    rw_error_unref(err);
-    mem_free(m);
-    return;
-  }
+  mem_sink *m = mem_new(n, 4, 0);
+  rw_writer *w = lock_writer(m, 8u << 20, 1u << 20, false);
+  if (!w) return;
   hook h = {.first_ms = 5, .each_ms = 5};
   rw_writer_set_hash_hook(w, hook_fn, &h);
   unsigned char *data = random_data(n);
-  CHECK(write_at(w, 0, data, n / 2));
+  CHECK(write_at(w, 0, data, n / 2, 0, NULL));
   double t0 = rw_mono_now();
-  while (rw_writer_get_stats(w).persisted < RW_CHUNK_QUANTUM * 4 && rw_mono_now() - t0 < 20) sleep_ms(1);
+  while (rw_writer_get_stats(w).persisted < RW_CHUNK_QUANTUM * 4 && rw_mono_now() - t0 < 20) fx_sleep_ms(1);
   unsigned char *bad = malloc(RW_CHUNK_QUANTUM);
   memcpy(bad, data, RW_CHUNK_QUANTUM);
   bad[rw_rand_next(&rng) % RW_CHUNK_QUANTUM] ^= 1;
@@ -335,7 +176,7 @@ static void test_inflight_confirmers(void) {
   CHECK(e == NULL && acc == RW_CHUNK_QUANTUM);
   rw_error_unref(e);
   free(bad);
-  CHECK(write_at(w, n / 2, data + n / 2, n - n / 2));
+  CHECK(write_at(w, n / 2, data + n / 2, n - n / 2, 0, NULL));
   CHECK(complete(w)); /* the object's crc32c is compared with ours */
   CHECK(m->total == n && memcmp(m->data, data, n) == 0);
   CHECK(rw_writer_get_stats(w).persisted == n);
@@ -353,28 +194,18 @@ static void test_inflight_confirmers(void) {
  * bytes hands its range to that thread instead of waiting for the lock. */
 static void test_resume_handoff(void) {
   size_t n = 32u << 20, held = 16u << 20, first = 8u << 20;
-  mem_sink *m = mem_new(n, 1);
+  mem_sink *m = mem_new(n, 1, 0);
   unsigned char *data = random_data(n);
-  memcpy(m->data, data, held);
-  memset(m->have, 1, held);
-  m->persisted = held;
+  mem_hold(m, data, held);
   atomic_store(&m->gate_closed, true);
-  rw_writer_config c = rw_writer_defaults();
-  c.max_cache_size = n;
-  c.min_chunk_size = c.max_chunk_size = 4u << 20;
-  c.resume = true;
-  rw_error *err = NULL;
-  rw_writer *w = rw_writer_new(NULL, &m->base, &c, &err);
-  CHECK(w != NULL);
+  rw_writer *w = lock_writer(m, n, 4u << 20, true);
   if (!w) {
-    rw_error_unref(err);
-    mem_free(m);
     free(data);
     return;
   }
   hook h = {.first_ms = SLOW_MS, .each_ms = 0, .pool_only = true, .owner = pthread_self()};
   rw_writer_set_hash_hook(w, hook_fn, &h);
-  CHECK(write_at(w, 0, data, first)); /* before the session query answers */
+  CHECK(write_at(w, 0, data, first, 0, NULL)); /* before the session query answers */
   atomic_store(&m->gate_closed, false);
   CHECK(wait_hashing(&h)); /* the query's answer: [0, first) is hashed on the pool */
   double t0 = rw_mono_now();
@@ -386,7 +217,7 @@ static void test_resume_handoff(void) {
   CHECK(dt < QUICK_S);
   CHECK(e == NULL && acc == held - first);
   rw_error_unref(e);
-  CHECK(write_at(w, held, data + held, n - held));
+  CHECK(write_at(w, held, data + held, n - held, 0, NULL));
   CHECK(complete(w)); /* the object's crc32c is compared with ours */
   CHECK(m->total == n && memcmp(m->data, data, n) == 0);
   rw_writer_stats st = rw_writer_get_stats(w);

@@ -24,13 +24,8 @@ typedef struct faulty_desc {
   int depth; /* faulty descriptors below this one */
 } faulty_desc;
 
-#if LUA_VERSION_NUM < 502
-#define set_uservalue(L, idx) lua_setfenv(L, idx)
-#define get_uservalue(L, idx) lua_getfenv(L, idx)
-#else
-#define set_uservalue(L, idx) lua_setuservalue(L, idx)
-#define get_uservalue(L, idx) lua_getuservalue(L, idx)
-#endif
+#define set_uservalue rw_lua_setuservalue
+#define get_uservalue rw_lua_getuservalue
 
 static faulty_desc *check_faulty(lua_State *L, int idx) { return luaL_checkudata(L, idx, FAULTY_MT); }
 
@@ -63,7 +58,7 @@ static void codes_option(lua_State *L, int idx, int arg, faulty_desc *d) {
     if (lua_type(L, -1) != LUA_TSTRING || !code_known(c))
       luaL_argerror(L, arg, lua_pushfstring(L, "option 'codes': '%s' is not a known error code",
                                             c ? c : luaL_typename(L, -1)));
-    if (!(d->codes[i - 1] = strdup(c))) luaL_error(L, "out of memory");
+    d->codes[i - 1] = rw_lua_strdup(L, c);
     lua_pop(L, 1);
   }
   d->fc.codes = (const char *const *)d->codes;
@@ -166,18 +161,12 @@ static int faulty_tostring(lua_State *L) {
 
 /* Pushes the faulty() constructor. */
 int rw_tb_open_faulty(lua_State *L) {
-  if (luaL_newmetatable(L, FAULTY_MT)) {
-    static const luaL_Reg methods[] = {{"kind", faulty_kind},     {"inner", faulty_inner},
-                                       {"faults", faulty_faults}, {"stats", faulty_stats},
-                                       {NULL, NULL}};
-    static const luaL_Reg mt[] = {{"__gc", faulty_gc}, {"__tostring", faulty_tostring}, {NULL, NULL}};
-    static const rw_lua_sink_seam seam = {faulty_make};
-    luaL_setfuncs(L, mt, 0);
-    rw_lua_set_seam(L, "__rw_sink", &seam);
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
+  static const luaL_Reg methods[] = {{"kind", faulty_kind},     {"inner", faulty_inner},
+                                     {"faults", faulty_faults}, {"stats", faulty_stats},
+                                     {NULL, NULL}};
+  static const luaL_Reg mt[] = {{"__gc", faulty_gc}, {"__tostring", faulty_tostring}, {NULL, NULL}};
+  static const rw_lua_sink_seam seam = {faulty_make};
+  rw_lua_new_class(L, FAULTY_MT, mt, methods, "__rw_sink", &seam);
   lua_pushcfunction(L, tb_faulty);
   return 1;
 }
