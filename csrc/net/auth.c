@@ -194,6 +194,13 @@ void rw_cred_forget_shared(void) {
   }
 }
 
+/* The registry's references end with the library: Lua closes its C modules
+ * (dlclose) at lua_close, and with them the g_shared pointer, so a cached
+ * credential left there was lost memory (valgrind: definitely lost, one per
+ * process that made a GCS sink or reader with the default chain). Users that
+ * still hold a credential keep it: only the registry's reference goes. */
+__attribute__((destructor)) static void forget_at_unload(void) { rw_cred_forget_shared(); }
+
 const char *rw_cred_describe(rw_cred *c) { return c->desc; }
 
 uint64_t rw_cred_fetches(rw_cred *c) {
