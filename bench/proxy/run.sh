@@ -8,6 +8,7 @@
 #      alternately N times; the table has the medians and the median ratio.
 #      RW_BENCH_SHAPED_RUNS=N (default 1): the same for the shaped rows.
 #      RW_BENCH_PROXY_CACHE=BYTES passes --cache to the proxy.
+#      RW_BENCH_PROXY_BIN=PATH runs another proxy binary (before/after a change).
 #      RW_BENCH_SKIP_SHAPED=1 runs the loopback rows only.
 # Each loopback run also records CPU seconds (user + system) of the client,
 # the proxy and the fake (/proc/PID/stat, os.clock in the client) and how busy
@@ -34,7 +35,7 @@ url=$(head -1 "$work/fake.url")
 head -c 32 /dev/urandom >"$work/secret"
 cache=()
 [[ -n "${RW_BENCH_PROXY_CACHE:-}" ]] && cache=(--cache "$RW_BENCH_PROXY_CACHE")
-bin/reliablewriter-proxy --listen 127.0.0.1:0 --upstream "$url" --secret-file "$work/secret" "${cache[@]}" \
+${RW_BENCH_PROXY_BIN:-bin/reliablewriter-proxy} --listen 127.0.0.1:0 --upstream "$url" --secret-file "$work/secret" "${cache[@]}" \
   >"$work/proxy.out" 2>"$work/proxy.log" &
 ppid=$!
 pids+=($ppid)
