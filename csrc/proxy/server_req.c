@@ -371,7 +371,7 @@ static bool pump_complete(rw_proxy_server *s, session *ss, op *o, bool *drop) {
   }
   if (!rw_writer_finished(ss->writer)) return false;
   const rw_sink_object *obj = rw_writer_object(ss->writer);
-  rw_error *e = obj ? check_sums(o, obj) : rw_error_ref(rw_writer_error(ss->writer));
+  rw_error *e = obj ? check_sums(o, obj) : rw_writer_error(ss->writer); /* a reference */
   if (!obj && !e) e = rw_err(RW_E_CLOSED, "the session's writer was aborted");
   if (e) {
     finish_error(s, o->conn_id, o->client_id, o->seq, e, false, 0);

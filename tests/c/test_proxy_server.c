@@ -782,6 +782,41 @@ static void test_gap_in_flight(void) {
   rw_proxy_server_stop(p);
 }
 
+/* COMPLETE on a session whose writer failed (the GCS session was deleted
+ * behind the proxy's back): an ERROR carrying the writer's error, and no
+ * reference to that error is left behind (ASan's leak check: the reply path
+ * took one reference too many). */
+#include <curl/curl.h>
+static void quiet(void *ud, rw_log_level lvl, const char *line) { (void)ud, (void)lvl, (void)line; }
+static size_t discard(char *p, size_t size, size_t n, void *ud) { return (void)p, (void)ud, size * n; }
+
+static void test_complete_failed_writer(void) {
+  rw_proxy_server *p = start_proxy(0);
+  cl a;
+  cl_open(&a, rw_proxy_server_addr(p), ((uint64_t)rnd() << 32 | rnd()) | 1);
+  CHECK(cl_shake(&a, secret, "", 16) == NULL);
+  CHECK(create(&a, "gone1"));
+  write_piece(&a, 0, true);
+  CURL *e = curl_easy_init();
+  curl_easy_setopt(e, CURLOPT_URL, session);
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
+  curl_easy_setopt(e, CURLOPT_TIMEOUT, 5L);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
+  CHECK(curl_easy_perform(e) == CURLE_OK);
+  curl_easy_cleanup(e);
+  rw_log_set_hook(quiet, NULL); /* the session's writer fails: that is the point */
+  rwp_msg m = {.op = RWP_COMPLETE, .seq = seq_next++};
+  m.u.complete.session = rwp_cstr(session), m.u.complete.total = 2 * PIECE;
+  write_piece(&a, 1, true);
+  rwp_frame f;
+  CHECK(call(&a, m, NULL, 0, &f, NULL) == 1 && f.msg.op == RWP_ERROR);
+  fprintf(stderr, "  COMPLETE after the session was deleted: %.*s\n", f.msg.u.error.code.len, f.msg.u.error.code.p);
+  rwp_frame_clear(&f);
+  cl_close(&a);
+  rw_proxy_server_stop(p);
+  rw_log_set_hook(NULL, NULL);
+}
+
 int main(void) {
   setenv("RW_LOG_LEVEL", "error", 0);
   rng = ct_seed();
@@ -801,6 +836,7 @@ int main(void) {
   RUN(test_failover);
   RUN(test_busy);
   RUN(test_gap_in_flight);
+  RUN(test_complete_failed_writer);
   rw_fakegcs_stop(gcs);
   return ct_finish("test_proxy_server");
 }
