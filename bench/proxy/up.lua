@@ -4,9 +4,10 @@
 --   lua5.4 bench/proxy/up.lua proxy ADDR OBJECT FILE SIZE_MIB CONNECTIONS SECRET_FILE [LAT,BW,WIN]
 -- LAT,BW,WIN: each connection shaped by the test bed's delay line (seconds one
 -- way, bytes/s, bytes in flight), a chaos relay in this process.
--- Prints: seconds bytes MiB/s
+-- Prints: seconds bytes MiB/s cpu_seconds (this process, every thread: os.clock)
 local rw = require "reliablewriter"
 local testbed = require "reliablewriter.testbed"
+local now = require("reliablewriter.core").util.monotime
 local MiB = 1024 * 1024
 local mode, target, object, path, size = arg[1], arg[2], arg[3], arg[4], tonumber(arg[5]) * MiB
 
@@ -29,13 +30,12 @@ else
   opts.sink = rw.proxy_sink { addr = addr, connections = tonumber(arg[6]), secret = secret, bucket = "b", object = object }
 end
 
-local t0 = rw.core and rw.core.util.monotime() or require("reliablewriter.core").util.monotime()
-local now = require("reliablewriter.core").util.monotime
-t0 = now()
+local c0, t0 = os.clock(), now()
 local w = assert(rw.new(rw.context.background(), opts))
 assert(w:write_file(0, path, 0, size))
-assert(w:Complete())
-local dt = now() - t0
+local obj = assert(w:Complete())
+local dt, cpu = now() - t0, os.clock() - c0
 w:close()
 if relay then relay:stop() end
-print(("%.3f %d %.1f"):format(dt, size, size / MiB / dt))
+assert(tonumber(obj.size) == size, "the object's size differs from the bytes written")
+print(("%.3f %d %.1f %.3f"):format(dt, size, size / MiB / dt, cpu))

@@ -707,3 +707,23 @@ rw_error *rwp_reader_feed(rwp_reader *r, const void *data, size_t len, size_t *u
   *used = off;
   return err;
 }
+
+size_t rwp_reader_body_room(rwp_reader *r, uint8_t **at) {
+  *at = NULL;
+  if (r->st != RD_BODY || !r->f.body || r->have >= r->f.body_len) return 0;
+  *at = r->f.body + r->have;
+  return r->f.body_len - r->have;
+}
+
+rw_error *rwp_reader_body_fed(rwp_reader *r, size_t n) {
+  if (r->st != RD_BODY || !r->f.body || n > r->f.body_len - r->have) {
+    r->st = RD_DEAD, rwp_frame_clear(&r->f);
+    return rw_err(RW_E_INTERNAL, "rwp reader: %zu body bytes fed in place past the body's room", n);
+  }
+  if (r->need_mac && n && !EVP_MAC_update(r->mac, r->f.body + r->have, n)) {
+    r->st = RD_DEAD, rwp_frame_clear(&r->f);
+    return rw_err(RW_E_INTERNAL, "rwp reader: GMAC update failed in OpenSSL");
+  }
+  r->have += n;
+  return NULL;
+}

@@ -263,4 +263,14 @@ bool rwp_reader_idle(const rwp_reader *r);   /* between frames (no partial frame
 rw_error *rwp_reader_feed(rwp_reader *r, const void *data, size_t len, size_t *used,
                           rwp_frame *out, bool *got);
 
+/* Reading a body in place (no copy through the caller's read buffer): while
+ * the reader is inside the body of a frame, rwp_reader_body_room says where
+ * its next bytes go (*at) and how many it still needs; 0 when it is not in a
+ * body. The caller reads up to that many bytes straight there (recv) and
+ * calls rwp_reader_body_fed with the count: they are MACed where they are, in
+ * the same single pass that rwp_reader_feed makes. Then feeding goes on as
+ * usual (the MAC and the next frame). Errors as rwp_reader_feed's. */
+size_t rwp_reader_body_room(rwp_reader *r, uint8_t **at);
+rw_error *rwp_reader_body_fed(rwp_reader *r, size_t n);
+
 #endif

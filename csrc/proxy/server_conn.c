@@ -251,8 +251,32 @@ static bool feed(conn *c, const uint8_t *p, size_t n) {
   return !c->dead && !c->closing;
 }
 
+/* The rest of a WRITE_AT body is read straight into its buffer (the
+ * writer's cache segment to be) and MACed there: no copy through rbuf. */
+static bool read_in_place(conn *c, bool *again) {
+  uint8_t *at;
+  size_t room = rwp_reader_body_room(c->rd, &at);
+  if (!room) return false;
+  ssize_t n = recv(c->fd, at, room, 0);
+  *again = n < 0 && errno == EINTR;
+  if (n < 0 && (*again || errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+  if (n <= 0) {
+    conn_close(c);
+    return true;
+  }
+  rw_error *e = rwp_reader_body_fed(c->rd, (size_t)n);
+  if (e) conn_fatal(c, e);
+  *again = !e && (size_t)n == room; /* a short read: the socket is drained */
+  return true;
+}
+
 void conn_on_readable(conn *c) {
   for (int i = 0; i < 16 && !c->dead && !c->closing; i++) {
+    bool again = false;
+    if (read_in_place(c, &again)) {
+      if (!again) return;
+      continue;
+    }
     ssize_t n = recv(c->fd, c->rbuf, sizeof c->rbuf, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;

@@ -107,9 +107,10 @@ static rwp_str clip(const char *p, size_t max) {
   return (rwp_str){p, (uint16_t)(n > max ? max : n)};
 }
 
-/* The request ran and failed: its ERROR is its reply. Takes e. */
-static void finish_error(rw_proxy_server *s, uint64_t conn_id, uint64_t client_id, uint64_t seq,
-                         rw_error *e, bool has_persisted, uint64_t persisted) {
+/* The request ran and failed: its ERROR is its reply, with retry_after_ms
+ * (0: none). Takes e. */
+static void finish_error_after(rw_proxy_server *s, uint64_t conn_id, uint64_t client_id, uint64_t seq,
+                               rw_error *e, bool has_persisted, uint64_t persisted, uint32_t retry_ms) {
   char what[96];
   snprintf(what, sizeof what, "proxy: client %016llx request %llu", (unsigned long long)client_id,
            (unsigned long long)seq);
@@ -118,11 +119,17 @@ static void finish_error(rw_proxy_server *s, uint64_t conn_id, uint64_t client_i
   rwp_msg m = {.op = RWP_ERROR};
   m.u.error.flags2 = (rw_error_retryable(e) ? RWP_ERR_RETRYABLE : 0) | (has_persisted ? RWP_ERR_PERSISTED : 0);
   m.u.error.persisted = has_persisted ? persisted : 0;
+  m.u.error.retry_after_ms = retry_ms;
   m.u.error.code = clip(rw_error_code(e), RWP_MAX_CODE);
   m.u.error.message = clip(rw_error_message(e), RWP_MAX_MESSAGE);
   m.u.error.id = clip(rw_error_id(e), RWP_MAX_ERROR_ID);
   finish(s, conn_id, client_id, seq, &m, NULL, 0);
   rw_error_unref(e);
+}
+
+static void finish_error(rw_proxy_server *s, uint64_t conn_id, uint64_t client_id, uint64_t seq,
+                         rw_error *e, bool has_persisted, uint64_t persisted) {
+  finish_error_after(s, conn_id, client_id, seq, e, has_persisted, persisted, 0);
 }
 
 /* ---- GCS jobs (pool threads) ---- */
@@ -287,6 +294,20 @@ static void reply_persisted(rw_proxy_server *s, op *o, uint64_t persisted) {
   finish(s, o->conn_id, o->client_id, o->seq, &m, NULL, 0);
 }
 
+/* rw.out_of_window from the session's writer: the bytes below the write
+ * were not written yet. A client keeps its unanswered WRITE_ATs within its
+ * window, so they are on their way (another connection's frame still being
+ * read, or not sent yet): proto.busy, retryable, not a window error the
+ * client would fail the upload with. Takes e. */
+#define BUSY_RETRY_MS 20
+static rw_error *gap_in_flight(rw_proxy_server *s, rw_error *e) {
+  rw_error *busy = rw_err(RW_E_PROTO_BUSY, "the bytes below this WRITE_AT have not reached the session yet "
+                          "(in flight on another connection?); send it again (session_cache %llu): %s",
+                          (unsigned long long)s->cfg.session_cache, rw_error_message(e));
+  rw_error_unref(e);
+  return busy;
+}
+
 /* Tries to hand a WRITE_AT's rest to the writer; true when the op is over. */
 static bool pump_write(rw_proxy_server *s, session *ss, op *o) {
   body *b = o->b;
@@ -296,8 +317,10 @@ static bool pump_write(rw_proxy_server *s, session *ss, op *o) {
                                      body_unref, b, &acc);
   if (e) b->refs--;
   uint64_t persisted = rw_writer_get_stats(ss->writer).persisted;
+  if (e && rw_error_is(e, RW_E_OUT_OF_WINDOW)) e = gap_in_flight(s, e);
   if (e) {
-    finish_error(s, o->conn_id, o->client_id, o->seq, e, true, persisted);
+    finish_error_after(s, o->conn_id, o->client_id, o->seq, e, true, persisted,
+                       rw_error_is(e, RW_E_PROTO_BUSY) ? BUSY_RETRY_MS : 0);
     return true;
   }
   o->pos += acc;
@@ -348,7 +371,7 @@ static bool pump_complete(rw_proxy_server *s, session *ss, op *o, bool *drop) {
   }
   if (!rw_writer_finished(ss->writer)) return false;
   const rw_sink_object *obj = rw_writer_object(ss->writer);
-  rw_error *e = obj ? check_sums(o, obj) : rw_error_ref(rw_writer_error(ss->writer));
+  rw_error *e = obj ? check_sums(o, obj) : rw_writer_error(ss->writer); /* a reference */
   if (!obj && !e) e = rw_err(RW_E_CLOSED, "the session's writer was aborted");
   if (e) {
     finish_error(s, o->conn_id, o->client_id, o->seq, e, false, 0);

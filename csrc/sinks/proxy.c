@@ -947,7 +947,14 @@ typedef struct wbatch {
   size_t n, next, inflight, done; /* next: the first frame never sent */
   const char *sess;
   uint64_t persisted;
+  int busy; /* frames the proxy answered proto.busy, sent again as new */
 } wbatch;
+
+/* A frame the proxy could not take yet (proto.busy: the bytes below it are
+ * still on their way on another connection) goes again as a new request,
+ * after the retry_after_ms the proxy asked for, this many times per put;
+ * then the put fails with it (retryable: the writer backs off and resends). */
+#define BUSY_RESENDS 64
 
 /* A put's bytes cut into frames of at most limit bytes, each a slice of one
  * iovec (straight from the cache: no copy). */
@@ -988,7 +995,8 @@ static wframe *batch_find(wbatch *b, uint64_t seq) {
 }
 
 /* One reply to a frame of the batch (others are old news). *conn_err: the
- * connection is unusable. proto.expired: the frame goes again as new. */
+ * connection is unusable. proto.expired, and proto.busy BUSY_RESENDS times:
+ * the frame goes again as new. */
 static rw_error *batch_take(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bool *conn_err) {
   rwp_frame fr;
   rw_error *e = conn_recv(ps, c, ctx, rw_mono_now() + ps->cfg.request_timeout, &fr);
@@ -1002,8 +1010,10 @@ static rw_error *batch_take(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bo
     *conn_err = true;
     e = request_error(&fr, ctx);
   } else if (f && fr.msg.op == RWP_ERROR) {
-    e = request_error(&fr, ctx);
-    if (rw_error_is(e, RW_E_PROTO_EXPIRED)) {
+    e = request_error(&fr, ctx); /* waits retry_after_ms of a retryable one */
+    bool busy = rw_error_is(e, RW_E_PROTO_BUSY) && b->busy < BUSY_RESENDS;
+    b->busy += busy;
+    if (busy || rw_error_is(e, RW_E_PROTO_EXPIRED)) {
       seq_done(ps, f->seq);
       f->seq = 0; /* sent again as a new request (PROTOCOL.md 7.4, 7.5) */
       f->unsent = true;

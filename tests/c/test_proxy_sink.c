@@ -1073,6 +1073,114 @@ static void test_bad_options(void) {
   expect_invalid(c, "object");
 }
 
+/* Destroying an idle sink is prompt (issue 10: a Lua finalizer must not wait
+ * on the network): with the heartbeat thread watching its connection, alone
+ * and beside another sink, and while the peer stops answering PINGs, each
+ * destroy returns within 100 ms. */
+static double timed_destroy(rw_sink *sink) {
+  double t0 = rw_mono_now();
+  rw_sink_destroy(sink);
+  return rw_mono_now() - t0;
+}
+
+static void test_destroy_prompt(void) {
+  store *st = store_new(1u << 20);
+  peer *p = peer_start(st, secret);
+  double worst = 0;
+  for (int round = 0; round < 6; round++) {
+    if (round == 4) atomic_store(&p->mute_pings, true); /* PINGs go out, none come back */
+    rw_sink *keep = round % 2 ? idle_sink(p) : NULL;  /* odd rounds: the thread lives on */
+    rw_sink *sink = idle_sink(p);
+    sleep_s(0.05 + 0.11 * round); /* the heartbeat's passes at various phases */
+    double dt = timed_destroy(sink);
+    if (keep) {
+      double dk = timed_destroy(keep);
+      dt = dt > dk ? dt : dk;
+    }
+    if (dt > worst) worst = dt;
+  }
+  fprintf(stderr, "destroy of an idle sink: the slowest took %.1f ms\n", worst * 1000);
+  CHECK(worst < 0.1);
+  CHECK_EQ_INT(heartbeat_threads(), 0);
+  peer_free(p);
+  store_free(st);
+}
+
+/* ---- through the real proxy server (added after the scripted peer's tests) ---- */
+#include "proxy/server.h"
+#include "testbed/fakegcs.h"
+
+static _Atomic int busy_lines, error_lines;
+static void count_log(void *ud, rw_log_level lvl, const char *line) {
+  (void)ud;
+  if (strstr(line, "proto.busy")) atomic_fetch_add(&busy_lines, 1);
+  if (lvl == RW_LOG_ERROR) atomic_fetch_add(&error_lines, 1);
+}
+
+/* A client window (8 MiB) wider than the proxy's session cache (256 KiB), 8
+ * connections: WRITE_ATs arrive before the bytes below them, past the
+ * session's window. The proxy answers proto.busy (it used to answer
+ * rw.out_of_window, which failed the upload); the sink sends those frames
+ * again and the object is byte-identical. */
+static void test_gap_busy_real_proxy(void) {
+  const char *buckets[] = {"b", NULL};
+  rw_fakegcs_config fc = {.buckets = buckets};
+  rw_error *e = NULL;
+  rw_fakegcs *gcs = rw_fakegcs_start(&fc, &e);
+  CHECK(gcs != NULL);
+  rw_proxy_secret secs[] = {{"", secret, 32}};
+  rw_proxy_config pc = rw_proxy_defaults();
+  pc.listen = "127.0.0.1:0", pc.upstream = gcs ? rw_fakegcs_url(gcs) : "";
+  pc.secrets = secs, pc.nsecrets = 1, pc.session_cache = 256u << 10;
+  rw_proxy_server *srv = gcs ? rw_proxy_server_start(&pc, &e) : NULL;
+  CHECK(srv != NULL);
+  if (e) log_err("proxy start", e);
+  rw_error_unref(e), e = NULL;
+  if (!srv) {
+    rw_fakegcs_stop(gcs);
+    return;
+  }
+  atomic_store(&busy_lines, 0), atomic_store(&error_lines, 0);
+  rw_log_set_hook(count_log, NULL);
+  rw_proxy_sink_config c = rw_proxy_sink_defaults();
+  c.addrs[0] = rw_proxy_server_addr(srv), c.naddrs = 1;
+  c.secret = secret, c.secret_len = 32, c.bucket = "b", c.object = "gap";
+  c.window = 8u << 20, c.connections = 8, c.max_frame = 64u << 10;
+  rw_sink *sink = rw_proxy_sink_new(&c, &e);
+  rw_writer_config wc = rw_writer_defaults();
+  wc.max_cache_size = 8u << 20, wc.min_chunk_size = wc.max_chunk_size = 256u << 10;
+  wc.retry.min_wait = 0.001, wc.retry.max_wait = 0.05, wc.retry.total_wait = 20;
+  rw_writer *w = sink ? rw_writer_new(NULL, sink, &wc, &e) : NULL;
+  size_t n = (8u << 20) + 4321;
+  unsigned char *data = random_data(n);
+  double t_start = rw_mono_now();
+  for (size_t off = 0; w && !e && off < n;) {
+    size_t acc = 0;
+    e = rw_writer_write_some(w, off, data + off, n - off, NULL, NULL, &acc);
+    off += acc;
+    if (!acc && !e) rw_writer_wait(w, NULL, true, off, 5);
+  }
+  if (w && !e) e = rw_writer_complete_start(w, n);
+  double t0 = rw_mono_now();
+  while (w && !e && !rw_writer_finished(w) && rw_mono_now() - t0 < 30) rw_writer_wait(w, NULL, false, 0, 1);
+  if (w && !e) e = rw_writer_error(w);
+  if (e) log_err("upload", e);
+  CHECK(e == NULL && w && rw_writer_object(w) != NULL);
+  rw_error_unref(e);
+  rw_writer_free(w);
+  rw_log_set_hook(NULL, NULL);
+  fprintf(stderr, "gap in flight: %zu bytes in %.2f s, %d proto.busy answers logged, %d error lines\n", n,
+          rw_mono_now() - t_start, atomic_load(&busy_lines), atomic_load(&error_lines));
+  CHECK_EQ_INT(atomic_load(&error_lines), 0);
+  rw_fakegcs_object o;
+  CHECK(rw_fakegcs_object_get(gcs, "b", "gap", &o));
+  CHECK(o.size == n && o.data && memcmp(o.data, data, n) == 0);
+  rw_fakegcs_object_free(&o);
+  free(data);
+  rw_proxy_server_stop(srv);
+  rw_fakegcs_stop(gcs);
+}
+
 int main(void) {
   rng = ct_seed();
   for (size_t i = 0; i < 32; i++) secret[i] = (uint8_t)rw_rand_next(&rng), other_secret[i] = (uint8_t)~secret[i];
@@ -1094,5 +1202,7 @@ int main(void) {
   RUN(test_heartbeat_threads);
   RUN(test_heartbeat_fork);
   RUN(test_heartbeat_during_upload);
+  RUN(test_destroy_prompt);
+  RUN(test_gap_busy_real_proxy);
   return ct_finish("test_proxy_sink");
 }
