@@ -102,7 +102,7 @@ test_locations() { # $1 = prefix, $2 = endpoint, $3 = mode
   cat <<CONF
     location $1 {
       client_max_body_size 0;
-      lua_socket_buffer_size 256k;
+      lua_socket_buffer_size 1m;
       set \$rw_endpoint $2;
       set \$rw_mode "$3";
       set \$rw_max_uploads ${4:-16};
