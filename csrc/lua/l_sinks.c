@@ -420,8 +420,9 @@ static int sinks_derive(lua_State *L) {
     lua_pushvalue(L, 1);
     return 1;
   }
-  char *uri = rw_lua_opt_string(L, 2, 2, "session_uri", false, NULL);
+  /* the number first: a bad one raises before the string is copied (it leaked) */
   double ct = rw_lua_opt_number(L, 2, 2, "connect_timeout", src->connect_timeout, 0, 3600);
+  char *uri = rw_lua_opt_string(L, 2, 2, "session_uri", false, NULL);
   desc *d = push_desc(L, DESC_GCS);
   d->bucket = rw_lua_strdup(L, src->bucket);
   d->object = rw_lua_strdup(L, src->object);
