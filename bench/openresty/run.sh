@@ -3,6 +3,8 @@
 # libnginx-mod-http-lua, LuaJIT) against the same uploads from plain Lua, on
 # one fake GCS (bin/reliablewriter-fakegcs, --store discard). One table.
 #   bench/openresty/run.sh [size_mib=256] [conc_mib=64]
+# Env: RW_BENCH_RUNS=N rounds of the single-upload rows (default 3; each
+# round runs plain Lua and nginx back to back, so per-round ratios are paired).
 # A benchmark, not a test: it fails only when something does not run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -64,7 +66,9 @@ row() { rows+=("$(printf '| %-66s | %-28s |' "$1" "$2")"); }
 # 1. One big upload: nginx vs plain Lua 5.4 (the example's writer options).
 export LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lua5.4/?.so;;"
 best_p=999999 best_n=999999 best_s=999999
-for r in 1 2 3; do
+runs=${RW_BENCH_RUNS:-3}
+pair_ratios=()
+for r in $(seq "$runs"); do
   p=$(RW_POOL_THREADS=4 lua5.4 bench/openresty/plain.lua "$gcs" "plain-$r" "$tmp/big")
   s=$(cat "$tmp/big" | RW_POOL_THREADS=4 lua5.4 bench/openresty/plain.lua "$gcs" "plain-pipe-$r" -)
   best_s=$(awk -v a="$best_s" -v b="$s" 'BEGIN { print (b < a) ? b : a }')
@@ -74,14 +78,17 @@ for r in 1 2 3; do
   grep -q '"size":'$((size_mib * MiB)) "$tmp/resp" || { echo "nginx upload failed: $(cat "$tmp/resp")"; exit 1; }
   best_p=$(awk -v a="$best_p" -v b="$p" 'BEGIN { print (b < a) ? b : a }')
   best_n=$(awk -v a="$best_n" -v b="$n" 'BEGIN { print (b < a) ? b : a }')
+  pair_ratios+=("$(awk -v p="$p" -v n="$n" 'BEGIN { printf "%.2f", p / n }')")
 done
-row "$size_mib MiB, plain Lua 5.4 (best of 3)" "$(rate $((size_mib * MiB)) "$best_p") MiB/s"
-row "$size_mib MiB, plain Lua 5.4 reading a pipe (best of 3)" "$(rate $((size_mib * MiB)) "$best_s") MiB/s"
-row "$size_mib MiB through nginx, Content-Length (best of 3)" "$(rate $((size_mib * MiB)) "$best_n") MiB/s"
-row "$size_mib MiB through nginx, Content-Length, 64 KiB pieces (best of 3)" "$(rate $((size_mib * MiB)) "$best_q") MiB/s"
+median_ratio=$(printf '%s\n' "${pair_ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+row "$size_mib MiB, plain Lua 5.4 (best of $runs)" "$(rate $((size_mib * MiB)) "$best_p") MiB/s"
+row "$size_mib MiB, plain Lua 5.4 reading a pipe (best of $runs)" "$(rate $((size_mib * MiB)) "$best_s") MiB/s"
+row "$size_mib MiB through nginx, Content-Length (best of $runs)" "$(rate $((size_mib * MiB)) "$best_n") MiB/s"
+row "$size_mib MiB through nginx, Content-Length, 64 KiB pieces (best of $runs)" "$(rate $((size_mib * MiB)) "$best_q") MiB/s"
 d=$(curl -sS -o /dev/null -w "%{time_total}" -T "$tmp/big" "$base/bench/discard")
 row "$size_mib MiB read by nginx and dropped (no writer)" "$(rate $((size_mib * MiB)) "$d") MiB/s"
 row "  ratio nginx / plain Lua (file; pipe)" "$(awk -v p="$best_p" -v s="$best_s" -v n="$best_n" 'BEGIN { printf "%.2fx; %.2fx", p / n, s / n }')"
+row "  ratio nginx / plain Lua (file), per round; median" "${pair_ratios[*]}; ${median_ratio}x"
 n=$(curl -sS -o "$tmp/resp" -w '%{time_total}' -T - "$base/upload/b/ngx-ch" <"$tmp/big")
 row "$size_mib MiB through nginx, chunked (curl -T -)" "$(rate $((size_mib * MiB)) "$n") MiB/s"
 
