@@ -953,7 +953,8 @@ typedef struct wbatch {
 /* A frame the proxy could not take yet (proto.busy: the bytes below it are
  * still on their way on another connection) goes again as a new request,
  * after the retry_after_ms the proxy asked for, this many times per put;
- * then the put fails with it (retryable: the writer backs off and resends). */
+ * then the put fails with it (retryable: the writer backs off and resends).
+ * A proto.busy without retry_after_ms fails the put at once. */
 #define BUSY_RESENDS 64
 
 /* A put's bytes cut into frames of at most limit bytes, each a slice of one
@@ -1011,7 +1012,10 @@ static rw_error *batch_take(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bo
     e = request_error(&fr, ctx);
   } else if (f && fr.msg.op == RWP_ERROR) {
     e = request_error(&fr, ctx); /* waits retry_after_ms of a retryable one */
-    bool busy = rw_error_is(e, RW_E_PROTO_BUSY) && b->busy < BUSY_RESENDS;
+    /* Only a busy that says when to come back (a gap still in flight) goes
+     * again as new; one without (no session, pool or reply-table room left)
+     * fails the put, and the writer's backoff paces the next try. */
+    bool busy = rw_error_is(e, RW_E_PROTO_BUSY) && fr.msg.u.error.retry_after_ms > 0 && b->busy < BUSY_RESENDS;
     b->busy += busy;
     if (busy || rw_error_is(e, RW_E_PROTO_EXPIRED)) {
       seq_done(ps, f->seq);

@@ -63,6 +63,8 @@ typedef struct peer {
   atomic_int writes, active, peak_active, retries_known, dup_without_retry, silenced;
   atomic_int expire_once;
   atomic_int limit_once; /* the next WRITE_AT: proto.rate_limited, retry_after_ms 300, not run */
+  atomic_int busy0;      /* this many WRITE_ATs: proto.busy without retry_after_ms, not run */
+  atomic_int busy0_sent; /* how many were answered so */
   double limited_at, retried_at; /* when it was refused, when that offset came again (mu) */
   uint64_t limited_off;
   uint64_t window; /* bytes past the contiguous prefix taken (0: any); past it: rw.out_of_window */
@@ -250,6 +252,15 @@ static bool serve(pconn_t *c, rwp_frame *f, int *writes) {
   bool ok = true;
   switch (m->op) {
   case RWP_WRITE_AT:
+    if (atomic_load(&c->p->busy0) > 0) {
+      atomic_fetch_sub(&c->p->busy0, 1);
+      atomic_fetch_add(&c->p->busy0_sent, 1);
+      pthread_mutex_unlock(&s->mu);
+      rwp_msg er = {.op = RWP_ERROR, .seq = m->seq};
+      er.u.error = (rwp_error_op){.flags2 = RWP_ERR_RETRYABLE, .code = rwp_cstr(RW_E_PROTO_BUSY),
+                                  .message = rwp_cstr("too many sessions"), .id = rwp_cstr("T4")};
+      return send_msg(c, &er, NULL, 0);
+    }
     if (atomic_exchange(&c->p->limit_once, 0)) {
       pthread_mutex_unlock(&s->mu);
       pthread_mutex_lock(&c->p->mu);
@@ -850,6 +861,39 @@ static bool put_checked(rw_sink *sink, store *st, size_t n) {
   return ok;
 }
 
+static void quiet_log(void *ud, rw_log_level lvl, const char *line) { (void)ud, (void)lvl, (void)line; }
+
+/* proto.busy without retry_after_ms (a proxy at max_sessions, its pool or
+ * reply table full) fails the put at once, so the writer's backoff paces the
+ * next try: it is not resent as new back to back (it was, 64 times per put,
+ * with no wait: load on a proxy that is already overloaded). */
+static void test_busy_without_retry_after(void) {
+  bed b;
+  bed_start(&b, 1u << 20, secret);
+  peer *p = b.p;
+  rw_sink *sink = idle_sink(p);
+  atomic_store(&p->busy0, 1000);
+  unsigned char *data = random_data(4096);
+  struct iovec iov = {data, 4096};
+  rw_sink_put put = {.offset = 0, .iov = &iov, .iovcnt = 1, .len = 4096, .stall_timeout = 2};
+  rw_sink_result res;
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
+  rw_log_set_hook(quiet_log, NULL);
+  rw_error *e = sink->ops->put(sink, ctx, &put, &res);
+  rw_log_set_hook(NULL, NULL);
+  CHECK(e && rw_error_is(e, RW_E_PROTO_BUSY) && rw_error_retryable(e));
+  fprintf(stderr, "busy without retry_after: %d WRITE_AT answered before the put failed\n",
+          atomic_load(&p->busy0_sent));
+  CHECK_EQ_INT(atomic_load(&p->busy0_sent), 1);
+  rw_error_unref(e);
+  rw_sink_result_clear(&res);
+  rw_ctx_unref(ctx);
+  free(data);
+  atomic_store(&p->busy0, 0);
+  rw_sink_destroy(sink);
+  bed_stop(&b);
+}
+
 /* The proxy PINGs an idle connection every 100 ms: every PING is answered
  * within the client's ping interval (0.25 s), with no put running; then a
  * put reuses the connection. */
@@ -1195,6 +1239,7 @@ int main(void) {
   RUN(test_resume);
   RUN(test_window);
   RUN(test_retry_after);
+  RUN(test_busy_without_retry_after);
   RUN(test_wrong_secret);
   RUN(test_idle_answers_pings);
   RUN(test_idle_sends_pings);
