@@ -241,15 +241,21 @@ enum { PIECE = 256 * 1024, PIECES = 12, DATA_PIECES = 20 };
 static uint8_t data[PIECE * DATA_PIECES];
 #define UPLOAD_LEN ((size_t)PIECE * PIECES)
 
-static void test_upload(void) {
-  rw_proxy_server *p = start_proxy(0);
+/* Two connections of one client (a random id), both authenticated, and
+ * fresh random data to upload. */
+static void pair_open(rw_proxy_server *p, cl *a, cl *b) {
   const char *addr = rw_proxy_server_addr(p);
   uint64_t cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
-  cl a, b;
-  cl_open(&a, addr, cid), cl_open(&b, addr, cid);
-  CHECK(cl_shake(&a, secret, "", 16) == NULL);
-  CHECK(cl_shake(&b, secret, "", 16) == NULL);
+  cl_open(a, addr, cid), cl_open(b, addr, cid);
+  CHECK(cl_shake(a, secret, "", 16) == NULL);
+  CHECK(cl_shake(b, secret, "", 16) == NULL);
   for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)rnd();
+}
+
+static void test_upload(void) {
+  rw_proxy_server *p = start_proxy(0);
+  cl a, b;
+  pair_open(p, &a, &b);
   CHECK(create(&a, "up1"));
   CHECK(strncmp(session, rw_fakegcs_url(gcs), strlen(rw_fakegcs_url(gcs))) == 0);
   /* pieces in a shuffled order, alternating connections, each answered */
@@ -555,12 +561,8 @@ static void test_heartbeat(void) {
  * with a session open: GOODBYE, and the GCS session is not deleted. */
 static void test_pending_duplicate_and_stop(void) {
   rw_proxy_server *p = start_proxy(0);
-  const char *addr = rw_proxy_server_addr(p);
-  uint64_t cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
   cl a, b;
-  cl_open(&a, addr, cid), cl_open(&b, addr, cid);
-  CHECK(cl_shake(&a, secret, "", 16) == NULL && cl_shake(&b, secret, "", 16) == NULL);
-  for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)rnd();
+  pair_open(p, &a, &b);
   CHECK(create(&a, "pend"));
   rw_fakegcs_faults fl = {.seed = rnd(), .p_stall = 1, .stall_ms = 300};
   rw_fakegcs_set_faults(gcs, &fl);
@@ -747,12 +749,8 @@ static void test_busy(void) {
  * there, it is taken, and the object is byte-identical. */
 static void test_gap_in_flight(void) {
   rw_proxy_server *p = start_proxy(0); /* session_cache 4 MiB: 16 pieces */
-  const char *addr = rw_proxy_server_addr(p);
-  uint64_t cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
   cl a, b;
-  cl_open(&a, addr, cid), cl_open(&b, addr, cid);
-  CHECK(cl_shake(&a, secret, "", 16) == NULL && cl_shake(&b, secret, "", 16) == NULL);
-  for (size_t i = 0; i < sizeof data; i++) data[i] = (uint8_t)rnd();
+  pair_open(p, &a, &b);
   CHECK(create(&a, "gap1"));
   enum { HIGH = 17 };
   rwp_msg m = {.op = RWP_WRITE_AT, .seq = seq_next++};
