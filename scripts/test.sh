@@ -66,7 +66,7 @@ done
 # A digest of each failed suite last, where a reader of only the tail of the
 # output (a CI summary) sees it: the lines that name failures and errors.
 digest() {
-  grep -a -A2 --no-group-separator -E 'Failure ->|Error ->|[0-9]+ failures? / |not ok|FAILED|FAIL:|ERROR SUMMARY: [1-9]|definitely lost|Invalid (read|write)|uninitialised|reliablewriter error:|Assertion|AddressSanitizer|ThreadSanitizer|runtime error|Segmentation|Aborted|Killed|timed out' "$1" \
+  grep -a -A2 --no-group-separator -E '^FAIL |^bad |Failure ->|Error ->|[0-9]+ failures? / |not ok|FAILED|FAIL:|ERROR SUMMARY: [1-9]|definitely lost|Invalid (read|write)|uninitialised|reliablewriter error:|Assertion|AddressSanitizer|ThreadSanitizer|runtime error|Segmentation|Aborted|Killed|timed out' "$1" \
     | grep -a -v -E ' 0 failures / 0 errors' | head -16 | cut -c1-300 | sed 's/^/    /'
 }
 echo

@@ -255,10 +255,10 @@ fi
 fi
 
 # 3. Client disconnect mid-upload: the handler aborts, the session is cancelled.
-disconnect() { # $1 = location, $2 = tag, $3.. = curl options
-  local loc=$1 tag=$2; shift 2
+disconnect() { # $1 = location, $2 = tag, $3 = body MiB, $4.. = curl options
+  local loc=$1 tag=$2 mib=$3; shift 3
   local name="$tag-$seed" cpid line session abort_ms code
-  mkbody $((20 * MiB)) "$tmp/$tag.body" "$tag"
+  mkbody $((mib * MiB)) "$tmp/$tag.body" "$tag"
   curl -sS -o /dev/null "$@" --data-binary @"$tmp/$tag.body" "${base}${loc}b/$name" 2>/dev/null &
   cpid=$!
   sleep 1.5
@@ -296,9 +296,15 @@ disconnect() { # $1 = location, $2 = tag, $3.. = curl options
   [[ "$code" == 404 ]] && ok "$tag: no object was created" || bad "$tag: an object exists (HTTP $code)"
 }
 # A slow client on a fast GCS: the handler is in sock:receive when it goes.
-want disconnect && disconnect /t/ gone --limit-rate 2M
+want disconnect && disconnect /t/ gone 20 --limit-rate 2M
 # A fast client on a slow GCS: the handler waits in WriteAt with a chunk in flight.
-want disconnect && disconnect /slow/ gone-slow
+# The body must not fit, by the time curl is killed (1.5 s), into what holds it
+# before the handler's last receive: the bytes sent at 4 MB/s (~6 MiB), the
+# writer's cache (8 MiB), lua_socket_buffer_size (1 MiB) and both sockets'
+# kernel buffers (tcp_wmem's 4 MiB; tcp_rmem's max is 32 MiB here). Else curl's
+# close comes after the whole body, a clean end, and no disconnect is seen: with
+# 20 MiB that happened in one CI run. 128 MiB is more than all of them together.
+want disconnect && disconnect /slow/ gone-slow 128
 
 # 4.-8. Chunked bodies, the per-worker limit, 8 concurrent uploads with /ping,
 # 100 uploads in a row (a third cut off), nginx -s reload during uploads.
