@@ -88,6 +88,8 @@ describe("proxy server", function()
       { { upstream = "http://x", secret = SECRET, max_connections = 0 }, "max_connections" },
       { { upstream = "http://x", secret = SECRET, session_cache = 1000000 }, "session_cache" },
       { { upstream = "http://x", secret = SECRET, rate_requests = -1 }, "rate_requests" },
+      { { upstream = "http://x", secret = SECRET, max_ahead = 1048576 }, "max_ahead: 0 (16 x session_cache) or session_cache" },
+      { { upstream = "http://x", secret = SECRET, max_ahead = -1 }, "max_ahead" },
       { { upstream = "http://x", secrets = { k = 5 } }, "'secrets' must map key_id strings" },
       { { upstream = "http://x", secret = SECRET, key_id = string.rep("i", 65) }, "key_id: at most 64" },
     }

@@ -74,6 +74,7 @@ static void read_numbers(lua_State *L, rw_proxy_config *c) {
   c->cache = (uint64_t)rw_lua_opt_integer(L, 1, 1, "cache", (int64_t)c->cache, RWP_MIN_FRAME, (int64_t)1 << 40);
   c->session_cache = (uint64_t)rw_lua_opt_integer(L, 1, 1, "session_cache", (int64_t)c->session_cache,
                                                   256 * 1024, (int64_t)1 << 36);
+  c->max_ahead = (uint64_t)rw_lua_opt_integer(L, 1, 1, "max_ahead", 0, 0, (int64_t)1 << 50);
   c->max_frame = (uint32_t)rw_lua_opt_integer(L, 1, 1, "max_frame", c->max_frame, RWP_MIN_FRAME, RWP_MAX_FRAME);
   c->max_inflight = (uint16_t)rw_lua_opt_integer(L, 1, 1, "max_inflight", c->max_inflight, 1, 65535);
   c->ping_interval_ms = (uint32_t)rw_lua_opt_integer(L, 1, 1, "ping_interval_ms", c->ping_interval_ms, 10, 3600000);
@@ -85,7 +86,7 @@ static void read_numbers(lua_State *L, rw_proxy_config *c) {
 
 static int p_start(lua_State *L) {
   static const char *const known[] = {"listen", "upstream", "secret", "key_id", "secrets", "token",
-                                      "max_connections", "max_sessions", "cache", "session_cache",
+                                      "max_connections", "max_sessions", "cache", "session_cache", "max_ahead",
                                       "max_frame", "max_inflight", "ping_interval_ms", "table_ttl_s",
                                       "auth_timeout", "rate_requests", "rate_bytes",
                                       "credentials_file", "credentials", "ca_file", NULL};

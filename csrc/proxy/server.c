@@ -78,6 +78,9 @@ rw_error *rw_proxy_config_check(const rw_proxy_config *c) {
     return rw_err(RW_E_INVALID, "max_frame: %u .. %u bytes", RWP_MIN_FRAME, RWP_MAX_FRAME);
   if (c->session_cache < RW_CHUNK_QUANTUM || c->session_cache % RW_CHUNK_QUANTUM)
     return rw_err(RW_E_INVALID, "session_cache: a multiple of 256 KiB, at least 256 KiB");
+  if (c->max_ahead && (c->max_ahead < c->session_cache || c->max_ahead > ((uint64_t)1 << 50)))
+    return rw_err(RW_E_INVALID, "max_ahead: 0 (16 x session_cache) or session_cache (%llu) .. 2^50 bytes",
+                  (unsigned long long)c->session_cache);
   if (c->cache < c->max_frame)
     return rw_err(RW_E_INVALID, "cache: at least max_frame (%u) bytes", c->max_frame);
   if (c->max_inflight < 1) return rw_err(RW_E_INVALID, "max_inflight: at least 1");

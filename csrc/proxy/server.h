@@ -45,6 +45,11 @@ typedef struct rw_proxy_config {
   int max_sessions;              /* sessions with a writer; over it proto.busy; default 256 */
   uint64_t cache;                /* bytes of request bodies held in all; default 256 MiB */
   uint64_t session_cache;        /* each session writer's cache; default 64 MiB */
+  /* How far past a session's contiguous bytes a WRITE_AT may end and still
+   * wait (proto.busy) for the bytes below it; past it, rw.out_of_window at
+   * once: no client window reaches that far. >= session_cache; 0: 16 x
+   * session_cache (1 GiB by default). */
+  uint64_t max_ahead;
   uint32_t max_frame;            /* largest body offered (64 KiB .. 16 MiB); default 1 MiB */
   uint16_t max_inflight;         /* requests unanswered per connection; default 64 */
   uint32_t ping_interval_ms;     /* default 5000 */

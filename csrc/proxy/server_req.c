@@ -298,9 +298,25 @@ static void reply_persisted(rw_proxy_server *s, op *o, uint64_t persisted) {
  * were not written yet. A client keeps its unanswered WRITE_ATs within its
  * window, so they are on their way (another connection's frame still being
  * read, or not sent yet): proto.busy, retryable, not a window error the
- * client would fail the upload with. Takes e. */
+ * client would fail the upload with. But a write ending past max_ahead from
+ * the contiguous bytes is out of any client's window (a bogus offset): it
+ * stays rw.out_of_window, final, instead of busy until the client's retry
+ * budget runs out. Takes e. */
 #define BUSY_RETRY_MS 20
-static rw_error *gap_in_flight(rw_proxy_server *s, rw_error *e) {
+static rw_error *gap_in_flight(rw_proxy_server *s, session *ss, const op *o, rw_error *e) {
+  uint64_t contiguous = rw_writer_get_stats(ss->writer).contiguous, end = o->offset + o->b->len;
+  uint64_t ahead = s->cfg.max_ahead ? s->cfg.max_ahead : 16 * s->cfg.session_cache;
+  if (end > contiguous && end - contiguous > ahead) {
+    rw_error *far = rw_err(RW_E_OUT_OF_WINDOW,
+                           "WRITE_AT [%llu, %llu) ends %llu bytes past the session's contiguous bytes (%llu), "
+                           "more than the proxy's max_ahead (%llu): no client window reaches that far; "
+                           "keep the client's window at most max_ahead: %s",
+                           (unsigned long long)o->offset, (unsigned long long)end,
+                           (unsigned long long)(end - contiguous), (unsigned long long)contiguous,
+                           (unsigned long long)ahead, rw_error_message(e));
+    rw_error_unref(e);
+    return far;
+  }
   rw_error *busy = rw_err(RW_E_PROTO_BUSY, "the bytes below this WRITE_AT have not reached the session yet "
                           "(in flight on another connection?); send it again (session_cache %llu): %s",
                           (unsigned long long)s->cfg.session_cache, rw_error_message(e));
@@ -317,7 +333,7 @@ static bool pump_write(rw_proxy_server *s, session *ss, op *o) {
                                      body_unref, b, &acc);
   if (e) b->refs--;
   uint64_t persisted = rw_writer_get_stats(ss->writer).persisted;
-  if (e && rw_error_is(e, RW_E_OUT_OF_WINDOW)) e = gap_in_flight(s, e);
+  if (e && rw_error_is(e, RW_E_OUT_OF_WINDOW)) e = gap_in_flight(s, ss, o, e);
   if (e) {
     finish_error_after(s, o->conn_id, o->client_id, o->seq, e, true, persisted,
                        rw_error_is(e, RW_E_PROTO_BUSY) ? BUSY_RETRY_MS : 0);

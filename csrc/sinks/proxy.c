@@ -1077,7 +1077,10 @@ static rw_error *write_pieces(proxy_sink *ps, rw_ctx *ctx, const rw_sink_put *p,
     if ((e = checkout(ps, ctx, &c))) break;
     bool conn_err = false;
     e = batch_run(ps, c, ctx, &b, &conn_err);
-    checkin(ps, c, conn_err);
+    /* A put that failed with frames still unanswered on c: those count
+     * against c's max_inflight at the proxy until it answers them, so the
+     * next put on c could get proto.too_many and a closed connection. */
+    checkin(ps, c, conn_err || b.inflight > 0);
     if (!e || !conn_err || rw_ctx_done(ctx) || !resendable(e) || attempt + 1 >= tries) break;
     rw_error_log(RW_LOG_INFO, e, "proxy: resending the unanswered WRITE_ATs on another connection after");
     rw_error_unref(e);

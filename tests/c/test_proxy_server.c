@@ -761,6 +761,26 @@ static void test_gap_in_flight(void) {
   CHECK(f.msg.u.error.flags2 & RWP_ERR_RETRYABLE);
   CHECK(f.msg.u.error.retry_after_ms > 0);
   rwp_frame_clear(&f);
+  /* Past max_ahead (16 x session_cache by default) no gap can be in flight:
+   * rw.out_of_window at once, final, and the session goes on. Before, every
+   * such write was proto.busy, resent until the client's budget ran out. */
+  uint64_t far[] = {(uint64_t)16 * sess_cache, (uint64_t)1 << 40, UINT64_MAX - 2 * PIECE};
+  for (size_t i = 0; i < sizeof far / sizeof far[0]; i++) {
+    rwp_msg fm = m;
+    fm.seq = seq_next++, fm.u.write_at.offset = far[i];
+    CHECK(call(&b, fm, data, PIECE, &f, NULL) == 1);
+    CHECK(err_is(&f, RW_E_OUT_OF_WINDOW));
+    CHECK(!(f.msg.u.error.flags2 & RWP_ERR_RETRYABLE) && f.msg.u.error.retry_after_ms == 0);
+    if (i == 0)
+      fprintf(stderr, "  WRITE_AT at %llu: %.*s\n", (unsigned long long)far[i], (int)f.msg.u.error.message.len,
+              f.msg.u.error.message.p);
+    rwp_frame_clear(&f);
+  }
+  /* just inside max_ahead: still a gap that may be in flight */
+  m.seq = seq_next++, m.u.write_at.offset = (uint64_t)16 * sess_cache - PIECE;
+  CHECK(call(&b, m, data, PIECE, &f, NULL) == 1 && err_is(&f, RW_E_PROTO_BUSY));
+  rwp_frame_clear(&f);
+  m.u.write_at.offset = (uint64_t)HIGH * PIECE;
   for (int i = 0; i < HIGH; i++) write_piece(&a, i, true);
   m.seq = seq_next++;
   CHECK(call(&b, m, data + (size_t)HIGH * PIECE, PIECE, &f, NULL) == 1);

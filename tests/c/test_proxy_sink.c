@@ -894,6 +894,54 @@ static void test_busy_without_retry_after(void) {
   bed_stop(&b);
 }
 
+/* A put that fails on one frame's error while other frames of it are still
+ * unanswered on the connection: the connection is dropped, not handed to the
+ * next put (at a real proxy those requests still count against the
+ * connection's max_inflight: the next put could hit proto.too_many). The
+ * next put then goes through a new connection and stores its bytes. */
+static void test_failed_put_drops_busy_connection(void) {
+  bed b;
+  bed_start(&b, 1u << 20, secret);
+  peer *p = b.p;
+  rw_proxy_sink_config c = config_for(p, NULL);
+  c.max_frame = RWP_MIN_FRAME, c.connections = 1; /* a 1 MiB put: 16 frames, 8 sent at once */
+  rw_error *err = NULL;
+  rw_sink *sink = rw_proxy_sink_new(&c, &err);
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
+  if (sink) err = sink->ops->begin(sink, ctx);
+  CHECK(sink && !err);
+  rw_error_unref(err);
+  rw_ctx_unref(ctx);
+  if (!sink) {
+    bed_stop(&b);
+    return;
+  }
+  atomic_store(&p->busy0, 1);
+  unsigned char *data = random_data(1u << 20);
+  struct iovec iov = {data, 1u << 20};
+  rw_sink_put put = {.offset = 0, .iov = &iov, .iovcnt = 1, .len = 1u << 20, .stall_timeout = 2};
+  rw_sink_result res;
+  ctx = rw_ctx_with_timeout(NULL, 5);
+  rw_log_set_hook(quiet_log, NULL);
+  rw_error *e = sink->ops->put(sink, ctx, &put, &res);
+  rw_log_set_hook(NULL, NULL);
+  CHECK(e && rw_error_is(e, RW_E_PROTO_BUSY)); /* the first frame's error */
+  rw_error_unref(e);
+  rw_sink_result_clear(&res);
+  rw_ctx_unref(ctx);
+  free(data);
+  rw_proxy_sink_counts n;
+  rw_proxy_sink_stats(sink, &n);
+  fprintf(stderr, "after the failed put: dropped %llu, connects %llu\n", (unsigned long long)n.dropped,
+          (unsigned long long)n.connects);
+  CHECK_EQ_INT((int)n.dropped, 1);
+  CHECK(put_checked(sink, b.st, 1u << 20));
+  rw_proxy_sink_stats(sink, &n);
+  CHECK_EQ_INT((int)n.connects, 2);
+  rw_sink_destroy(sink);
+  bed_stop(&b);
+}
+
 /* The proxy PINGs an idle connection every 100 ms: every PING is answered
  * within the client's ping interval (0.25 s), with no put running; then a
  * put reuses the connection. */
@@ -1240,6 +1288,7 @@ int main(void) {
   RUN(test_window);
   RUN(test_retry_after);
   RUN(test_busy_without_retry_after);
+  RUN(test_failed_put_drops_busy_connection);
   RUN(test_wrong_secret);
   RUN(test_idle_answers_pings);
   RUN(test_idle_sends_pings);
