@@ -156,7 +156,8 @@ static void accept_one(rw_proxy_server *s) {
   rwp_writer_init(&c->wr);
   c->next = s->conns, s->conns = c;
   s->nconns++, s->live.accepted++;
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->w};
+  c->events = EPOLLIN | EPOLLRDHUP;
+  struct epoll_event ev = {.events = c->events, .data.ptr = &c->w};
   epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev);
   uint32_t wait_ms = req_rate_addr(s, ntohl(peer.sin_addr.s_addr));
   if (s->nconns > s->cfg.max_connections)
@@ -217,7 +218,10 @@ static void on_event(rw_proxy_server *s, struct epoll_event *ev) {
     conn *c = w->obj;
     if (c->dead) return;
     if (ev->events & EPOLLOUT) conn_flush(c);
-    if (!c->dead && (ev->events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) conn_on_readable(c);
+    if (c->dead) return;
+    if (c->closing) { /* reads nothing more; a peer gone (HUP, ERR: never masked) gets nothing more */
+      if (ev->events & (EPOLLHUP | EPOLLERR)) conn_close(c);
+    } else if (ev->events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) conn_on_readable(c);
   }
 }
 

@@ -54,7 +54,8 @@ typedef struct conn {
   double accepted_at, last_rx, closing_at;
   int pings_out;
   uint64_t ping_nonce;
-  bool goodbye, closing, dead, want_out;
+  bool goodbye, closing, dead;
+  uint32_t events;          /* the epoll mask armed on fd */
   body *pbody;              /* the WRITE_AT body being read (before handover) */
   uint8_t *out;             /* bytes to send: out[out_off .. out_len) */
   size_t out_off, out_len, out_cap;
