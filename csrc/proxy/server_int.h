@@ -136,6 +136,7 @@ struct rw_proxy_server {
   uint64_t next_conn_id, held;
   int nconns, nsessions;
   double last_expire;
+  double accept_paused_at, accept_logged_at; /* listener unwatched since (0: watched) */
   pthread_mutex_t jobs_mu;
   pthread_cond_t jobs_cv;
   job *done;                /* finished jobs, for the loop */

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include "ctest.h"
@@ -950,6 +951,42 @@ static void test_closing_deaf_peer(void) {
   rw_proxy_server_stop(p);
 }
 
+/* The proxy out of descriptors: accept4 fails (EMFILE) while the listener
+ * stays readable. The loop used to go round at once, all the time (a core
+ * burnt for as long as descriptors lacked); now it stops watching the
+ * listener for 100 ms at a time, and serves the connection once a
+ * descriptor is free. */
+static void test_accept_out_of_fds(void) {
+  rw_proxy_server *p = start_proxy(0);
+  struct rlimit old, low;
+  CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0);
+  cl c;
+  memset(&c, 0, sizeof c);
+  c.fd = socket(AF_INET, SOCK_STREAM, 0), c.cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
+  int probe = dup(c.fd); /* the lowest free descriptor: none from there on */
+  close(probe);
+  low = old, low.rlim_cur = (rlim_t)probe;
+  CHECK(probe > 0 && setrlimit(RLIMIT_NOFILE, &low) == 0);
+  const char *addr = rw_proxy_server_addr(p);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strrchr(addr, ':') + 1))};
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  CHECK(connect(c.fd, (struct sockaddr *)&sa, sizeof sa) == 0); /* in the backlog */
+  double t0 = now_s(CLOCK_MONOTONIC), cpu0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+  usleep(600 * 1000);
+  double wall = now_s(CLOCK_MONOTONIC) - t0, cpu = now_s(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+  CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+  fprintf(stderr, "  accept without descriptors: process CPU %.3f s in %.2f s (%.0f%% of a core)\n", cpu, wall,
+          100 * cpu / wall);
+  CHECK(cpu < 0.1 * wall);
+  CHECK(rw_proxy_server_stats(p).accepted == 0);
+  /* a descriptor free again: the connection is served */
+  rwp_writer_init(&c.w);
+  CHECK(rwp_reader_new(RWP_SIDE_CLIENT, NULL, NULL, &c.r) == NULL);
+  CHECK(cl_shake(&c, secret, "", 4) == NULL);
+  cl_close(&c);
+  rw_proxy_server_stop(p);
+}
+
 int main(void) {
   setenv("RW_LOG_LEVEL", "error", 0);
   rng = ct_seed();
@@ -971,6 +1008,7 @@ int main(void) {
   RUN(test_gap_in_flight);
   RUN(test_complete_failed_writer);
   RUN(test_closing_deaf_peer);
+  RUN(test_accept_out_of_fds);
   rw_fakegcs_stop(gcs);
   return ct_finish("test_proxy_server");
 }
