@@ -140,11 +140,33 @@ static void stats_publish(rw_proxy_server *s) {
   pthread_mutex_unlock(&s->stats_mu);
 }
 
+/* Out of descriptors or memory: the listener stays readable (level-
+ * triggered) while accept fails, so it is unwatched for ACCEPT_PAUSE s
+ * instead of spinning; connections wait in the backlog meanwhile. */
+#define ACCEPT_PAUSE 0.1
+static void accept_pause(rw_proxy_server *s, int err) {
+  double now = rw_proxy_now();
+  if (epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->lfd, NULL)) return;
+  s->accept_paused_at = now;
+  if (s->accept_logged_at && now - s->accept_logged_at < 10) return;
+  s->accept_logged_at = now;
+  rw_log(RW_LOG_WARN, "proxy: accept: %s; new connections wait (ulimit -n, max_connections)", strerror(err));
+}
+
+static void accept_resume(rw_proxy_server *s, double now) {
+  if (!s->accept_paused_at || s->stopping || now - s->accept_paused_at < ACCEPT_PAUSE) return;
+  struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &s->lw};
+  if (!epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->lfd, &ev)) s->accept_paused_at = 0;
+}
+
 static void accept_one(rw_proxy_server *s) {
   struct sockaddr_in peer = {0};
   socklen_t plen = sizeof peer;
   int fd = accept4(s->lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  if (fd < 0) return;
+  if (fd < 0) {
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) accept_pause(s, errno);
+    return;
+  }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   conn *c = calloc(1, sizeof *c);
@@ -159,7 +181,8 @@ static void accept_one(rw_proxy_server *s) {
   rwp_writer_init(&c->wr);
   c->next = s->conns, s->conns = c;
   s->nconns++, s->live.accepted++;
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &c->w};
+  c->events = EPOLLIN | EPOLLRDHUP;
+  struct epoll_event ev = {.events = c->events, .data.ptr = &c->w};
   epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev);
   uint32_t wait_ms = req_rate_addr(s, ntohl(peer.sin_addr.s_addr));
   if (s->nconns > s->cfg.max_connections)
@@ -199,6 +222,7 @@ static void reap(rw_proxy_server *s) {
 
 static void ticks(rw_proxy_server *s) {
   double now = rw_proxy_now();
+  accept_resume(s, now);
   for (conn *c = s->conns; c; c = c->next)
     if (!c->dead) conn_tick(c, now);
   if (now - s->last_expire >= 1) {
@@ -220,7 +244,10 @@ static void on_event(rw_proxy_server *s, struct epoll_event *ev) {
     conn *c = w->obj;
     if (c->dead) return;
     if (ev->events & EPOLLOUT) conn_flush(c);
-    if (!c->dead && (ev->events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) conn_on_readable(c);
+    if (c->dead) return;
+    if (c->closing) { /* reads nothing more; a peer gone (HUP, ERR: never masked) gets nothing more */
+      if (ev->events & (EPOLLHUP | EPOLLERR)) conn_close(c);
+    } else if (ev->events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) conn_on_readable(c);
   }
 }
 

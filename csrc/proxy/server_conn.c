@@ -32,10 +32,14 @@ void conn_close(conn *c) {
   s->nconns--;
 }
 
+/* A closing connection reads nothing more: EPOLLIN stays armed on it only
+ * while it reads, else unread bytes make level-triggered epoll_wait return
+ * at once until the closing deadline (issue 10). */
 static void want_out(conn *c, bool on) {
-  if (c->want_out == on) return;
-  c->want_out = on;
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0), .data.ptr = &c->w};
+  uint32_t events = (c->closing ? 0 : EPOLLIN | EPOLLRDHUP) | (on ? EPOLLOUT : 0);
+  if (c->events == events) return;
+  c->events = events;
+  struct epoll_event ev = {.events = events, .data.ptr = &c->w};
   epoll_ctl(c->srv->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 

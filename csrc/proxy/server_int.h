@@ -54,7 +54,8 @@ typedef struct conn {
   double accepted_at, last_rx, closing_at;
   int pings_out;
   uint64_t ping_nonce;
-  bool goodbye, closing, dead, want_out;
+  bool goodbye, closing, dead;
+  uint32_t events;          /* the epoll mask armed on fd */
   body *pbody;              /* the WRITE_AT body being read (before handover) */
   uint8_t *out;             /* bytes to send: out[out_off .. out_len) */
   size_t out_off, out_len, out_cap;
@@ -135,6 +136,7 @@ struct rw_proxy_server {
   uint64_t next_conn_id, held;
   int nconns, nsessions;
   double last_expire;
+  double accept_paused_at, accept_logged_at; /* listener unwatched since (0: watched) */
   pthread_mutex_t jobs_mu;
   pthread_cond_t jobs_cv;
   job *done;                /* finished jobs, for the loop */

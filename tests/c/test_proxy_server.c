@@ -6,9 +6,12 @@
  * truncated, unknown opcode, bad MAC) while a good upload goes on. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include "ctest.h"
@@ -836,6 +839,177 @@ static void test_complete_failed_writer(void) {
   rw_log_set_hook(NULL, NULL);
 }
 
+/* ---- a closing connection whose peer does not read (issue 10) ---- */
+
+static double now_s(clockid_t clk) {
+  struct timespec ts;
+  clock_gettime(clk, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The server's end of the client socket fd (same process): the fd whose
+ * peer is fd's local address; -1 when none. */
+static int server_end(int fd) {
+  struct sockaddr_in me, sa;
+  socklen_t l = sizeof me;
+  if (getsockname(fd, (struct sockaddr *)&me, &l)) return -1;
+  for (int i = 3; i < 4096; i++) {
+    l = sizeof sa;
+    if (i != fd && !getpeername(i, (struct sockaddr *)&sa, &l) && sa.sin_family == AF_INET &&
+        sa.sin_port == me.sin_port && sa.sin_addr.s_addr == me.sin_addr.s_addr)
+      return i;
+  }
+  return -1;
+}
+
+/* Authenticated, receive buffer locked small, and then never reading. */
+static void cl_open_deaf(cl *c, const char *addr, uint64_t cid) {
+  char host[64];
+  const char *colon = strrchr(addr, ':');
+  snprintf(host, sizeof host, "%.*s", (int)(colon - addr), addr);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+  inet_pton(AF_INET, host, &sa.sin_addr);
+  memset(c, 0, sizeof *c);
+  c->fd = socket(AF_INET, SOCK_STREAM, 0), c->cid = cid;
+  int small = 4096;
+  setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small); /* before connect: the window */
+  CHECK(connect(c->fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+  rwp_writer_init(&c->w);
+  CHECK(rwp_reader_new(RWP_SIDE_CLIENT, NULL, NULL, &c->r) == NULL);
+  CHECK(cl_shake(c, secret, "", 4) == NULL);
+}
+
+/* PINGs, unread PONGs, until the server's kernel send queue stops growing
+ * (its sends get EAGAIN), then one batch more: output queued in the proxy. */
+static bool stall_output(cl *c, int sfd) {
+  int last = -1, flat = 0;
+  for (int round = 0; round < 200 && flat < 2; round++) {
+    size_t n = 0;
+    static rwp_encoded e;
+    for (int i = 0; i < 2048; i++) { /* no CHECK a frame: it would count 2048 passes */
+      rwp_msg m = {.op = RWP_PING, .client_id = c->cid, .u.ping.nonce = rnd()};
+      rw_error *err = rwp_encode(&c->w, &m, NULL, 0, &e);
+      if (err) return rw_error_unref(err), false;
+      n += rwp_encoded_copy(&e, frame_buf + n, sizeof frame_buf - n);
+    }
+    send_all(c->fd, frame_buf, n);
+    usleep(30 * 1000);
+    int q = 0;
+    if (ioctl(sfd, SIOCOUTQ, &q)) return false;
+    flat = q > 0 && q <= last ? flat + 1 : 0;
+    last = q > last ? q : last;
+  }
+  fprintf(stderr, "  the proxy's kernel send queue stopped at %d bytes\n", last);
+  return flat >= 2;
+}
+
+/* A connection closing after a fatal ERROR (here a garbage frame) whose
+ * peer neither reads (the ERROR stays queued: EAGAIN) nor stops sending
+ * (bytes the proxy will not read stay in its socket). The loop used to
+ * keep EPOLLIN armed on it: level-triggered, epoll_wait returned at once
+ * while conn_on_readable read nothing, a core burnt until the 2 s closing
+ * deadline. Now it waits in epoll_wait and closes at that deadline. */
+/* c authenticated, its proxy connection closing with output queued that c
+ * does not read, and more bytes of c in its socket that it will not read. */
+static void deaf_closing(rw_proxy_server *p, cl *c) {
+  cl_open_deaf(c, rw_proxy_server_addr(p), ((uint64_t)rnd() << 32 | rnd()) | 1);
+  int sfd = server_end(c->fd);
+  CHECK(sfd >= 0);
+  CHECK(sfd >= 0 && stall_output(c, sfd));
+  /* garbage: a fatal frame error, and more than one read of it left over */
+  static uint8_t junk[512 * 1024];
+  for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)rnd();
+  size_t sent = 0;
+  for (int i = 0; i < 64 && sent < sizeof junk; i++) {
+    ssize_t k = send(c->fd, junk + sent, sizeof junk - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (k <= 0) break;
+    sent += (size_t)k;
+  }
+  CHECK(sent > 2 * sizeof c->in);
+}
+
+/* Seconds until the proxy has no connection (stats), at most limit. */
+static double until_closed(rw_proxy_server *p, double t0, double limit, bool *open_at_half) {
+  for (;;) {
+    usleep(20 * 1000);
+    double t = now_s(CLOCK_MONOTONIC) - t0;
+    bool open = rw_proxy_server_stats(p).connections > 0;
+    if (open_at_half && t >= 0.5 && t < 1.5 && open) *open_at_half = true;
+    if (!open || t > limit) return t;
+  }
+}
+
+/* A connection closing after a fatal ERROR (here a garbage frame) whose
+ * peer neither reads (the ERROR stays queued: EAGAIN) nor stops sending
+ * (bytes the proxy will not read stay in its socket). The loop used to
+ * keep EPOLLIN armed on it: level-triggered, epoll_wait returned at once
+ * while conn_on_readable read nothing, a core burnt until the 2 s closing
+ * deadline. Now it waits in epoll_wait and closes at that deadline; a peer
+ * that resets meanwhile is closed at once. */
+static void test_closing_deaf_peer(void) {
+  rw_proxy_server *p = start_proxy(0);
+  cl c;
+  deaf_closing(p, &c);
+  double t0 = now_s(CLOCK_MONOTONIC), cpu0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+  bool open_at_half = false;
+  double closed_at = until_closed(p, t0, 6, &open_at_half);
+  double wall = now_s(CLOCK_MONOTONIC) - t0, cpu = now_s(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+  fprintf(stderr, "  closing, peer not reading: closed after %.2f s, process CPU %.3f s (%.0f%% of a core)\n",
+          closed_at, cpu, 100 * cpu / wall);
+  CHECK(open_at_half);                      /* it was waiting on the peer: the case under test */
+  CHECK(closed_at > 1.5 && closed_at < 4); /* and closed at its 2 s deadline */
+  CHECK(cpu < 0.1 * wall);                  /* sleeping meanwhile, not spinning */
+  cl_close(&c);
+  /* the same, then the peer resets (closes with bytes unread) */
+  deaf_closing(p, &c);
+  usleep(300 * 1000);
+  CHECK(rw_proxy_server_stats(p).connections == 1);
+  struct linger lg = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  cl_close(&c);
+  t0 = now_s(CLOCK_MONOTONIC);
+  closed_at = until_closed(p, t0, 6, NULL);
+  fprintf(stderr, "  closing, peer reset: closed after %.2f s\n", closed_at);
+  CHECK(closed_at < 0.5);
+  rw_proxy_server_stop(p);
+}
+
+/* The proxy out of descriptors: accept4 fails (EMFILE) while the listener
+ * stays readable. The loop used to go round at once, all the time (a core
+ * burnt for as long as descriptors lacked); now it stops watching the
+ * listener for 100 ms at a time, and serves the connection once a
+ * descriptor is free. */
+static void test_accept_out_of_fds(void) {
+  rw_proxy_server *p = start_proxy(0);
+  struct rlimit old, low;
+  CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0);
+  cl c;
+  memset(&c, 0, sizeof c);
+  c.fd = socket(AF_INET, SOCK_STREAM, 0), c.cid = ((uint64_t)rnd() << 32 | rnd()) | 1;
+  int probe = dup(c.fd); /* the lowest free descriptor: none from there on */
+  close(probe);
+  low = old, low.rlim_cur = (rlim_t)probe;
+  CHECK(probe > 0 && setrlimit(RLIMIT_NOFILE, &low) == 0);
+  const char *addr = rw_proxy_server_addr(p);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strrchr(addr, ':') + 1))};
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  CHECK(connect(c.fd, (struct sockaddr *)&sa, sizeof sa) == 0); /* in the backlog */
+  double t0 = now_s(CLOCK_MONOTONIC), cpu0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+  usleep(600 * 1000);
+  double wall = now_s(CLOCK_MONOTONIC) - t0, cpu = now_s(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+  CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+  fprintf(stderr, "  accept without descriptors: process CPU %.3f s in %.2f s (%.0f%% of a core)\n", cpu, wall,
+          100 * cpu / wall);
+  CHECK(cpu < 0.1 * wall);
+  CHECK(rw_proxy_server_stats(p).accepted == 0);
+  /* a descriptor free again: the connection is served */
+  rwp_writer_init(&c.w);
+  CHECK(rwp_reader_new(RWP_SIDE_CLIENT, NULL, NULL, &c.r) == NULL);
+  CHECK(cl_shake(&c, secret, "", 4) == NULL);
+  cl_close(&c);
+  rw_proxy_server_stop(p);
+}
+
 int main(void) {
   setenv("RW_LOG_LEVEL", "error", 0);
   rng = ct_seed();
@@ -856,6 +1030,8 @@ int main(void) {
   RUN(test_busy);
   RUN(test_gap_in_flight);
   RUN(test_complete_failed_writer);
+  RUN(test_closing_deaf_peer);
+  RUN(test_accept_out_of_fds);
   rw_fakegcs_stop(gcs);
   return ct_finish("test_proxy_server");
 }
