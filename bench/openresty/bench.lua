@@ -30,13 +30,14 @@ function M.complete()
 end
 
 -- PUT /bench/discard: reads a Content-Length body the way rw_upload does
--- (ngx.req.socket, 256 KiB receives) and drops it: the cost of reading alone.
+-- (ngx.req.socket, the example's pieces) and drops it: the cost of reading alone.
 function M.discard()
+  local piece = require("rw_upload").DEFAULTS.piece
   local len = tonumber(ngx.var.http_content_length) or 0
   local sock = assert(ngx.req.socket())
   local off = 0
   while off < len do
-    local data = assert(sock:receive(math.min(262144, len - off)))
+    local data = assert(sock:receive(math.min(piece, len - off)))
     off = off + #data
   end
   ngx.say(off)

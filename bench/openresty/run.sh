@@ -38,8 +38,9 @@ cat >"$tmp/extra.conf" <<CONF
       content_by_lua_block { require("handler").content() } log_by_lua_block { require("handler").log() } }
     location /tsleep/ { client_max_body_size 0; set \$rw_endpoint $gcs; set \$rw_mode sleep; set \$rw_max_cache_mib 1;
       content_by_lua_block { require("handler").content() } log_by_lua_block { require("handler").log() } }
-    location /u64/ { client_max_body_size 0; set \$rw_endpoint $gcs; content_by_lua_block { require("rw_upload").handle { piece = 65536 } } }
-    location = /bench/discard { client_max_body_size 0; lua_socket_buffer_size 256k; content_by_lua_block { require("bench").discard() } }
+    location /u64/ { client_max_body_size 0; lua_socket_buffer_size 1m; set \$rw_endpoint $gcs; content_by_lua_block { require("rw_upload").handle { piece = 65536 } } }
+    location /u1m/ { client_max_body_size 0; lua_socket_buffer_size 1m; set \$rw_endpoint $gcs; content_by_lua_block { require("rw_upload").handle { piece = 1048576 } } }
+    location = /bench/discard { client_max_body_size 0; lua_socket_buffer_size 1m; content_by_lua_block { require("bench").discard() } }
     location = /bench/complete { set \$rw_endpoint $gcs; content_by_lua_block { require("bench").complete() } }
 CONF
 user_line=""
@@ -55,6 +56,17 @@ nginx -p "$tmp" -c "$tmp/nginx.conf" -e "$tmp/logs/error.log"
 base=http://127.0.0.1:$port
 for _ in $(seq 100); do curl -fs "$base/ping" >/dev/null && break; sleep 0.05; done
 py() { timeout 600 python3 tests/openresty/client.py "$@"; }
+# The worker's minor page faults (fresh pages it touched) around an upload:
+# LuaJIT maps each string of 128 KiB or more on its own, so big pieces fault.
+worker=$(pgrep -P "$(cat "$tmp/logs/nginx.pid")" | head -1)
+minflt() { awk '{ print $10 }' "/proc/$worker/stat"; }
+faults=()
+nginx_up() { # $1 = location, $2 = object; prints the seconds, adds the faults to faults[$1]
+  local f0 t; f0=$(minflt)
+  t=$(curl -sS -o "$tmp/resp" -w "%{time_total}" -T "$tmp/big" "$base/$1/b/$2")
+  grep -q '"size":'$((size_mib * MiB)) "$tmp/resp" || { echo "nginx upload to /$1/ failed: $(cat "$tmp/resp")" >&2; exit 1; }
+  echo "$t $(( $(minflt) - f0 ))"
+}
 
 seed=${RW_SEED:-$RANDOM}
 mkbody() { { openssl enc -aes-128-ctr -nosalt -pass "pass:$seed-$3" -pbkdf2 -in /dev/zero 2>/dev/null || true; } | head -c "$1" >"$2"; }
@@ -67,28 +79,41 @@ row() { rows+=("$(printf '| %-66s | %-28s |' "$1" "$2")"); }
 export LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="build/lua5.4/?.so;;"
 best_p=999999 best_n=999999 best_s=999999
 runs=${RW_BENCH_RUNS:-3}
-pair_ratios=()
+pair_ratios=() sf_ratios=() faults_q=() faults_m=() faults_n=()
 for r in $(seq "$runs"); do
   p=$(RW_POOL_THREADS=4 lua5.4 bench/openresty/plain.lua "$gcs" "plain-$r" "$tmp/big")
   s=$(cat "$tmp/big" | RW_POOL_THREADS=4 lua5.4 bench/openresty/plain.lua "$gcs" "plain-pipe-$r" -)
   best_s=$(awk -v a="$best_s" -v b="$s" 'BEGIN { print (b < a) ? b : a }')
-  q=$(curl -sS -o "$tmp/resp" -w "%{time_total}" -T "$tmp/big" "$base/u64/b/ngx64-$r")
+  read -r q fq < <(nginx_up u64 "ngx64-$r")
   best_q=$(awk -v a="${best_q:-999999}" -v b="$q" 'BEGIN { print (b < a) ? b : a }')
-  n=$(curl -sS -o "$tmp/resp" -w "%{time_total}" -T "$tmp/big" "$base/upload/b/ngx-$r")
-  grep -q '"size":'$((size_mib * MiB)) "$tmp/resp" || { echo "nginx upload failed: $(cat "$tmp/resp")"; exit 1; }
+  read -r m fm < <(nginx_up u1m "ngx1m-$r")
+  best_m=$(awk -v a="${best_m:-999999}" -v b="$m" 'BEGIN { print (b < a) ? b : a }')
+  read -r n fn < <(nginx_up upload "ngx-$r")
+  read -r sf scode < <(py sendfile "$port" "/upload/b/ngxsf-$r" "$tmp/big")
+  [[ -n $q && -n $m && -n $n && ${scode:-} == 200 ]] || { echo "an nginx upload failed (sendfile client: ${scode:-none})" >&2; exit 1; }
+  best_f=$(awk -v a="${best_f:-999999}" -v b="$sf" 'BEGIN { print (b < a) ? b : a }')
+  sf_ratios+=("$(awk -v p="$p" -v n="$sf" 'BEGIN { printf "%.2f", p / n }')")
+  faults_q+=("$fq") faults_m+=("$fm") faults_n+=("$fn")
   best_p=$(awk -v a="$best_p" -v b="$p" 'BEGIN { print (b < a) ? b : a }')
   best_n=$(awk -v a="$best_n" -v b="$n" 'BEGIN { print (b < a) ? b : a }')
   pair_ratios+=("$(awk -v p="$p" -v n="$n" 'BEGIN { printf "%.2f", p / n }')")
 done
-median_ratio=$(printf '%s\n' "${pair_ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median_ratio=$(median "${pair_ratios[@]}")
 row "$size_mib MiB, plain Lua 5.4 (best of $runs)" "$(rate $((size_mib * MiB)) "$best_p") MiB/s"
 row "$size_mib MiB, plain Lua 5.4 reading a pipe (best of $runs)" "$(rate $((size_mib * MiB)) "$best_s") MiB/s"
 row "$size_mib MiB through nginx, Content-Length (best of $runs)" "$(rate $((size_mib * MiB)) "$best_n") MiB/s"
-row "$size_mib MiB through nginx, Content-Length, 64 KiB pieces (best of $runs)" "$(rate $((size_mib * MiB)) "$best_q") MiB/s"
+row "  the worker's page faults per upload (120 KiB pieces, the example)" "${faults_n[*]}"
+row "$size_mib MiB through nginx, 1 MiB pieces (best of $runs)" "$(rate $((size_mib * MiB)) "$best_m") MiB/s"
+row "  the worker's page faults per upload (1 MiB pieces)" "${faults_m[*]}"
+row "$size_mib MiB through nginx, 64 KiB pieces (best of $runs)" "$(rate $((size_mib * MiB)) "$best_q") MiB/s"
+row "  the worker's page faults per upload (64 KiB pieces)" "${faults_q[*]}"
 d=$(curl -sS -o /dev/null -w "%{time_total}" -T "$tmp/big" "$base/bench/discard")
 row "$size_mib MiB read by nginx and dropped (no writer)" "$(rate $((size_mib * MiB)) "$d") MiB/s"
 row "  ratio nginx / plain Lua (file; pipe)" "$(awk -v p="$best_p" -v s="$best_s" -v n="$best_n" 'BEGIN { printf "%.2fx; %.2fx", p / n, s / n }')"
 row "  ratio nginx / plain Lua (file), per round; median" "${pair_ratios[*]}; ${median_ratio}x"
+row "$size_mib MiB through nginx, the client sending by sendfile(2) (best of $runs)" "$(rate $((size_mib * MiB)) "$best_f") MiB/s"
+row "  ratio nginx (sendfile client) / plain Lua (file): best of; per round; median" "$(awk -v p="$best_p" -v n="$best_f" 'BEGIN { printf "%.2fx", p / n }'); ${sf_ratios[*]}; $(median "${sf_ratios[@]}")x"
 n=$(curl -sS -o "$tmp/resp" -w '%{time_total}' -T - "$base/upload/b/ngx-ch" <"$tmp/big")
 row "$size_mib MiB through nginx, chunked (curl -T -)" "$(rate $((size_mib * MiB)) "$n") MiB/s"
 

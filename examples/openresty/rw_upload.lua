@@ -32,7 +32,12 @@ M.DEFAULTS = {
   endpoint = nil,           -- GCS endpoint (nil: the real GCS, default credentials)
   max_uploads = 16,         -- per worker; more are answered 503
   retry_after = 2,          -- seconds, in the 503's Retry-After
-  piece = 1024 * KiB,       -- bytes read from the client per receive
+  -- Bytes read from the client per receive: each is a new Lua string. Keep
+  -- it under 128 KiB: LuaJIT's allocator gives larger blocks their own
+  -- mmap (and munmap when collected), so each 1 MiB piece was 256 page
+  -- faults on fresh zeroed pages (66,000 per 256 MiB, up to 45% of the
+  -- worker's CPU, in some runs and not others: bench/openresty/README.md).
+  piece = 120 * KiB,
   read_timeout = 60,        -- seconds a client may stay silent mid-body
   max_chunk_line = 4096,    -- bytes of a chunk-size line (with extensions)
   max_trailers = 16 * KiB,  -- bytes of all trailer lines together

@@ -8,6 +8,10 @@
                                             prints the status line's code
   client.py cut PORT PATH FILE NBYTES MODE  sends the headers (MODE: length|chunked)
                                             and NBYTES of the body, then closes
+  client.py sendfile PORT PATH FILE         PUT of the file with a Content-Length,
+                                            its body by sendfile(2) (the least CPU a
+                                            client can spend: bench/openresty); prints
+                                            "SECONDS STATUS" (connect to the reply)
   client.py ping PORT PATH STOPFILE MS      GET PATH every MS ms on one keep-alive
                                             connection until STOPFILE exists (at most
                                             600 s); prints "n p50 p99 max" in ms
@@ -106,6 +110,19 @@ def cut(port, path, fname, nbytes, mode):
     s.close()
 
 
+def sendfile(port, path, fname):
+    size = os.path.getsize(fname)
+    t0 = time.monotonic()
+    s = connect(port)
+    s.sendall(("PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+               % (path, HOST, size)).encode())
+    with open(fname, "rb") as f:
+        s.sendfile(f)
+    code, _ = read_reply(s)
+    s.close()
+    print("%.6f %s" % (time.monotonic() - t0, code))
+
+
 def ping(port, path, stopfile, ms):
     conn = http.client.HTTPConnection(HOST, int(port), timeout=10)
     lat = []
@@ -134,4 +151,4 @@ def ping(port, path, stopfile, ms):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"chunked": chunked, "raw": raw, "cut": cut, "ping": ping}[cmd](*args)
+    {"chunked": chunked, "raw": raw, "cut": cut, "sendfile": sendfile, "ping": ping}[cmd](*args)
