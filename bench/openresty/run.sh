@@ -60,8 +60,7 @@ py() { timeout 600 python3 tests/openresty/client.py "$@"; }
 # LuaJIT maps each string of 128 KiB or more on its own, so big pieces fault.
 worker=$(pgrep -P "$(cat "$tmp/logs/nginx.pid")" | head -1)
 minflt() { awk '{ print $10 }' "/proc/$worker/stat"; }
-faults=()
-nginx_up() { # $1 = location, $2 = object; prints the seconds, adds the faults to faults[$1]
+nginx_up() { # $1 = location, $2 = object; prints "SECONDS FAULTS" (the worker's, during the upload)
   local f0 t; f0=$(minflt)
   t=$(curl -sS -o "$tmp/resp" -w "%{time_total}" -T "$tmp/big" "$base/$1/b/$2")
   grep -q '"size":'$((size_mib * MiB)) "$tmp/resp" || { echo "nginx upload to /$1/ failed: $(cat "$tmp/resp")" >&2; exit 1; }

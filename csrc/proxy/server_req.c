@@ -309,11 +309,11 @@ static rw_error *gap_in_flight(rw_proxy_server *s, session *ss, const op *o, rw_
   if (end > contiguous && end - contiguous > ahead) {
     rw_error *far = rw_err(RW_E_OUT_OF_WINDOW,
                            "WRITE_AT [%llu, %llu) ends %llu bytes past the session's contiguous bytes (%llu), "
-                           "more than the proxy's max_ahead (%llu): no client window reaches that far; "
-                           "keep the client's window at most max_ahead: %s",
+                           "more than the proxy's max_ahead (%llu): no client window reaches that far (a "
+                           "wrong offset, or a client window above max_ahead: keep it at most max_ahead)",
                            (unsigned long long)o->offset, (unsigned long long)end,
                            (unsigned long long)(end - contiguous), (unsigned long long)contiguous,
-                           (unsigned long long)ahead, rw_error_message(e));
+                           (unsigned long long)ahead);
     rw_error_unref(e);
     return far;
   }

@@ -1012,6 +1012,7 @@ static rw_error *batch_take(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bo
     e = request_error(&fr, ctx);
   } else if (f && fr.msg.op == RWP_ERROR) {
     e = request_error(&fr, ctx); /* waits retry_after_ms of a retryable one */
+    b->inflight--; /* answered, whatever comes next */
     /* Only a busy that says when to come back (a gap still in flight) goes
      * again as new; one without (no session, pool or reply-table room left)
      * fails the put, and the writer's backoff paces the next try. */
@@ -1021,7 +1022,6 @@ static rw_error *batch_take(proxy_sink *ps, pconn *c, rw_ctx *ctx, wbatch *b, bo
       seq_done(ps, f->seq);
       f->seq = 0; /* sent again as a new request (PROTOCOL.md 7.4, 7.5) */
       f->unsent = true;
-      b->inflight--;
       rw_error_unref(e);
       e = NULL;
     }

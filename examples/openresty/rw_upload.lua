@@ -33,10 +33,11 @@ M.DEFAULTS = {
   max_uploads = 16,         -- per worker; more are answered 503
   retry_after = 2,          -- seconds, in the 503's Retry-After
   -- Bytes read from the client per receive: each is a new Lua string. Keep
-  -- it under 128 KiB: LuaJIT's allocator gives larger blocks their own
-  -- mmap (and munmap when collected), so each 1 MiB piece was 256 page
-  -- faults on fresh zeroed pages (66,000 per 256 MiB, up to 45% of the
-  -- worker's CPU, in some runs and not others: bench/openresty/README.md).
+  -- it at most 127 KiB (the string's header and the allocator's overhead
+  -- count too): LuaJIT's allocator gives blocks of 128 KiB or more their own
+  -- mmap (and munmap when collected), so each 1 MiB piece could be 256 page
+  -- faults on fresh zeroed pages (66,052 per 256 MiB, 0.31-0.44 s of the
+  -- worker's CPU against 0.17-0.22 s, in some runs: docs/OPENRESTY.md).
   piece = 120 * KiB,
   read_timeout = 60,        -- seconds a client may stay silent mid-body
   max_chunk_line = 4096,    -- bytes of a chunk-size line (with extensions)

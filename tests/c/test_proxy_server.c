@@ -191,7 +191,7 @@ static void count_errors(void *ud, rw_log_level lvl, const char *line) {
 static rw_fakegcs *gcs;
 static uint32_t ping_ms = 5000;
 static int max_conns = 256;
-static uint64_t cache_cap = 256u << 20, sess_cache = 4u << 20;
+static uint64_t cache_cap = 256u << 20, sess_cache = 4u << 20, max_ahead = 0;
 static rw_proxy_server *start_proxy(double rate_requests) {
   rw_proxy_secret secs[] = {{"", secret, 32}, {"k2", other, 32}};
   rw_proxy_config cfg = rw_proxy_defaults();
@@ -199,6 +199,7 @@ static rw_proxy_server *start_proxy(double rate_requests) {
   cfg.listen = "127.0.0.1:0", cfg.upstream = rw_fakegcs_url(gcs);
   cfg.secrets = secs, cfg.nsecrets = 2, cfg.rate_requests = rate_requests;
   cfg.session_cache = sess_cache, cfg.cache = cache_cap, cfg.max_connections = max_conns;
+  cfg.max_ahead = max_ahead;
   rw_error *e = NULL;
   rw_proxy_server *p = rw_proxy_server_start(&cfg, &e);
   CHECK(p != NULL);
@@ -803,6 +804,31 @@ static void test_gap_in_flight(void) {
   rw_proxy_server_stop(p);
 }
 
+/* A configured max_ahead (2 x session_cache) is the bound, on both sides:
+ * a WRITE_AT ending exactly max_ahead past the contiguous bytes may be a
+ * gap in flight (proto.busy); one byte further it is rw.out_of_window. */
+static void test_max_ahead_option(void) {
+  max_ahead = 2 * sess_cache;
+  rw_proxy_server *p = start_proxy(0);
+  max_ahead = 0;
+  cl a, b;
+  pair_open(p, &a, &b);
+  CHECK(create(&a, "ahead1"));
+  rwp_msg m = {.op = RWP_WRITE_AT, .seq = seq_next++};
+  m.u.write_at.session = rwp_cstr(session), m.u.write_at.offset = 2 * sess_cache - PIECE;
+  rwp_frame f;
+  CHECK(call(&b, m, data, PIECE, &f, NULL) == 1 && err_is(&f, RW_E_PROTO_BUSY));
+  rwp_frame_clear(&f);
+  m.seq = seq_next++, m.u.write_at.offset = 2 * sess_cache - PIECE + 1;
+  CHECK(call(&b, m, data, PIECE, &f, NULL) == 1 && err_is(&f, RW_E_OUT_OF_WINDOW));
+  CHECK(!(f.msg.u.error.flags2 & RWP_ERR_RETRYABLE));
+  rwp_frame_clear(&f);
+  /* the session goes on */
+  write_piece(&a, 0, true);
+  cl_close(&a), cl_close(&b);
+  rw_proxy_server_stop(p);
+}
+
 /* COMPLETE on a session whose writer failed (the GCS session was deleted
  * behind the proxy's back): an ERROR carrying the writer's error, and no
  * reference to that error is left behind (ASan's leak check: the reply path
@@ -1029,6 +1055,7 @@ int main(void) {
   RUN(test_failover);
   RUN(test_busy);
   RUN(test_gap_in_flight);
+  RUN(test_max_ahead_option);
   RUN(test_complete_failed_writer);
   RUN(test_closing_deaf_peer);
   RUN(test_accept_out_of_fds);

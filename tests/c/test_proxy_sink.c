@@ -899,6 +899,28 @@ static void test_busy_without_retry_after(void) {
  * next put (at a real proxy those requests still count against the
  * connection's max_inflight: the next put could hit proto.too_many). The
  * next put then goes through a new connection and stores its bytes. */
+/* One put of n random bytes at 0 whose first frame the peer answers
+ * proto.busy without retry_after_ms (final for the put); the sink's counts after. */
+static rw_proxy_sink_counts failed_put(rw_sink *sink, peer *p, size_t n) {
+  atomic_store(&p->busy0, 1);
+  unsigned char *data = random_data(n);
+  struct iovec iov = {data, n};
+  rw_sink_put put = {.offset = 0, .iov = &iov, .iovcnt = 1, .len = n, .stall_timeout = 2};
+  rw_sink_result res;
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
+  rw_log_set_hook(quiet_log, NULL);
+  rw_error *e = sink->ops->put(sink, ctx, &put, &res);
+  rw_log_set_hook(NULL, NULL);
+  CHECK(e && rw_error_is(e, RW_E_PROTO_BUSY)); /* the first frame's error */
+  rw_error_unref(e);
+  rw_sink_result_clear(&res);
+  rw_ctx_unref(ctx);
+  free(data);
+  rw_proxy_sink_counts c;
+  rw_proxy_sink_stats(sink, &c);
+  return c;
+}
+
 static void test_failed_put_drops_busy_connection(void) {
   bed b;
   bed_start(&b, 1u << 20, secret);
@@ -916,23 +938,14 @@ static void test_failed_put_drops_busy_connection(void) {
     bed_stop(&b);
     return;
   }
-  atomic_store(&p->busy0, 1);
-  unsigned char *data = random_data(1u << 20);
-  struct iovec iov = {data, 1u << 20};
-  rw_sink_put put = {.offset = 0, .iov = &iov, .iovcnt = 1, .len = 1u << 20, .stall_timeout = 2};
-  rw_sink_result res;
-  ctx = rw_ctx_with_timeout(NULL, 5);
-  rw_log_set_hook(quiet_log, NULL);
-  rw_error *e = sink->ops->put(sink, ctx, &put, &res);
-  rw_log_set_hook(NULL, NULL);
-  CHECK(e && rw_error_is(e, RW_E_PROTO_BUSY)); /* the first frame's error */
-  rw_error_unref(e);
-  rw_sink_result_clear(&res);
-  rw_ctx_unref(ctx);
-  free(data);
-  rw_proxy_sink_counts n;
-  rw_proxy_sink_stats(sink, &n);
-  fprintf(stderr, "after the failed put: dropped %llu, connects %llu\n", (unsigned long long)n.dropped,
+  /* one frame, answered: nothing left in flight, the connection is kept */
+  rw_proxy_sink_counts n = failed_put(sink, p, RWP_MIN_FRAME);
+  fprintf(stderr, "after a failed one-frame put: dropped %llu, connects %llu\n", (unsigned long long)n.dropped,
+          (unsigned long long)n.connects);
+  CHECK_EQ_INT((int)n.dropped, 0);
+  /* 16 frames, the first failed while 7 more were unanswered: dropped */
+  n = failed_put(sink, p, 1u << 20);
+  fprintf(stderr, "after a failed 16-frame put: dropped %llu, connects %llu\n", (unsigned long long)n.dropped,
           (unsigned long long)n.connects);
   CHECK_EQ_INT((int)n.dropped, 1);
   CHECK(put_checked(sink, b.st, 1u << 20));
