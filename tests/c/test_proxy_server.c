@@ -920,9 +920,12 @@ static bool stall_output(cl *c, int sfd) {
     }
     send_all(c->fd, frame_buf, n);
     usleep(30 * 1000);
-    int q = 0;
-    if (ioctl(sfd, SIOCOUTQ, &q)) return false;
-    flat = q > 0 && q <= last ? flat + 1 : 0;
+    int q = 0, sndbuf = 0;
+    socklen_t sl = sizeof sndbuf;
+    if (ioctl(sfd, SIOCOUTQ, &q) || getsockopt(sfd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl)) return false;
+    /* flat twice, and at least a quarter of the socket's buffer: a proxy
+     * thread starved for 60 ms also leaves the queue flat, but small */
+    flat = q > 0 && q <= last && q >= sndbuf / 4 ? flat + 1 : 0;
     last = q > last ? q : last;
   }
   fprintf(stderr, "  the proxy's kernel send queue stopped at %d bytes\n", last);
