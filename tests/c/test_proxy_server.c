@@ -1131,6 +1131,72 @@ static void test_error_behind_backlog(void) {
   rw_proxy_server_stop(p);
 }
 
+/* x opened, refused with proto.busy, read up to EOF; the proxy's end of it. */
+static int busy_read(cl *x, const char *addr, uint64_t cid, size_t junk) {
+  cl_open(x, addr, cid);
+  if (junk) send_junk(x->fd, junk);
+  rwp_frame f;
+  CHECK(cl_recv(x, &f, 3) == 1 && err_is(&f, RW_E_PROTO_BUSY));
+  int sfd = server_end(x->fd);
+  CHECK(ends_in_eof(x));
+  return sfd;
+}
+
+/* Sends junk until the proxy closed sfd (or 3 s, 16 MiB); the bytes sent. */
+static size_t flood_until_gone(int fd, int sfd) {
+  static uint8_t junk[64 * 1024];
+  for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)rnd();
+  size_t sent = 0;
+  double t0 = now_s(CLOCK_MONOTONIC);
+  while (same_conn(sfd, fd) && sent < (16u << 20) && now_s(CLOCK_MONOTONIC) - t0 < 3) {
+    ssize_t k = send(fd, junk, sizeof junk, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (k > 0) sent += (size_t)k;
+    else if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) break; /* the proxy's RST */
+    else poll(&(struct pollfd){.fd = fd, .events = POLLOUT}, 1, 20);
+  }
+  return sent;
+}
+
+/* The lingering is bounded: a silent peer is closed after 1 s (the loop
+ * sleeping meanwhile), one that goes on sending after 1 MiB dropped, and
+ * lingering connections (not counted in connections) are at most
+ * max_connections: one more is closed at once. */
+static void test_linger_bounds(void) {
+  max_conns = 1;
+  rw_proxy_server *p = start_proxy(0);
+  max_conns = 256;
+  const char *addr = rw_proxy_server_addr(p);
+  cl a, x, y;
+  cl_open(&a, addr, 80);
+  CHECK(cl_shake(&a, secret, "", 4) == NULL);
+  rw_log_set_hook(count_errors, NULL); /* proto.busy warnings: not printed */
+  error_lines = 0;
+  double t0 = now_s(CLOCK_MONOTONIC), cpu0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+  int sx = busy_read(&x, addr, 81, 8192);
+  CHECK(same_conn(sx, x.fd)); /* x lingers, silent */
+  int sy = busy_read(&y, addr, 82, 0);
+  CHECK(!same_conn(sy, y.fd)); /* no room to linger: closed at once */
+  CHECK(stats_of(p).connections == 1);
+  until_gone(sx, x.fd, 4);
+  double gone = now_s(CLOCK_MONOTONIC) - t0;
+  double cpu = now_s(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+  fprintf(stderr, "  silent peer: closed after %.2f s lingering, process CPU %.3f s\n", gone, cpu);
+  CHECK(gone > 0.9 && gone < 2);
+  CHECK(cpu < 0.1 * gone);
+  cl_close(&x), cl_close(&y);
+  /* a peer that goes on sending */
+  int sz = busy_read(&x, addr, 83, 0);
+  t0 = now_s(CLOCK_MONOTONIC);
+  size_t sent = flood_until_gone(x.fd, sz);
+  gone = now_s(CLOCK_MONOTONIC) - t0;
+  fprintf(stderr, "  sending peer: closed after %zu bytes, %.2f s\n", sent, gone);
+  CHECK(sent > (1u << 20) && !same_conn(sz, x.fd) && gone < 0.8);
+  cl_close(&x), cl_close(&a);
+  rw_proxy_server_stop(p);
+  rw_log_set_hook(NULL, NULL);
+  CHECK_EQ_INT(error_lines, 0);
+}
+
 int main(void) {
   setenv("RW_LOG_LEVEL", "error", 0);
   rng = ct_seed();
@@ -1155,6 +1221,7 @@ int main(void) {
   RUN(test_accept_out_of_fds);
   RUN(test_error_then_fin);
   RUN(test_error_behind_backlog);
+  RUN(test_linger_bounds);
   rw_fakegcs_stop(gcs);
   return ct_finish("test_proxy_server");
 }
