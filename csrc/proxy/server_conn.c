@@ -20,24 +20,29 @@ conn *conn_find(rw_proxy_server *s, uint64_t id) {
   return NULL;
 }
 
+/* What a connection holds to speak: at close, or once it lingers. */
+static void conn_release(conn *c) {
+  rwp_reader_free(c->rd), c->rd = NULL;
+  rwp_writer_wipe(&c->wr);
+  rwp_wipe(c->th, sizeof c->th);
+  if (c->pbody) body_unref(c->pbody), c->pbody = NULL;
+}
+
 void conn_close(conn *c) {
   if (c->dead) return;
   c->dead = true;
   rw_proxy_server *s = c->srv;
   epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
   close(c->fd);
-  rwp_reader_free(c->rd), c->rd = NULL;
-  rwp_writer_wipe(&c->wr);
-  rwp_wipe(c->th, sizeof c->th);
-  if (c->pbody) body_unref(c->pbody), c->pbody = NULL;
+  conn_release(c);
   rw_amo_forget_waiter(s->amo, c->id);
   if (c->lingering) s->nlinger--;
   else s->nconns--;
 }
 
-/* A closing connection reads nothing more: EPOLLIN stays armed on it only
- * while it reads, else unread bytes make level-triggered epoll_wait return
- * at once until the closing deadline (issue 10). */
+/* A closing connection reads nothing until it lingers: EPOLLIN stays armed
+ * on it only while it reads, else unread bytes make level-triggered
+ * epoll_wait return at once until the closing deadline (issue 10). */
 static void want_out(conn *c, bool on) {
   bool reads = !c->closing || c->lingering;
   uint32_t events = (reads ? EPOLLIN | EPOLLRDHUP : 0) | (on ? EPOLLOUT : 0);
@@ -61,6 +66,8 @@ static void conn_linger(conn *c) {
   }
   c->lingering = true, c->linger_at = rw_proxy_now();
   s->nconns--, s->nlinger++; /* closed for conn_find, conn_send, the stats */
+  conn_release(c);
+  free(c->out), c->out = NULL, c->out_cap = 0; /* empty: it costs rbuf alone */
   want_out(c, false);
 }
 
