@@ -245,7 +245,8 @@ static void on_event(rw_proxy_server *s, struct epoll_event *ev) {
     if (c->dead) return;
     if (ev->events & EPOLLOUT) conn_flush(c);
     if (c->dead) return;
-    if (c->closing) { /* reads nothing more; a peer gone (HUP, ERR: never masked) gets nothing more */
+    if (c->lingering) conn_drain(c); /* after our FIN: drops what comes, until the peer's EOF */
+    else if (c->closing) { /* reads nothing more; a peer gone (HUP, ERR: never masked) gets nothing more */
       if (ev->events & (EPOLLHUP | EPOLLERR)) conn_close(c);
     } else if (ev->events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) conn_on_readable(c);
   }

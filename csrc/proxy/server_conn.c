@@ -11,11 +11,21 @@
 #include "proxy/server_int.h"
 
 #define OUT_MAX (4u << 20) /* queued output beyond this: the peer does not read */
+#define LINGER_BYTES (1u << 20) /* read and dropped after the last frame, at most */
+#define LINGER_TIME 1.0         /* seconds to wait for the peer's EOF after ours */
 
 conn *conn_find(rw_proxy_server *s, uint64_t id) {
   for (conn *c = s->conns; c; c = c->next)
-    if (c->id == id && !c->dead) return c;
+    if (c->id == id && !c->dead && !c->lingering) return c;
   return NULL;
+}
+
+/* What a connection holds to speak: at close, or once it lingers. */
+static void conn_release(conn *c) {
+  rwp_reader_free(c->rd), c->rd = NULL;
+  rwp_writer_wipe(&c->wr);
+  rwp_wipe(c->th, sizeof c->th);
+  if (c->pbody) body_unref(c->pbody), c->pbody = NULL;
 }
 
 void conn_close(conn *c) {
@@ -24,23 +34,51 @@ void conn_close(conn *c) {
   rw_proxy_server *s = c->srv;
   epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
   close(c->fd);
-  rwp_reader_free(c->rd), c->rd = NULL;
-  rwp_writer_wipe(&c->wr);
-  rwp_wipe(c->th, sizeof c->th);
-  if (c->pbody) body_unref(c->pbody), c->pbody = NULL;
+  conn_release(c);
   rw_amo_forget_waiter(s->amo, c->id);
-  s->nconns--;
+  if (c->lingering) s->nlinger--;
+  else s->nconns--;
 }
 
-/* A closing connection reads nothing more: EPOLLIN stays armed on it only
- * while it reads, else unread bytes make level-triggered epoll_wait return
- * at once until the closing deadline (issue 10). */
+/* A closing connection reads nothing until it lingers: EPOLLIN stays armed
+ * on it only while it reads, else unread bytes make level-triggered
+ * epoll_wait return at once until the closing deadline (issue 10). */
 static void want_out(conn *c, bool on) {
-  uint32_t events = (c->closing ? 0 : EPOLLIN | EPOLLRDHUP) | (on ? EPOLLOUT : 0);
+  bool reads = !c->closing || c->lingering;
+  uint32_t events = (reads ? EPOLLIN | EPOLLRDHUP : 0) | (on ? EPOLLOUT : 0);
   if (c->events == events) return;
   c->events = events;
   struct epoll_event ev = {.events = events, .data.ptr = &c->w};
   epoll_ctl(c->srv->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/* The last frame is in the kernel: FIN, not close(). close() with bytes of
+ * the peer unread sends a RST, which drops what our kernel has not sent yet
+ * and can make the peer's drop what it has not read (the ERROR that says
+ * why, issue 10). What the peer still sends is read and dropped until its
+ * EOF, at most LINGER_BYTES and LINGER_TIME (conn_drain, conn_tick). */
+static void conn_linger(conn *c) {
+  rw_proxy_server *s = c->srv;
+  if (c->lingering) return;
+  if (s->nlinger >= s->cfg.max_connections || shutdown(c->fd, SHUT_WR)) {
+    conn_close(c);
+    return;
+  }
+  c->lingering = true, c->linger_at = rw_proxy_now();
+  s->nconns--, s->nlinger++; /* closed for conn_find, conn_send, the stats */
+  conn_release(c);
+  free(c->out), c->out = NULL, c->out_cap = 0; /* empty: it costs rbuf alone */
+  want_out(c, false);
+}
+
+void conn_drain(conn *c) {
+  for (int i = 0; i < 16 && !c->dead; i++) {
+    ssize_t n = recv(c->fd, c->rbuf, sizeof c->rbuf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (n > 0 && (c->lingered += (size_t)n) <= LINGER_BYTES) continue;
+    conn_close(c); /* the peer's EOF or reset, or it sends too much */
+  }
 }
 
 void conn_flush(conn *c) {
@@ -56,7 +94,7 @@ void conn_flush(conn *c) {
   }
   if (c->out_off == c->out_len) c->out_off = c->out_len = 0;
   want_out(c, c->out_len > 0);
-  if (c->closing && c->out_len == 0) conn_close(c);
+  if (c->closing && c->out_len == 0) conn_linger(c);
 }
 
 static bool out_reserve(conn *c, size_t n) {
@@ -74,7 +112,7 @@ static bool out_reserve(conn *c, size_t n) {
 }
 
 void conn_send(conn *c, const rwp_msg *m, const void *body, size_t len) {
-  if (c->dead) return;
+  if (c->dead || c->lingering) return;
   static _Thread_local rwp_encoded e;
   rw_error *err = rwp_encode(&c->wr, m, body, len, &e);
   size_t n = err ? 0 : e.head_len + e.body_len + e.mac_len;
@@ -294,6 +332,10 @@ void conn_on_readable(conn *c) {
 
 void conn_tick(conn *c, double now) {
   rw_proxy_server *s = c->srv;
+  if (c->lingering) {
+    if (now - c->linger_at > LINGER_TIME) conn_close(c);
+    return;
+  }
   if (c->closing) { /* a peer that does not read its last frames */
     if (!c->closing_at) c->closing_at = now;
     else if (now - c->closing_at > 2) conn_close(c);

@@ -55,6 +55,9 @@ typedef struct conn {
   int pings_out;
   uint64_t ping_nonce;
   bool goodbye, closing, dead;
+  bool lingering;           /* FIN sent after the last frame; reading to drop until the peer's EOF */
+  double linger_at;
+  size_t lingered;          /* bytes dropped while lingering */
   uint32_t events;          /* the epoll mask armed on fd */
   body *pbody;              /* the WRITE_AT body being read (before handover) */
   uint8_t *out;             /* bytes to send: out[out_off .. out_len) */
@@ -135,6 +138,7 @@ struct rw_proxy_server {
   client_rl *rls;
   uint64_t next_conn_id, held;
   int nconns, nsessions;
+  int nlinger;              /* lingering connections (not in nconns), at most max_connections */
   double last_expire;
   double accept_paused_at, accept_logged_at; /* listener unwatched since (0: watched) */
   pthread_mutex_t jobs_mu;
@@ -152,6 +156,7 @@ double rw_proxy_now(void);
 rw_error *conn_reader_new(conn *c);
 void conn_on_readable(conn *c);
 void conn_flush(conn *c);
+void conn_drain(conn *c); /* a lingering connection is readable */
 void conn_close(conn *c);
 conn *conn_find(struct rw_proxy_server *s, uint64_t id);
 void conn_send(conn *c, const rwp_msg *m, const void *body, size_t len);

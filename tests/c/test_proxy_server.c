@@ -1039,6 +1039,193 @@ static void test_accept_out_of_fds(void) {
   rw_proxy_server_stop(p);
 }
 
+/* ---- the last ERROR reaches a peer that sent more than was read (issue 10) ---- */
+
+/* The log hook that holds the loop thread 150 ms on the warning of the
+ * ERROR whose code is stall_code, before the frame is queued: bytes the
+ * client sends meanwhile are surely in the proxy's socket, unread, when it
+ * closes the connection. */
+static const char *stall_code;
+static _Atomic int stalls;
+static void stall_on(void *ud, rw_log_level lvl, const char *line) {
+  char want[64];
+  snprintf(want, sizeof want, "code=%s ", stall_code ? stall_code : "-");
+  if (lvl != RW_LOG_WARN || !strstr(line, want)) {
+    count_errors(ud, lvl, line);
+    return;
+  }
+  stalls++;
+  usleep(150 * 1000);
+}
+
+static void send_junk(int fd, size_t n) {
+  static uint8_t junk[64 * 1024];
+  for (size_t i = 0; i < n && i < sizeof junk; i++) junk[i] = (uint8_t)rnd();
+  send_all(fd, junk, n < sizeof junk ? n : sizeof junk);
+}
+
+/* After the ERROR: the peer's EOF (a FIN), not a reset. */
+static bool ends_in_eof(cl *c) {
+  CHECK(c->in_off == c->in_len); /* nothing after the ERROR */
+  struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+  if (poll(&pf, 1, 3000) != 1) return fprintf(stderr, "  no EOF within 3 s\n"), false;
+  ssize_t n = recv(c->fd, c->in, sizeof c->in, 0);
+  if (n != 0) fprintf(stderr, "  after the ERROR: recv %zd (%s), not EOF\n", n, n < 0 ? strerror(errno) : "bytes");
+  return n == 0;
+}
+
+/* Whether sfd is still the proxy's end of the client socket cfd. */
+static bool same_conn(int sfd, int cfd) {
+  struct sockaddr_in me, sa;
+  socklen_t l = sizeof me, k = sizeof sa;
+  return sfd >= 0 && !getsockname(cfd, (struct sockaddr *)&me, &l) && !getpeername(sfd, (struct sockaddr *)&sa, &k) &&
+         sa.sin_port == me.sin_port && sa.sin_addr.s_addr == me.sin_addr.s_addr;
+}
+
+/* Seconds until the proxy closed its end sfd of cfd, at most limit. */
+static double until_gone(int sfd, int cfd, double limit) {
+  double t0 = now_s(CLOCK_MONOTONIC), t = 0;
+  while (same_conn(sfd, cfd) && (t = now_s(CLOCK_MONOTONIC) - t0) < limit) usleep(20 * 1000);
+  return now_s(CLOCK_MONOTONIC) - t0;
+}
+
+/* x refused with code while it had sent bytes the proxy did not read: it
+ * reads the ERROR, then EOF; its own EOF then ends the proxy's end at once. */
+static void check_told(cl *x, const char *code) {
+  rwp_frame f;
+  CHECK(cl_recv(x, &f, 3) == 1 && err_is(&f, code));
+  int sfd = server_end(x->fd);
+  CHECK(ends_in_eof(x));
+  shutdown(x->fd, SHUT_WR);
+  CHECK(until_gone(sfd, x->fd, 3) < 0.5);
+}
+
+/* The proxy closed the connection with those bytes unread: Linux sends a
+ * RST then, not a FIN, and a RST can make the client's kernel drop the
+ * ERROR it had not read yet; the client saw "connection reset" (or nothing)
+ * instead of proto.busy. Now the proxy sends a FIN after the ERROR and reads
+ * and drops what comes until the client's EOF. */
+static void test_error_then_fin(void) {
+  max_conns = 1;
+  rw_proxy_server *p = start_proxy(0);
+  max_conns = 256;
+  const char *addr = rw_proxy_server_addr(p);
+  cl a, x;
+  cl_open(&a, addr, 70);
+  CHECK(cl_shake(&a, secret, "", 4) == NULL); /* the one connection allowed */
+  rw_log_set_hook(stall_on, NULL);
+  stalls = 0;
+  for (int i = 0; i < 5; i++) { /* proto.busy at accept, 8 KiB of a HELLO-to-be sent meanwhile */
+    stall_code = RW_E_PROTO_BUSY;
+    cl_open(&x, addr, 71);
+    send_junk(x.fd, 8192);
+    usleep(300 * 1000);
+    check_told(&x, RW_E_PROTO_BUSY);
+    cl_close(&x);
+  }
+  cl_close(&a); /* the slot for x */
+  usleep(100 * 1000);
+  for (int i = 0; i < 5; i++) { /* a fatal frame error, then 64 KiB more */
+    stall_code = RW_E_PROTO_BAD_FRAME;
+    cl_open(&x, addr, 72);
+    send_junk(x.fd, 200);
+    usleep(50 * 1000); /* the proxy read it and stalls in the hook */
+    send_junk(x.fd, 64 * 1024);
+    usleep(300 * 1000);
+    check_told(&x, RW_E_PROTO_BAD_FRAME);
+    cl_close(&x);
+  }
+  CHECK(stalls == 10);
+  stall_code = NULL;
+  rw_proxy_server_stop(p);
+  rw_log_set_hook(NULL, NULL);
+}
+
+/* The same when the ERROR is still in the proxy's kernel send queue behind
+ * MBs of PONGs that the client reads late: a RST at close dropped that queue
+ * whole, and the client never learnt why (it saw a reset after the PONGs).
+ * Now all of it arrives, the ERROR last, then EOF. */
+static void test_error_behind_backlog(void) {
+  rw_proxy_server *p = start_proxy(0);
+  cl c;
+  deaf_closing(p, &c); /* PONGs unread, then garbage and more, unread by the proxy */
+  rwp_frame f;
+  int pongs = 0, r;
+  while ((r = cl_recv(&c, &f, 3)) == 1 && f.msg.op == RWP_PONG) pongs++;
+  fprintf(stderr, "  %d PONGs, then %s\n", pongs, r == 1 ? "a frame" : r == 0 ? "the end" : "a timeout");
+  CHECK(pongs > 1000);
+  CHECK(r == 1 && err_is(&f, RW_E_PROTO_BAD_FRAME));
+  CHECK(r == 1 && ends_in_eof(&c));
+  cl_close(&c);
+  rw_proxy_server_stop(p);
+}
+
+/* x opened, refused with proto.busy, read up to EOF; the proxy's end of it. */
+static int busy_read(cl *x, const char *addr, uint64_t cid, size_t junk) {
+  cl_open(x, addr, cid);
+  if (junk) send_junk(x->fd, junk);
+  rwp_frame f;
+  CHECK(cl_recv(x, &f, 3) == 1 && err_is(&f, RW_E_PROTO_BUSY));
+  int sfd = server_end(x->fd);
+  CHECK(ends_in_eof(x));
+  return sfd;
+}
+
+/* Sends junk until the proxy closed sfd (or 3 s, 16 MiB); the bytes sent. */
+static size_t flood_until_gone(int fd, int sfd) {
+  static uint8_t junk[64 * 1024];
+  for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)rnd();
+  size_t sent = 0;
+  double t0 = now_s(CLOCK_MONOTONIC);
+  while (same_conn(sfd, fd) && sent < (16u << 20) && now_s(CLOCK_MONOTONIC) - t0 < 3) {
+    ssize_t k = send(fd, junk, sizeof junk, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (k > 0) sent += (size_t)k;
+    else if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) break; /* the proxy's RST */
+    else poll(&(struct pollfd){.fd = fd, .events = POLLOUT}, 1, 20);
+  }
+  return sent;
+}
+
+/* The lingering is bounded: a silent peer is closed after 1 s (the loop
+ * sleeping meanwhile), one that goes on sending after 1 MiB dropped, and
+ * lingering connections (not counted in connections) are at most
+ * max_connections: one more is closed at once. */
+static void test_linger_bounds(void) {
+  max_conns = 1;
+  rw_proxy_server *p = start_proxy(0);
+  max_conns = 256;
+  const char *addr = rw_proxy_server_addr(p);
+  cl a, x, y;
+  cl_open(&a, addr, 80);
+  CHECK(cl_shake(&a, secret, "", 4) == NULL);
+  rw_log_set_hook(count_errors, NULL); /* proto.busy warnings: not printed */
+  error_lines = 0;
+  double t0 = now_s(CLOCK_MONOTONIC), cpu0 = now_s(CLOCK_PROCESS_CPUTIME_ID);
+  int sx = busy_read(&x, addr, 81, 8192);
+  CHECK(same_conn(sx, x.fd)); /* x lingers, silent */
+  int sy = busy_read(&y, addr, 82, 0);
+  CHECK(!same_conn(sy, y.fd)); /* no room to linger: closed at once */
+  CHECK(stats_of(p).connections == 1);
+  until_gone(sx, x.fd, 4);
+  double gone = now_s(CLOCK_MONOTONIC) - t0;
+  double cpu = now_s(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+  fprintf(stderr, "  silent peer: closed after %.2f s lingering, process CPU %.3f s\n", gone, cpu);
+  CHECK(gone > 0.9 && gone < 2);
+  CHECK(cpu < 0.1 * gone);
+  cl_close(&x), cl_close(&y);
+  /* a peer that goes on sending */
+  int sz = busy_read(&x, addr, 83, 0);
+  t0 = now_s(CLOCK_MONOTONIC);
+  size_t sent = flood_until_gone(x.fd, sz);
+  gone = now_s(CLOCK_MONOTONIC) - t0;
+  fprintf(stderr, "  sending peer: closed after %zu bytes, %.2f s\n", sent, gone);
+  CHECK(sent > (1u << 20) && !same_conn(sz, x.fd) && gone < 0.8);
+  cl_close(&x), cl_close(&a);
+  rw_proxy_server_stop(p);
+  rw_log_set_hook(NULL, NULL);
+  CHECK_EQ_INT(error_lines, 0);
+}
+
 int main(void) {
   setenv("RW_LOG_LEVEL", "error", 0);
   rng = ct_seed();
@@ -1062,6 +1249,9 @@ int main(void) {
   RUN(test_complete_failed_writer);
   RUN(test_closing_deaf_peer);
   RUN(test_accept_out_of_fds);
+  RUN(test_error_then_fin);
+  RUN(test_error_behind_backlog);
+  RUN(test_linger_bounds);
   rw_fakegcs_stop(gcs);
   return ct_finish("test_proxy_server");
 }
