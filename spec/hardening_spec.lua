@@ -295,10 +295,20 @@ describe("hardening (issue 8), writer side", function()
       threads0 = testbed.probes.thread_count()
     end)
 
+    -- A finalizer that waited on the network would wait for the held DELETE
+    -- up to abort_timeout (0.5 s: the old code took 501 ms). One that does not
+    -- takes about 1 ms, but it waits for the cancelled transfer to let go of
+    -- the cache (another thread), and on this shared 2-core machine a
+    -- collectgarbage() took 14.9 ms once (busted lua5.4 beside busted luajit):
+    -- a 10 ms bound measured the scheduler, not the finalizer. Half of
+    -- abort_timeout still tells the two apart.
+    local ABORT_TIMEOUT = 0.5
+    local NO_WAIT = ABORT_TIMEOUT / 2
+
     -- An unfinished writer with a session whose DELETE the server holds 2 s.
     local function doomed(name)
       local id = retry_test(srv, { ["storage.objects.delete"] = { "stall-for-2s-after-0K" } })
-      local w = assert(gcs_writer(srv, name, { max_chunk_size = 256 * KiB, abort_timeout = 0.5 },
+      local w = assert(gcs_writer(srv, name, { max_chunk_size = 256 * KiB, abort_timeout = ABORT_TIMEOUT },
         { headers = { ["x-retry-test-id"] = id } }))
       assert(w:WriteAt(0, H.random_bytes(300 * KiB)))
       local uri = session_uri(w)
@@ -317,7 +327,7 @@ describe("hardening (issue 8), writer side", function()
       return lines
     end
 
-    it("collectgarbage() of an unfinished writer returns in under 10 ms; the session is deleted after", function()
+    it("collectgarbage() of an unfinished writer does not wait for the DELETE; the session is deleted after", function()
       local rest, seen = H.capture_log(function()
         local w, uri, id = doomed("gc-doomed")
         collectgarbage()
@@ -325,7 +335,7 @@ describe("hardening (issue 8), writer side", function()
         local t0 = H.now()
         collectgarbage()
         local took = H.now() - t0
-        assert.is_true(took < 0.01, ("collectgarbage() took %.1f ms"):format(took * 1000))
+        assert.is_true(took < NO_WAIT, ("collectgarbage() took %.1f ms"):format(took * 1000))
         assert.is_true(eventually(function() return (retry_test_done(srv, id)) end, 3), "the DELETE never reached the server")
         assert.is_true(eventually(function() return gone(uri) end, 5), "the session survived its writer")
         assert.is_nil(srv:object("b", "gc-doomed"))
@@ -335,13 +345,13 @@ describe("hardening (issue 8), writer side", function()
       assert.is_false(H.has_line(seen, "upload failed") or H.has_line(rest, "upload failed"))
     end)
 
-    it("close() of an unfinished writer returns in under 10 ms; the session is deleted after", function()
+    it("close() of an unfinished writer does not wait for the DELETE; the session is deleted after", function()
       local _, seen = H.capture_log(function()
         local w, uri, id = doomed("close-doomed")
         local t0 = H.now()
         w:close()
         local took = H.now() - t0
-        assert.is_true(took < 0.01, ("close() took %.1f ms"):format(took * 1000))
+        assert.is_true(took < NO_WAIT, ("close() took %.1f ms"):format(took * 1000))
         assert.matches("closed writer", H.raised(w.WriteAt, w, 0, "x"))
         assert.is_true(eventually(function() return (retry_test_done(srv, id)) end, 3), "the DELETE never reached the server")
         assert.is_true(eventually(function() return gone(uri) end, 5), "the session survived close()")

@@ -187,6 +187,10 @@ describe("file sink safety", function()
       local obj, err = w:Complete()
       print("complete", obj, err and err.code, "tmp", count())
       w:close()
+      -- close() hands the temp file's removal to the pool and returns (it
+      -- never waits): look until it is gone, for at most 5 s
+      local t0 = rw.util.monotime()
+      while count() > 0 and rw.util.monotime() - t0 < 5 do rw.util.sleep(0.01) end
       print("closed", "tmp", count())
     ]]):format(dir, dir)
     write(dir .. "/child.lua", script)
