@@ -33,6 +33,7 @@ typedef struct pconn {
   double ping_interval;
   unsigned max_inflight; /* requests unanswered at once on this connection (CHALLENGE) */
   int missed;
+  uint64_t cid; /* the sink's client_id: every frame after HELLO carries it (PROTOCOL.md 3.1) */
   uint64_t ping_nonce;
   double last_rx, last_ping; /* monotonic: the last frame in, the last PING out */
   uint8_t buf[64 * 1024];
@@ -233,7 +234,7 @@ static rw_error *conn_send(pconn *c, const rwp_msg *m, const void *body, size_t 
 }
 
 static rw_error *send_ping_msg(pconn *c, uint8_t op, uint64_t nonce, rw_ctx *ctx) {
-  rwp_msg m = {.op = op};
+  rwp_msg m = {.op = op, .client_id = c->cid};
   m.u.ping.nonce = nonce;
   rwp_encoded enc;
   return conn_send(c, &m, NULL, 0, ctx, 5, &enc);
@@ -371,6 +372,7 @@ static rw_error *check_welcome(proxy_sink *ps, pconn *c, rw_ctx *ctx, double unt
 static rw_error *conn_open(proxy_sink *ps, pconn *c, const char *addr, rw_ctx *ctx) {
   double until = rw_mono_now() + ps->cfg.connect_timeout;
   rwp_writer_init(&c->wr);
+  c->cid = ps->client_id;
   rw_error *e = rwp_reader_new(RWP_SIDE_CLIENT, NULL, NULL, &c->rd);
   if (!e) e = dial(addr, ctx, until, &c->fd);
   c->ping_interval = ps->cfg.connect_timeout;

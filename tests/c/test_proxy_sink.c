@@ -1286,6 +1286,76 @@ static void test_gap_busy_real_proxy(void) {
   rw_fakegcs_stop(gcs);
 }
 
+/* The heartbeat against the real proxy, which closes a connection whose
+ * frames after HELLO carry another client_id than HELLO's: an idle pooled
+ * connection PINGed every 50 ms for 0.6 s stays open, and a put goes through
+ * it. The sink's PING and PONG frames carried client_id 0, so the proxy
+ * answered the first one proto.bad_frame and closed the connection (every
+ * idle connection died at its first heartbeat, and every reply slower than
+ * ping_interval cost the connection). */
+static void test_heartbeat_real_proxy(void) {
+  const char *buckets[] = {"b", NULL};
+  rw_fakegcs_config fc = {.buckets = buckets};
+  rw_error *e = NULL;
+  rw_fakegcs *gcs = rw_fakegcs_start(&fc, &e);
+  CHECK(gcs != NULL);
+  rw_proxy_secret secs[] = {{"", secret, 32}};
+  rw_proxy_config pc = rw_proxy_defaults();
+  pc.listen = "127.0.0.1:0", pc.upstream = gcs ? rw_fakegcs_url(gcs) : "";
+  pc.secrets = secs, pc.nsecrets = 1;
+  rw_proxy_server *srv = gcs ? rw_proxy_server_start(&pc, &e) : NULL;
+  CHECK(srv != NULL);
+  rw_error_unref(e), e = NULL;
+  if (!srv) {
+    rw_fakegcs_stop(gcs);
+    return;
+  }
+  atomic_store(&error_lines, 0);
+  rw_log_set_hook(count_log, NULL);
+  rw_proxy_sink_config c = rw_proxy_sink_defaults();
+  c.addrs[0] = rw_proxy_server_addr(srv), c.naddrs = 1;
+  c.secret = secret, c.secret_len = 32, c.bucket = "b", c.object = "hb";
+  c.connections = 1, c.ping_interval = 0.05;
+  rw_sink *sink = rw_proxy_sink_new(&c, &e);
+  rw_ctx *ctx = rw_ctx_with_timeout(NULL, 5);
+  if (sink) e = sink->ops->begin(sink, ctx);
+  rw_ctx_unref(ctx);
+  CHECK(sink && !e);
+  rw_error_unref(e);
+  sleep_s(0.6);
+  rw_proxy_sink_counts n = {0};
+  if (sink) rw_proxy_sink_stats(sink, &n);
+  rw_proxy_stats ss = rw_proxy_server_stats(srv);
+  fprintf(stderr, "idle 0.6 s at a 50 ms heartbeat: pings %llu, dropped %llu, proxy errors %llu\n",
+          (unsigned long long)n.pings, (unsigned long long)n.dropped, (unsigned long long)ss.errors);
+  CHECK(n.pings >= 3);
+  CHECK_EQ_INT((int)n.dropped, 0);
+  CHECK_EQ_INT((int)ss.errors, 0);
+  unsigned char *data = random_data(100000);
+  struct iovec iov = {data, 100000};
+  rw_sink_put put = {.offset = 0, .iov = &iov, .iovcnt = 1, .len = 100000, .final = true, .stall_timeout = 2};
+  rw_sink_result res;
+  ctx = rw_ctx_with_timeout(NULL, 5);
+  e = sink ? sink->ops->put(sink, ctx, &put, &res) : NULL;
+  if (e) log_err("put", e);
+  CHECK(sink && !e && res.finalized);
+  rw_error_unref(e);
+  if (sink) rw_sink_result_clear(&res);
+  rw_ctx_unref(ctx);
+  if (sink) rw_proxy_sink_stats(sink, &n);
+  CHECK_EQ_INT((int)n.connects, 1);
+  rw_log_set_hook(NULL, NULL);
+  CHECK_EQ_INT(atomic_load(&error_lines), 0);
+  rw_fakegcs_object o;
+  CHECK(rw_fakegcs_object_get(gcs, "b", "hb", &o));
+  CHECK(o.size == 100000 && o.data && memcmp(o.data, data, 100000) == 0);
+  rw_fakegcs_object_free(&o);
+  free(data);
+  rw_sink_destroy(sink);
+  rw_proxy_server_stop(srv);
+  rw_fakegcs_stop(gcs);
+}
+
 int main(void) {
   rng = ct_seed();
   for (size_t i = 0; i < 32; i++) secret[i] = (uint8_t)rw_rand_next(&rng), other_secret[i] = (uint8_t)~secret[i];
@@ -1311,5 +1381,6 @@ int main(void) {
   RUN(test_heartbeat_during_upload);
   RUN(test_destroy_prompt);
   RUN(test_gap_busy_real_proxy);
+  RUN(test_heartbeat_real_proxy);
   return ct_finish("test_proxy_sink");
 }
