@@ -1227,7 +1227,9 @@ static void count_log(void *ud, rw_log_level lvl, const char *line) {
  * session's window. The proxy answers proto.busy (it used to answer
  * rw.out_of_window, which failed the upload); the sink sends those frames
  * again and the object is byte-identical. */
-static void test_gap_busy_real_proxy(void) {
+/* A fake GCS with bucket "b" and the real proxy in front of it (session
+ * cache session_cache, 0: the default); NULL (both stopped) on failure. */
+static rw_proxy_server *real_proxy_start(uint64_t session_cache, rw_fakegcs **gcs_out) {
   const char *buckets[] = {"b", NULL};
   rw_fakegcs_config fc = {.buckets = buckets};
   rw_error *e = NULL;
@@ -1236,15 +1238,22 @@ static void test_gap_busy_real_proxy(void) {
   rw_proxy_secret secs[] = {{"", secret, 32}};
   rw_proxy_config pc = rw_proxy_defaults();
   pc.listen = "127.0.0.1:0", pc.upstream = gcs ? rw_fakegcs_url(gcs) : "";
-  pc.secrets = secs, pc.nsecrets = 1, pc.session_cache = 256u << 10;
+  pc.secrets = secs, pc.nsecrets = 1;
+  if (session_cache) pc.session_cache = session_cache;
   rw_proxy_server *srv = gcs ? rw_proxy_server_start(&pc, &e) : NULL;
   CHECK(srv != NULL);
   if (e) log_err("proxy start", e);
-  rw_error_unref(e), e = NULL;
-  if (!srv) {
-    rw_fakegcs_stop(gcs);
-    return;
-  }
+  rw_error_unref(e);
+  if (!srv && gcs) rw_fakegcs_stop(gcs);
+  *gcs_out = srv ? gcs : NULL;
+  return srv;
+}
+
+static void test_gap_busy_real_proxy(void) {
+  rw_fakegcs *gcs;
+  rw_proxy_server *srv = real_proxy_start(256u << 10, &gcs);
+  if (!srv) return;
+  rw_error *e = NULL;
   atomic_store(&busy_lines, 0), atomic_store(&error_lines, 0);
   rw_log_set_hook(count_log, NULL);
   rw_proxy_sink_config c = rw_proxy_sink_defaults();
@@ -1294,22 +1303,10 @@ static void test_gap_busy_real_proxy(void) {
  * idle connection died at its first heartbeat, and every reply slower than
  * ping_interval cost the connection). */
 static void test_heartbeat_real_proxy(void) {
-  const char *buckets[] = {"b", NULL};
-  rw_fakegcs_config fc = {.buckets = buckets};
+  rw_fakegcs *gcs;
+  rw_proxy_server *srv = real_proxy_start(0, &gcs);
+  if (!srv) return;
   rw_error *e = NULL;
-  rw_fakegcs *gcs = rw_fakegcs_start(&fc, &e);
-  CHECK(gcs != NULL);
-  rw_proxy_secret secs[] = {{"", secret, 32}};
-  rw_proxy_config pc = rw_proxy_defaults();
-  pc.listen = "127.0.0.1:0", pc.upstream = gcs ? rw_fakegcs_url(gcs) : "";
-  pc.secrets = secs, pc.nsecrets = 1;
-  rw_proxy_server *srv = gcs ? rw_proxy_server_start(&pc, &e) : NULL;
-  CHECK(srv != NULL);
-  rw_error_unref(e), e = NULL;
-  if (!srv) {
-    rw_fakegcs_stop(gcs);
-    return;
-  }
   atomic_store(&error_lines, 0);
   rw_log_set_hook(count_log, NULL);
   rw_proxy_sink_config c = rw_proxy_sink_defaults();
